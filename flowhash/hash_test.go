@@ -190,8 +190,8 @@ func TestModesIgnoreTheirFields(t *testing.T) {
 	c.Proto = ProtoUDP
 	key := Key{9}
 	for _, tc := range []struct {
-		mode       Mode
-		ab, bc     bool // hash equal?
+		mode   Mode
+		ab, bc bool // hash equal?
 	}{
 		{Mode5Tuple, false, false},
 		{Mode3Tuple, true, false},

@@ -27,8 +27,8 @@ const (
 // of weight 2 gets twice the slots of a lane of weight 1 (mixed instance
 // sizes).
 type WeightedLane struct {
-	ID     LaneID
-	Weight uint32
+	ID     LaneID `json:"id"`
+	Weight uint32 `json:"weight"`
 }
 
 // Table is a Maglev lookup table: slot i holds the lane for hashes with

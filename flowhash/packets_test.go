@@ -22,9 +22,9 @@ type pktSpec struct {
 	frag         int    // 0: whole datagram, 1: first fragment, 2: later fragment
 	atomicFrag   bool   // IPv6 fragment header with offset 0 and M clear
 	ext          []uint8
-	options      bool      // IPv4 options
-	quoted       *pktSpec  // packet quoted by an ICMP error
-	payload      int       // bytes after the transport header
+	options      bool     // IPv4 options
+	quoted       *pktSpec // packet quoted by an ICMP error
+	payload      int      // bytes after the transport header
 }
 
 func (s *pktSpec) v6() bool { return s.src.Is6() && !s.src.Is4In6() }
@@ -134,7 +134,7 @@ func (s *pktSpec) transport(ip gopacket.NetworkLayer) []byte {
 		icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(s.icmpType, 0), Id: s.icmpID, Seq: 1}
 		if s.quoted != nil {
 			icmp.TypeCode = layers.CreateICMPv4TypeCode(s.icmpType, 4) // frag needed
-			icmp.Id, icmp.Seq = 0, 1400                               // next-hop MTU
+			icmp.Id, icmp.Seq = 0, 1400                                // next-hop MTU
 			pay = s.quotedBytes()
 		}
 		ls = append(ls, icmp)

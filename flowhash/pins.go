@@ -26,14 +26,16 @@ type PinConfig struct {
 // its lane when lanes are added or come back, even though the Maglev table
 // now maps its hash elsewhere.
 //
-// It is a fixed-capacity, 8-way set-associative hash table indexed by the
-// flow hash. Lookups (every packet of an established flow) take no lock:
-// each bucket has a sequence number that writers make odd while they change
-// the bucket, and a reader that saw it change retries. Refreshing a pin's
-// idle timer is a CAS, once per second per flow. Inserts (the first packet
-// of a flow, or a flow whose lane died) take the bucket by making its
-// sequence odd; a full bucket evicts an expired pin, else its least
-// recently used one.
+// It is a fixed-capacity hash table of 8-slot buckets, and each flow may
+// live in either of two buckets chosen by its hash ("two choices"): with one
+// bucket per flow, a few buckets overflow and evict live pins already at a
+// third of capacity; with two, that stays negligible past half. Lookups
+// (every packet of an established flow) take no lock: each bucket has a
+// sequence number that writers make odd while they change the bucket, and
+// a reader that saw it change retries. Refreshing a pin's idle timer is a
+// CAS, once per second per flow. Inserts (the first packet of a flow, or a
+// flow whose lane died) take both buckets by making their sequences odd,
+// and use a free or expired slot, else evict the least recently used pin.
 //
 // A pin records the lane's generation; the selector's snapshot says which
 // generation of each lane is valid, so invalidating every pin of a dead
@@ -101,7 +103,7 @@ func NewPins(cfg PinConfig) (*Pins, error) {
 	nb := 1 << bits.Len(uint(cfg.Capacity-1)) / pinWays
 	return &Pins{
 		buckets:   make([]pinBucket, nb),
-		shift:     uint(64 - bits.Len(uint(nb-1))),
+		shift:     uint(64-bits.Len(uint(nb-1))) % 64, // one bucket: shift 0, mask 0
 		tcpIdle:   uint32(cfg.TCPIdle / time.Second),
 		otherIdle: uint32(cfg.OtherIdle / time.Second),
 		start:     time.Now(),
@@ -115,11 +117,15 @@ func (p *Pins) Capacity() int { return len(p.buckets) * pinWays }
 // read it once per batch and pass it to Lookup and Insert.
 func (p *Pins) Now() uint32 { return uint32(time.Since(p.start) / time.Second) }
 
-func (p *Pins) bucket(sum uint64) *pinBucket {
-	if p.shift == 64 { // one bucket
-		return &p.buckets[0]
+// buckets returns the flow's two candidate buckets, from the top and the
+// bottom bits of its hash (possibly the same bucket), lower index first.
+func (p *Pins) bucketPair(sum uint64) (i, j int) {
+	mask := uint64(len(p.buckets) - 1)
+	i, j = int(sum>>p.shift&mask), int(sum&mask)
+	if i > j {
+		i, j = j, i
 	}
-	return &p.buckets[sum>>p.shift]
+	return i, j
 }
 
 func (p *Pins) expired(v uint64, now uint32) bool {
@@ -139,81 +145,100 @@ func age(now, seen uint32) int64 { return int64(int32(now - seen)) }
 // words w and hash sum, refreshing its idle timer. ok is false when there
 // is no live pin.
 func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32, ok bool) {
-	b := p.bucket(sum)
+	i, j := p.bucketPair(sum)
+	slot, v := p.buckets[i].read(w)
+	if slot == nil && j != i {
+		slot, v = p.buckets[j].read(w)
+	}
+	if slot == nil || p.expired(v, now) {
+		return 0, 0, false
+	}
+	lane, gen, seen, _ := unpackPin(v)
+	if age(now, seen) > 0 {
+		// Best effort: if a writer replaced the slot meanwhile, the CAS
+		// fails and the new pin stands.
+		slot.val.CompareAndSwap(v, v&(1<<32-1)|uint64(now)<<32)
+	}
+	return lane, gen, true
+}
+
+// read finds w's slot and its value, consistently with writers.
+func (b *pinBucket) read(w *Words) (*pinSlot, uint64) {
 	for spins := 0; ; spins++ {
 		s := b.seq.Load()
-		if s&1 != 0 {
-			backoff(spins)
-			continue
+		if s&1 == 0 {
+			slot, v := b.find(w)
+			if b.seq.Load() == s {
+				return slot, v
+			}
 		}
-		var v uint64
-		slot := b.find(w)
-		if slot != nil {
-			v = slot.val.Load()
-		}
-		if b.seq.Load() != s {
-			backoff(spins)
-			continue
-		}
-		if v == 0 || p.expired(v, now) {
-			return 0, 0, false
-		}
-		lane, gen, seen, _ := unpackPin(v)
-		if age(now, seen) > 0 {
-			// Best effort: if a writer replaced the slot meanwhile, the
-			// CAS fails and the new pin stands.
-			slot.val.CompareAndSwap(v, v&(1<<32-1)|uint64(now)<<32)
-		}
-		return lane, gen, true
+		backoff(spins)
 	}
 }
 
 // Insert pins the flow to lane (of generation gen), replacing any pin it had.
 func (p *Pins) Insert(w *Words, sum uint64, lane LaneID, gen uint32, tcp bool, now uint32) {
-	b := p.bucket(sum)
-	s := b.lock()
-	slot := b.find(w)
+	i, j := p.bucketPair(sum)
+	bi, bj := &p.buckets[i], &p.buckets[j]
+	si := bi.lock()
+	sj := si
+	if j != i {
+		sj = bj.lock()
+	}
+	slot, _ := bi.find(w)
 	if slot == nil {
-		slot = p.victim(b, now)
+		slot, _ = bj.find(w)
+	}
+	if slot == nil {
+		slot = p.victim(bi, bj, now)
 		slot.val.Store(0) // readers that match the new key early see "empty"
-		for i := range slot.key {
-			slot.key[i].Store(w[i])
+		for k := range slot.key {
+			slot.key[k].Store(w[k])
 		}
 	}
 	slot.val.Store(packPin(lane, gen, tcp, now))
-	b.seq.Store(s + 2)
+	if j != i {
+		bj.seq.Store(sj + 2)
+	}
+	bi.seq.Store(si + 2)
 	p.inserts.Add(1)
 }
 
-// victim picks the slot a new pin goes into: an empty or expired one, else
-// the least recently seen (counted as an eviction). Called with b locked.
-func (p *Pins) victim(b *pinBucket, now uint32) *pinSlot {
+// victim picks the slot a new pin goes into: a free or expired one, else
+// the least recently seen of both buckets (counted as an eviction). Called
+// with both buckets locked.
+func (p *Pins) victim(bi, bj *pinBucket, now uint32) *pinSlot {
 	var oldest *pinSlot
-	var oldestSeen uint32
-	for i := range b.slots {
-		sl := &b.slots[i]
-		v := sl.val.Load()
-		if v == 0 || p.expired(v, now) {
-			return sl
-		}
-		if _, _, seen, _ := unpackPin(v); oldest == nil || age(now, seen) > age(now, oldestSeen) {
-			oldest, oldestSeen = sl, seen
+	var oldestAge int64
+	for _, b := range [2]*pinBucket{bi, bj} {
+		for k := range b.slots {
+			sl := &b.slots[k]
+			v := sl.val.Load()
+			if v == 0 || p.expired(v, now) {
+				return sl
+			}
+			if _, _, seen, _ := unpackPin(v); oldest == nil || age(now, seen) > oldestAge {
+				oldest, oldestAge = sl, age(now, seen)
+			}
 		}
 	}
 	p.evictions.Add(1)
 	return oldest
 }
 
-func (b *pinBucket) find(w *Words) *pinSlot {
-	for i := range b.slots {
-		sl := &b.slots[i]
+// find returns w's slot in the bucket and its value, or nil.
+func (b *pinBucket) find(w *Words) (*pinSlot, uint64) {
+	for k := range b.slots {
+		sl := &b.slots[k]
 		// Word 4 (ports, proto) differs most often between flows; test it first.
 		if sl.key[4].Load() == w[4] && sl.key[0].Load() == w[0] && sl.key[1].Load() == w[1] &&
-			sl.key[2].Load() == w[2] && sl.key[3].Load() == w[3] && sl.val.Load() != 0 {
-			return sl
+			sl.key[2].Load() == w[2] && sl.key[3].Load() == w[3] {
+			if v := sl.val.Load(); v != 0 {
+				return sl, v
+			}
 		}
 	}
-	return nil
+	return nil, 0
 }
 
 // lock makes the bucket's sequence odd and returns the even value it had.

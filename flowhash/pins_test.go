@@ -1,0 +1,160 @@
+package flowhash
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+func mustPins(t testing.TB, cfg PinConfig) *Pins {
+	t.Helper()
+	p, err := NewPins(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// flowWords returns the words and hash of a numbered test flow.
+func flowWords(i int, proto uint8) (Words, uint64) {
+	tu := Tuple{Src: hostA4.As16(), Dst: hostB4.As16(), SrcPort: uint16(i), DstPort: uint16(i >> 16), Proto: proto}
+	h := NewHasher(testKey, Mode5Tuple, false)
+	c := h.Canonical(&tu)
+	w := c.Words()
+	return w, h.sumWords(&w)
+}
+
+func TestPinsInsertLookupReplace(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: 1024})
+	w, sum := flowWords(1, ProtoTCP)
+	if _, _, ok := p.Lookup(&w, sum, 0); ok {
+		t.Fatal("hit in an empty table")
+	}
+	p.Insert(&w, sum, 3, 77, true, 0)
+	if lane, gen, ok := p.Lookup(&w, sum, 1); !ok || lane != 3 || gen != 77 {
+		t.Fatalf("Lookup = %d, %d, %v; want 3, 77, true", lane, gen, ok)
+	}
+	p.Insert(&w, sum, 4095, pinGenMask, true, 2)
+	if lane, gen, ok := p.Lookup(&w, sum, 2); !ok || lane != 4095 || gen != pinGenMask {
+		t.Fatalf("after replace: %d, %d, %v", lane, gen, ok)
+	}
+	other, osum := flowWords(2, ProtoTCP)
+	if _, _, ok := p.Lookup(&other, osum, 2); ok {
+		t.Fatal("another flow hits")
+	}
+	if st := p.Stats(2); st.Live != 1 || st.Inserts != 2 || st.Capacity != 1024 {
+		t.Fatalf("Stats = %+v", st)
+	}
+}
+
+func TestPinsIdleTimeouts(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: 64})
+	tcp, tsum := flowWords(1, ProtoTCP)
+	udp, usum := flowWords(1, ProtoUDP)
+	p.Insert(&tcp, tsum, 1, 1, true, 1000)
+	p.Insert(&udp, usum, 2, 1, false, 1000)
+	check := func(w *Words, sum uint64, now uint32, want bool) {
+		t.Helper()
+		if _, _, ok := p.Lookup(w, sum, now); ok != want {
+			t.Errorf("Lookup at %d: live = %v, want %v", now, ok, want)
+		}
+	}
+	check(&udp, usum, 1120, true) // 120 s idle: GWLB keeps it
+	check(&udp, usum, 1240, true) // refreshed at 1120
+	check(&udp, usum, 1361, false)
+	check(&tcp, tsum, 1350, true)
+	check(&tcp, tsum, 1701, false) // refreshed at 1350; 351 s later it is gone
+	// A reader whose clock lags the pin's by a second still sees it.
+	p.Insert(&udp, usum, 2, 1, false, 5000)
+	check(&udp, usum, 4999, true)
+	if st := p.Stats(4999); st.Live != 1 {
+		t.Errorf("Live = %d, want 1", st.Live)
+	}
+}
+
+func TestPinsEvictLeastRecentlySeen(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: pinWays}) // one bucket
+	ws := make([]Words, pinWays+1)
+	sums := make([]uint64, pinWays+1)
+	for i := range ws {
+		ws[i], sums[i] = flowWords(i, ProtoUDP)
+	}
+	for i := range pinWays {
+		p.Insert(&ws[i], sums[i], LaneID(i+1), 1, false, uint32(10+i))
+	}
+	p.Lookup(&ws[0], sums[0], 30) // flow 0 is now the most recent; flow 1 the least
+	p.Insert(&ws[pinWays], sums[pinWays], 9, 1, false, 31)
+	for i := range ws {
+		_, _, ok := p.Lookup(&ws[i], sums[i], 31)
+		if want := i != 1; ok != want {
+			t.Errorf("flow %d: live = %v, want %v", i, ok, want)
+		}
+	}
+	if st := p.Stats(31); st.Evictions != 1 || st.Live != pinWays {
+		t.Errorf("Stats = %+v, want 1 eviction, %d live", st, pinWays)
+	}
+	// An expired pin is reused before a live one is evicted.
+	p.Insert(&ws[1], sums[1], 2, 1, false, 152) // all but flow 0 (seen 30) and 8 (31) idle > 120 s
+	if st := p.Stats(152); st.Evictions != 1 {
+		t.Errorf("evicted a live pin while expired ones were free: %+v", st)
+	}
+}
+
+func TestNewPinsRejects(t *testing.T) {
+	for _, cfg := range []PinConfig{
+		{Capacity: 4},
+		{Capacity: 1 << 29},
+		{TCPIdle: time.Millisecond},
+		{OtherIdle: -time.Second},
+	} {
+		if _, err := NewPins(cfg); err == nil {
+			t.Errorf("NewPins(%+v) accepted", cfg)
+		}
+	}
+	p := mustPins(t, PinConfig{})
+	if p.Capacity() != DefaultPinCapacity {
+		t.Errorf("default capacity %d", p.Capacity())
+	}
+	if p := mustPins(t, PinConfig{Capacity: 1000}); p.Capacity() != 1024 {
+		t.Errorf("capacity 1000 rounds to %d, want 1024", p.Capacity())
+	}
+}
+
+// Readers and writers hammer a small table (so buckets are shared and
+// evictions frequent). Every hit must return the lane that some writer
+// stored for exactly that flow: never a torn or foreign pin.
+func TestPinsConcurrentReadersWriters(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: 64})
+	const flows = 512
+	laneOf := func(i int) LaneID { return LaneID(i%MaxLaneID + 1) }
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 99))
+			for range 40000 {
+				i := r.IntN(flows)
+				w, sum := flowWords(i, ProtoTCP)
+				if g%2 == 0 {
+					p.Insert(&w, sum, laneOf(i), uint32(i), true, 0)
+					continue
+				}
+				if lane, gen, ok := p.Lookup(&w, sum, 0); ok && (lane != laneOf(i) || gen != uint32(i)) {
+					select {
+					case errs <- "flow read another flow's pin":
+					default:
+					}
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+}
