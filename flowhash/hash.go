@@ -1,7 +1,6 @@
 package flowhash
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -76,26 +75,6 @@ func NewHasher(key Key, mode Mode, symmetric bool) Hasher {
 	}
 }
 
-// Canonical returns the flow's identity under the hasher's mode: fields the
-// mode ignores are zeroed, flags are cleared, and with the symmetric option
-// the smaller endpoint (address bytes, then port) comes first, so that both
-// directions of a connection have the same canonical tuple.
-func (h Hasher) Canonical(t *Tuple) Tuple {
-	c := Tuple{Src: t.Src, Dst: t.Dst, Proto: t.Proto}
-	switch h.mode {
-	case Mode5Tuple:
-		c.SrcPort, c.DstPort = t.SrcPort, t.DstPort
-	case Mode2Tuple:
-		c.Proto = 0
-	}
-	if h.symmetric {
-		if o := bytes.Compare(c.Src[:], c.Dst[:]); o > 0 || o == 0 && c.SrcPort > c.DstPort {
-			c = c.Reverse()
-		}
-	}
-	return c
-}
-
 // Words is the canonical tuple as the five little-endian 64-bit words that
 // SipHash consumes: the 40-byte message Src(16) Dst(16) SrcPort(2, big
 // endian) DstPort(2, big endian) Proto(1) zero(3). On a little-endian
@@ -103,24 +82,67 @@ func (h Hasher) Canonical(t *Tuple) Tuple {
 // the BPF program does. Flow pins store these words as their key.
 type Words [5]uint64
 
-// Words encodes a canonical tuple (see Canonical).
-func (c *Tuple) Words() Words {
-	return Words{
-		binary.LittleEndian.Uint64(c.Src[0:8]),
-		binary.LittleEndian.Uint64(c.Src[8:16]),
-		binary.LittleEndian.Uint64(c.Dst[0:8]),
-		binary.LittleEndian.Uint64(c.Dst[8:16]),
-		uint64(bits.ReverseBytes16(c.SrcPort)) |
-			uint64(bits.ReverseBytes16(c.DstPort))<<16 |
-			uint64(c.Proto)<<32,
+// Words returns the canonical words of t: fields the mode ignores are
+// zero, and with the symmetric option the endpoint whose (address bytes,
+// port) compares smaller comes first, so that both directions of a
+// connection have the same words. This is the one definition; Canonical
+// and Sum are built on it.
+func (h Hasher) Words(t *Tuple) Words {
+	sp, dp, proto := t.SrcPort, t.DstPort, t.Proto
+	switch h.mode {
+	case Mode3Tuple:
+		sp, dp = 0, 0
+	case Mode2Tuple:
+		sp, dp, proto = 0, 0, 0
 	}
+	w := Words{
+		binary.LittleEndian.Uint64(t.Src[0:8]),
+		binary.LittleEndian.Uint64(t.Src[8:16]),
+		binary.LittleEndian.Uint64(t.Dst[0:8]),
+		binary.LittleEndian.Uint64(t.Dst[8:16]),
+	}
+	if h.symmetric && srcAfterDst(t, sp, dp) {
+		w[0], w[1], w[2], w[3] = w[2], w[3], w[0], w[1]
+		sp, dp = dp, sp
+	}
+	w[4] = uint64(bits.ReverseBytes16(sp)) | uint64(bits.ReverseBytes16(dp))<<16 | uint64(proto)<<32
+	return w
+}
+
+// srcAfterDst reports whether (Src, sp) sorts after (Dst, dp): address
+// bytes in order (as big-endian numbers), then the port.
+func srcAfterDst(t *Tuple, sp, dp uint16) bool {
+	s0, d0 := binary.BigEndian.Uint64(t.Src[0:8]), binary.BigEndian.Uint64(t.Dst[0:8])
+	if s0 != d0 {
+		return s0 > d0
+	}
+	s1, d1 := binary.BigEndian.Uint64(t.Src[8:16]), binary.BigEndian.Uint64(t.Dst[8:16])
+	if s1 != d1 {
+		return s1 > d1
+	}
+	return sp > dp
+}
+
+// Canonical returns the tuple that Words encodes: the flow's identity under
+// the hasher's mode and symmetric option, with flags cleared. For logs,
+// tests and vectors; the data path uses Words.
+func (h Hasher) Canonical(t *Tuple) Tuple {
+	w := h.Words(t)
+	var c Tuple
+	binary.LittleEndian.PutUint64(c.Src[0:8], w[0])
+	binary.LittleEndian.PutUint64(c.Src[8:16], w[1])
+	binary.LittleEndian.PutUint64(c.Dst[0:8], w[2])
+	binary.LittleEndian.PutUint64(c.Dst[8:16], w[3])
+	c.SrcPort = bits.ReverseBytes16(uint16(w[4]))
+	c.DstPort = bits.ReverseBytes16(uint16(w[4] >> 16))
+	c.Proto = uint8(w[4] >> 32)
+	return c
 }
 
 // Sum is the flow hash of t: SipHash-1-3 keyed with the cluster key over the
-// canonical tuple's 40-byte encoding (see Words).
+// canonical words (see Words).
 func (h Hasher) Sum(t *Tuple) uint64 {
-	c := h.Canonical(t)
-	w := c.Words()
+	w := h.Words(t)
 	return h.sumWords(&w)
 }
 

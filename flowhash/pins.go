@@ -53,10 +53,18 @@ type Pins struct {
 
 const pinWays = 8
 
+// A bucket keeps its slots' hash tags together in its first cache line, so
+// a lookup reads that line and then only the slot whose tag matches,
+// instead of every slot's 40-byte key (the table is far larger than cache).
 type pinBucket struct {
 	seq   atomic.Uint32
+	tags  [pinWays]atomic.Uint32
 	slots [pinWays]pinSlot
 }
+
+// pinTag is the part of the hash kept as a slot's tag: bits neither bucket
+// index uses, so flows sharing a bucket rarely share a tag.
+func pinTag(sum uint64) uint32 { return uint32(sum >> 20) }
 
 type pinSlot struct {
 	key [5]atomic.Uint64
@@ -117,15 +125,11 @@ func (p *Pins) Capacity() int { return len(p.buckets) * pinWays }
 // read it once per batch and pass it to Lookup and Insert.
 func (p *Pins) Now() uint32 { return uint32(time.Since(p.start) / time.Second) }
 
-// buckets returns the flow's two candidate buckets, from the top and the
-// bottom bits of its hash (possibly the same bucket), lower index first.
-func (p *Pins) bucketPair(sum uint64) (i, j int) {
+// bucketPair returns the indices of the flow's two candidate buckets, from
+// the top and the bottom bits of its hash (possibly the same bucket).
+func (p *Pins) bucketPair(sum uint64) (int, int) {
 	mask := uint64(len(p.buckets) - 1)
-	i, j = int(sum>>p.shift&mask), int(sum&mask)
-	if i > j {
-		i, j = j, i
-	}
-	return i, j
+	return int(sum >> p.shift & mask), int(sum & mask)
 }
 
 func (p *Pins) expired(v uint64, now uint32) bool {
@@ -145,10 +149,12 @@ func age(now, seen uint32) int64 { return int64(int32(now - seen)) }
 // words w and hash sum, refreshing its idle timer. ok is false when there
 // is no live pin.
 func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32, ok bool) {
-	i, j := p.bucketPair(sum)
-	slot, v := p.buckets[i].read(w)
-	if slot == nil && j != i {
-		slot, v = p.buckets[j].read(w)
+	i1, i2 := p.bucketPair(sum)
+	b1, b2 := &p.buckets[i1], &p.buckets[i2]
+	tag := pinTag(sum)
+	slot, v := b1.read(w, tag)
+	if slot == nil && b2 != b1 {
+		slot, v = b2.read(w, tag)
 	}
 	if slot == nil || p.expired(v, now) {
 		return 0, 0, false
@@ -163,11 +169,11 @@ func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32
 }
 
 // read finds w's slot and its value, consistently with writers.
-func (b *pinBucket) read(w *Words) (*pinSlot, uint64) {
+func (b *pinBucket) read(w *Words, tag uint32) (*pinSlot, uint64) {
 	for spins := 0; ; spins++ {
 		s := b.seq.Load()
 		if s&1 == 0 {
-			slot, v := b.find(w)
+			slot, v := b.find(w, tag)
 			if b.seq.Load() == s {
 				return slot, v
 			}
@@ -178,57 +184,85 @@ func (b *pinBucket) read(w *Words) (*pinSlot, uint64) {
 
 // Insert pins the flow to lane (of generation gen), replacing any pin it had.
 func (p *Pins) Insert(w *Words, sum uint64, lane LaneID, gen uint32, tcp bool, now uint32) {
-	i, j := p.bucketPair(sum)
-	bi, bj := &p.buckets[i], &p.buckets[j]
-	si := bi.lock()
-	sj := si
-	if j != i {
-		sj = bj.lock()
+	i1, i2 := p.bucketPair(sum)
+	b1, b2 := &p.buckets[i1], &p.buckets[i2]
+	lo, hi := b1, b2 // lock in index order so two inserts cannot deadlock
+	if i2 < i1 {
+		lo, hi = hi, lo
 	}
-	slot, _ := bi.find(w)
+	slo := lo.lock()
+	shi := slo
+	if hi != lo {
+		shi = hi.lock()
+	}
+	tag := pinTag(sum)
+	slot, _ := b1.find(w, tag)
 	if slot == nil {
-		slot, _ = bj.find(w)
+		slot, _ = b2.find(w, tag)
 	}
 	if slot == nil {
-		slot = p.victim(bi, bj, now)
+		var b *pinBucket
+		var k int
+		b, k = p.victim(b1, b2, now)
+		slot = &b.slots[k]
 		slot.val.Store(0) // readers that match the new key early see "empty"
+		b.tags[k].Store(tag)
 		for k := range slot.key {
 			slot.key[k].Store(w[k])
 		}
 	}
 	slot.val.Store(packPin(lane, gen, tcp, now))
-	if j != i {
-		bj.seq.Store(sj + 2)
+	if hi != lo {
+		hi.seq.Store(shi + 2)
 	}
-	bi.seq.Store(si + 2)
+	lo.seq.Store(slo + 2)
 	p.inserts.Add(1)
 }
 
-// victim picks the slot a new pin goes into: a free or expired one, else
-// the least recently seen of both buckets (counted as an eviction). Called
-// with both buckets locked.
-func (p *Pins) victim(bi, bj *pinBucket, now uint32) *pinSlot {
-	var oldest *pinSlot
-	var oldestAge int64
-	for _, b := range [2]*pinBucket{bi, bj} {
-		for k := range b.slots {
-			sl := &b.slots[k]
-			v := sl.val.Load()
-			if v == 0 || p.expired(v, now) {
-				return sl
-			}
-			if _, _, seen, _ := unpackPin(v); oldest == nil || age(now, seen) > oldestAge {
-				oldest, oldestAge = sl, age(now, seen)
-			}
-		}
+// victim picks the slot a new pin goes into: a free (or expired) slot in
+// whichever of the two buckets has more of them, which is what keeps
+// buckets from overflowing; if both are full, the least recently seen pin
+// of the two (counted as an eviction). Called with both buckets locked.
+func (p *Pins) victim(b1, b2 *pinBucket, now uint32) (*pinBucket, int) {
+	free1, slot1, old1, age1 := p.scan(b1, now)
+	free2, slot2, old2, age2 := p.scan(b2, now)
+	switch {
+	case free1 > 0 && free1 >= free2:
+		return b1, slot1
+	case free2 > 0:
+		return b2, slot2
 	}
 	p.evictions.Add(1)
-	return oldest
+	if age2 > age1 {
+		return b2, old2
+	}
+	return b1, old1
+}
+
+// scan counts a bucket's free or expired slots, returning one of them, and
+// its least recently seen pin with that pin's age.
+func (p *Pins) scan(b *pinBucket, now uint32) (free, freeSlot, oldest int, oldestAge int64) {
+	oldest = -1
+	for k := range b.slots {
+		v := b.slots[k].val.Load()
+		if v == 0 || p.expired(v, now) {
+			free++
+			freeSlot = k
+			continue
+		}
+		if _, _, seen, _ := unpackPin(v); oldest < 0 || age(now, seen) > oldestAge {
+			oldest, oldestAge = k, age(now, seen)
+		}
+	}
+	return free, freeSlot, oldest, oldestAge
 }
 
 // find returns w's slot in the bucket and its value, or nil.
-func (b *pinBucket) find(w *Words) (*pinSlot, uint64) {
-	for k := range b.slots {
+func (b *pinBucket) find(w *Words, tag uint32) (*pinSlot, uint64) {
+	for k := range b.tags {
+		if b.tags[k].Load() != tag {
+			continue
+		}
 		sl := &b.slots[k]
 		// Word 4 (ports, proto) differs most often between flows; test it first.
 		if sl.key[4].Load() == w[4] && sl.key[0].Load() == w[0] && sl.key[1].Load() == w[1] &&

@@ -20,8 +20,7 @@ func mustPins(t testing.TB, cfg PinConfig) *Pins {
 func flowWords(i int, proto uint8) (Words, uint64) {
 	tu := Tuple{Src: hostA4.As16(), Dst: hostB4.As16(), SrcPort: uint16(i), DstPort: uint16(i >> 16), Proto: proto}
 	h := NewHasher(testKey, Mode5Tuple, false)
-	c := h.Canonical(&tu)
-	w := c.Words()
+	w := h.Words(&tu)
 	return w, h.sumWords(&w)
 }
 
@@ -99,6 +98,37 @@ func TestPinsEvictLeastRecentlySeen(t *testing.T) {
 	if st := p.Stats(152); st.Evictions != 1 {
 		t.Errorf("evicted a live pin while expired ones were free: %+v", st)
 	}
+}
+
+// Two-choice placement keeps a half-full table free of evictions: every
+// pin inserted is still there. (One 8-way bucket per flow evicts live pins
+// already at a third of capacity.)
+func TestPinsHalfFullEvictNothing(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: 1 << 16})
+	n := p.Capacity() / 2
+	for i := range n {
+		w, sum := flowWords(i, ProtoUDP)
+		p.Insert(&w, sum, 1, 1, false, 0)
+	}
+	for i := range n {
+		if w, sum := flowWords(i, ProtoUDP); !pinned(p, &w, sum) {
+			t.Fatalf("flow %d lost at half capacity", i)
+		}
+	}
+	if st := p.Stats(0); st.Evictions != 0 || st.Live != n {
+		t.Fatalf("half full: %+v", st)
+	}
+	for i := n; i < p.Capacity()*9/10; i++ {
+		w, sum := flowWords(i, ProtoUDP)
+		p.Insert(&w, sum, 1, 1, false, 0)
+	}
+	st := p.Stats(0)
+	t.Logf("at 90%% load: %d evictions of %d inserts", st.Evictions, st.Inserts)
+}
+
+func pinned(p *Pins, w *Words, sum uint64) bool {
+	_, _, ok := p.Lookup(w, sum, 0)
+	return ok
 }
 
 func TestNewPinsRejects(t *testing.T) {

@@ -177,8 +177,7 @@ func (s *Selector) Select(pkt []byte, now uint32) (LaneID, Drop) {
 // it is pinned to while that pin's generation is valid; otherwise the
 // Maglev table decides and the choice is pinned.
 func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
-	c := s.hasher.Canonical(t)
-	w := c.Words()
+	w := s.hasher.Words(t)
 	sum := s.hasher.sumWords(&w)
 	snap := s.snap.Load()
 	if lane, gen, ok := s.pins.Lookup(&w, sum, now); ok && snap.gens[lane] == gen {
@@ -188,6 +187,6 @@ func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
 	if lane == 0 {
 		return 0, DropNoLane
 	}
-	s.pins.Insert(&w, sum, lane, snap.gens[lane], c.Proto == ProtoTCP, now)
+	s.pins.Insert(&w, sum, lane, snap.gens[lane], t.Proto == ProtoTCP, now)
 	return lane, DropNone
 }

@@ -1,0 +1,34 @@
+# clusterpeer: see README.md. `make test` is what CI runs.
+GO       ?= go
+FUZZTIME ?= 60s
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: test deps check fuzz microbench vectors
+
+# Installs missing Debian packages, checks formatting and vet, then runs
+# every test (root-only tests skip without root) with the race detector.
+test: deps check
+	$(GO) test -race -count=1 ./...
+
+deps:
+	@scripts/install-deps.sh
+
+check:
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './vendor/*')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Coverage-guided fuzzing of the packet parsers, FUZZTIME per target; new
+# crashers land in flowhash/testdata/fuzz and become regression tests.
+fuzz:
+	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzSelect$$' -fuzztime $(FUZZTIME)
+
+# Go micro-benchmarks of the hot path (compare runs with benchstat).
+microbench:
+	$(GO) test ./flowhash -run '^$$' -bench . -benchtime 1s -count 5
+
+# Regenerates testdata/flowhash-vectors.json and the fuzz seed corpus. Only
+# on purpose: a changed hash or table splits demuxes of different versions.
+vectors:
+	$(GO) test ./flowhash -run '^TestVectors$$' -count=1 -update

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that clusterpeer's demo, tests and benchmarks
+# use, when they are missing. Idempotent: does nothing when all are present.
+# Without root it only says what is missing (root-only tests then skip).
+set -euo pipefail
+
+pkgs=(
+  iperf3          # throughput across the data path (demo, bench)
+  wireguard-tools # wg: configures the stock interop peer
+  wireguard-go    # the stock userspace WireGuard peer for interop tests
+  iproute2        # ip netns / link / addr in scripts
+  ethtool         # offload settings on veth (XDP needs tx checksum off)
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing ${missing[*]} (not root: run 'sudo apt-get install ${missing[*]}'; root-only tests will skip)" >&2
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
