@@ -19,10 +19,11 @@ check:
 	$(GO) vet ./...
 
 # Coverage-guided fuzzing of the packet parsers, FUZZTIME per target; new
-# crashers land in flowhash/testdata/fuzz and become regression tests.
+# crashers land in <package>/testdata/fuzz and become regression tests.
 fuzz:
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzSelect$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./tunnel/geneve -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:
