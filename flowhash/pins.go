@@ -201,14 +201,12 @@ func (p *Pins) Insert(w *Words, sum uint64, lane LaneID, gen uint32, tcp bool, n
 		slot, _ = b2.find(w, tag)
 	}
 	if slot == nil {
-		var b *pinBucket
-		var k int
-		b, k = p.victim(b1, b2, now)
+		b, k := p.victim(b1, b2, now)
 		slot = &b.slots[k]
 		slot.val.Store(0) // readers that match the new key early see "empty"
 		b.tags[k].Store(tag)
-		for k := range slot.key {
-			slot.key[k].Store(w[k])
+		for i := range slot.key {
+			slot.key[i].Store(w[i])
 		}
 	}
 	slot.val.Store(packPin(lane, gen, tcp, now))
