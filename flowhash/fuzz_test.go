@@ -91,8 +91,8 @@ func seedPackets() [][]byte {
 	for _, n := range namedSpecs() {
 		out = append(out, n.spec.build())
 	}
-	for _, name := range []string{"malformed-ihl-4", "malformed-version-5", "malformed-truncated-tcp4", "malformed-ipv6-10-ext-headers"} {
-		out = append(out, malformedPackets()[name])
+	for _, m := range malformedPackets() {
+		out = append(out, m.pkt)
 	}
 	return out
 }

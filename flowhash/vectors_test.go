@@ -46,21 +46,26 @@ type tableVector struct {
 
 var vectorKeys = []string{"000102030405060708090a0b0c0d0e0f", "9f1c2d3e4a5b6c7d8e9fa0b1c2d3e4f5"}
 
-func vectorPackets() []namedSpec { return namedSpecs() }
+type namedPacket struct {
+	name string
+	pkt  []byte
+}
 
-func malformedPackets() map[string][]byte {
+// malformedPackets are bad packets every implementation must drop, in a
+// fixed order (the vector file and the fuzz corpus list them in it).
+func malformedPackets() []namedPacket {
 	tcp4 := namedSpecs()[0].spec.build()
 	bad := func(f func(b []byte)) []byte {
 		b := append([]byte{}, tcp4...)
 		f(b)
 		return b
 	}
-	return map[string][]byte{
-		"malformed-ihl-4":          bad(func(b []byte) { b[0] = 0x44 }),
-		"malformed-version-5":      bad(func(b []byte) { b[0] = 0x55 }),
-		"malformed-truncated-tcp4": tcp4[:len(tcp4)-30],
-		"malformed-ipv6-10-ext-headers": (&pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 1, dport: 2,
-			ext: []uint8{0, 60, 60, 60, 60, 60, 60, 60, 60, 60}}).build(),
+	return []namedPacket{
+		{"malformed-ihl-4", bad(func(b []byte) { b[0] = 0x44 })},
+		{"malformed-version-5", bad(func(b []byte) { b[0] = 0x55 })},
+		{"malformed-truncated-tcp4", tcp4[:len(tcp4)-30]},
+		{"malformed-ipv6-10-ext-headers", (&pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 1, dport: 2,
+			ext: []uint8{0, 60, 60, 60, 60, 60, 60, 60, 60, 60}}).build()},
 	}
 }
 
@@ -102,12 +107,11 @@ func computeVectors(t *testing.T) vectorFile {
 			}
 		}
 	}
-	for _, n := range vectorPackets() {
+	for _, n := range namedSpecs() {
 		emit(n.name, n.spec.build())
 	}
-	mal := malformedPackets()
-	for _, name := range []string{"malformed-ihl-4", "malformed-version-5", "malformed-truncated-tcp4", "malformed-ipv6-10-ext-headers"} {
-		emit(name, mal[name])
+	for _, m := range malformedPackets() {
+		emit(m.name, m.pkt)
 	}
 	for _, tc := range tableCases() {
 		key, _ := ParseKey(tc.Key)
