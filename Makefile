@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 60s
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check fuzz microbench vectors
+.PHONY: test deps check build demo fuzz microbench vectors
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector.
@@ -12,6 +12,15 @@ test: deps check
 
 deps:
 	@scripts/install-deps.sh
+
+# The binaries, into bin/.
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# Two networks, a demux each and three lanes in namespaces, iperf3 across
+# (root; removes everything it made when it ends, also on Ctrl-C).
+demo: deps build
+	@scripts/demo.sh
 
 check:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './vendor/*')); \

@@ -10,6 +10,8 @@ pkgs=(
   wireguard-go    # the stock userspace WireGuard peer for interop tests
   iproute2        # ip netns / link / addr in scripts
   ethtool         # offload settings on veth (XDP needs tx checksum off)
+  iputils-ping    # ping across the peering in tests and troubleshooting
+  openssl         # hash keys in the demo topology
 )
 
 missing=()

@@ -1,0 +1,113 @@
+// Package admin serves a node's operator interfaces: Prometheus metrics
+// over HTTP on a TCP address (loopback by default), and the status
+// document (JSON, GET /status) on a unix socket that the `show`
+// subcommands read. The socket is owner-only: status names keys' public
+// halves and addresses, and only root should read it.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Server is a running pair of endpoints.
+type Server struct {
+	servers []*http.Server
+	socket  string
+}
+
+// Serve starts /metrics on metricsAddr ("off": none) and /status on the
+// unix socket at statusPath. status is called per request.
+func Serve(metricsAddr, statusPath string, reg *prometheus.Registry, status func() any, log *slog.Logger) (*Server, error) {
+	s := &Server{}
+	if metricsAddr != "off" {
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		ln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("metrics listen %s: %w", metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, log)
+	}
+	if err := os.MkdirAll(filepath.Dir(statusPath), 0o755); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("status socket dir: %w", err)
+	}
+	// A socket left by a crashed run is removed; one that answers is in use.
+	if c, err := net.DialTimeout("unix", statusPath, 200*time.Millisecond); err == nil {
+		c.Close()
+		s.Close()
+		return nil, fmt.Errorf("status socket %s is in use by another process", statusPath)
+	}
+	os.Remove(statusPath)
+	ln, err := net.Listen("unix", statusPath)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("status listen %s: %w", statusPath, err)
+	}
+	os.Chmod(statusPath, 0o600)
+	s.socket = statusPath
+	mux := http.NewServeMux()
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(status())
+	})
+	s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, log)
+	return s, nil
+}
+
+func (s *Server) start(h *http.Server, ln net.Listener, log *slog.Logger) {
+	s.servers = append(s.servers, h)
+	go func() {
+		if err := h.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin server stopped", "addr", ln.Addr(), "err", err)
+		}
+	}()
+}
+
+// Close stops both endpoints and removes the socket.
+func (s *Server) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, h := range s.servers {
+		h.Shutdown(ctx)
+	}
+	if s.socket != "" {
+		os.Remove(s.socket)
+	}
+}
+
+// Fetch reads a node's status document into v.
+func Fetch(statusPath string, v any) error {
+	c := http.Client{
+		Timeout: 3 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", statusPath)
+		}},
+	}
+	resp, err := c.Get("http://node/status")
+	if err != nil {
+		return fmt.Errorf("status %s: %w (is the node running?)", statusPath, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s: %s", statusPath, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}

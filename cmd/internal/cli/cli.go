@@ -1,0 +1,153 @@
+// Package cli holds what the demux and tunnel commands share: subcommand
+// dispatch, the --config/--node flags, slog set-up and the wait for a
+// stop signal.
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/clusterpeer/clusterpeer/config"
+)
+
+// Command is one subcommand.
+type Command struct {
+	Usage string // "up --config FILE --node NAME"
+	Help  string
+	Run   func(args []string) error
+}
+
+// Main dispatches os.Args to a subcommand and exits with its status.
+func Main(prog string, cmds map[string]Command) {
+	usage := func() {
+		fmt.Fprintf(os.Stderr, "usage: %s <command> [flags]\n\ncommands:\n", prog)
+		names := make([]string, 0, len(cmds))
+		for n := range cmds {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(os.Stderr, "  %-44s %s\n", prog+" "+cmds[n].Usage, cmds[n].Help)
+		}
+	}
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		os.Exit(2)
+	}
+	c, ok := cmds[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s: unknown command %q\n\n", prog, os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err := c.Run(os.Args[2:]); err != nil {
+		fmt.Fprintf(os.Stderr, "%s %s: %v\n", prog, os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+// NodeFlags are the flags every node command takes.
+type NodeFlags struct {
+	Config, Node, LogLevel string
+	JSON                   bool
+}
+
+// Parse parses args with the node flags (and --json when withJSON).
+func (f *NodeFlags) Parse(name string, args []string, withJSON bool) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&f.Config, "config", "/etc/clusterpeer/peering.yaml", "the peering's config file")
+	fs.StringVar(&f.Node, "node", "", "this node's name in the config")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
+	if withJSON {
+		fs.BoolVar(&f.JSON, "json", false, "print JSON")
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// Load reads the config and finds the node.
+func (f *NodeFlags) Load() (*config.Peering, config.Node, error) {
+	if f.Node == "" {
+		return nil, config.Node{}, fmt.Errorf("--node is required: the name of this node in %s", f.Config)
+	}
+	p, err := config.Load(f.Config)
+	if err != nil {
+		return nil, config.Node{}, err
+	}
+	n, err := p.Node(f.Node)
+	return p, n, err
+}
+
+// Logger returns a text slog logger on stderr at the flag's level.
+func (f *NodeFlags) Logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(strings.ToUpper(f.LogLevel))); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.LogLevel)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", f.Node), nil
+}
+
+// SignalContext is cancelled on SIGINT or SIGTERM.
+func SignalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// Check is the `check` subcommand: validate a config, print a summary.
+func Check(args []string) error {
+	var f NodeFlags
+	if err := f.Parse("check", args, false); err != nil {
+		return err
+	}
+	p, err := config.Load(f.Config)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: peering %q, %d lanes, mtu %d, vni %d, nodes: %s\n",
+		f.Config, p.Name, len(p.Lanes), p.MTU, p.VNI, strings.Join(p.NodeNames(), " "))
+	return nil
+}
+
+// HumanBytes formats a byte count as `wg show` does.
+func HumanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.2f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// PrintDrops prints the nonzero drop counters on one line.
+func PrintDrops(drops map[string]uint64) {
+	var names []string
+	for k, v := range drops {
+		if v > 0 {
+			names = append(names, k)
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	sort.Strings(names)
+	fmt.Print("  drops:")
+	for _, k := range names {
+		fmt.Printf(" %s=%d", k, drops[k])
+	}
+	fmt.Println()
+}

@@ -1,0 +1,192 @@
+// Command tunnel runs one gateway of a peering: one end of a lane. It
+// takes GENEVE from its side's demux, encrypts into the lane (WireGuard)
+// and delivers what the paired gateway sends to the local network.
+//
+//	tunnel up     --config peering.yaml --node gw-a1
+//	tunnel show   --config peering.yaml --node gw-a1 [--json]
+//	tunnel genkey > gw-a1.key            (owner-only file, as `wg genkey`)
+//	tunnel pubkey < gw-a1.key
+//	tunnel check  --config peering.yaml
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
+	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/tunnel/lane"
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+)
+
+func main() {
+	cli.Main("tunnel", map[string]cli.Command{
+		"up":     {Usage: "up --config FILE --node NAME", Help: "run the gateway until SIGINT/SIGTERM", Run: up},
+		"show":   {Usage: "show --config FILE --node NAME [--json]", Help: "print the lane, peer and counters", Run: show},
+		"genkey": {Usage: "genkey", Help: "print a new private key (base64)", Run: genkey},
+		"pubkey": {Usage: "pubkey", Help: "read a private key on stdin, print its public key", Run: pubkey},
+		"check":  {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+	})
+}
+
+func genkey(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("genkey takes no arguments")
+	}
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintln(os.Stderr, "warning: writing a private key to a file others can read; run `umask 077` first or chmod 600 it")
+	}
+	k, err := wgkey.Generate()
+	if err != nil {
+		return err
+	}
+	fmt.Println(k.Base64())
+	return nil
+}
+
+func pubkey(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("pubkey takes no arguments; it reads the private key on stdin")
+	}
+	line, err := bufio.NewReader(io.LimitReader(os.Stdin, config.MaxSecretFile)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	k, err := wgkey.Parse(strings.TrimSpace(line))
+	if err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	fmt.Println(k.Public().Base64())
+	return nil
+}
+
+func up(args []string) error {
+	var f cli.NodeFlags
+	if err := f.Parse("up", args, false); err != nil {
+		return err
+	}
+	log, err := f.Logger()
+	if err != nil {
+		return err
+	}
+	p, node, err := f.Load()
+	if err != nil {
+		return err
+	}
+	if node.Lane == nil {
+		return fmt.Errorf("node %q is a demux; run it with `demux up`", f.Node)
+	}
+	self, peer := node.Self, node.Peer
+	if self.PrivateKeyFile == "" {
+		return fmt.Errorf("%s: private_key_file is not set for this gateway", f.Config)
+	}
+	s, err := config.ReadSecretFile(self.PrivateKeyFile)
+	if err != nil {
+		return fmt.Errorf("private key: %w", err)
+	}
+	priv, err := wgkey.Parse(s)
+	if err != nil {
+		return fmt.Errorf("private key %s: %w", self.PrivateKeyFile, err)
+	}
+	if priv.Public() != self.Public {
+		return fmt.Errorf("private key %s does not belong to public_key of %s in %s (its public key is %s)",
+			self.PrivateKeyFile, self.Name, f.Config, priv.Public().Base64())
+	}
+	log = log.With("lane", node.Lane.ID)
+	l, err := lane.Start(lane.Config{
+		Tun:          self.Tun,
+		MTU:          p.MTU,
+		GenevePort:   self.GeneveAddr.Port(),
+		Ingress:      lane.Ingress{Sources: p.Networks[node.Side].Demux.Sources, VNI: p.VNI},
+		PrivateKey:   priv,
+		ListenPort:   self.EndpointAddr.Port(),
+		Peer:         peer.Public,
+		PeerEndpoint: peer.EndpointAddr,
+		Remote:       p.Networks[config.Other(node.Side)].Parsed,
+		UAPI:         true,
+		Log:          log,
+	})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+
+	id := strconv.Itoa(node.Lane.ID)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(l.Collector(id, self.Name))
+	var demuxes []string
+	for _, a := range p.Networks[node.Side].Demux.Sources {
+		demuxes = append(demuxes, a.String())
+	}
+	identity := lane.Status{
+		Node: self.Name, Peering: p.Name, Side: node.Side, Lane: node.Lane.ID, Tun: self.Tun, MTU: p.MTU,
+		PublicKey: self.PublicKey, ListenPort: self.EndpointAddr.Port(), GenevePort: self.GeneveAddr.Port(),
+		Demuxes: demuxes, PeerName: peer.Name,
+	}
+	srv, err := admin.Serve(self.Metrics, self.Status, reg, func() any { return l.Status(identity) }, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.GeneveAddr,
+		"listen", self.EndpointAddr.Port(), "peer", peer.Name, "peer_endpoint", peer.EndpointAddr,
+		"metrics", self.Metrics, "status", self.Status)
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	select {
+	case <-ctx.Done():
+		log.Info("tunnel stopping")
+	case <-l.Wait():
+		return errors.New("wireguard device stopped")
+	}
+	return nil
+}
+
+func show(args []string) error {
+	var f cli.NodeFlags
+	if err := f.Parse("show", args, true); err != nil {
+		return err
+	}
+	_, node, err := f.Load()
+	if err != nil {
+		return err
+	}
+	if node.Lane == nil {
+		return fmt.Errorf("node %q is a demux; use `demux show`", f.Node)
+	}
+	var st lane.Status
+	if err := admin.Fetch(node.Self.Status, &st); err != nil {
+		return err
+	}
+	if f.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Printf("gateway: %s (peering %s, side %s, lane %d)\n", st.Node, st.Peering, st.Side, st.Lane)
+	fmt.Printf("  public key: %s\n  listening port: %d  geneve port: %d  tun: %s  mtu: %d\n",
+		st.PublicKey, st.ListenPort, st.GenevePort, st.Tun, st.MTU)
+	fmt.Printf("  demux: %s\n", strings.Join(st.Demuxes, ", "))
+	fmt.Printf("  from demux: %d packets, %s  delivered: %d packets, %s\n",
+		st.GenevePackets, cli.HumanBytes(st.GeneveBytes), st.DeliveredPackets, cli.HumanBytes(st.DeliveredBytes))
+	cli.PrintDrops(st.Drops)
+	fmt.Printf("\npeer: %s (%s)\n  endpoint: %s\n", st.Peer.PublicKey, st.PeerName, st.Peer.Endpoint)
+	if st.Peer.LastHandshake.IsZero() {
+		fmt.Println("  latest handshake: (none)")
+	} else {
+		fmt.Printf("  latest handshake: %s ago\n", time.Since(st.Peer.LastHandshake).Round(time.Second))
+	}
+	fmt.Printf("  transfer: %s received, %s sent\n", cli.HumanBytes(st.Peer.RxBytes), cli.HumanBytes(st.Peer.TxBytes))
+	return nil
+}

@@ -1,0 +1,484 @@
+// Package config reads and checks a peering's YAML file: both networks'
+// prefixes, the demux of each side, the lanes (gateway pairs) with their
+// keys and addresses, the hash and the MTU. One file describes the whole
+// peering and every node reads the same file, picking its own part by name,
+// so two demuxes or two ends of a lane cannot disagree.
+//
+// Everything is checked before anything starts: Load returns every problem
+// at once, each naming the field ("lanes[1].b.endpoint: ...").
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+)
+
+// Defaults. The MTU arithmetic is in docs/datapath.md: a 1500-byte underlay
+// minus WireGuard over IPv6 (40 + 8 + 32) leaves 1420 for the inner packet,
+// and the GENEVE hop (inner + 8 + 8 + 40 at most) fits a 1500-byte LAN.
+const (
+	DefaultMTU         = 1420
+	MinMTU             = 1280 // IPv6's minimum link MTU
+	MaxMTU             = 9000 - WireGuardOverheadV6
+	DefaultGenevePort  = 6081
+	DefaultWGPort      = 51820
+	DefaultMetricsAddr = "127.0.0.1:9100"
+	DefaultStatusDir   = "/run/clusterpeer"
+
+	// WireGuardOverheadV6 is what a lane adds to an inner packet on an
+	// IPv6 underlay: IPv6 40 + UDP 8 + WireGuard header 16 + Poly1305 tag 16.
+	WireGuardOverheadV6 = 40 + 8 + 16 + 16
+	// GeneveOverheadV6 is what the demux-to-gateway hop adds on IPv6:
+	// IPv6 40 + UDP 8 + GENEVE base header 8.
+	GeneveOverheadV6 = 40 + 8 + 8
+)
+
+// Peering is the whole file.
+type Peering struct {
+	Name     string             `yaml:"name"`
+	VNI      uint32             `yaml:"vni"`
+	MTU      int                `yaml:"mtu"`
+	Hash     Hash               `yaml:"hash"`
+	Networks map[string]Network `yaml:"networks"`
+	Lanes    []Lane             `yaml:"lanes"`
+}
+
+// Hash configures the flow hash; both demuxes must agree on all of it.
+type Hash struct {
+	KeyFile   string `yaml:"key_file"`
+	Mode      string `yaml:"mode"`
+	Symmetric bool   `yaml:"symmetric"`
+	TableSize uint32 `yaml:"table_size"`
+	PinFlows  int    `yaml:"pin_flows"`
+
+	Key      flowhash.Key  `yaml:"-"`
+	HashMode flowhash.Mode `yaml:"-"`
+}
+
+// Network is one side of the peering ("a" or "b").
+type Network struct {
+	Prefixes []string `yaml:"prefixes"`
+	Demux    Demux    `yaml:"demux"`
+
+	Parsed []netip.Prefix `yaml:"-"`
+}
+
+// Demux is the demux node of one side.
+type Demux struct {
+	Name      string   `yaml:"name"`
+	Addresses []string `yaml:"addresses"` // GENEVE sources this side's gateways accept
+	Tun       string   `yaml:"tun"`
+	Metrics   string   `yaml:"metrics"`
+	Status    string   `yaml:"status"`
+
+	Sources []netip.Addr `yaml:"-"`
+}
+
+// Lane is a gateway pair and the WireGuard tunnel between them.
+type Lane struct {
+	ID     int     `yaml:"id"`
+	Weight uint32  `yaml:"weight"`
+	A      Gateway `yaml:"a"`
+	B      Gateway `yaml:"b"`
+}
+
+// Gateway is one end of a lane: a tunnel node.
+type Gateway struct {
+	Name           string `yaml:"name"`
+	Geneve         string `yaml:"geneve"`   // where its demux sends GENEVE
+	Endpoint       string `yaml:"endpoint"` // its WireGuard address, as its peer dials it
+	PublicKey      string `yaml:"public_key"`
+	PrivateKeyFile string `yaml:"private_key_file"`
+	Tun            string `yaml:"tun"`
+	Metrics        string `yaml:"metrics"`
+	Status         string `yaml:"status"`
+
+	GeneveAddr   netip.AddrPort `yaml:"-"`
+	EndpointAddr netip.AddrPort `yaml:"-"`
+	Public       wgkey.Key      `yaml:"-"`
+}
+
+// Sides are the two network names, in the order lanes list them.
+var Sides = [2]string{"a", "b"}
+
+// Other returns the side facing side.
+func Other(side string) string {
+	if side == "a" {
+		return "b"
+	}
+	return "a"
+}
+
+// End returns the lane's gateway on side.
+func (l *Lane) End(side string) *Gateway {
+	if side == "a" {
+		return &l.A
+	}
+	return &l.B
+}
+
+// Errors collects every problem found in a file.
+type Errors []error
+
+func (e Errors) Error() string {
+	s := make([]string, len(e))
+	for i, err := range e {
+		s[i] = err.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+// Load reads, defaults and checks a peering file. Key files are read (and
+// their permissions checked) too, so a node that starts has everything.
+func Load(path string) (*Peering, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	p, err := Parse(data, dirOf(path))
+	if err != nil {
+		return nil, fmt.Errorf("config %s:\n%w", path, err)
+	}
+	return p, nil
+}
+
+func dirOf(path string) string {
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		return path[:i+1]
+	}
+	return ""
+}
+
+// Parse checks a peering file's contents; relative key file paths are taken
+// relative to dir.
+func Parse(data []byte, dir string) (*Peering, error) {
+	var p Peering
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&p); err != nil {
+		return nil, Errors{fmt.Errorf("yaml: %s", strings.TrimPrefix(err.Error(), "yaml: "))}
+	}
+	c := checker{dir: dir}
+	c.peering(&p)
+	if len(c.errs) > 0 {
+		return nil, c.errs
+	}
+	return &p, nil
+}
+
+type checker struct {
+	dir   string
+	errs  Errors
+	names map[string]string // node name -> field that defined it
+}
+
+func (c *checker) errf(field, format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// Interface names: at most 15 bytes (IFNAMSIZ-1), no '/', whitespace or ':'.
+var ifnameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+func (c *checker) peering(p *Peering) {
+	c.names = map[string]string{}
+	if !nameRE.MatchString(p.Name) {
+		c.errf("name", "%q: want 1-32 lowercase letters, digits or '-'", p.Name)
+	}
+	if p.VNI >= 1<<24 {
+		c.errf("vni", "%d: a GENEVE VNI has 24 bits (0..16777215)", p.VNI)
+	}
+	if p.MTU == 0 {
+		p.MTU = DefaultMTU
+	}
+	if p.MTU < MinMTU || p.MTU > MaxMTU {
+		c.errf("mtu", "%d: want %d..%d (the inner packet size a lane carries; see docs/datapath.md)", p.MTU, MinMTU, MaxMTU)
+	}
+	c.hash(&p.Hash, len(p.Lanes))
+	for k := range p.Networks {
+		if k != "a" && k != "b" {
+			c.errf("networks."+k, "unknown network; the two sides are named a and b")
+		}
+	}
+	var all []netip.Prefix
+	var allField []string
+	for _, side := range Sides {
+		n, ok := p.Networks[side]
+		f := "networks." + side
+		if !ok {
+			c.errf(f, "missing")
+			continue
+		}
+		c.network(f, p.Name, &n)
+		p.Networks[side] = n
+		for i, pr := range n.Parsed {
+			all = append(all, pr)
+			allField = append(allField, fmt.Sprintf("%s.prefixes[%d]", f, i))
+		}
+	}
+	for i := range all {
+		for j := i + 1; j < len(all); j++ {
+			if all[i].Overlaps(all[j]) {
+				c.errf(allField[j], "%s overlaps %s (%s)", all[j], allField[i], all[i])
+			}
+		}
+	}
+	c.lanes(p)
+}
+
+func (c *checker) hash(h *Hash, lanes int) {
+	var err error
+	if h.HashMode, err = flowhash.ParseMode(h.Mode); err != nil {
+		c.errf("hash.mode", "%v", err)
+	}
+	if h.TableSize == 0 {
+		h.TableSize = flowhash.DefaultTableSize
+	}
+	if lanes > 0 {
+		if err := flowhash.CheckTableSize(h.TableSize, lanes); err != nil {
+			c.errf("hash.table_size", "%v", err)
+		}
+	}
+	if h.PinFlows < 0 {
+		c.errf("hash.pin_flows", "%d: must not be negative (0 means the default)", h.PinFlows)
+	}
+	if h.KeyFile == "" {
+		c.errf("hash.key_file", "missing: the peering's shared hash secret, 32 hex digits (`openssl rand -hex 16 > key; chmod 600 key`)")
+		return
+	}
+	h.KeyFile = c.path(h.KeyFile)
+	s, err := ReadSecretFile(h.KeyFile)
+	if err != nil {
+		c.errf("hash.key_file", "%v", err)
+		return
+	}
+	if h.Key, err = flowhash.ParseKey(s); err != nil {
+		c.errf("hash.key_file", "%s: %v", h.KeyFile, err)
+	}
+}
+
+func (c *checker) path(p string) string {
+	if p == "" || strings.HasPrefix(p, "/") {
+		return p
+	}
+	return c.dir + p
+}
+
+func (c *checker) name(field, name string) {
+	if !nameRE.MatchString(name) {
+		c.errf(field, "%q: want 1-32 lowercase letters, digits or '-'", name)
+		return
+	}
+	if prev, dup := c.names[name]; dup {
+		c.errf(field, "%q is already the name of %s; node names must be unique", name, prev)
+		return
+	}
+	c.names[name] = field
+}
+
+func (c *checker) network(f, peering string, n *Network) {
+	if len(n.Prefixes) == 0 {
+		c.errf(f+".prefixes", "missing: the address ranges of this network that the other side may reach")
+	}
+	for i, s := range n.Prefixes {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			c.errf(fmt.Sprintf("%s.prefixes[%d]", f, i), "%q is not a prefix like 10.1.0.0/16 or fd00:a::/64", s)
+			continue
+		}
+		if pr != pr.Masked() {
+			c.errf(fmt.Sprintf("%s.prefixes[%d]", f, i), "%s has host bits set; did you mean %s?", pr, pr.Masked())
+			continue
+		}
+		n.Parsed = append(n.Parsed, pr)
+	}
+	d := &n.Demux
+	df := f + ".demux"
+	c.name(df+".name", d.Name)
+	if len(d.Addresses) == 0 {
+		c.errf(df+".addresses", "missing: the source addresses of this side's GENEVE (its gateways accept only these)")
+	}
+	for i, s := range d.Addresses {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			c.errf(fmt.Sprintf("%s.addresses[%d]", df, i), "%q is not an IP address", s)
+			continue
+		}
+		d.Sources = append(d.Sources, a.Unmap())
+	}
+	if d.Tun == "" {
+		d.Tun = "cp-" + truncate(d.Name, 12)
+	}
+	c.ifname(df+".tun", d.Tun)
+	c.node(df, peering, d.Name, &d.Metrics, &d.Status)
+}
+
+func (c *checker) node(f, peering, name string, metrics, status *string) {
+	if *metrics == "" {
+		*metrics = DefaultMetricsAddr
+	}
+	if *metrics != "off" {
+		if _, err := netip.ParseAddrPort(*metrics); err != nil {
+			c.errf(f+".metrics", "%q: want ip:port (e.g. 127.0.0.1:9100) or off", *metrics)
+		}
+	}
+	if *status == "" {
+		*status = DefaultStatusDir + "/" + peering + "-" + name + ".sock"
+	}
+	if !strings.HasPrefix(*status, "/") {
+		c.errf(f+".status", "%q: want an absolute path for the status socket", *status)
+	}
+}
+
+func (c *checker) ifname(field, s string) {
+	if !ifnameRE.MatchString(s) {
+		c.errf(field, "%q: an interface name has 1-15 letters, digits, '_', '.' or '-'", s)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (c *checker) lanes(p *Peering) {
+	if len(p.Lanes) == 0 {
+		c.errf("lanes", "missing: at least one lane (a gateway pair)")
+	}
+	if len(p.Lanes) > 1024 {
+		c.errf("lanes", "%d lanes: at most 1024", len(p.Lanes))
+	}
+	ids := map[int]int{}
+	endpoints := map[netip.AddrPort]string{}
+	for i := range p.Lanes {
+		l := &p.Lanes[i]
+		f := fmt.Sprintf("lanes[%d]", i)
+		if l.ID < 1 || l.ID > flowhash.MaxLaneID {
+			c.errf(f+".id", "%d: want 1..%d (a stable lane number; 0 means none)", l.ID, flowhash.MaxLaneID)
+		} else if j, dup := ids[l.ID]; dup {
+			c.errf(f+".id", "%d is already the id of lanes[%d]", l.ID, j)
+		} else {
+			ids[l.ID] = i
+		}
+		if l.Weight == 0 {
+			l.Weight = 1
+		}
+		if l.Weight > 1000 {
+			c.errf(f+".weight", "%d: want 1..1000 (relative share of new flows)", l.Weight)
+		}
+		for _, side := range Sides {
+			g := l.End(side)
+			gf := f + "." + side
+			c.gateway(gf, p.Name, g)
+			for _, ap := range []netip.AddrPort{g.GeneveAddr, g.EndpointAddr} {
+				if !ap.IsValid() {
+					continue
+				}
+				if prev, dup := endpoints[ap]; dup {
+					c.errf(gf, "address %s is also used by %s", ap, prev)
+				}
+				endpoints[ap] = gf
+			}
+		}
+		if l.A.PublicKey != "" && l.A.PublicKey == l.B.PublicKey {
+			c.errf(f+".b.public_key", "same key as %s.a: each gateway needs its own key pair", f)
+		}
+	}
+}
+
+func (c *checker) gateway(f, peering string, g *Gateway) {
+	c.name(f+".name", g.Name)
+	g.GeneveAddr = c.addrPort(f+".geneve", g.Geneve, DefaultGenevePort)
+	g.EndpointAddr = c.addrPort(f+".endpoint", g.Endpoint, DefaultWGPort)
+	if g.PublicKey == "" {
+		c.errf(f+".public_key", "missing: the gateway's WireGuard public key (`tunnel pubkey < private.key`)")
+	} else if k, err := wgkey.Parse(g.PublicKey); err != nil {
+		c.errf(f+".public_key", "%v", err)
+	} else {
+		g.Public = k
+	}
+	g.PrivateKeyFile = c.path(g.PrivateKeyFile)
+	if g.Tun == "" {
+		g.Tun = "cp-" + truncate(g.Name, 12)
+	}
+	c.ifname(f+".tun", g.Tun)
+	c.node(f, peering, g.Name, &g.Metrics, &g.Status)
+}
+
+func (c *checker) addrPort(field, s string, defPort uint16) netip.AddrPort {
+	if s == "" {
+		c.errf(field, "missing: ip:port")
+		return netip.AddrPort{}
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return netip.AddrPortFrom(a.Unmap(), defPort)
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Addr().Zone() != "" {
+		c.errf(field, "%q: want ip:port, e.g. 10.1.0.11:%d or [fd00::11]:%d", s, defPort, defPort)
+		return netip.AddrPort{}
+	}
+	if ap.Port() == 0 {
+		c.errf(field, "%q: port 0", s)
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// Node is what one process runs: a demux or one end of a lane.
+type Node struct {
+	Side  string
+	Demux *Demux   // set for a demux
+	Lane  *Lane    // set for a gateway
+	Self  *Gateway // this end of Lane
+	Peer  *Gateway // the other end
+}
+
+// ErrUnknownNode says a --node name is not in the file.
+var ErrUnknownNode = errors.New("no node of that name")
+
+// Node finds a node by name.
+func (p *Peering) Node(name string) (Node, error) {
+	for _, side := range Sides {
+		if n := p.Networks[side]; n.Demux.Name == name {
+			d := n.Demux
+			return Node{Side: side, Demux: &d}, nil
+		}
+	}
+	for i := range p.Lanes {
+		l := &p.Lanes[i]
+		for _, side := range Sides {
+			if l.End(side).Name == name {
+				return Node{Side: side, Lane: l, Self: l.End(side), Peer: l.End(Other(side))}, nil
+			}
+		}
+	}
+	return Node{}, fmt.Errorf("%q: %w (known: %s)", name, ErrUnknownNode, strings.Join(p.NodeNames(), ", "))
+}
+
+// NodeNames lists every node, sorted.
+func (p *Peering) NodeNames() []string {
+	var s []string
+	for _, side := range Sides {
+		s = append(s, p.Networks[side].Demux.Name)
+	}
+	for _, l := range p.Lanes {
+		s = append(s, l.A.Name, l.B.Name)
+	}
+	sort.Strings(s)
+	return s
+}

@@ -1,0 +1,270 @@
+// Package demux is the demux's userspace data path: the packets the local
+// network routes to the remote prefixes come in through a TUN, and each
+// leaves inside GENEVE for the local gateway of the lane its flow hashes to.
+//
+// Stages, per batch read from the TUN (one read may be a GSO super-packet
+// that the TUN splits into MTU-sized segments):
+//
+//	TUN read -> flowhash select -> too big? ICMP back into the TUN
+//	         -> GENEVE header written in the headroom -> per-lane batch
+//	         -> batched UDP send (GSO) to the lane's gateway
+//
+// One goroutine runs the loop, so packets of a flow leave in the order they
+// came. Nothing on the way allocates or locks; counters are atomics added
+// once per batch and lane.
+package demux
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/icmperr"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+)
+
+// Headroom is the space kept in front of each packet read from the TUN:
+// the TUN's virtio header (10 bytes) while reading, the GENEVE header
+// (8 bytes) afterwards.
+const Headroom = 16
+
+// Drop reasons of the demux beyond flowhash's.
+const (
+	DropTooBig    = "too_big"    // over the MTU; ICMP sent back unless rate-limited or not allowed
+	DropSendError = "send_error" // the UDP send to the gateway failed
+)
+
+// ICMPPerSecond bounds the ICMP errors the demux sends, as routers do.
+const ICMPPerSecond = 1000
+
+// Target is where a lane's packets go: its local gateway's GENEVE address.
+type Target struct {
+	ID       flowhash.LaneID
+	Name     string // the gateway's node name, for logs and status
+	Endpoint conn.Endpoint
+	Addr     netip.AddrPort
+}
+
+// Config configures a Demux.
+type Config struct {
+	Selector *flowhash.Selector
+	VNI      uint32
+	MTU      int        // largest inner packet a lane carries
+	ICMPv4   netip.Addr // source of ICMP errors; no IPv4 errors if invalid
+	ICMPv6   netip.Addr // likewise for ICMPv6
+	Log      *slog.Logger
+}
+
+// LaneCounters are one lane's traffic, as sent to its gateway.
+type LaneCounters struct {
+	Packets, Bytes, SendErrors atomic.Uint64
+}
+
+// Counters are the demux's totals.
+type Counters struct {
+	Packets, Bytes atomic.Uint64 // read from the TUN
+	Drops          [flowhash.NumDrops]atomic.Uint64
+	TooBig         atomic.Uint64
+	ICMPSent       atomic.Uint64
+	SendErrors     atomic.Uint64 // packets lost to failed sends
+	Lanes          [flowhash.MaxLaneID + 1]LaneCounters
+}
+
+// Demux forwards from a TUN to lanes.
+type Demux struct {
+	cfg     Config
+	tun     tun.Device
+	bind    conn.Bind
+	targets atomic.Pointer[[flowhash.MaxLaneID + 1]*Target]
+	C       Counters
+
+	// Loop state, owned by the Run goroutine.
+	bufs       [][]byte
+	sizes      []int
+	pending    [flowhash.MaxLaneID + 1][][]byte
+	used       []flowhash.LaneID
+	icmpBufs   [][]byte
+	icmpOut    [][]byte
+	icmpSecond uint32
+	icmpLeft   int
+	sendMax    int
+}
+
+// New prepares a demux reading from t and sending through b (opened by
+// the caller).
+func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
+	if cfg.Selector == nil {
+		return nil, errors.New("demux: no selector")
+	}
+	if cfg.MTU < 576 {
+		return nil, fmt.Errorf("demux: mtu %d too small", cfg.MTU)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	d := &Demux{cfg: cfg, tun: t, bind: b, sendMax: b.BatchSize()}
+	d.targets.Store(new([flowhash.MaxLaneID + 1]*Target))
+	d.bufs = make([][]byte, t.BatchSize())
+	for i := range d.bufs {
+		d.bufs[i] = make([]byte, Headroom+65535)
+	}
+	d.sizes = make([]int, len(d.bufs))
+	d.icmpBufs = make([][]byte, len(d.bufs))
+	for i := range d.icmpBufs {
+		d.icmpBufs[i] = make([]byte, Headroom+icmperr.BufLen)
+	}
+	d.icmpOut = make([][]byte, 0, len(d.bufs))
+	d.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
+	return d, nil
+}
+
+// SetTargets replaces the lanes' gateway addresses. The selector decides
+// which lanes take traffic; a lane without a target counts its packets as
+// no_lane drops.
+func (d *Demux) SetTargets(ts []Target) {
+	t := new([flowhash.MaxLaneID + 1]*Target)
+	for i := range ts {
+		tt := ts[i]
+		t[tt.ID] = &tt
+	}
+	d.targets.Store(t)
+}
+
+// Targets returns the current gateway addresses by lane.
+func (d *Demux) Targets() []Target {
+	var ts []Target
+	for _, t := range d.targets.Load() {
+		if t != nil {
+			ts = append(ts, *t)
+		}
+	}
+	return ts
+}
+
+// Run forwards until the TUN is closed; it returns nil then.
+func (d *Demux) Run() error {
+	for {
+		n, err := d.tun.Read(d.bufs, d.sizes, Headroom)
+		if n > 0 {
+			d.Forward(d.bufs[:n], d.sizes[:n], d.cfg.Selector.Pins().Now())
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			if errors.Is(err, tun.ErrTooManySegments) {
+				d.cfg.Log.Warn("tun read: super-packet with more segments than a batch; dropped", "err", err)
+				continue
+			}
+			return fmt.Errorf("tun read: %w", err)
+		}
+	}
+}
+
+// Forward handles one batch: bufs[i][Headroom:Headroom+sizes[i]] is a packet.
+func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
+	sel := d.cfg.Selector
+	targets := d.targets.Load()
+	var bytes uint64
+	for i, b := range bufs {
+		size := sizes[i]
+		bytes += uint64(size)
+		pkt := b[Headroom : Headroom+size]
+		lane, drop := sel.Select(pkt, now)
+		if drop == flowhash.DropNone && targets[lane] == nil {
+			drop = flowhash.DropNoLane
+		}
+		if drop != flowhash.DropNone {
+			d.C.Drops[drop].Add(1)
+			continue
+		}
+		if size > d.cfg.MTU {
+			d.tooBig(pkt, now)
+			continue
+		}
+		proto := uint16(geneve.ProtoIPv4)
+		if pkt[0]>>4 == 6 {
+			proto = geneve.ProtoIPv6
+		}
+		frame := b[Headroom-geneve.HeaderLen : Headroom+size]
+		geneve.Put(frame, d.cfg.VNI, proto, false)
+		if len(d.pending[lane]) == 0 {
+			d.used = append(d.used, lane)
+		}
+		d.pending[lane] = append(d.pending[lane], frame)
+	}
+	d.C.Packets.Add(uint64(len(bufs)))
+	d.C.Bytes.Add(bytes)
+	for _, lane := range d.used {
+		d.send(lane, targets[lane])
+	}
+	d.used = d.used[:0]
+	if len(d.icmpOut) > 0 {
+		if _, err := d.tun.Write(d.icmpOut, Headroom); err != nil {
+			d.cfg.Log.Debug("tun write icmp", "err", err)
+		} else {
+			d.C.ICMPSent.Add(uint64(len(d.icmpOut)))
+		}
+		d.icmpOut = d.icmpOut[:0]
+	}
+}
+
+func (d *Demux) send(lane flowhash.LaneID, t *Target) {
+	frames := d.pending[lane]
+	var bytes uint64
+	for _, f := range frames {
+		bytes += uint64(len(f) - geneve.HeaderLen)
+	}
+	c := &d.C.Lanes[lane]
+	var failed uint64
+	for rest := frames; len(rest) > 0; {
+		chunk := rest[:min(len(rest), d.sendMax)]
+		rest = rest[len(chunk):]
+		if err := d.bind.Send(chunk, t.Endpoint); err != nil {
+			failed += uint64(len(chunk))
+			for _, f := range chunk {
+				bytes -= uint64(len(f) - geneve.HeaderLen)
+			}
+		}
+	}
+	if failed > 0 {
+		c.SendErrors.Add(failed)
+		d.C.SendErrors.Add(failed)
+	}
+	c.Packets.Add(uint64(len(frames)) - failed)
+	c.Bytes.Add(bytes)
+	clear(frames) // drop references to the read buffers
+	d.pending[lane] = frames[:0]
+}
+
+// tooBig answers an oversized packet as a router does, within the ICMP
+// budget. The kernel in front of the TUN normally does this already (the
+// TUN's MTU is the lane MTU); this covers a TUN whose MTU was raised and
+// lanes with a smaller MTU.
+func (d *Demux) tooBig(pkt []byte, now uint32) {
+	d.C.TooBig.Add(1)
+	if now != d.icmpSecond {
+		d.icmpSecond, d.icmpLeft = now, ICMPPerSecond
+	}
+	if d.icmpLeft == 0 || len(d.icmpOut) == len(d.icmpBufs) {
+		return
+	}
+	src := d.cfg.ICMPv4
+	if pkt[0]>>4 == 6 {
+		src = d.cfg.ICMPv6
+	}
+	buf := d.icmpBufs[len(d.icmpOut)]
+	n := icmperr.TooBig(buf[Headroom:], pkt, d.cfg.MTU, src)
+	if n == 0 {
+		return
+	}
+	d.icmpLeft--
+	d.icmpOut = append(d.icmpOut, buf[:Headroom+n])
+}

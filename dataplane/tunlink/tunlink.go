@@ -1,0 +1,35 @@
+// Package tunlink prepares the kernel side of a TUN the way wg-quick does:
+// link up and the given prefixes routed into it, over netlink.
+package tunlink
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Up sets the link up and routes each prefix into it (replacing an
+// existing route to the same prefix).
+func Up(name string, routes []netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find tun %s: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	for _, p := range routes {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(p), Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("route %s dev %s: %w", p, name, err)
+		}
+	}
+	return nil
+}
+
+// IPNet converts a prefix for netlink.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

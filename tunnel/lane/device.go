@@ -1,0 +1,245 @@
+package lane
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Device is the tun.Device that WireGuard's engine sees in a gateway.
+//
+//	Read:  GENEVE from the demux (batched UDP, GRO) -> Ingress.Check -> inner
+//	       packets; plus what the kernel routes into the TUN locally
+//	Write: decrypted packets from the peer -> the kernel TUN (GRO), which
+//	       delivers them to the local network
+//
+// Each source runs its own goroutine that fills a batch from a bounded
+// pool; Read copies inner packets into WireGuard's buffers. A source keeps
+// its order, so a flow (always from one demux) is never reordered here.
+type Device struct {
+	kernel    tun.Device
+	ingress   Ingress
+	mtu       int
+	batchSize int
+
+	free   chan *batch // bounded pool: a slow engine slows the sources
+	ready  chan *batch
+	cur    *batch
+	events chan tun.Event
+	done   chan struct{}
+	close  sync.Once
+	wg     sync.WaitGroup
+	closer func() error // closes the GENEVE bind
+
+	C DeviceCounters
+}
+
+// DeviceCounters are a gateway's packet counts.
+type DeviceCounters struct {
+	GenevePackets, GeneveBytes       atomic.Uint64 // accepted from the demux
+	LocalPackets, LocalBytes         atomic.Uint64 // routed into the TUN locally
+	DeliveredPackets, DeliveredBytes atomic.Uint64 // decrypted, written to the TUN
+	Drops                            [NumDrops]atomic.Uint64
+}
+
+type batch struct {
+	bufs  [][]byte
+	sizes []int
+	eps   []conn.Endpoint
+	pkts  [][]byte // accepted packets, aliasing bufs
+	next  int
+}
+
+const (
+	bufLen       = 65535 + 16 // a GRO'd datagram or a GSO super-packet, plus headroom
+	kernelOffset = 16         // headroom the kernel TUN needs for its virtio header
+)
+
+// NewDevice wires the GENEVE receive functions (from an opened bind) and
+// the kernel TUN into one tun.Device. closeGeneve closes that bind.
+func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() error, ingress Ingress, mtu int) *Device {
+	sources := len(geneve) + 1
+	batchSize := kernel.BatchSize()
+	if batchSize < conn.IdealBatchSize {
+		batchSize = conn.IdealBatchSize
+	}
+	d := &Device{
+		kernel:    kernel,
+		ingress:   ingress,
+		mtu:       mtu,
+		batchSize: batchSize,
+		free:      make(chan *batch, sources+2),
+		ready:     make(chan *batch, sources+2),
+		events:    make(chan tun.Event, 4),
+		done:      make(chan struct{}),
+		closer:    closeGeneve,
+	}
+	for range sources + 2 {
+		b := &batch{
+			bufs:  make([][]byte, batchSize),
+			sizes: make([]int, batchSize),
+			eps:   make([]conn.Endpoint, batchSize),
+			pkts:  make([][]byte, 0, batchSize),
+		}
+		for i := range b.bufs {
+			b.bufs[i] = make([]byte, bufLen)
+		}
+		d.free <- b
+	}
+	d.events <- tun.EventUp
+	d.wg.Add(sources)
+	for _, fn := range geneve {
+		go d.readGeneve(fn)
+	}
+	go d.readKernel()
+	go d.drainKernelEvents()
+	return d
+}
+
+func (d *Device) take() (*batch, bool) {
+	select {
+	case b := <-d.free:
+		b.pkts, b.next = b.pkts[:0], 0
+		return b, true
+	case <-d.done:
+		return nil, false
+	}
+}
+
+func (d *Device) readGeneve(fn conn.ReceiveFunc) {
+	defer d.wg.Done()
+	for {
+		b, ok := d.take()
+		if !ok {
+			return
+		}
+		n, err := fn(b.bufs, b.sizes, b.eps)
+		var bytes uint64
+		for i := range n {
+			if b.sizes[i] == 0 {
+				continue
+			}
+			inner, drop := d.ingress.Check(b.eps[i].DstIP(), b.bufs[i][:b.sizes[i]])
+			b.eps[i] = nil
+			if drop != DropNone {
+				d.C.Drops[drop].Add(1)
+				continue
+			}
+			bytes += uint64(len(inner))
+			b.pkts = append(b.pkts, inner)
+		}
+		d.C.GenevePackets.Add(uint64(len(b.pkts)))
+		d.C.GeneveBytes.Add(bytes)
+		d.hand(b)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Transient socket errors (ICMP-induced ECONNREFUSED and the
+			// like) must not stop the lane.
+			continue
+		}
+	}
+}
+
+func (d *Device) readKernel() {
+	defer d.wg.Done()
+	for {
+		b, ok := d.take()
+		if !ok {
+			return
+		}
+		n, err := d.kernel.Read(b.bufs, b.sizes, kernelOffset)
+		var bytes uint64
+		for i := range n {
+			b.pkts = append(b.pkts, b.bufs[i][kernelOffset:kernelOffset+b.sizes[i]])
+			bytes += uint64(b.sizes[i])
+		}
+		d.C.LocalPackets.Add(uint64(n))
+		d.C.LocalBytes.Add(bytes)
+		d.hand(b)
+		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
+			return // closed
+		}
+	}
+}
+
+// hand passes a filled batch to Read, or back to the pool when empty.
+func (d *Device) hand(b *batch) {
+	if len(b.pkts) == 0 {
+		d.free <- b
+		return
+	}
+	d.ready <- b // never blocks: ready holds every batch there is
+}
+
+func (d *Device) drainKernelEvents() {
+	for e := range d.kernel.Events() {
+		if e&tun.EventMTUUpdate != 0 {
+			select {
+			case d.events <- tun.EventMTUUpdate:
+			default:
+			}
+		}
+	}
+}
+
+// Read hands WireGuard the next packets to encrypt.
+func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if d.cur == nil {
+		select {
+		case d.cur = <-d.ready:
+		case <-d.done:
+			return 0, os.ErrClosed
+		}
+	}
+	b := d.cur
+	n := 0
+	for n < len(bufs) && b.next < len(b.pkts) {
+		p := b.pkts[b.next]
+		b.pkts[b.next] = nil
+		b.next++
+		sizes[n] = copy(bufs[n][offset:], p)
+		n++
+	}
+	if b.next == len(b.pkts) {
+		d.cur = nil
+		d.free <- b
+	}
+	return n, nil
+}
+
+// Write delivers decrypted packets to the local network.
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
+	var bytes uint64
+	for _, b := range bufs {
+		bytes += uint64(len(b) - offset)
+	}
+	n, err := d.kernel.Write(bufs, offset)
+	d.C.DeliveredPackets.Add(uint64(len(bufs)))
+	d.C.DeliveredBytes.Add(bytes)
+	return n, err
+}
+
+func (d *Device) File() *os.File           { return nil }
+func (d *Device) MTU() (int, error)        { return d.mtu, nil }
+func (d *Device) Name() (string, error)    { return d.kernel.Name() }
+func (d *Device) Events() <-chan tun.Event { return d.events }
+func (d *Device) BatchSize() int           { return d.batchSize }
+
+// Close stops the sources and closes the kernel TUN and the GENEVE bind.
+func (d *Device) Close() error {
+	var err error
+	d.close.Do(func() {
+		close(d.done)
+		err = errors.Join(d.closer(), d.kernel.Close())
+		d.wg.Wait()
+		close(d.events)
+	})
+	return err
+}

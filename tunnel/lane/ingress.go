@@ -1,0 +1,93 @@
+package lane
+
+import (
+	"errors"
+	"net/netip"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+)
+
+// Drop is why the gateway refused a packet.
+type Drop uint8
+
+const (
+	DropNone           Drop = iota
+	DropUnknownSource       // GENEVE from an address that is not a configured demux
+	DropTruncated           // shorter than its GENEVE header or inner IP header
+	DropBadVersion          // GENEVE version other than 0
+	DropBadOptions          // option lengths overrun the header
+	DropCriticalOption      // an option we do not know is marked critical
+	DropWrongVNI            // another peering's VNI
+	DropBadProtocol         // inner type not IPv4/IPv6, or not matching the packet
+	DropOAM                 // a health probe; answered by the lane health code, not forwarded
+	NumDrops
+)
+
+var dropNames = [NumDrops]string{
+	"none", "unknown_source", "truncated", "bad_version", "bad_options",
+	"critical_option", "wrong_vni", "bad_protocol", "oam",
+}
+
+func (d Drop) String() string {
+	if d < NumDrops {
+		return dropNames[d]
+	}
+	return "unknown"
+}
+
+// Ingress decides which GENEVE datagrams a gateway accepts: from one of
+// its demuxes, for its peering's VNI, carrying an IP packet.
+type Ingress struct {
+	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
+	VNI     uint32
+}
+
+// Check validates a GENEVE datagram's payload from src and returns the
+// inner packet, or the reason to drop it. The inner packet aliases payload.
+func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
+	src = src.Unmap()
+	known := false
+	for _, s := range in.Sources {
+		if s == src {
+			known = true
+			break
+		}
+	}
+	if !known {
+		return nil, DropUnknownSource
+	}
+	h, inner, err := geneve.Parse(payload)
+	switch {
+	case err == nil:
+	case errors.Is(err, geneve.ErrTruncated):
+		return nil, DropTruncated
+	case errors.Is(err, geneve.ErrVersion):
+		return nil, DropBadVersion
+	case errors.Is(err, geneve.ErrCriticalOption):
+		return nil, DropCriticalOption
+	default:
+		return nil, DropBadOptions
+	}
+	if h.VNI() != in.VNI {
+		return nil, DropWrongVNI
+	}
+	if h.OAM() {
+		return nil, DropOAM
+	}
+	if len(inner) < 20 {
+		return nil, DropTruncated
+	}
+	switch h.Protocol() {
+	case geneve.ProtoIPv4:
+		if inner[0]>>4 != 4 {
+			return nil, DropBadProtocol
+		}
+	case geneve.ProtoIPv6:
+		if inner[0]>>4 != 6 || len(inner) < 40 {
+			return nil, DropBadProtocol
+		}
+	default:
+		return nil, DropBadProtocol
+	}
+	return inner, DropNone
+}

@@ -1,0 +1,213 @@
+// Package lane runs one end of a lane in a gateway: GENEVE from the local
+// demux in, WireGuard (golang.zx2c4.com/wireguard's device, embedded) to
+// the paired gateway, decrypted packets out to the local network through a
+// kernel TUN.
+//
+//	demux --GENEVE/UDP--> Device.Read --> WireGuard encrypt --> conn.Bind --> peer
+//	peer --> conn.Bind --> WireGuard decrypt --> Device.Write --> kernel TUN --> hosts
+//
+// The WireGuard side is the stock protocol: the far end may be any
+// WireGuard peer (Debian's wireguard-go, the kernel module). The device's
+// UAPI socket is opened as wireguard-go's own is, so `wg show <tun>` works.
+package lane
+
+import (
+	"bufio"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+)
+
+// Config is one gateway's end of a lane.
+type Config struct {
+	Tun          string // kernel TUN delivering to the local network; also the UAPI name
+	MTU          int
+	GenevePort   uint16
+	Ingress      Ingress
+	PrivateKey   wgkey.Key
+	ListenPort   uint16
+	Peer         wgkey.Key
+	PeerEndpoint netip.AddrPort
+	Remote       []netip.Prefix // the far network: allowed IPs, routed into the TUN
+	UAPI         bool           // open /var/run/wireguard/<tun>.sock for `wg`
+	Log          *slog.Logger
+}
+
+// Lane is a running gateway.
+type Lane struct {
+	cfg  Config
+	dev  *device.Device
+	tdev *Device
+	uapi net.Listener
+}
+
+// Start creates the TUN, binds the GENEVE and WireGuard ports and brings
+// the lane up. Close undoes all of it.
+func Start(cfg Config) (l *Lane, err error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	kernel, err := tun.CreateTUN(cfg.Tun, cfg.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: %w", cfg.Tun, err)
+	}
+	defer func() {
+		if err != nil && kernel != nil {
+			kernel.Close()
+		}
+	}()
+	if err := tunlink.Up(cfg.Tun, cfg.Remote); err != nil {
+		return nil, err
+	}
+	gbind := conn.NewStdNetBind()
+	fns, _, err := gbind.Open(cfg.GenevePort)
+	if err != nil {
+		return nil, fmt.Errorf("listen geneve udp/%d: %w", cfg.GenevePort, err)
+	}
+	tdev := NewDevice(kernel, fns, gbind.Close, cfg.Ingress, cfg.MTU)
+	kernel = nil // tdev owns it now
+	logger := &device.Logger{
+		Verbosef: func(format string, args ...any) { cfg.Log.Debug(fmt.Sprintf(format, args...)) },
+		Errorf:   func(format string, args ...any) { cfg.Log.Error(fmt.Sprintf(format, args...)) },
+	}
+	dev := device.NewDevice(tdev, conn.NewStdNetBind(), logger)
+	l = &Lane{cfg: cfg, dev: dev, tdev: tdev}
+	if err := dev.IpcSet(cfg.uapiConfig()); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("configure wireguard: %w", err)
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("wireguard up: %w", err)
+	}
+	if cfg.UAPI {
+		if err := l.listenUAPI(); err != nil {
+			dev.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// uapiConfig is the device's configuration in wireguard-go's UAPI form.
+// It carries the private key, so it is never logged.
+func (c *Config) uapiConfig() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "private_key=%s\nlisten_port=%d\nreplace_peers=true\n", c.PrivateKey.UAPIHex(), c.ListenPort)
+	fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", c.Peer.UAPIHex(), c.PeerEndpoint)
+	for _, p := range c.Remote {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", p)
+	}
+	return b.String()
+}
+
+func (l *Lane) listenUAPI() error {
+	f, err := ipc.UAPIOpen(l.cfg.Tun)
+	if err != nil {
+		return fmt.Errorf("uapi socket for %s: %w", l.cfg.Tun, err)
+	}
+	ln, err := ipc.UAPIListen(l.cfg.Tun, f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("uapi listen %s: %w", l.cfg.Tun, err)
+	}
+	l.uapi = ln
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go l.dev.IpcHandle(c)
+		}
+	}()
+	return nil
+}
+
+// Counters are the gateway's packet counters.
+func (l *Lane) Counters() *DeviceCounters { return &l.tdev.C }
+
+// Close stops the lane and removes its TUN (and with it the routes).
+func (l *Lane) Close() {
+	if l.uapi != nil {
+		l.uapi.Close()
+	}
+	l.dev.Close() // closes the Device, hence the TUN and GENEVE bind
+}
+
+// Wait returns a channel closed when the device has stopped.
+func (l *Lane) Wait() <-chan struct{} { return l.dev.Wait() }
+
+// PeerStatus is what WireGuard knows of the peer.
+type PeerStatus struct {
+	PublicKey     string    `json:"public_key"`
+	Endpoint      string    `json:"endpoint"`
+	LastHandshake time.Time `json:"last_handshake"`
+	RxBytes       uint64    `json:"rx_bytes"`
+	TxBytes       uint64    `json:"tx_bytes"`
+}
+
+// Peer reads the peer's state from the device (public data only).
+func (l *Lane) Peer() (PeerStatus, error) {
+	s, err := l.dev.IpcGet()
+	if err != nil {
+		return PeerStatus{}, err
+	}
+	return parsePeer(s)
+}
+
+// parsePeer reads the first peer of a UAPI "get" answer; the private key
+// line is skipped, never kept.
+func parsePeer(s string) (PeerStatus, error) {
+	var p PeerStatus
+	var sec, nsec int64
+	inPeer := false
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			if inPeer {
+				return p, nil // only one peer
+			}
+			inPeer = true
+			if b, err := hex.DecodeString(v); err == nil && len(b) == len(wgkey.Key{}) {
+				p.PublicKey = wgkey.Key(b).Base64()
+			}
+		case "endpoint":
+			p.Endpoint = v
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			p.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			p.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	if !inPeer {
+		return p, errors.New("wireguard device has no peer")
+	}
+	if sec != 0 || nsec != 0 {
+		p.LastHandshake = time.Unix(sec, nsec)
+	}
+	return p, nil
+}
