@@ -132,7 +132,7 @@ up() {
   } >"$cfg"
 
   start() { # ns binary node
-    nsx "$1" "$bin/$2" up --config "$cfg" --node "$3" >"$work/$3.log" 2>&1 &
+    ip netns exec "$(ns "$1")" "$bin/$2" up --config "$cfg" --node "$3" >"$work/$3.log" 2>&1 &
     echo $! >>"$work/pids"
   }
   for i in $(seq "$lanes"); do

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -145,6 +146,9 @@ func (l *Lane) Counters() *DeviceCounters { return &l.tdev.C }
 func (l *Lane) Close() {
 	if l.uapi != nil {
 		l.uapi.Close()
+		// wireguard-go's listener does not unlink its socket; `wg show`
+		// would list a dead interface.
+		os.Remove("/var/run/wireguard/" + l.cfg.Tun + ".sock")
 	}
 	l.dev.Close() // closes the Device, hence the TUN and GENEVE bind
 }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The README's first command (`make demo`): a peering of two networks with
+# a demux each and three lanes, in network namespaces on this machine;
+# ping and iperf3 across it; which lane carried each flow; then everything
+# is removed again, also on Ctrl-C or failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces, TUN devices)" >&2; exit 1; }
+command -v iperf3 >/dev/null || { echo "demo: iperf3 missing (make deps)" >&2; exit 1; }
+
+P=cpdemo
+LANES=3
+BIN=$PWD/bin
+W=$(mktemp -d /tmp/clusterpeer-demo.XXXXXX)
+extra_pids=()
+cleanup() {
+  for p in "${extra_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  echo "removing namespaces and processes ..."
+  scripts/topology.sh down $P "$W"
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+nsx() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
+
+cat <<'PIC'
+clusterpeer demo: two networks, a demux each, 3 lanes (gateway pairs
+with a WireGuard tunnel each), all in network namespaces on this machine.
+
+  network A 10.1.0.0/16 fd00:a::/64             network B 10.2.0.0/16 fd00:b::/64
+
+  host-a --> demux-a --GENEVE--> gw-a1 ==lane 1== gw-b1 --> host-b
+             (flow hash,   -->   gw-a2 ==lane 2== gw-b2
+              Maglev)      -->   gw-a3 ==lane 3== gw-b3
+  host-a <-- gw-a* <== lanes ==  gw-b* <--GENEVE-- demux-b <-- host-b
+
+PIC
+start=$(date +%s.%N)
+echo "setting up namespaces, keys, config ($W/peering.yaml) and 8 processes ..."
+scripts/topology.sh up $P $LANES "$BIN" "$W"
+printf "up in %.1f s\n\n" "$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo 0)"
+
+for pair in "ha 10.2.0.10" "ha fd00:b::10" "hb 10.1.0.10" "hb fd00:a::10"; do
+  set -- $pair
+  if nsx "$1" ping -c 3 -i 0.2 -W 2 -q "$2" >/dev/null; then r=ok; else r=FAILED; fi
+  printf "ping %-6s -> %-11s %s\n" "host-${1#h}" "$2" "$r"
+  [ $r = ok ] || { echo "demo: ping failed; logs are in $W" >&2; exit 1; }
+done
+
+# Which lane delivers a packet to host-b: the source MAC of gw-bN.
+lanes=()
+for i in $(seq $LANES); do lanes+=(--lane "$i=$(nsx gb$i cat /sys/class/net/lan0/address)"); done
+ip netns exec $P-hb "$BIN/lanewatch" --iface lan0 "${lanes[@]}" --json "$W/lanes.json" --ready "$W/watching" >"$W/lanewatch.txt" &
+watch_pid=$!
+extra_pids+=($watch_pid)
+for _ in $(seq 50); do [ -e "$W/watching" ] && break; sleep 0.1; done
+
+nsx hb iperf3 -s -D --pidfile "$W/iperf3.pid" -1 >/dev/null
+sleep 0.3
+echo
+echo "iperf3 TCP, 8 streams, 5 s, host-a -> host-b:"
+nsx ha iperf3 -c 10.2.0.10 -P 8 -t 5 -f g | grep -E 'SUM.*(sender|receiver)' | sed 's/^/  /'
+nsx hb iperf3 -s -D --pidfile "$W/iperf3.pid" -1 >/dev/null
+sleep 0.3
+echo "iperf3 UDP, 4 streams at 50 Mbit/s each, 3 s, host-a -> host-b:"
+nsx ha iperf3 -c 10.2.0.10 -u -b 50M -l 1200 -P 4 -t 3 -f g | grep -E 'SUM.*receiver' | sed 's/^/  /'
+
+kill -TERM $watch_pid
+wait $watch_pid || true
+echo
+echo "flows arriving at host-b, by the lane (gateway MAC) that delivered them:"
+sed 's/^/  /' "$W/lanewatch.txt"
+echo
+"$BIN/demux" show --config "$W/peering.yaml" --node demux-a
+echo
+if grep -q "stayed on one lane" "$W/lanewatch.txt"; then
+  echo "demo: ok"
+else
+  echo "demo: a flow changed lanes; see $W/lanes.json" >&2
+  exit 1
+fi
