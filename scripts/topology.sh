@@ -14,6 +14,9 @@
 # image through demux-b. Each lane has its own underlay veth, 198.18.N.0/24.
 #
 #   topology.sh up   PREFIX LANES BINDIR WORKDIR   # prints nothing but errors; ready when it returns
+#     STOCK_B1=1: gw-b1 is Debian's stock wireguard-go configured with `wg`
+#     instead of our tunnel (interop), and host-b routes network A to gw-b1
+#     directly, so both directions cross the stock peer.
 #   topology.sh down PREFIX WORKDIR                # removes namespaces, stops processes
 #
 # Namespaces are PREFIX-ha, -da, -gaN, -gbN, -db, -hb, -swa, -swb. Process
@@ -137,18 +140,38 @@ up() {
   }
   for i in $(seq "$lanes"); do
     start ga$i tunnel gw-a$i
-    start gb$i tunnel gw-b$i
+    if [ "$i" = 1 ] && [ "${STOCK_B1:-}" = 1 ]; then
+      stock_b1 "$work"
+    else
+      start gb$i tunnel gw-b$i
+    fi
   done
   start da demux demux-a
   start db demux demux-b
   # Ready when every node's status socket answers.
-  for node in demux-a demux-b $(for i in $(seq "$lanes"); do echo gw-a$i gw-b$i; done); do
+  for node in demux-a demux-b $(for i in $(seq "$lanes"); do echo gw-a$i; [ "$i.${STOCK_B1:-}" = 1.1 ] || echo gw-b$i; done); do
     for t in $(seq 100); do
       [ -S "/run/clusterpeer/$P-$node.sock" ] && break
       if [ "$t" = 100 ]; then echo "topology: $node did not start; its log:" >&2; cat "$work/$node.log" >&2; exit 1; fi
       sleep 0.1
     done
   done
+}
+
+# gw-b1 as a stock WireGuard peer: wireguard-go in the foreground (so its
+# PID is ours to stop), configured with wg and ip as an operator would.
+stock_b1() {
+  local work=$1 ifname=${P:0:9}-gb1
+  ip netns exec "$(ns gb1)" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifname" >"$work/gw-b1.log" 2>&1 &
+  echo $! >>"$work/pids"
+  for _ in $(seq 50); do nsx gb1 ip link show "$ifname" >/dev/null 2>&1 && break; sleep 0.1; done
+  nsx gb1 wg set "$ifname" private-key "$work/gw-b1.key" listen-port 51820 \
+    peer "$("$bin/tunnel" pubkey <"$work/gw-a1.key")" endpoint 198.18.1.1:51820 allowed-ips 10.1.0.0/16,fd00:a::/64
+  nsx gb1 ip link set "$ifname" mtu 1420 up
+  nsx gb1 ip route add 10.1.0.0/16 dev "$ifname"
+  nsx gb1 ip -6 route add fd00:a::/64 dev "$ifname"
+  nsx hb ip route replace 10.1.0.0/16 via 10.2.0.21
+  nsx hb ip -6 route replace fd00:a::/64 via fd00:b::21
 }
 
 case $cmd in

@@ -72,6 +72,12 @@ func up(args []string) error {
 	if err := tunlink.Up(d.Tun, p.Networks[config.Other(node.Side)].Parsed); err != nil {
 		return err
 	}
+	// The ICMP errors the demux writes back into the TUN come from this
+	// host's own address (as a router's do); without accept_local the
+	// kernel drops them as martians.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+d.Tun+"/accept_local", []byte("1"), 0); err != nil {
+		log.Warn("cannot accept ICMP errors from the TUN; IPv4 senders will not learn the path MTU", "err", err)
+	}
 	bind := conn.NewStdNetBind()
 	if _, _, err := bind.Open(0); err != nil {
 		return fmt.Errorf("open udp socket: %w", err)

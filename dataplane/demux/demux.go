@@ -110,6 +110,7 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 		cfg.Log = slog.Default()
 	}
 	d := &Demux{cfg: cfg, tun: t, bind: b, sendMax: b.BatchSize()}
+	d.icmpSecond = ^uint32(0) // no second yet: the first too-big refills the budget
 	d.targets.Store(new([flowhash.MaxLaneID + 1]*Target))
 	d.bufs = make([][]byte, t.BatchSize())
 	for i := range d.bufs {

@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+	"github.com/clusterpeer/clusterpeer/tunnel/lane"
+)
+
+const lanes = 3
+
+// TestDataPath builds the demo's peering once and checks what crosses it.
+func TestDataPath(t *testing.T) {
+	needs(t, "iperf3", "ping")
+	tp := up(t, "cpe2e", lanes)
+
+	t.Run("ping", func(t *testing.T) {
+		for _, c := range [][2]string{{"ha", "10.2.0.10"}, {"ha", "fd00:b::10"}, {"hb", "10.1.0.10"}, {"hb", "fd00:a::10"}} {
+			tp.run(c[0], "ping", "-c", "3", "-i", "0.2", "-W", "2", c[1])
+		}
+	})
+
+	t.Run("iperf3", func(t *testing.T) {
+		for _, c := range []struct {
+			name, dst string
+			args      []string
+		}{
+			{"tcp-1-stream", "10.2.0.10", []string{"-t", "2"}},
+			{"tcp-8-streams", "10.2.0.10", []string{"-t", "2", "-P", "8"}},
+			{"tcp-ipv6", "fd00:b::10", []string{"-t", "2"}},
+			{"tcp-reverse", "10.2.0.10", []string{"-t", "2", "-R"}},
+		} {
+			r := tp.iperf3("ha", "hb", c.dst, c.args...)
+			t.Logf("%s: %.2f Gbit/s", c.name, r.End.SumReceived.BitsPerSecond/1e9)
+			if r.End.SumReceived.Bytes <= 0 {
+				t.Errorf("%s: nothing received", c.name)
+			}
+		}
+		r := tp.iperf3("ha", "hb", "10.2.0.10", "-u", "-b", "40M", "-l", "1200", "-P", "2", "-t", "2")
+		t.Logf("udp: %.0f packets, %.2f%% lost", r.End.Sum.Packets, r.End.Sum.LostPercent)
+		if r.End.Sum.Bytes <= 0 || r.End.Sum.LostPercent > 20 {
+			t.Errorf("udp: %.0f bytes, %.2f%% lost", r.End.Sum.Bytes, r.End.Sum.LostPercent)
+		}
+	})
+
+	t.Run("stickiness", func(t *testing.T) { testStickiness(t, tp) })
+	t.Run("too-big", func(t *testing.T) { testTooBig(t, tp) })
+	t.Run("bad-geneve", func(t *testing.T) { testBadGeneve(t, tp) })
+	t.Run("metrics-and-show", func(t *testing.T) { testMetricsAndShow(t, tp) })
+}
+
+// testStickiness sends 64 sequence-numbered UDP flows from host-a to
+// host-b and checks, at host-b, that each arrived through exactly one lane
+// (one gateway MAC) and in order, and that every lane carried flows.
+func testStickiness(t *testing.T, tp *topo) {
+	const flows, packets = 64, 200
+	macs := map[string]int{}
+	for i := 1; i <= lanes; i++ {
+		mac := strings.TrimSpace(tp.run(fmt.Sprintf("gb%d", i), "cat", "/sys/class/net/lan0/address"))
+		macs[mac] = i
+	}
+	var (
+		w    *lanewatch.Watcher
+		recv *udpflows.Receiver
+		send *udpflows.Sender
+		err  error
+	)
+	dst := netip.MustParseAddrPort("10.2.0.10:7000")
+	tp.inNS("hb", func() {
+		if w, err = lanewatch.Open("lan0", macs); err != nil {
+			return
+		}
+		recv, err = udpflows.Listen(dst)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.inNS("ha", func() {
+		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: flows, Packets: packets, Size: 200, Interval: 2 * time.Millisecond})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { w.Run(watchCtx); close(watched) }()
+	received := make(chan []udpflows.FlowResult)
+	go func() { recv.Run(ctx, time.Second); received <- recv.Results() }()
+	if err := send.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	results := <-received
+	stopWatch()
+	<-watched
+	rep := w.Report()
+
+	if len(results) != flows {
+		t.Fatalf("received %d flows, want %d", len(results), flows)
+	}
+	var got, ooo uint64
+	for _, r := range results {
+		got += r.Received
+		ooo += r.OutOfOrder
+		if r.OutOfOrder != 0 {
+			t.Errorf("flow %d (%s): %d packets out of order", r.Flow, r.From, r.OutOfOrder)
+		}
+	}
+	if got < flows*packets*9/10 {
+		t.Errorf("received %d of %d packets", got, flows*packets)
+	}
+	udp := 0
+	for _, f := range rep.Flows {
+		if !strings.HasPrefix(f.Flow, "udp ") || !strings.HasSuffix(f.Flow, dst.String()) {
+			continue
+		}
+		udp++
+		if len(f.Lanes) != 1 {
+			t.Errorf("%s arrived through lanes %v", f.Flow, keys(f.Lanes))
+		}
+	}
+	if udp != flows {
+		t.Errorf("lanewatch saw %d of the %d flows", udp, flows)
+	}
+	for id, l := range rep.Lanes {
+		t.Logf("lane %d: %d flows, %d packets", id, l.Flows, l.Packets)
+		if l.Flows == 0 {
+			t.Errorf("lane %d carried no flow", id)
+		}
+	}
+	t.Logf("%d flows, %d packets received, %d out of order, %d split", len(results), got, ooo, rep.SplitFlows)
+}
+
+func keys(m map[int]*lanewatch.Count) []int {
+	var k []int
+	for id := range m {
+		k = append(k, id)
+	}
+	return k
+}
+
+// testTooBig raises the demux TUN's MTU above the lane MTU, so the kernel
+// hands it packets a lane cannot carry, and expects the router's answer.
+func testTooBig(t *testing.T, tp *topo) {
+	tp.run("da", "ip", "link", "set", "cpdemux", "mtu", "1500")
+	defer tp.run("da", "ip", "link", "set", "cpdemux", "mtu", "1420")
+	// Forget the path MTU host-a learnt earlier (from the kernel in front
+	// of the TUN, while its MTU was 1420), so the big packets are sent.
+	tp.run("ha", "ip", "route", "flush", "cache")
+	tp.run("ha", "ip", "-6", "route", "flush", "cache")
+	out, _ := tp.try("ha", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1472", "10.2.0.10")
+	if !strings.Contains(out, "mtu = 1420") {
+		t.Errorf("IPv4 DF ping of 1500 bytes: want 'Frag needed ... mtu = 1420', got:\n%s", out)
+	}
+	out, _ = tp.try("ha", "ping", "-6", "-c", "1", "-W", "2", "-M", "do", "-s", "1452", "fd00:b::10")
+	if !strings.Contains(out, "mtu=1420") {
+		t.Errorf("IPv6 ping of 1500 bytes: want 'Packet too big: mtu=1420', got:\n%s", out)
+	}
+	var st demux.Status
+	tp.status("demux-a", &st)
+	if st.TooBig < 2 || st.ICMPSent < 2 {
+		t.Errorf("demux counted too_big=%d icmp_sent=%d, want >= 2 each", st.TooBig, st.ICMPSent)
+	}
+	// Path MTU discovery then works: the host retries at 1420.
+	tp.run("ha", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1392", "10.2.0.10")
+}
+
+// testBadGeneve sends malformed and unauthorised GENEVE to gw-a1 and
+// checks each is counted under its reason and the gateway keeps working.
+func testBadGeneve(t *testing.T, tp *topo) {
+	inner := tp.pingPacket()
+	valid := func(vni uint32, proto uint16, oam bool) []byte {
+		b := make([]byte, geneve.HeaderLen+len(inner))
+		geneve.Put(b, vni, proto, oam)
+		copy(b[geneve.HeaderLen:], inner)
+		return b
+	}
+	badVersion := valid(4242, geneve.ProtoIPv4, false)
+	badVersion[0] |= 0x40
+	critical := make([]byte, 0, 64)
+	critical = append(critical, valid(4242, geneve.ProtoIPv4, false)[:geneve.HeaderLen]...)
+	critical[0] |= 1 // one 4-byte option
+	critical[1] |= 0x40
+	critical = append(critical, 0x01, 0x02, 0x80, 0x00) // class 0x0102, type 0x80 (critical), len 0
+	critical = append(critical, inner...)
+	cases := []struct {
+		from   string
+		pkt    []byte
+		reason string
+	}{
+		{"ha", valid(4242, geneve.ProtoIPv4, false), "unknown_source"},
+		{"da", []byte{0, 0, 8}, "truncated"},
+		{"da", badVersion, "bad_version"},
+		{"da", valid(7, geneve.ProtoIPv4, false), "wrong_vni"},
+		{"da", valid(4242, 0x1234, false), "bad_protocol"},
+		{"da", valid(4242, geneve.ProtoIPv6, false), "bad_protocol"},
+		{"da", valid(4242, geneve.ProtoIPv4, true), "oam"},
+		{"da", critical, "critical_option"},
+	}
+	var before lane.Status
+	tp.status("gw-a1", &before)
+	want := map[string]uint64{}
+	for _, c := range cases {
+		tp.inNS(c.from, func() {
+			conn, err := net.Dial("udp", "10.1.0.21:6081")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			conn.Write(c.pkt)
+			conn.Close()
+		})
+		want[c.reason]++
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var after lane.Status
+		tp.status("gw-a1", &after)
+		missing := ""
+		for reason, n := range want {
+			if got := after.Drops[reason] - before.Drops[reason]; got != n {
+				missing += fmt.Sprintf(" %s=%d (want %d)", reason, got, n)
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drop counters:%s", missing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tp.run("ha", "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.2.0.10")
+}
+
+// pingPacket is an ICMP echo from host-a to host-b, as a demux would
+// encapsulate it.
+func (tp *topo) pingPacket() []byte {
+	p := make([]byte, 28)
+	p[0], p[2], p[3], p[8], p[9] = 0x45, 0, 28, 64, 1
+	copy(p[12:16], []byte{10, 1, 0, 10})
+	copy(p[16:20], []byte{10, 2, 0, 10})
+	binary.BigEndian.PutUint16(p[10:12], ^checksum(p[:20]))
+	p[20] = 8
+	binary.BigEndian.PutUint16(p[22:24], ^checksum(p[20:]))
+	return p
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
+// testMetricsAndShow reads /metrics inside the demux and gateway
+// namespaces and runs the show commands.
+func testMetricsAndShow(t *testing.T, tp *topo) {
+	for node, want := range map[string][]string{
+		"da":  {`clusterpeer_lane_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_demux_drops_total{reason="too_big"}`, `clusterpeer_lane_up{gateway="gw-a3",lane="3"} 1`},
+		"ga1": {`clusterpeer_gateway_geneve_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_gateway_drops_total{gateway="gw-a1",lane="1",reason="unknown_source"}`, `clusterpeer_gateway_wireguard_tx_bytes_total`},
+	} {
+		var body string
+		tp.inNS(node, func() {
+			// Dial here: net/http would dial from another thread, outside
+			// the namespace.
+			c, err := net.DialTimeout("tcp", "127.0.0.1:9100", 2*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+			b, _ := io.ReadAll(c)
+			body = string(b)
+		})
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s /metrics lacks %s", node, w)
+			}
+		}
+	}
+	out := tp.run("ha", tp.bin+"/demux", "show", "--config", tp.config(), "--node", "demux-a")
+	for _, w := range []string{"lane 1: up", "lane 3: up", "gateway: gw-a2 (10.1.0.22:6081)"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("demux show lacks %q:\n%s", w, out)
+		}
+	}
+	priv, _ := os.ReadFile(tp.work + "/gw-a1.key")
+	for _, args := range [][]string{{"show"}, {"show", "--json"}} {
+		out := tp.run("ha", append([]string{tp.bin + "/tunnel"}, append(args, "--config", tp.config(), "--node", "gw-a1")...)...)
+		if strings.Contains(out, strings.TrimSpace(string(priv))) {
+			t.Errorf("tunnel %v prints the private key", args)
+		}
+		if !strings.Contains(out, "198.18.1.2:51820") {
+			t.Errorf("tunnel %v lacks the peer endpoint:\n%s", args, out)
+		}
+	}
+}
+
+// TestInteropStockWireGuard makes lane 1's far end Debian's wireguard-go,
+// configured with wg, and sends traffic both ways through it.
+func TestInteropStockWireGuard(t *testing.T) {
+	needs(t, "iperf3", "ping", "wireguard-go", "wg")
+	tp := up(t, "cpwg", 1, "STOCK_B1=1")
+	for _, c := range [][2]string{{"ha", "10.2.0.10"}, {"ha", "fd00:b::10"}, {"hb", "10.1.0.10"}, {"hb", "fd00:a::10"}} {
+		tp.run(c[0], "ping", "-c", "3", "-i", "0.2", "-W", "2", c[1])
+	}
+	for _, args := range [][]string{{"-t", "2"}, {"-t", "2", "-R"}} {
+		r := tp.iperf3("ha", "hb", "10.2.0.10", args...)
+		t.Logf("iperf3 %v: %.2f Gbit/s", args, r.End.SumReceived.BitsPerSecond/1e9)
+		if r.End.SumReceived.Bytes <= 0 {
+			t.Errorf("iperf3 %v: nothing received", args)
+		}
+	}
+	out := tp.run("gb1", "wg", "show")
+	if !strings.Contains(out, "latest handshake") {
+		t.Errorf("stock peer shows no handshake:\n%s", out)
+	}
+}
