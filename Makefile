@@ -33,10 +33,11 @@ fuzz:
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzSelect$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/geneve -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:
-	$(GO) test ./flowhash -run '^$$' -bench . -benchtime 1s -count 5
+	$(GO) test ./flowhash ./dataplane/demux -run '^$$' -bench . -benchtime 1s -count 5
 
 # Regenerates testdata/flowhash-vectors.json and the fuzz seed corpus. Only
 # on purpose: a changed hash or table splits demuxes of different versions.

@@ -1,0 +1,173 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+)
+
+// example returns testdata/peering.yaml, edited by the old/new pairs,
+// with fresh public keys and a hash key file written into dir.
+func example(t *testing.T, dir string, edits ...string) string {
+	t.Helper()
+	b, err := os.ReadFile("testdata/peering.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for i := 0; i+1 < len(edits); i += 2 {
+		if !strings.Contains(s, edits[i]) {
+			t.Fatalf("example lacks %q", edits[i])
+		}
+		s = strings.Replace(s, edits[i], edits[i+1], 1)
+	}
+	for _, name := range []string{"A1", "B1", "A2", "B2"} {
+		k, err := wgkey.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s = strings.ReplaceAll(s, "PUBKEY_"+name, k.Public().Base64())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hash.key"), []byte("00112233445566778899aabbccddeeff\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestExampleLoads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "peering.yaml")
+	os.WriteFile(path, []byte(example(t, dir)), 0o644)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.MTU != 1420 || p.Hash.TableSize == 0 || p.Hash.Key[0] != 0x00 || p.Hash.Key[15] != 0xff {
+		t.Errorf("defaults/key: mtu %d table %d key %x", p.MTU, p.Hash.TableSize, p.Hash.Key)
+	}
+	if got := p.Lanes[0].B.GeneveAddr.String(); got != "10.2.0.21:6081" {
+		t.Errorf("geneve default port: %s", got)
+	}
+	if p.Lanes[1].Weight != 2 || p.Lanes[0].Weight != 1 {
+		t.Errorf("weights %d %d", p.Lanes[0].Weight, p.Lanes[1].Weight)
+	}
+	if p.Lanes[0].A.PrivateKeyFile != dir+"/gw-a1.key" {
+		t.Errorf("relative key path: %s", p.Lanes[0].A.PrivateKeyFile)
+	}
+	if d := p.Networks["b"].Demux; d.Tun != "cp-demux-b" || d.Metrics != DefaultMetricsAddr || d.Status != "/run/clusterpeer/example-demux-b.sock" {
+		t.Errorf("demux defaults: %+v", d)
+	}
+	n, err := p.Node("gw-b2")
+	if err != nil || n.Side != "b" || n.Lane.ID != 2 || n.Peer.Name != "gw-a2" {
+		t.Errorf("Node(gw-b2) = %+v, %v", n, err)
+	}
+	if _, err := p.Node("gw-c9"); err == nil || !strings.Contains(err.Error(), "known: demux-a, demux-b, gw-a1") {
+		t.Errorf("unknown node: %v", err)
+	}
+}
+
+// TestBrokenConfigs: each edit of the example must fail, naming the field.
+func TestBrokenConfigs(t *testing.T) {
+	cases := []struct {
+		name, old, new, want string
+	}{
+		{"bad yaml", "vni: 4242", "vni: [", "yaml:"},
+		{"unknown field", "mtu: 1420", "mtu: 1420\nmtus: 1", "field mtus not found"},
+		{"name", "name: example", "name: Example!", "name: \"Example!\""},
+		{"vni", "vni: 4242", "vni: 16777216", "vni: 16777216: a GENEVE VNI has 24 bits"},
+		{"mtu low", "mtu: 1420", "mtu: 1000", "mtu: 1000: want 1280.."},
+		{"hash mode", "mode: 5-tuple", "mode: 4-tuple", "hash.mode: hash mode \"4-tuple\""},
+		{"key file missing", "key_file: hash.key", "key_file: nope.key", "hash.key_file: open"},
+		{"key file absent", "key_file: hash.key          # 32 hex digits, owner-only: openssl rand -hex 16", "", "hash.key_file: missing"},
+		{"table size", "symmetric: true", "symmetric: true\n  table_size: 100", "hash.table_size"},
+		{"unknown network", "  b:\n    prefixes", "  c:\n    prefixes", "networks.c: unknown network"},
+		{"missing network", "  b:\n    prefixes", "  c:\n    prefixes", "networks.b: missing"},
+		{"bad prefix", "[10.1.0.0/16, fd00:a::/64]", "[10.1.0.0/33]", "networks.a.prefixes[0]: \"10.1.0.0/33\""},
+		{"host bits", "[10.1.0.0/16, fd00:a::/64]", "[10.1.0.1/16]", "did you mean 10.1.0.0/16"},
+		{"overlap", "[10.2.0.0/16, fd00:b::/64]", "[10.1.128.0/17]", "networks.b.prefixes[0]: 10.1.128.0/17 overlaps networks.a.prefixes[0]"},
+		{"demux address", "[10.2.0.2]", "[10.2.0.300]", "networks.b.demux.addresses[0]: \"10.2.0.300\""},
+		{"no demux address", "[10.2.0.2]", "[]", "networks.b.demux.addresses: missing"},
+		{"metrics", "metrics: 127.0.0.1:9100", "metrics: localhost", "networks.a.demux.metrics: \"localhost\""},
+		{"duplicate name", "name: gw-b2", "name: gw-a1", "lanes[1].b.name: \"gw-a1\" is already the name of lanes[0].a.name"},
+		{"lane id", "  - id: 2", "  - id: 0", "lanes[1].id: 0: want 1..4095"},
+		{"duplicate lane id", "  - id: 2", "  - id: 1", "lanes[1].id: 1 is already the id of lanes[0]"},
+		{"weight", "    weight: 2", "    weight: 5000", "lanes[1].weight: 5000"},
+		{"geneve", "geneve: 10.1.0.22:6081", "geneve: 10.1.0.22:99999", "lanes[1].a.geneve: \"10.1.0.22:99999\""},
+		{"endpoint missing", "endpoint: 198.18.2.1:51820", "endpoint: \"\"", "lanes[1].a.endpoint: missing"},
+		{"endpoint reused", "endpoint: 198.18.2.1:51820", "endpoint: 198.18.1.1:51820", "lanes[1].a: address 198.18.1.1:51820 is also used by lanes[0].a"},
+		{"public key", "public_key: PUBKEY_A2", "public_key: nonsense", "lanes[1].a.public_key: not a WireGuard key"},
+		{"same key", "public_key: PUBKEY_B2", "public_key: PUBKEY_A2", "lanes[1].b.public_key: same key as lanes[1].a"},
+		{"tun name", "      private_key_file: gw-b1.key", "      private_key_file: gw-b1.key\n      tun: this-name-is-too-long", "lanes[0].b.tun"},
+		{"no lanes", "lanes:", "lanes: []\nold_lanes:", "field old_lanes not found"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := example(t, dir, c.old, c.new)
+			_, err := Parse([]byte(s), dir+"/")
+			if err == nil {
+				t.Fatalf("accepted; want error containing %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error:\n%v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestAllErrorsAtOnce: an operator fixes a file in one pass.
+func TestAllErrorsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	s := example(t, dir, "vni: 4242", "vni: 16777216", "mtu: 1420", "mtu: 100", "  - id: 2", "  - id: 9999")
+	_, err := Parse([]byte(s), dir+"/")
+	errs, ok := err.(Errors)
+	if !ok || len(errs) != 3 {
+		t.Fatalf("want 3 errors, got %v", err)
+	}
+}
+
+func TestSecretFilePermissions(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k")
+	os.WriteFile(path, []byte(" secret \n"), 0o644)
+	_, err := ReadSecretFile(path)
+	if err == nil || !strings.Contains(err.Error(), "chmod 600 "+path) {
+		t.Errorf("world-readable key: %v", err)
+	}
+	os.Chmod(path, 0o600)
+	if s, err := ReadSecretFile(path); err != nil || s != "secret" {
+		t.Errorf("owner-only key: %q, %v", s, err)
+	}
+	big := filepath.Join(dir, "big")
+	os.WriteFile(big, make([]byte, MaxSecretFile+1), 0o600)
+	if _, err := ReadSecretFile(big); err == nil {
+		t.Error("oversized secret file accepted")
+	}
+	if _, err := ReadSecretFile(dir); err == nil {
+		t.Error("directory accepted")
+	}
+}
+
+// FuzzParse: no input makes the checker panic or hang; whatever it
+// accepts has the invariants the nodes rely on.
+func FuzzParse(f *testing.F) {
+	b, _ := os.ReadFile("testdata/peering.yaml")
+	f.Add(b)
+	f.Add([]byte("name: x\nlanes: [{id: 1}]\n"))
+	f.Add([]byte("networks: {a: {prefixes: [\"::/0\"]}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 1<<16 {
+			return
+		}
+		p, err := Parse(data, "/nonexistent/")
+		if err != nil {
+			return
+		}
+		if len(p.Lanes) == 0 || p.MTU < MinMTU {
+			t.Fatalf("accepted an invalid peering: %+v", p)
+		}
+	})
+}

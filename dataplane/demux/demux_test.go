@@ -1,0 +1,320 @@
+package demux
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+)
+
+// fakeTUN hands out queued batches and records what is written back.
+type fakeTUN struct {
+	in      chan [][]byte
+	mu      sync.Mutex
+	written [][]byte
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func newFakeTUN() *fakeTUN {
+	return &fakeTUN{in: make(chan [][]byte, 16), closed: make(chan struct{})}
+}
+
+func (f *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	select {
+	case pkts := <-f.in:
+		for i, p := range pkts {
+			sizes[i] = copy(bufs[i][offset:], p)
+		}
+		return len(pkts), nil
+	case <-f.closed:
+		return 0, os.ErrClosed
+	}
+}
+
+func (f *fakeTUN) Write(bufs [][]byte, offset int) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range bufs {
+		f.written = append(f.written, append([]byte(nil), b[offset:]...))
+	}
+	return len(bufs), nil
+}
+
+func (f *fakeTUN) File() *os.File           { return nil }
+func (f *fakeTUN) MTU() (int, error)        { return 1420, nil }
+func (f *fakeTUN) Name() (string, error)    { return "fake", nil }
+func (f *fakeTUN) Events() <-chan tun.Event { return nil }
+func (f *fakeTUN) BatchSize() int           { return conn.IdealBatchSize }
+func (f *fakeTUN) Close() error             { f.once.Do(func() { close(f.closed) }); return nil }
+
+// fakeBind records the frames sent to each endpoint.
+type fakeBind struct {
+	conn.Bind
+	record bool
+	sent   map[string][][]byte
+	fail   bool
+}
+
+func (b *fakeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.fail {
+		return net.ErrClosed
+	}
+	if b.record {
+		for _, f := range bufs {
+			b.sent[ep.DstToString()] = append(b.sent[ep.DstToString()], append([]byte(nil), f...))
+		}
+	}
+	return nil
+}
+func (b *fakeBind) BatchSize() int { return conn.IdealBatchSize }
+
+func udp4(t testing.TB, sport uint16, seq uint32, size int) []byte {
+	ip := &layers.IPv4{Version: 4, TTL: 63, Protocol: layers.IPProtocolUDP, Flags: layers.IPv4DontFragment,
+		SrcIP: net.IP{10, 1, 0, 10}, DstIP: net.IP{10, 2, 0, 10}}
+	u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: 7000}
+	u.SetNetworkLayerForChecksum(ip)
+	payload := make([]byte, size-28)
+	binary.BigEndian.PutUint32(payload, seq)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, u, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+const testVNI = 4242
+
+func newTestDemux(t testing.TB, lanes int) (*Demux, *fakeTUN, *fakeBind) {
+	sel, err := flowhash.New(flowhash.Config{Key: flowhash.Key{1, 2, 3}, Pins: flowhash.PinConfig{Capacity: 1 << 12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []flowhash.Lane
+	var targets []Target
+	bind := &fakeBind{record: true, sent: map[string][][]byte{}}
+	std := conn.NewStdNetBind()
+	for i := 1; i <= lanes; i++ {
+		ls = append(ls, flowhash.Lane{ID: flowhash.LaneID(i)})
+		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(20 + i)}), 6081)
+		ep, _ := std.ParseEndpoint(addr.String())
+		targets = append(targets, Target{ID: flowhash.LaneID(i), Name: "gw", Endpoint: ep, Addr: addr})
+	}
+	if err := sel.SetLanes(ls); err != nil {
+		t.Fatal(err)
+	}
+	ft := newFakeTUN()
+	d, err := New(ft, bind, Config{Selector: sel, VNI: testVNI, MTU: 1420,
+		ICMPv4: netip.MustParseAddr("10.1.0.2"), ICMPv6: netip.MustParseAddr("fd00:a::2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.SetTargets(targets)
+	return d, ft, bind
+}
+
+// load copies packets into the demux's read buffers as the TUN would.
+func load(d *Demux, pkts [][]byte) ([][]byte, []int) {
+	for i, p := range pkts {
+		d.sizes[i] = copy(d.bufs[i][Headroom:], p)
+	}
+	return d.bufs[:len(pkts)], d.sizes[:len(pkts)]
+}
+
+// TestForwardEncapsulates: 32 flows x 4 packets, interleaved, leave as
+// GENEVE frames carrying the packets unchanged; each flow goes to one
+// gateway in order, and every gateway gets some.
+func TestForwardEncapsulates(t *testing.T) {
+	d, _, bind := newTestDemux(t, 3)
+	var pkts [][]byte
+	for seq := range 4 {
+		for f := range 32 {
+			pkts = append(pkts, udp4(t, uint16(5000+f), uint32(seq), 200))
+		}
+	}
+	bufs, sizes := load(d, pkts)
+	d.Forward(bufs, sizes, 0)
+
+	flowDst := map[uint16]string{}
+	nextSeq := map[uint16]uint32{}
+	total := 0
+	for dst, frames := range bind.sent {
+		for _, f := range frames {
+			total++
+			h, inner, err := geneve.Parse(f)
+			if err != nil || h.VNI() != testVNI || h.Protocol() != geneve.ProtoIPv4 || h.OAM() {
+				t.Fatalf("frame to %s: %v vni %d proto %#x", dst, err, h.VNI(), h.Protocol())
+			}
+			sport := binary.BigEndian.Uint16(inner[20:22])
+			seq := binary.BigEndian.Uint32(inner[28:32])
+			if prev, ok := flowDst[sport]; ok && prev != dst {
+				t.Errorf("flow %d went to %s and %s", sport, prev, dst)
+			}
+			flowDst[sport] = dst
+			if seq != nextSeq[sport] {
+				t.Errorf("flow %d: seq %d, want %d", sport, seq, nextSeq[sport])
+			}
+			nextSeq[sport] = seq + 1
+		}
+	}
+	if total != len(pkts) || len(bind.sent) != 3 {
+		t.Errorf("%d frames to %d gateways, want %d to 3", total, len(bind.sent), len(pkts))
+	}
+	var sum uint64
+	for i := 1; i <= 3; i++ {
+		sum += d.C.Lanes[i].Packets.Load()
+	}
+	if sum != uint64(len(pkts)) || d.C.Packets.Load() != uint64(len(pkts)) {
+		t.Errorf("counters: lanes %d, total %d", sum, d.C.Packets.Load())
+	}
+}
+
+func TestForwardDrops(t *testing.T) {
+	d, ft, bind := newTestDemux(t, 2)
+	big := udp4(t, 1, 0, 1500)
+	garbage := []byte{0x45, 0, 0}
+	v7 := udp4(t, 2, 0, 100)
+	v7[0] = 0x75
+	bufs, sizes := load(d, [][]byte{garbage, v7, big, udp4(t, 3, 0, 100)})
+	d.Forward(bufs, sizes, 0)
+	if got := d.C.Drops[flowhash.DropTruncated].Load(); got != 1 {
+		t.Errorf("truncated: %d", got)
+	}
+	if got := d.C.Drops[flowhash.DropBadVersion].Load(); got != 1 {
+		t.Errorf("bad_ip_version: %d", got)
+	}
+	if d.C.TooBig.Load() != 1 || d.C.ICMPSent.Load() != 1 || len(ft.written) != 1 {
+		t.Fatalf("too big %d, icmp %d, written %d", d.C.TooBig.Load(), d.C.ICMPSent.Load(), len(ft.written))
+	}
+	icmp := ft.written[0]
+	if icmp[9] != 1 || icmp[20] != 3 || icmp[21] != 4 || binary.BigEndian.Uint16(icmp[26:28]) != 1420 {
+		t.Errorf("not a frag-needed with mtu 1420: % x", icmp[:28])
+	}
+	sent := 0
+	for _, f := range bind.sent {
+		sent += len(f)
+	}
+	if sent != 1 {
+		t.Errorf("%d frames sent, want 1", sent)
+	}
+
+	// A lane without a gateway address, and a failing send.
+	d.SetTargets(nil)
+	bufs, sizes = load(d, [][]byte{udp4(t, 4, 0, 100)})
+	d.Forward(bufs, sizes, 0)
+	if got := d.C.Drops[flowhash.DropNoLane].Load(); got != 1 {
+		t.Errorf("no_lane: %d", got)
+	}
+	d2, _, bind2 := newTestDemux(t, 1)
+	bind2.fail = true
+	bufs, sizes = load(d2, [][]byte{udp4(t, 5, 0, 100), udp4(t, 6, 0, 100)})
+	d2.Forward(bufs, sizes, 0)
+	if d2.C.SendErrors.Load() != 2 || d2.C.Lanes[1].SendErrors.Load() != 2 || d2.C.Lanes[1].Packets.Load() != 0 {
+		t.Errorf("send errors: %d lane %d packets %d", d2.C.SendErrors.Load(), d2.C.Lanes[1].SendErrors.Load(), d2.C.Lanes[1].Packets.Load())
+	}
+}
+
+// TestICMPBudget: at most ICMPPerSecond errors per second.
+func TestICMPBudget(t *testing.T) {
+	d, ft, _ := newTestDemux(t, 1)
+	big := udp4(t, 1, 0, 1500)
+	batch := make([][]byte, 100)
+	for i := range batch {
+		batch[i] = big
+	}
+	for range 2 * ICMPPerSecond / len(batch) {
+		bufs, sizes := load(d, batch)
+		d.Forward(bufs, sizes, 7)
+	}
+	if n := len(ft.written); n != ICMPPerSecond {
+		t.Errorf("%d ICMP errors in one second, want %d", n, ICMPPerSecond)
+	}
+	bufs, sizes := load(d, batch[:1])
+	d.Forward(bufs, sizes, 8)
+	if n := len(ft.written); n != ICMPPerSecond+1 {
+		t.Errorf("next second: %d", n)
+	}
+}
+
+// TestForwardAllocs: the select+encap+send path allocates nothing.
+func TestForwardAllocs(t *testing.T) {
+	d, _, bind := newTestDemux(t, 3)
+	bind.record = false
+	var pkts [][]byte
+	for f := range 128 {
+		pkts = append(pkts, udp4(t, uint16(f), 0, 1400))
+	}
+	bufs, sizes := load(d, pkts)
+	allocs := testing.AllocsPerRun(50, func() {
+		load(d, pkts)
+		d.Forward(bufs, sizes, 0)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocs per batch of %d", allocs, len(pkts))
+	}
+}
+
+// TestRunStops: Run returns when the TUN closes and leaves no goroutine.
+func TestRunStops(t *testing.T) {
+	before := runtime.NumGoroutine()
+	d, ft, bind := newTestDemux(t, 2)
+	done := make(chan error)
+	go func() { done <- d.Run() }()
+	ft.in <- [][]byte{udp4(t, 1, 0, 100)}
+	deadline := time.Now().Add(2 * time.Second)
+	for d.C.Packets.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	ft.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return after the TUN closed")
+	}
+	if len(bind.sent) != 1 {
+		t.Errorf("sent to %d gateways", len(bind.sent))
+	}
+	for i := 0; runtime.NumGoroutine() > before && i < 100; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after, %d before", n, before)
+	}
+}
+
+// BenchmarkForward: select + GENEVE encap + per-lane batching, per packet.
+func BenchmarkForward(b *testing.B) {
+	for _, size := range []int{64, 1400} {
+		b.Run(map[int]string{64: "64B", 1400: "1400B"}[size], func(b *testing.B) {
+			d, _, bind := newTestDemux(b, 3)
+			bind.record = false
+			var pkts [][]byte
+			for f := range 128 {
+				pkts = append(pkts, udp4(b, uint16(f), 0, size))
+			}
+			bufs, sizes := load(d, pkts)
+			b.SetBytes(int64(size) * int64(len(pkts)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				d.Forward(bufs, sizes, 0)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(pkts)), "ns/pkt")
+		})
+	}
+}

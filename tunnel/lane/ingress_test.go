@@ -1,0 +1,93 @@
+package lane
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+)
+
+var (
+	demuxAddr = netip.MustParseAddr("10.1.0.2")
+	ipv4Ping  = []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 0, 10, 10, 2, 0, 10, 8, 0, 0, 0, 0, 0, 0, 0}
+)
+
+func frame(vni uint32, proto uint16, oam bool, inner []byte) []byte {
+	b := make([]byte, geneve.HeaderLen+len(inner))
+	geneve.Put(b, vni, proto, oam)
+	copy(b[geneve.HeaderLen:], inner)
+	return b
+}
+
+func TestIngressCheck(t *testing.T) {
+	in := Ingress{Sources: []netip.Addr{demuxAddr, netip.MustParseAddr("fd00:a::2")}, VNI: 4242}
+	ipv6 := make([]byte, 40)
+	ipv6[0] = 0x60
+	badVersion := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
+	badVersion[0] |= 0x80
+	overrun := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
+	overrun[0] |= 0x3f
+	crit := append(frame(4242, geneve.ProtoIPv4, false, nil), 0, 1, 0x80, 0)
+	crit[0] |= 1
+	crit = append(crit, ipv4Ping...)
+	cases := []struct {
+		name string
+		src  netip.Addr
+		pkt  []byte
+		want Drop
+	}{
+		{"ipv4", demuxAddr, frame(4242, geneve.ProtoIPv4, false, ipv4Ping), DropNone},
+		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, geneve.ProtoIPv4, false, ipv4Ping), DropNone},
+		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, geneve.ProtoIPv6, false, ipv6), DropNone},
+		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, geneve.ProtoIPv4, false, ipv4Ping), DropUnknownSource},
+		{"empty", demuxAddr, nil, DropTruncated},
+		{"short header", demuxAddr, []byte{0, 0, 8, 0}, DropTruncated},
+		{"short inner", demuxAddr, frame(4242, geneve.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated},
+		{"version", demuxAddr, badVersion, DropBadVersion},
+		{"options overrun", demuxAddr, overrun, DropTruncated},
+		{"critical option", demuxAddr, crit, DropCriticalOption},
+		{"vni", demuxAddr, frame(4243, geneve.ProtoIPv4, false, ipv4Ping), DropWrongVNI},
+		{"oam", demuxAddr, frame(4242, geneve.ProtoIPv4, true, ipv4Ping), DropOAM},
+		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol},
+		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, geneve.ProtoIPv6, false, ipv4Ping), DropBadProtocol},
+		{"ipv6 too short", demuxAddr, frame(4242, geneve.ProtoIPv6, false, ipv6[:30]), DropBadProtocol},
+	}
+	for _, c := range cases {
+		inner, drop := in.Check(c.src, c.pkt)
+		if drop != c.want {
+			t.Errorf("%s: drop %v, want %v", c.name, drop, c.want)
+		}
+		if drop == DropNone && len(inner) != len(c.pkt)-geneve.HeaderLen {
+			t.Errorf("%s: inner length %d", c.name, len(inner))
+		}
+	}
+	for d := Drop(0); d < NumDrops; d++ {
+		if d.String() == "" || d.String() == "unknown" {
+			t.Errorf("drop %d has no name", d)
+		}
+	}
+}
+
+func TestIngressAllocs(t *testing.T) {
+	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}
+	pkt := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
+	if a := testing.AllocsPerRun(100, func() { in.Check(demuxAddr, pkt) }); a != 0 {
+		t.Errorf("%v allocs per check", a)
+	}
+}
+
+func TestParsePeer(t *testing.T) {
+	uapi := "private_key=" + "aa" + "\nlisten_port=51820\npublic_key=8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a\n" +
+		"endpoint=198.18.1.2:51820\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\nrx_bytes=10\ntx_bytes=20\nallowed_ip=10.2.0.0/16\n"
+	p, err := parsePeer(uapi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.PublicKey != "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=" || p.Endpoint != "198.18.1.2:51820" ||
+		p.RxBytes != 10 || p.TxBytes != 20 || p.LastHandshake.Unix() != 1700000000 {
+		t.Errorf("parsed %+v", p)
+	}
+	if _, err := parsePeer("private_key=aa\n"); err == nil {
+		t.Error("no peer: want an error")
+	}
+}
