@@ -1,9 +1,11 @@
 # clusterpeer: see README.md. `make test` is what CI runs.
 GO       ?= go
 FUZZTIME ?= 60s
+RUNS     ?= 5
+SECONDS  ?= 5
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo fuzz microbench vectors
+.PHONY: test deps check build demo compare fuzz microbench vectors
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector.
@@ -26,6 +28,11 @@ check:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './vendor/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# iperf3 single stream through demux + 1 lane vs plain upstream
+# wireguard-go, alternating in one run (root).
+compare: deps build
+	@scripts/lane-vs-wgo.sh $(RUNS) $(SECONDS)
 
 # Coverage-guided fuzzing of the packet parsers, FUZZTIME per target; new
 # crashers land in <package>/testdata/fuzz and become regression tests.
