@@ -35,10 +35,10 @@ with a WireGuard tunnel each), all in network namespaces on this machine.
   host-a <-- gw-a* <== lanes ==  gw-b* <--GENEVE-- demux-b <-- host-b
 
 PIC
-start=$(date +%s.%N)
+start=$(date +%s%N)
 echo "setting up namespaces, keys, config ($W/peering.yaml) and 8 processes ..."
 scripts/topology.sh up $P $LANES "$BIN" "$W"
-printf "up in %.1f s\n\n" "$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo 0)"
+printf "up in %.1f s\n\n" "$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e9}')"
 
 for pair in "ha 10.2.0.10" "ha fd00:b::10" "hb 10.1.0.10" "hb fd00:a::10"; do
   set -- $pair

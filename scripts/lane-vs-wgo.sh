@@ -58,7 +58,7 @@ scripts/topology.sh up $P 1 "$PWD/bin" "$W/topo"
 gbps() { # ns-client ns-server dst
   ip netns exec "$2" iperf3 -s -1 -D --pidfile "$W/iperf.pid" >/dev/null
   sleep 0.3
-  ip netns exec "$1" iperf3 -c "$3" -t "$SECS" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+  ip netns exec "$1" iperf3 -c "$3" -t "$SECS" -f g | awk '/receiver/ {print $(NF-2)}'
 }
 ours=() wgo=()
 for r in $(seq "$RUNS"); do
@@ -69,4 +69,4 @@ for r in $(seq "$RUNS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mo=$(median "${ours[@]}"); mg=$(median "${wgo[@]}")
-echo "compare: runs=$RUNS seconds=$SECS lane_gbps=$mo wgo_gbps=$mg ratio=$(echo "scale=2; $mo / $mg" | bc)"
+echo "compare: runs=$RUNS seconds=$SECS lane_gbps=$mo wgo_gbps=$mg ratio=$(awk -v a="$mo" -v b="$mg" 'BEGIN {printf "%.2f", a / b}')"
