@@ -8,7 +8,7 @@
 package main
 
 import (
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 
@@ -146,28 +146,17 @@ func hashName(h config.Hash) string {
 }
 
 func show(args []string) error {
-	var f cli.NodeFlags
-	if err := f.Parse("show", args, true); err != nil {
-		return err
-	}
-	_, node, err := f.Load()
-	if err != nil {
-		return err
-	}
-	if node.Demux == nil {
-		return fmt.Errorf("node %q is a gateway; use `tunnel show`", f.Node)
-	}
 	var st demux.Status
-	if err := admin.Fetch(node.Demux.Status, &st); err != nil {
-		return err
+	text, err := cli.Show(args, func(n config.Node) (string, error) {
+		if n.Demux == nil {
+			return "", errors.New("a gateway; use `tunnel show`")
+		}
+		return n.Demux.Status, nil
+	}, &st)
+	if text {
+		printStatus(st)
 	}
-	if f.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	}
-	printStatus(st)
-	return nil
+	return err
 }
 
 func printStatus(st demux.Status) {

@@ -11,7 +11,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -154,25 +153,15 @@ func up(args []string) error {
 }
 
 func show(args []string) error {
-	var f cli.NodeFlags
-	if err := f.Parse("show", args, true); err != nil {
-		return err
-	}
-	_, node, err := f.Load()
-	if err != nil {
-		return err
-	}
-	if node.Lane == nil {
-		return fmt.Errorf("node %q is a demux; use `demux show`", f.Node)
-	}
 	var st lane.Status
-	if err := admin.Fetch(node.Self.Status, &st); err != nil {
+	text, err := cli.Show(args, func(n config.Node) (string, error) {
+		if n.Lane == nil {
+			return "", errors.New("a demux; use `demux show`")
+		}
+		return n.Self.Status, nil
+	}, &st)
+	if !text {
 		return err
-	}
-	if f.JSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
 	}
 	fmt.Printf("gateway: %s (peering %s, side %s, lane %d)\n", st.Node, st.Peering, st.Side, st.Lane)
 	fmt.Printf("  public key: %s\n  listening port: %d  geneve port: %d  tun: %s  mtu: %d\n",

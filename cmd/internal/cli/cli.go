@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/config"
 )
 
@@ -150,4 +152,32 @@ func PrintDrops(drops map[string]uint64) {
 		fmt.Printf(" %s=%d", k, drops[k])
 	}
 	fmt.Println()
+}
+
+// Show is the common part of the `show` subcommands: it finds the node,
+// asks socket for its status socket (an error if the node is of the other
+// kind), reads the status into v and, with --json, prints it. It reports
+// whether the caller still has to print v as text.
+func Show(args []string, socket func(config.Node) (string, error), v any) (text bool, err error) {
+	var f NodeFlags
+	if err := f.Parse("show", args, true); err != nil {
+		return false, err
+	}
+	_, node, err := f.Load()
+	if err != nil {
+		return false, err
+	}
+	path, err := socket(node)
+	if err != nil {
+		return false, fmt.Errorf("node %q: %w", f.Node, err)
+	}
+	if err := admin.Fetch(path, v); err != nil {
+		return false, err
+	}
+	if f.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return false, enc.Encode(v)
+	}
+	return true, nil
 }
