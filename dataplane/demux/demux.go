@@ -138,17 +138,6 @@ func (d *Demux) SetTargets(ts []Target) {
 	d.targets.Store(t)
 }
 
-// Targets returns the current gateway addresses by lane.
-func (d *Demux) Targets() []Target {
-	var ts []Target
-	for _, t := range d.targets.Load() {
-		if t != nil {
-			ts = append(ts, *t)
-		}
-	}
-	return ts
-}
-
 // Run forwards until the TUN is closed; it returns nil then.
 func (d *Demux) Run() error {
 	for {

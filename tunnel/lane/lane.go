@@ -139,9 +139,6 @@ func (l *Lane) listenUAPI() error {
 	return nil
 }
 
-// Counters are the gateway's packet counters.
-func (l *Lane) Counters() *DeviceCounters { return &l.tdev.C }
-
 // Close stops the lane and removes its TUN (and with it the routes).
 func (l *Lane) Close() {
 	if l.uapi != nil {
