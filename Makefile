@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzSelect$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/geneve -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./tunnel/lane -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:

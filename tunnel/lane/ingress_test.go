@@ -91,3 +91,25 @@ func TestParsePeer(t *testing.T) {
 		t.Error("no peer: want an error")
 	}
 }
+
+// FuzzCheck: any datagram is accepted or dropped with a reason, never a
+// panic; an accepted one carries an IP packet of the labelled version.
+func FuzzCheck(f *testing.F) {
+	f.Add(frame(4242, geneve.ProtoIPv4, false, ipv4Ping))
+	f.Add(frame(4242, geneve.ProtoIPv6, true, make([]byte, 40)))
+	f.Add([]byte{0x3f, 0x40, 0x08, 0x00, 0, 0x10, 0x92, 0})
+	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		inner, drop := in.Check(demuxAddr, pkt)
+		if drop >= NumDrops {
+			t.Fatalf("drop %d out of range", drop)
+		}
+		if drop != DropNone {
+			return
+		}
+		h := geneve.Header(pkt)
+		if len(inner) < 20 || (h.Protocol() == geneve.ProtoIPv4) != (inner[0]>>4 == 4) {
+			t.Fatalf("accepted %x", pkt)
+		}
+	})
+}
