@@ -12,6 +12,7 @@ pkgs=(
   ethtool         # offload settings on veth (XDP needs tx checksum off)
   iputils-ping    # ping across the peering in tests and troubleshooting
   openssl         # hash keys in the demo topology
+  tshark          # an independent decoder checks our GENEVE on the wire (tests)
 )
 
 missing=()

@@ -84,7 +84,8 @@ func up(args []string) error {
 	}
 	defer bind.Close()
 
-	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Log: log}
+	remote := p.Networks[config.Other(node.Side)].Parsed
+	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Remote: remote, Log: log}
 	for _, a := range d.Sources {
 		if a.Is4() && !cfg.ICMPv4.IsValid() {
 			cfg.ICMPv4 = a

@@ -39,6 +39,7 @@ const Headroom = 16
 const (
 	DropTooBig    = "too_big"    // over the MTU; ICMP sent back unless rate-limited or not allowed
 	DropSendError = "send_error" // the UDP send to the gateway failed
+	DropNotRemote = "not_remote" // destination outside the remote network (e.g. the kernel's own MLD)
 )
 
 // ICMPPerSecond bounds the ICMP errors the demux sends, as routers do.
@@ -56,9 +57,10 @@ type Target struct {
 type Config struct {
 	Selector *flowhash.Selector
 	VNI      uint32
-	MTU      int        // largest inner packet a lane carries
-	ICMPv4   netip.Addr // source of ICMP errors; no IPv4 errors if invalid
-	ICMPv6   netip.Addr // likewise for ICMPv6
+	MTU      int            // largest inner packet a lane carries
+	Remote   []netip.Prefix // the remote network; other destinations are dropped (none: no check)
+	ICMPv4   netip.Addr     // source of ICMP errors; no IPv4 errors if invalid
+	ICMPv6   netip.Addr     // likewise for ICMPv6
 	Log      *slog.Logger
 }
 
@@ -72,6 +74,7 @@ type Counters struct {
 	Packets, Bytes atomic.Uint64 // read from the TUN
 	Drops          [flowhash.NumDrops]atomic.Uint64
 	TooBig         atomic.Uint64
+	NotRemote      atomic.Uint64
 	ICMPSent       atomic.Uint64
 	SendErrors     atomic.Uint64 // packets lost to failed sends
 	Lanes          [flowhash.MaxLaneID + 1]LaneCounters
@@ -167,6 +170,10 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 		size := sizes[i]
 		bytes += uint64(size)
 		pkt := b[Headroom : Headroom+size]
+		if !d.toRemote(pkt) {
+			d.C.NotRemote.Add(1)
+			continue
+		}
 		lane, drop := sel.Select(pkt, now)
 		if drop == flowhash.DropNone && targets[lane] == nil {
 			drop = flowhash.DropNoLane
@@ -204,6 +211,34 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 		}
 		d.icmpOut = d.icmpOut[:0]
 	}
+}
+
+// toRemote reports whether pkt is addressed into the remote network.
+// Anything else in the TUN is the local kernel talking to the link (IPv6
+// MLD reports, router solicitations), never for a lane. Packets too short
+// to tell pass, for Select to drop with its reason.
+func (d *Demux) toRemote(pkt []byte) bool {
+	if len(d.cfg.Remote) == 0 || len(pkt) < 20 {
+		return true
+	}
+	var dst netip.Addr
+	switch pkt[0] >> 4 {
+	case 4:
+		dst = netip.AddrFrom4([4]byte(pkt[16:20]))
+	case 6:
+		if len(pkt) < 40 {
+			return true
+		}
+		dst = netip.AddrFrom16([16]byte(pkt[24:40]))
+	default:
+		return true
+	}
+	for _, p := range d.cfg.Remote {
+		if p.Contains(dst) {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Demux) send(lane flowhash.LaneID, t *Target) {

@@ -210,6 +210,24 @@ func TestForwardDrops(t *testing.T) {
 		t.Errorf("%d frames sent, want 1", sent)
 	}
 
+	// Only the remote network is forwarded: the kernel's own multicast
+	// (here an IGMP-like 224.0.0.22 and an MLD report) is dropped.
+	d.cfg.Remote = []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16"), netip.MustParsePrefix("fd00:b::/64")}
+	mcast := udp4(t, 7, 0, 100)
+	copy(mcast[16:20], []byte{224, 0, 0, 22})
+	mld := make([]byte, 76)
+	mld[0], mld[6] = 0x60, 0
+	copy(mld[24:40], []byte{0xff, 0x02, 14: 0, 15: 0x16})
+	before := len(bind.sent["10.1.0.21:6081"]) + len(bind.sent["10.1.0.22:6081"])
+	bufs, sizes = load(d, [][]byte{mcast, mld, udp4(t, 8, 0, 100)})
+	d.Forward(bufs, sizes, 0)
+	if got := d.C.NotRemote.Load(); got != 2 {
+		t.Errorf("not_remote: %d, want 2", got)
+	}
+	if after := len(bind.sent["10.1.0.21:6081"]) + len(bind.sent["10.1.0.22:6081"]); after != before+1 {
+		t.Errorf("sent %d frames, want 1", after-before)
+	}
+
 	// A lane without a gateway address, and a failing send.
 	d.SetTargets(nil)
 	bufs, sizes = load(d, [][]byte{udp4(t, 4, 0, 100)})

@@ -62,7 +62,7 @@ func (d *Demux) Status(st Status) Status {
 }
 
 func (d *Demux) drops() map[string]uint64 {
-	m := map[string]uint64{DropTooBig: d.C.TooBig.Load(), DropSendError: d.C.SendErrors.Load()}
+	m := map[string]uint64{DropTooBig: d.C.TooBig.Load(), DropSendError: d.C.SendErrors.Load(), DropNotRemote: d.C.NotRemote.Load()}
 	for i := flowhash.Drop(1); i < flowhash.NumDrops; i++ {
 		m[i.String()] = d.C.Drops[i].Load()
 	}

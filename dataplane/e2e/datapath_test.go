@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -55,10 +58,64 @@ func TestDataPath(t *testing.T) {
 		}
 	})
 
+	t.Run("wire-format", func(t *testing.T) { testWireFormat(t, tp) })
 	t.Run("stickiness", func(t *testing.T) { testStickiness(t, tp) })
 	t.Run("too-big", func(t *testing.T) { testTooBig(t, tp) })
 	t.Run("bad-geneve", func(t *testing.T) { testBadGeneve(t, tp) })
 	t.Run("metrics-and-show", func(t *testing.T) { testMetricsAndShow(t, tp) })
+}
+
+// testWireFormat has tshark, an independent dissector, read the GENEVE
+// frames demux-a puts on LAN A while host-a pings host-b.
+func testWireFormat(t *testing.T, tp *topo) {
+	if _, err := exec.LookPath("tshark"); err != nil {
+		t.Skip("needs tshark (make deps installs it)")
+	}
+	cmd := exec.Command("ip", "netns", "exec", tp.ns("da"), "tshark", "-i", "lan0", "-n", "-c", "3", "-a", "duration:10",
+		"-f", "udp dst port 6081", "-T", "fields", "-E", "separator=;",
+		"-e", "udp.dstport", "-e", "geneve.version", "-e", "geneve.vni", "-e", "geneve.proto_type",
+		"-e", "geneve.flags.oam", "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type")
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := false
+		for sc.Scan() {
+			if !once && strings.Contains(sc.Text(), "Capturing on") {
+				once = true
+				close(started)
+			}
+		}
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("tshark did not start capturing")
+	}
+	time.Sleep(200 * time.Millisecond)
+	tp.run("ha", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.10")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("tshark saw %d GENEVE frames, want 3:\n%s", len(lines), out.String())
+	}
+	for _, l := range lines {
+		f := strings.Split(l, ";")
+		want := []string{"6081", "0", "0x001092", "0x0800", "0"} // port, version, VNI 4242, IPv4, OAM clear
+		if len(f) != 8 || strings.Join(f[:5], "/") != strings.Join(want, "/") ||
+			f[5] != "10.1.0.2,10.1.0.10" || !strings.HasSuffix(f[6], ",10.2.0.10") || f[7] != "8" {
+			t.Errorf("tshark read %q; want outer 10.1.0.2 -> a gateway, GENEVE %v, inner echo request 10.1.0.10 -> 10.2.0.10", l, want)
+		}
+	}
 }
 
 // testStickiness sends 64 sequence-numbered UDP flows from host-a to

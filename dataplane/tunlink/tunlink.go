@@ -6,17 +6,23 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 
 	"github.com/vishvananda/netlink"
 )
 
 // Up sets the link up and routes each prefix into it (replacing an
-// existing route to the same prefix).
+// existing route to the same prefix). The link gets no IPv6 link-local
+// address: it is a route target, not a link, and without one the kernel
+// sends no router solicitations into it. (It still sends MLD reports; the
+// demux drops what is not addressed to the remote network.)
 func Up(name string, routes []netip.Prefix) error {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("find tun %s: %w", name, err)
 	}
+	// 1 = IN6_ADDR_GEN_MODE_NONE. Absent when IPv6 is disabled: fine.
+	os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/addr_gen_mode", []byte("1"), 0)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
