@@ -167,7 +167,7 @@ func Parse(data []byte, dir string) (*Peering, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&p); err != nil {
-		return nil, Errors{fmt.Errorf("yaml: %s", strings.TrimPrefix(err.Error(), "yaml: "))}
+		return nil, yamlErrors(data, err)
 	}
 	c := checker{dir: dir}
 	c.peering(&p)
@@ -175,6 +175,54 @@ func Parse(data []byte, dir string) (*Peering, error) {
 		return nil, c.errs
 	}
 	return &p, nil
+}
+
+// yamlErrors names the field of each error yaml.v3 reports by line
+// ("line 3: cannot unmarshal !!int `-1` into uint32" becomes
+// "vni (line 3): cannot unmarshal ...").
+func yamlErrors(data []byte, err error) Errors {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return Errors{fmt.Errorf("yaml: %s", strings.TrimPrefix(err.Error(), "yaml: "))}
+	}
+	var root yaml.Node
+	yaml.Unmarshal(data, &root)
+	fields := map[int]string{}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := path + n.Content[i].Value
+				if _, seen := fields[n.Content[i].Line]; !seen {
+					fields[n.Content[i].Line] = k
+				}
+				walk(n.Content[i+1], k+".")
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				k := fmt.Sprintf("%s[%d]", strings.TrimSuffix(path, "."), i)
+				if _, seen := fields[c.Line]; !seen {
+					fields[c.Line] = k
+				}
+				walk(c, k+".")
+			}
+		}
+	}
+	walk(&root, "")
+	var errs Errors
+	for _, msg := range te.Errors {
+		var line int
+		if _, err := fmt.Sscanf(msg, "line %d:", &line); err == nil && fields[line] != "" {
+			msg = fmt.Sprintf("%s (line %d):%s", fields[line], line, msg[strings.IndexByte(msg, ':')+1:])
+		}
+		errs = append(errs, errors.New(msg))
+	}
+	return errs
 }
 
 type checker struct {

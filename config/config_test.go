@@ -75,7 +75,9 @@ func TestBrokenConfigs(t *testing.T) {
 		name, old, new, want string
 	}{
 		{"bad yaml", "vni: 4242", "vni: [", "yaml:"},
-		{"unknown field", "mtu: 1420", "mtu: 1420\nmtus: 1", "field mtus not found"},
+		{"unknown field", "mtu: 1420", "mtu: 1420\nmtus: 1", "mtus (line 5): field mtus not found"},
+		{"negative", "vni: 4242", "vni: -1", "vni (line 3): cannot unmarshal !!int `-1` into uint32"},
+		{"wrong type", "    weight: 2", "    weight: heavy", "lanes[1].weight (line 36): cannot unmarshal !!str `heavy`"},
 		{"name", "name: example", "name: Example!", "name: \"Example!\""},
 		{"vni", "vni: 4242", "vni: 16777216", "vni: 16777216: a GENEVE VNI has 24 bits"},
 		{"mtu low", "mtu: 1420", "mtu: 1000", "mtu: 1000: want 1280.."},

@@ -203,10 +203,19 @@ func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 			exec.Command("kill", strings.TrimSpace(string(b))).Run()
 		}
 	})
-	out := tp.run(from, append([]string{"iperf3", "-J", "-c", dst}, args...)...)
 	var r iperfResult
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		tp.t.Fatalf("iperf3 JSON: %v\n%s", err, out)
+	for attempt := 0; ; attempt++ {
+		out, _ := tp.try(from, append([]string{"iperf3", "-J", "-c", dst}, args...)...)
+		r = iperfResult{}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			tp.t.Fatalf("iperf3 JSON: %v\n%s", err, out)
+		}
+		// The daemon may still be opening its socket: retry a refused connect.
+		if r.Error != "" && strings.Contains(r.Error, "connect") && attempt < 3 {
+			time.Sleep(300 * time.Millisecond)
+			continue
+		}
+		break
 	}
 	if r.Error != "" {
 		tp.t.Fatalf("iperf3: %s", r.Error)
