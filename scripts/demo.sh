@@ -15,6 +15,7 @@ W=$(mktemp -d /tmp/clusterpeer-demo.XXXXXX)
 extra_pids=()
 cleanup() {
   for p in "${extra_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/iperf3.pid" ] && kill "$(cat "$W/iperf3.pid")" 2>/dev/null || true
   echo "removing namespaces and processes ..."
   scripts/topology.sh down $P "$W"
   rm -rf "$W"

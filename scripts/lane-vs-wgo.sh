@@ -16,6 +16,7 @@ WGO_VERSION=${WGO_VERSION:-latest}
 W=$(mktemp -d /tmp/clusterpeer-compare.XXXXXX)
 P=cpcmp
 cleanup() {
+  [ -f "$W/iperf.pid" ] && kill "$(cat "$W/iperf.pid")" 2>/dev/null || true
   [ -f "$W/wgo.pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done <"$W/wgo.pids"
   ip netns del $P-w1 2>/dev/null || true
   ip netns del $P-w2 2>/dev/null || true
