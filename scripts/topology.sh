@@ -77,6 +77,10 @@ up() {
     node_ns sw$s
     nsx sw$s ip link add br0 type bridge
     nsx sw$s ip link set br0 up
+    # A LAN switch does not run the host's iptables on bridged frames
+    # (br_netfilter, where loaded, would in every namespace).
+    nsx sw$s sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+      net.bridge.bridge-nf-call-arptables=0 2>/dev/null || true
   done
   for s in a b; do
     local n=1
