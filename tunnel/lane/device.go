@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -31,6 +32,8 @@ type Device struct {
 	ready  chan *batch
 	cur    *batch
 	events chan tun.Event
+	evMu   sync.Mutex // orders event sends against closing events
+	evShut bool
 	done   chan struct{}
 	close  sync.Once
 	wg     sync.WaitGroup
@@ -141,8 +144,10 @@ func (d *Device) readGeneve(fn conn.ReceiveFunc) {
 				return
 			}
 			// Transient socket errors (ICMP-induced ECONNREFUSED and the
-			// like) must not stop the lane.
-			continue
+			// like) must not stop the lane, nor spin it.
+			if n == 0 {
+				time.Sleep(time.Millisecond)
+			}
 		}
 	}
 }
@@ -178,14 +183,21 @@ func (d *Device) hand(b *batch) {
 	d.ready <- b // never blocks: ready holds every batch there is
 }
 
+// drainKernelEvents passes the kernel TUN's MTU changes on (its up/down
+// events do not concern the lane) until the kernel TUN closes them.
 func (d *Device) drainKernelEvents() {
 	for e := range d.kernel.Events() {
-		if e&tun.EventMTUUpdate != 0 {
+		if e&tun.EventMTUUpdate == 0 {
+			continue
+		}
+		d.evMu.Lock()
+		if !d.evShut {
 			select {
 			case d.events <- tun.EventMTUUpdate:
 			default:
 			}
 		}
+		d.evMu.Unlock()
 	}
 }
 
@@ -239,7 +251,10 @@ func (d *Device) Close() error {
 		close(d.done)
 		err = errors.Join(d.closer(), d.kernel.Close())
 		d.wg.Wait()
+		d.evMu.Lock()
+		d.evShut = true
 		close(d.events)
+		d.evMu.Unlock()
 	})
 	return err
 }
