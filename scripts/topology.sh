@@ -11,12 +11,15 @@
 #
 # host-a routes network B to demux-a, which spreads flows over the lanes
 # (GENEVE to gw-aN); gw-bN delivers to host-b. The way back is the mirror
-# image through demux-b. Each lane has its own underlay veth, 198.18.N.0/24.
+# image through demux-b. Each lane has its own underlay veth, 198.18.N.0/24
+# and fd00:1:N::/64.
 #
 #   topology.sh up   PREFIX LANES BINDIR WORKDIR   # prints nothing but errors; ready when it returns
 #     STOCK_B1=1: gw-b1 is Debian's stock wireguard-go configured with `wg`
 #     instead of our tunnel (interop), and host-b routes network A to gw-b1
 #     directly, so both directions cross the stock peer.
+#     UNDERLAY6=1: GENEVE and WireGuard run over IPv6 (the inner traffic is
+#     still IPv4 and IPv6).
 #   topology.sh down PREFIX WORKDIR                # removes namespaces, stops processes
 #
 # Namespaces are PREFIX-ha, -da, -gaN, -gbN, -db, -hb, -swa, -swb. Process
@@ -99,6 +102,8 @@ up() {
     ip link add wan0 netns "$(ns ga$i)" type veth peer name wan0 netns "$(ns gb$i)"
     nsx ga$i ip addr add 198.18.$i.1/24 dev wan0
     nsx gb$i ip addr add 198.18.$i.2/24 dev wan0
+    nsx ga$i ip -6 addr add fd00:1:$i::1/64 dev wan0 nodad
+    nsx gb$i ip -6 addr add fd00:1:$i::2/64 dev wan0 nodad
     nsx ga$i ip link set wan0 up
     nsx gb$i ip link set wan0 up
   done
@@ -129,8 +134,13 @@ up() {
         (umask 077; "$bin/tunnel" genkey >"$work/gw-$s$i.key")
         echo "    $s:"
         echo "      name: gw-$s$i"
-        echo "      geneve: 10.$n.0.$((20 + i)):6081"
-        echo "      endpoint: 198.18.$i.$w:51820"
+        if [ "${UNDERLAY6:-}" = 1 ]; then
+          echo "      geneve: \"[fd00:$s::$((20 + i))]:6081\""
+          echo "      endpoint: \"[fd00:1:$i::$w]:51820\""
+        else
+          echo "      geneve: 10.$n.0.$((20 + i)):6081"
+          echo "      endpoint: 198.18.$i.$w:51820"
+        fi
         echo "      public_key: $("$bin/tunnel" pubkey <"$work/gw-$s$i.key")"
         echo "      private_key_file: gw-$s$i.key"
         echo "      tun: ${P:0:9}-g$s$i"

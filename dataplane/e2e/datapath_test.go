@@ -394,3 +394,30 @@ func TestInteropStockWireGuard(t *testing.T) {
 		t.Errorf("stock peer shows no handshake:\n%s", out)
 	}
 }
+
+// TestIPv6Underlay runs GENEVE and WireGuard over IPv6 (as in an IPv6-only
+// VPC); IPv4 and IPv6 inner traffic cross both ways.
+func TestIPv6Underlay(t *testing.T) {
+	needs(t, "iperf3", "ping")
+	tp := up(t, "cpv6", 2, "UNDERLAY6=1")
+	for _, c := range [][2]string{{"ha", "10.2.0.10"}, {"ha", "fd00:b::10"}, {"hb", "10.1.0.10"}, {"hb", "fd00:a::10"}} {
+		tp.run(c[0], "ping", "-c", "3", "-i", "0.2", "-W", "2", c[1])
+	}
+	r := tp.iperf3("ha", "hb", "fd00:b::10", "-t", "2", "-P", "4")
+	t.Logf("iperf3 4 streams: %.2f Gbit/s", r.End.SumReceived.BitsPerSecond/1e9)
+	var accepted uint64
+	for _, gw := range []string{"gw-a1", "gw-a2"} {
+		var st lane.Status
+		tp.status(gw, &st)
+		accepted += st.GenevePackets
+		if st.Drops["unknown_source"] != 0 {
+			t.Errorf("%s dropped %d GENEVE packets from its IPv6 demux as unknown", gw, st.Drops["unknown_source"])
+		}
+		if !strings.HasPrefix(st.Peer.Endpoint, "[fd00:1:") {
+			t.Errorf("%s peer endpoint %q, want the IPv6 underlay", gw, st.Peer.Endpoint)
+		}
+	}
+	if accepted == 0 || r.End.SumReceived.Bytes <= 0 {
+		t.Errorf("gateways accepted %d GENEVE packets; iperf3 received %.0f bytes", accepted, r.End.SumReceived.Bytes)
+	}
+}
