@@ -52,6 +52,8 @@ type Peering struct {
 	Hash     Hash               `yaml:"hash"`
 	Networks map[string]Network `yaml:"networks"`
 	Lanes    []Lane             `yaml:"lanes"`
+
+	Path string `yaml:"-"` // the file it came from, for messages
 }
 
 // Hash configures the flow hash; both demuxes must agree on all of it.
@@ -150,6 +152,7 @@ func Load(path string) (*Peering, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config %s:\n%w", path, err)
 	}
+	p.Path = path
 	return p, nil
 }
 

@@ -33,20 +33,9 @@ func main() {
 }
 
 func up(args []string) error {
-	var f cli.NodeFlags
-	if err := f.Parse("up", args, false); err != nil {
-		return err
-	}
-	log, err := f.Logger()
+	log, p, node, err := cli.Up(args, true)
 	if err != nil {
 		return err
-	}
-	p, node, err := f.Load()
-	if err != nil {
-		return err
-	}
-	if node.Demux == nil {
-		return fmt.Errorf("node %q is a gateway; run it with `tunnel up`", f.Node)
 	}
 	d := node.Demux
 	sel, err := flowhash.New(flowhash.Config{

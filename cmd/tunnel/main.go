@@ -70,24 +70,13 @@ func pubkey(args []string) error {
 }
 
 func up(args []string) error {
-	var f cli.NodeFlags
-	if err := f.Parse("up", args, false); err != nil {
-		return err
-	}
-	log, err := f.Logger()
+	log, p, node, err := cli.Up(args, false)
 	if err != nil {
 		return err
-	}
-	p, node, err := f.Load()
-	if err != nil {
-		return err
-	}
-	if node.Lane == nil {
-		return fmt.Errorf("node %q is a demux; run it with `demux up`", f.Node)
 	}
 	self, peer := node.Self, node.Peer
 	if self.PrivateKeyFile == "" {
-		return fmt.Errorf("%s: private_key_file is not set for this gateway", f.Config)
+		return fmt.Errorf("%s: private_key_file is not set for this gateway", p.Path)
 	}
 	s, err := config.ReadSecretFile(self.PrivateKeyFile)
 	if err != nil {
@@ -99,7 +88,7 @@ func up(args []string) error {
 	}
 	if priv.Public() != self.Public {
 		return fmt.Errorf("private key %s does not belong to public_key of %s in %s (its public key is %s)",
-			self.PrivateKeyFile, self.Name, f.Config, priv.Public().Base64())
+			self.PrivateKeyFile, self.Name, p.Path, priv.Public().Base64())
 	}
 	log = log.With("lane", node.Lane.ID)
 	l, err := lane.Start(lane.Config{

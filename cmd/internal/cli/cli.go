@@ -181,3 +181,27 @@ func Show(args []string, socket func(config.Node) (string, error), v any) (text 
 	}
 	return true, nil
 }
+
+// Up is the common start of the `up` subcommands: flags, logger, config,
+// and the node, which must be a demux (wantDemux) or a gateway.
+func Up(args []string, wantDemux bool) (*slog.Logger, *config.Peering, config.Node, error) {
+	var f NodeFlags
+	if err := f.Parse("up", args, false); err != nil {
+		return nil, nil, config.Node{}, err
+	}
+	log, err := f.Logger()
+	if err != nil {
+		return nil, nil, config.Node{}, err
+	}
+	p, node, err := f.Load()
+	if err != nil {
+		return nil, nil, config.Node{}, err
+	}
+	if wantDemux && node.Demux == nil {
+		return nil, nil, node, fmt.Errorf("node %q is a gateway; run it with `tunnel up`", f.Node)
+	}
+	if !wantDemux && node.Lane == nil {
+		return nil, nil, node, fmt.Errorf("node %q is a demux; run it with `demux up`", f.Node)
+	}
+	return log, p, node, nil
+}
