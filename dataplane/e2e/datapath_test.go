@@ -18,6 +18,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
 	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 	"github.com/clusterpeer/clusterpeer/tunnel/lane"
 )
@@ -311,21 +312,10 @@ func (tp *topo) pingPacket() []byte {
 	p[0], p[2], p[3], p[8], p[9] = 0x45, 0, 28, 64, 1
 	copy(p[12:16], []byte{10, 1, 0, 10})
 	copy(p[16:20], []byte{10, 2, 0, 10})
-	binary.BigEndian.PutUint16(p[10:12], ^checksum(p[:20]))
+	binary.BigEndian.PutUint16(p[10:12], inetsum.Checksum(p[:20], 0))
 	p[20] = 8
-	binary.BigEndian.PutUint16(p[22:24], ^checksum(p[20:]))
+	binary.BigEndian.PutUint16(p[22:24], inetsum.Checksum(p[20:], 0))
 	return p
-}
-
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
 }
 
 // testMetricsAndShow reads /metrics inside the demux and gateway

@@ -12,6 +12,8 @@ package icmperr
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
 )
 
 const (
@@ -74,13 +76,13 @@ func tooBig4(out, pkt []byte, mtu int, src netip.Addr) int {
 	s4 := src.As4()
 	copy(ip[12:16], s4[:])
 	copy(ip[16:20], pkt[12:16])
-	binary.BigEndian.PutUint16(ip[10:12], ^fold(sum(ip, 0)))
+	binary.BigEndian.PutUint16(ip[10:12], inetsum.Checksum(ip, 0))
 	m := out[20:n]
 	m[0], m[1], m[2], m[3] = 3, 4, 0, 0
 	binary.BigEndian.PutUint16(m[4:6], 0)
 	binary.BigEndian.PutUint16(m[6:8], uint16(min(mtu, 0xffff)))
 	copy(m[8:], pkt[:quote])
-	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+	binary.BigEndian.PutUint16(m[2:4], inetsum.Checksum(m, 0))
 	return n
 }
 
@@ -119,9 +121,9 @@ func tooBig6(out, pkt []byte, mtu int, src netip.Addr) int {
 	binary.BigEndian.PutUint32(m[4:8], uint32(mtu))
 	copy(m[8:], pkt[:quote])
 	// Pseudo-header: source, destination, upper-layer length, next header.
-	c := sum(ip[8:40], 0)
+	c := inetsum.Add(ip[8:40], 0)
 	c += uint64(len(m)) + 58
-	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, c)))
+	binary.BigEndian.PutUint16(m[2:4], inetsum.Checksum(m, c))
 	return n
 }
 
@@ -132,24 +134,4 @@ func unicast(a netip.Addr) bool {
 		return false
 	}
 	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && !a.IsLoopback()
-}
-
-// sum adds b as big-endian 16-bit words to the one's-complement
-// accumulator c (RFC 1071).
-func sum(b []byte, c uint64) uint64 {
-	for len(b) >= 2 {
-		c += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		c += uint64(b[0]) << 8
-	}
-	return c
-}
-
-func fold(c uint64) uint16 {
-	for c > 0xffff {
-		c = c>>16 + c&0xffff
-	}
-	return uint16(c)
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
 )
 
 func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
@@ -127,7 +129,7 @@ func TestSilent(t *testing.T) {
 	}
 }
 
-func checksumOf(b []byte) uint16 { return fold(sum(b, 0)) }
+func checksumOf(b []byte) uint16 { return inetsum.Fold(inetsum.Add(b, 0)) }
 
 func TestTooBigAllocs(t *testing.T) {
 	pkt := bigUDP4(t, 1500)

@@ -1,0 +1,32 @@
+// Package inetsum is the Internet checksum (RFC 1071) that IPv4 headers,
+// ICMP, ICMPv6 and UDP carry, for the few packets clusterpeer writes
+// itself (ICMP errors, lane probes). It never allocates.
+package inetsum
+
+import "encoding/binary"
+
+// Add adds b as big-endian 16-bit words to the one's-complement
+// accumulator c; an odd last byte is padded with zero.
+func Add(b []byte, c uint64) uint64 {
+	for len(b) >= 2 {
+		c += uint64(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		c += uint64(b[0]) << 8
+	}
+	return c
+}
+
+// Fold reduces an accumulator to 16 bits.
+func Fold(c uint64) uint16 {
+	for c > 0xffff {
+		c = c>>16 + c&0xffff
+	}
+	return uint16(c)
+}
+
+// Checksum is the value to store in a header's checksum field: the
+// complement of the folded sum of b on top of c (0 for a plain header; a
+// pseudo-header's sum for UDP and ICMPv6).
+func Checksum(b []byte, c uint64) uint16 { return ^Fold(Add(b, c)) }

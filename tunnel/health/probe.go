@@ -1,0 +1,229 @@
+// Package health checks lanes end to end, as BFD (RFC 5880) checks a
+// forwarding path, and decides when a lane is up.
+//
+// A probe travels the whole lane and back:
+//
+//	demux --GENEVE, OAM bit--> near gateway --WireGuard--> far gateway
+//	      (inner: UDP demux:port -> far gateway:port)      reflector answers
+//	demux <--plain UDP-- near gateway <--WireGuard-- far gateway
+//
+// The near gateway forwards an OAM frame into its lane only when its inner
+// packet is a probe for its peer (Ingress), the far gateway's kernel
+// delivers it to the Reflector on the gateway's own address, and the
+// reply is routed back into the same lane like any packet for the demux's
+// network. So a lane counts as up only while both gateways, both
+// directions of the encrypted tunnel and the near gateway's delivery work.
+//
+// Probes and replies carry an HMAC keyed from the peering's secret (the
+// hash key every node reads), so nobody on the networks can make a dead
+// lane look alive; the Prober accepts a reply only for a probe it sent and
+// has not seen answered.
+package health
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"hash"
+	"net/netip"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// Message layout (UDP payload, 48 bytes, big-endian):
+//
+//	0  magic "cpLP"      4
+//	4  version 1         1
+//	5  kind              1   1 request, 2 reply
+//	6  lane              2
+//	8  session           8   random per prober run: replies to an earlier run never count
+//	16 seq               8   per lane, from 1
+//	24 sent (ns)         8   the prober's clock; echoed
+//	32 HMAC-SHA256/128  16   over bytes 0..31 with the probe key
+const (
+	MessageLen = 48
+	magic      = 0x63704c50 // "cpLP"
+	version    = 1
+	macLen     = 16
+	signedLen  = MessageLen - macLen
+)
+
+// Kind says which way a message goes.
+type Kind uint8
+
+const (
+	KindRequest Kind = 1
+	KindReply   Kind = 2
+)
+
+// Message is a probe or its reply.
+type Message struct {
+	Kind    Kind
+	Lane    flowhash.LaneID
+	Session uint64
+	Seq     uint64
+	Sent    int64
+}
+
+// Errors of Parse; the reflector and prober count drops by these.
+var (
+	ErrFormat = errors.New("not a clusterpeer probe")
+	ErrMAC    = errors.New("probe authentication failed")
+)
+
+// Key authenticates probes. It is derived from the peering's secret so
+// that a probe MAC never doubles as anything the hash key does.
+type Key [32]byte
+
+// DeriveKey returns the probe key of a peering secret.
+func DeriveKey(secret []byte) Key {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("clusterpeer lane probe v1"))
+	return Key(m.Sum(nil))
+}
+
+// Signer writes and checks messages; it keeps its HMAC state, so one
+// Signer belongs to one goroutine.
+type Signer struct {
+	mac hash.Hash
+	sum []byte
+}
+
+// NewSigner returns a Signer for key.
+func NewSigner(k Key) *Signer {
+	return &Signer{mac: hmac.New(sha256.New, k[:]), sum: make([]byte, 0, sha256.Size)}
+}
+
+func (s *Signer) tag(b []byte) []byte {
+	s.mac.Reset()
+	s.mac.Write(b[:signedLen])
+	s.sum = s.mac.Sum(s.sum[:0])
+	return s.sum[:macLen]
+}
+
+// Put writes m into b (at least MessageLen bytes) and signs it.
+func (s *Signer) Put(b []byte, m Message) {
+	binary.BigEndian.PutUint32(b[0:4], magic)
+	b[4], b[5] = version, byte(m.Kind)
+	binary.BigEndian.PutUint16(b[6:8], uint16(m.Lane))
+	binary.BigEndian.PutUint64(b[8:16], m.Session)
+	binary.BigEndian.PutUint64(b[16:24], m.Seq)
+	binary.BigEndian.PutUint64(b[24:32], uint64(m.Sent))
+	copy(b[signedLen:MessageLen], s.tag(b))
+}
+
+// Parse checks b's format and MAC and returns the message.
+func (s *Signer) Parse(b []byte) (Message, error) {
+	if len(b) != MessageLen || binary.BigEndian.Uint32(b[0:4]) != magic || b[4] != version {
+		return Message{}, ErrFormat
+	}
+	k := Kind(b[5])
+	if k != KindRequest && k != KindReply {
+		return Message{}, ErrFormat
+	}
+	if subtle.ConstantTimeCompare(s.tag(b), b[signedLen:MessageLen]) != 1 {
+		return Message{}, ErrMAC
+	}
+	return Message{
+		Kind:    k,
+		Lane:    flowhash.LaneID(binary.BigEndian.Uint16(b[6:8])),
+		Session: binary.BigEndian.Uint64(b[8:16]),
+		Seq:     binary.BigEndian.Uint64(b[16:24]),
+		Sent:    int64(binary.BigEndian.Uint64(b[24:32])),
+	}, nil
+}
+
+// Inner packet: the probe as the near gateway forwards it into its lane.
+const (
+	InnerLenV4 = 20 + 8 + MessageLen
+	InnerLenV6 = 40 + 8 + MessageLen
+)
+
+// PutInner writes an IP/UDP packet from src to dst carrying payload into
+// b and returns its length (0 if b is short or the families differ).
+// Checksums are complete: the far gateway's kernel checks them.
+func PutInner(b []byte, src, dst netip.AddrPort, payload []byte) int {
+	udpLen := 8 + len(payload)
+	var ip, udp []byte
+	var pseudo uint64
+	switch {
+	case src.Addr().Is4() && dst.Addr().Is4():
+		n := 20 + udpLen
+		if len(b) < n {
+			return 0
+		}
+		ip, udp = b[:20], b[20:n]
+		ip[0], ip[1] = 0x45, 0xc0 // DSCP CS6: network control
+		binary.BigEndian.PutUint16(ip[2:4], uint16(n))
+		binary.BigEndian.PutUint32(ip[4:8], 0x4000) // DF
+		ip[8], ip[9] = 64, 17
+		ip[10], ip[11] = 0, 0
+		s, d := src.Addr().As4(), dst.Addr().As4()
+		copy(ip[12:16], s[:])
+		copy(ip[16:20], d[:])
+		binary.BigEndian.PutUint16(ip[10:12], inetsum.Checksum(ip, 0))
+		pseudo = inetsum.Add(ip[12:20], uint64(17+udpLen))
+	case src.Addr().Is6() && dst.Addr().Is6():
+		n := 40 + udpLen
+		if len(b) < n {
+			return 0
+		}
+		ip, udp = b[:40], b[40:n]
+		binary.BigEndian.PutUint32(ip[0:4], 6<<28|0xc0<<20)
+		binary.BigEndian.PutUint16(ip[4:6], uint16(udpLen))
+		ip[6], ip[7] = 17, 64
+		s, d := src.Addr().As16(), dst.Addr().As16()
+		copy(ip[8:24], s[:])
+		copy(ip[24:40], d[:])
+		pseudo = inetsum.Add(ip[8:40], uint64(17+udpLen))
+	default:
+		return 0
+	}
+	binary.BigEndian.PutUint16(udp[0:2], src.Port())
+	binary.BigEndian.PutUint16(udp[2:4], dst.Port())
+	binary.BigEndian.PutUint16(udp[4:6], uint16(udpLen))
+	udp[6], udp[7] = 0, 0
+	copy(udp[8:], payload)
+	c := inetsum.Checksum(udp, pseudo)
+	if c == 0 {
+		c = 0xffff // RFC 768: a computed zero is sent as all ones
+	}
+	binary.BigEndian.PutUint16(udp[6:8], c)
+	return len(ip) + udpLen
+}
+
+// IsProbeFor reports whether pkt, an inner packet of an OAM frame, is a
+// UDP packet to dst: what a gateway forwards into its lane for its peer's
+// reflector. Anything else with the OAM bit is not ours to forward.
+func IsProbeFor(pkt []byte, dst netip.AddrPort) bool {
+	if !dst.IsValid() || len(pkt) < 20 {
+		return false
+	}
+	var udp []byte
+	switch pkt[0] >> 4 {
+	case 4:
+		ihl := int(pkt[0]&0x0f) * 4
+		if ihl < 20 || len(pkt) < ihl+8 || pkt[9] != 17 || !dst.Addr().Is4() ||
+			binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // a fragment
+			return false
+		}
+		if netip.AddrFrom4([4]byte(pkt[16:20])) != dst.Addr() {
+			return false
+		}
+		udp = pkt[ihl:]
+	case 6:
+		if len(pkt) < 48 || pkt[6] != 17 || !dst.Addr().Is6() {
+			return false
+		}
+		if netip.AddrFrom16([16]byte(pkt[24:40])) != dst.Addr() {
+			return false
+		}
+		udp = pkt[40:]
+	default:
+		return false
+	}
+	return binary.BigEndian.Uint16(udp[2:4]) == dst.Port()
+}

@@ -1,0 +1,191 @@
+package health
+
+import (
+	"fmt"
+	"time"
+)
+
+// Params are a lane session's timers, as BFD's (RFC 5880 6.8.4): a probe
+// every Interval; down after Multiplier probes in a row go unanswered for
+// Multiplier intervals; up again after UpAfter answered in a row. A lane
+// that fails within FlapWindow of coming up is flapping: it is held down
+// for HoldDown, doubling on every further flap up to HoldDownMax.
+type Params struct {
+	Interval    time.Duration
+	Multiplier  int
+	UpAfter     int
+	HoldDown    time.Duration
+	HoldDownMax time.Duration
+	FlapWindow  time.Duration
+}
+
+// Defaults: a dead lane is noticed 30-40 ms after its last answered probe.
+var DefaultParams = Params{
+	Interval:    10 * time.Millisecond,
+	Multiplier:  3,
+	UpAfter:     3,
+	HoldDown:    time.Second,
+	HoldDownMax: 30 * time.Second,
+	FlapWindow:  10 * time.Second,
+}
+
+// Detect is how long a lane may go without an answer.
+func (p Params) Detect() time.Duration { return time.Duration(p.Multiplier) * p.Interval }
+
+const ringLen = 64 // probes remembered: replies later than this are not matched
+
+type probeRecord struct {
+	seq      uint64
+	sent     time.Time
+	answered bool
+}
+
+// Session is one lane's probe history and up/down state. It is not safe
+// for concurrent use; the Prober serialises it.
+type Session struct {
+	p    Params
+	ring [ringLen]probeRecord
+	seq  uint64 // last sent
+
+	up         bool
+	run        int    // replies to consecutive probes
+	lastSeq    uint64 // highest answered
+	lastReply  time.Time
+	sinceReply int // probes sent since the last reply
+	holdDown   time.Duration
+	heldUntil  time.Time
+	since      time.Time // last transition (or start)
+	upSince    time.Time
+	changes    uint64
+	reason     string
+
+	sent, received uint64
+	rtt, srtt      time.Duration
+}
+
+// NewSession starts a lane down: it must earn its way in.
+func NewSession(p Params, now time.Time) *Session {
+	return &Session{p: p, since: now, reason: "starting: no probe answered yet"}
+}
+
+// Up reports the lane's state.
+func (s *Session) Up() bool { return s.up }
+
+// Sent records a probe sent now and returns its sequence number.
+func (s *Session) Sent(now time.Time) uint64 {
+	s.seq++
+	s.ring[s.seq%ringLen] = probeRecord{seq: s.seq, sent: now}
+	s.sent++
+	s.sinceReply++
+	return s.seq
+}
+
+// Reply records the answer to probe seq, which arrived at rx (the
+// kernel's receive time; now is when it was processed). It returns false
+// for a sequence number not sent, too old, or already answered.
+func (s *Session) Reply(seq uint64, rx, now time.Time) bool {
+	r := &s.ring[seq%ringLen]
+	if seq == 0 || r.seq != seq || r.answered {
+		return false
+	}
+	r.answered = true
+	s.received++
+	s.rtt = max(rx.Sub(r.sent), 0)
+	if s.srtt == 0 {
+		s.srtt = s.rtt
+	} else {
+		s.srtt += (s.rtt - s.srtt) / 8
+	}
+	if seq == s.lastSeq+1 {
+		s.run++
+	} else if seq > s.lastSeq {
+		s.run = 1
+	}
+	if seq > s.lastSeq {
+		s.lastSeq = seq
+		s.lastReply = now
+		s.sinceReply = int(s.seq - seq)
+	}
+	return true
+}
+
+// Evaluate applies the rules at now and reports whether the state changed;
+// Reason then says why.
+func (s *Session) Evaluate(now time.Time) bool {
+	if s.up {
+		// The probe count guards against our own stalls: a prober that was
+		// not scheduled sent nothing, and silence it caused proves nothing.
+		if s.sinceReply >= s.p.Multiplier && now.Sub(s.lastReply) >= s.p.Detect() {
+			s.goDown(now, fmt.Sprintf("%d probes unanswered, none for %s", s.sinceReply, now.Sub(s.lastReply).Round(time.Millisecond)))
+			return true
+		}
+		return false
+	}
+	if s.seq > s.lastSeq && now.Sub(s.ring[(s.lastSeq+1)%ringLen].sent) >= s.p.Detect() {
+		s.run = 0 // a probe after the last answered one is lost
+	}
+	if s.run >= s.p.UpAfter && !now.Before(s.heldUntil) && now.Sub(s.lastReply) < s.p.Detect() {
+		s.up, s.since, s.upSince = true, now, now
+		s.changes++
+		s.reason = fmt.Sprintf("%d probes answered in a row", s.run)
+		return true
+	}
+	return false
+}
+
+func (s *Session) goDown(now time.Time, reason string) {
+	if s.upSince.IsZero() || now.Sub(s.upSince) >= s.p.FlapWindow {
+		s.holdDown = 0
+	} else if s.holdDown == 0 {
+		s.holdDown = s.p.HoldDown
+	} else {
+		s.holdDown = min(2*s.holdDown, s.p.HoldDownMax)
+	}
+	if s.holdDown > 0 {
+		s.heldUntil = now.Add(s.holdDown)
+		reason += fmt.Sprintf("; flapping (up for %s), held down for %s", now.Sub(s.upSince).Round(time.Millisecond), s.holdDown)
+	}
+	s.up, s.since, s.run = false, now, 0
+	s.changes++
+	s.reason = reason
+}
+
+// SessionStatus is a session as status and metrics show it.
+type SessionStatus struct {
+	Up          bool          `json:"up"`
+	Since       time.Time     `json:"since"`
+	Transitions uint64        `json:"transitions"`
+	Reason      string        `json:"reason"`
+	HeldUntil   time.Time     `json:"held_until,omitzero"`
+	RTT         time.Duration `json:"rtt_ns"`
+	SmoothedRTT time.Duration `json:"srtt_ns"`
+	Loss        float64       `json:"loss"` // of the recent probes whose fate is known
+	Sent        uint64        `json:"probes_sent"`
+	Received    uint64        `json:"probes_answered"`
+}
+
+// Status returns the session's state at now.
+func (s *Session) Status(now time.Time) SessionStatus {
+	st := SessionStatus{
+		Up: s.up, Since: s.since, Transitions: s.changes, Reason: s.reason,
+		RTT: s.rtt, SmoothedRTT: s.srtt, Sent: s.sent, Received: s.received,
+	}
+	if now.Before(s.heldUntil) {
+		st.HeldUntil = s.heldUntil
+	}
+	var known, lost int
+	for i := range s.ring {
+		r := &s.ring[i]
+		if r.seq == 0 || (!r.answered && now.Sub(r.sent) < s.p.Detect()) {
+			continue // unsent, or still in flight
+		}
+		known++
+		if !r.answered {
+			lost++
+		}
+	}
+	if known > 0 {
+		st.Loss = float64(lost) / float64(known)
+	}
+	return st
+}

@@ -1,0 +1,172 @@
+package health
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// clock drives a session as the prober does: a probe every interval,
+// answered after rtt when the lane works.
+type clock struct {
+	t   *testing.T
+	s   *Session
+	now time.Time
+	p   Params
+}
+
+func newClock(t *testing.T, p Params) *clock {
+	return &clock{t: t, s: NewSession(p, t0), now: t0, p: p}
+}
+
+// run advances d in steps of one interval; answer says whether probes are
+// answered. It returns the times at which the state changed.
+func (c *clock) run(d time.Duration, answer bool) []time.Time {
+	var changes []time.Time
+	step := c.p.Interval / 10
+	for end := c.now.Add(d); c.now.Before(end); {
+		seq := c.s.Sent(c.now)
+		for range 10 {
+			c.now = c.now.Add(step)
+			if answer && seq != 0 {
+				c.s.Reply(seq, c.now, c.now)
+				seq = 0
+			}
+			if c.s.Evaluate(c.now) {
+				changes = append(changes, c.now)
+			}
+		}
+	}
+	return changes
+}
+
+func TestSessionComesUpAfterKAnswers(t *testing.T) {
+	c := newClock(t, DefaultParams)
+	if c.s.Up() {
+		t.Fatal("a new lane is up before any probe")
+	}
+	ch := c.run(100*time.Millisecond, true)
+	if len(ch) != 1 || !c.s.Up() {
+		t.Fatalf("changes %v, up %v", ch, c.s.Up())
+	}
+	// Up on the K-th reply: K-1 intervals plus one step.
+	if got, want := ch[0].Sub(t0), 2*DefaultParams.Interval+DefaultParams.Interval/10; got != want {
+		t.Errorf("up after %v, want %v", got, want)
+	}
+	if !strings.Contains(c.s.reason, "3 probes answered") {
+		t.Errorf("reason %q", c.s.reason)
+	}
+}
+
+func TestSessionDetectsDeathWithinDetectTime(t *testing.T) {
+	p := DefaultParams
+	c := newClock(t, p)
+	c.run(100*time.Millisecond, true)
+	lastReply := c.s.lastReply
+	ch := c.run(200*time.Millisecond, false)
+	if len(ch) != 1 || c.s.Up() {
+		t.Fatalf("changes %v, up %v", ch, c.s.Up())
+	}
+	if d := ch[0].Sub(lastReply); d < p.Detect() || d > p.Detect()+p.Interval {
+		t.Errorf("down %v after the last reply, want %v..%v", d, p.Detect(), p.Detect()+p.Interval)
+	}
+	st := c.s.Status(c.now)
+	if st.Up || st.Transitions != 2 || !strings.Contains(st.Reason, "unanswered") {
+		t.Errorf("status %+v", st)
+	}
+	if st.Loss < 0.5 {
+		t.Errorf("loss %.2f after 200 ms of silence", st.Loss)
+	}
+}
+
+func TestSessionOwnStallIsNotADeadLane(t *testing.T) {
+	c := newClock(t, DefaultParams)
+	c.run(100*time.Millisecond, true)
+	// The prober was not scheduled for 200 ms: nothing sent, nothing heard.
+	c.now = c.now.Add(200 * time.Millisecond)
+	if c.s.Evaluate(c.now) {
+		t.Fatal("lane declared down while no probe was sent")
+	}
+	if ch := c.run(50*time.Millisecond, true); len(ch) != 0 || !c.s.Up() {
+		t.Fatalf("changes %v, up %v", ch, c.s.Up())
+	}
+}
+
+func TestSessionLostProbeRestartsTheCount(t *testing.T) {
+	c := newClock(t, DefaultParams)
+	// Alternate answered and lost probes: never K in a row.
+	for range 20 {
+		c.run(DefaultParams.Interval, true)
+		c.run(DefaultParams.Interval, false)
+	}
+	if c.s.Up() {
+		t.Fatal("up with every other probe lost")
+	}
+}
+
+func TestSessionFlapBackoff(t *testing.T) {
+	p := DefaultParams
+	p.HoldDown, p.HoldDownMax, p.FlapWindow = 100*time.Millisecond, 350*time.Millisecond, time.Second
+	c := newClock(t, p)
+	c.run(50*time.Millisecond, true)
+	c.run(100*time.Millisecond, false) // first failure after a short life: flapping
+	var holds []time.Duration
+	for range 4 {
+		down := c.s.since
+		// Answer until it is back up.
+		for !c.s.Up() {
+			c.run(p.Interval, true)
+			if c.now.Sub(down) > 2*time.Second {
+				t.Fatal("never came back")
+			}
+		}
+		holds = append(holds, c.s.since.Sub(down))
+		c.run(100*time.Millisecond, false)
+	}
+	want := []time.Duration{100, 200, 350, 350}
+	for i, h := range holds {
+		lo := want[i] * time.Millisecond
+		if h < lo || h > lo+p.Detect()+p.Interval {
+			t.Errorf("flap %d: back after %v, want %v (+ probes)", i+1, h, lo)
+		}
+	}
+	// A lane that then stays up longer than the flap window starts afresh.
+	for !c.s.Up() {
+		c.run(p.Interval, true)
+	}
+	c.run(p.FlapWindow+p.Interval, true)
+	c.run(100*time.Millisecond, false)
+	down := c.now
+	for !c.s.Up() {
+		c.run(p.Interval, true)
+	}
+	if d := c.s.since.Sub(down); d > p.Detect()+p.Interval {
+		t.Errorf("after a stable period: held down %v, want no hold-down", d)
+	}
+}
+
+func TestSessionRejectsUnknownAndDuplicateReplies(t *testing.T) {
+	s := NewSession(DefaultParams, t0)
+	seq := s.Sent(t0)
+	if s.Reply(seq+1, t0, t0) || s.Reply(0, t0, t0) {
+		t.Error("reply to a probe never sent accepted")
+	}
+	if !s.Reply(seq, t0.Add(time.Millisecond), t0) {
+		t.Error("genuine reply refused")
+	}
+	if s.Reply(seq, t0, t0) {
+		t.Error("duplicate reply accepted")
+	}
+	if st := s.Status(t0); st.RTT != time.Millisecond || st.Received != 1 {
+		t.Errorf("status %+v", st)
+	}
+	old := s.Sent(t0)
+	for range ringLen {
+		s.Sent(t0)
+	}
+	if s.Reply(old, t0, t0) {
+		t.Error("reply older than the ring accepted")
+	}
+}
