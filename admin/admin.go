@@ -1,7 +1,7 @@
 // Package admin serves a node's operator interfaces: Prometheus metrics
-// over HTTP on a TCP address (loopback by default), and the status
-// document (JSON, GET /status) on a unix socket that the `show`
-// subcommands read. The socket is owner-only: status names keys' public
+// over HTTP on a TCP address (loopback by default), and on a unix socket
+// the status document (JSON, GET /status) that the `show` subcommands
+// read and the node's actions (POST /action/<name>: reload, drain, ...). The socket is owner-only: status names keys' public
 // halves and addresses, and only root should read it.
 package admin
 
@@ -10,11 +10,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +29,26 @@ import (
 type Server struct {
 	servers []*http.Server
 	socket  string
+	mux     *http.ServeMux // of the socket
+}
+
+// Action is an operator command: it gets the request's query parameters
+// and returns a line for the operator, or an error that the command
+// prints and exits 1 with.
+type Action func(args url.Values) (string, error)
+
+// Handle registers an action under POST /action/<name>.
+func (s *Server) Handle(name string, a Action) {
+	s.mux.HandleFunc("POST /action/"+name, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		msg, err := a(r.URL.Query())
+		if err != nil {
+			w.WriteHeader(http.StatusConflict)
+			fmt.Fprintln(w, err)
+			return
+		}
+		fmt.Fprintln(w, msg)
+	})
 }
 
 // Serve starts /metrics on metricsAddr ("off": none) and /status on the
@@ -61,6 +84,7 @@ func Serve(metricsAddr, statusPath string, reg *prometheus.Registry, status func
 	os.Chmod(statusPath, 0o600)
 	s.socket = statusPath
 	mux := http.NewServeMux()
+	s.mux = mux
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -92,16 +116,38 @@ func (s *Server) Close() {
 	}
 }
 
-// Fetch reads a node's status document into v.
-func Fetch(statusPath string, v any) error {
-	c := http.Client{
-		Timeout: 3 * time.Second,
+func client(statusPath string, timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout: timeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", statusPath)
 		}},
 	}
-	resp, err := c.Get("http://node/status")
+}
+
+// Do runs a node's action and returns its message.
+func Do(statusPath, name string, args url.Values) (string, error) {
+	resp, err := client(statusPath, 30*time.Second).Post("http://node/action/"+name+"?"+args.Encode(), "", nil)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w (is the node running?)", name, statusPath, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	msg := strings.TrimSpace(string(b))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return msg, nil
+	case http.StatusConflict:
+		return "", errors.New(msg)
+	default:
+		return "", fmt.Errorf("%s: %s: %s", name, resp.Status, msg)
+	}
+}
+
+// Fetch reads a node's status document into v.
+func Fetch(statusPath string, v any) error {
+	resp, err := client(statusPath, 3*time.Second).Get("http://node/status")
 	if err != nil {
 		return fmt.Errorf("status %s: %w (is the node running?)", statusPath, err)
 	}

@@ -15,12 +15,15 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -35,6 +38,10 @@ const (
 	DefaultWGPort      = 51820
 	DefaultMetricsAddr = "127.0.0.1:9100"
 	DefaultStatusDir   = "/run/clusterpeer"
+	DefaultProbePort   = 6082
+	DefaultProbeRate   = 1000
+	DefaultDrainTime   = 60 * time.Second
+	DefaultDrainIdle   = 2 * time.Second
 
 	// WireGuardOverheadV6 is what a lane adds to an inner packet on an
 	// IPv6 underlay: IPv6 40 + UDP 8 + WireGuard header 16 + Poly1305 tag 16.
@@ -50,6 +57,7 @@ type Peering struct {
 	VNI      uint32             `yaml:"vni"`
 	MTU      int                `yaml:"mtu"`
 	Hash     Hash               `yaml:"hash"`
+	Health   Health             `yaml:"health"`
 	Networks map[string]Network `yaml:"networks"`
 	Lanes    []Lane             `yaml:"lanes"`
 
@@ -66,6 +74,25 @@ type Hash struct {
 
 	Key      flowhash.Key  `yaml:"-"`
 	HashMode flowhash.Mode `yaml:"-"`
+}
+
+// Health configures the lane probes (see tunnel/health) and draining.
+// Both demuxes probe with it; the gateways answer on Port.
+type Health struct {
+	Enabled          *bool         `yaml:"enabled"` // default true; off: every lane counts as up
+	Interval         time.Duration `yaml:"interval"`
+	DetectMultiplier int           `yaml:"detect_multiplier"`
+	UpAfter          int           `yaml:"up_after"`
+	HoldDown         time.Duration `yaml:"hold_down"`
+	HoldDownMax      time.Duration `yaml:"hold_down_max"`
+	FlapWindow       time.Duration `yaml:"flap_window"`
+	MaxProbeRate     int           `yaml:"max_probe_rate"` // per demux, all lanes together
+	Port             uint16        `yaml:"port"`
+	DrainTimeout     time.Duration `yaml:"drain_timeout"` // a draining lane's pinned flows move after this
+	DrainIdle        time.Duration `yaml:"drain_idle"`    // a draining lane idle this long is done
+
+	Params health.Params `yaml:"-"`
+	On     bool          `yaml:"-"`
 }
 
 // Network is one side of the peering ("a" or "b").
@@ -287,6 +314,80 @@ func (c *checker) peering(p *Peering) {
 		}
 	}
 	c.lanes(p)
+	c.health(p)
+}
+
+func (c *checker) health(p *Peering) {
+	h := &p.Health
+	h.On = h.Enabled == nil || *h.Enabled
+	d := health.DefaultParams
+	dur := func(field string, v *time.Duration, def, lo, hi time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+		if *v < lo || *v > hi {
+			c.errf("health."+field, "%s: want %s..%s", *v, lo, hi)
+		}
+	}
+	count := func(field string, v *int, def, lo, hi int) {
+		if *v == 0 {
+			*v = def
+		}
+		if *v < lo || *v > hi {
+			c.errf("health."+field, "%d: want %d..%d", *v, lo, hi)
+		}
+	}
+	dur("interval", &h.Interval, d.Interval, time.Millisecond, 10*time.Second)
+	count("detect_multiplier", &h.DetectMultiplier, d.Multiplier, 1, 255)
+	count("up_after", &h.UpAfter, d.UpAfter, 1, 255)
+	dur("hold_down", &h.HoldDown, d.HoldDown, time.Millisecond, time.Hour)
+	dur("hold_down_max", &h.HoldDownMax, d.HoldDownMax, h.HoldDown, time.Hour)
+	dur("flap_window", &h.FlapWindow, d.FlapWindow, time.Millisecond, time.Hour)
+	count("max_probe_rate", &h.MaxProbeRate, DefaultProbeRate, 10, 1000000)
+	dur("drain_timeout", &h.DrainTimeout, DefaultDrainTime, time.Second, 24*time.Hour)
+	dur("drain_idle", &h.DrainIdle, DefaultDrainIdle, 100*time.Millisecond, time.Hour)
+	if h.Port == 0 {
+		h.Port = DefaultProbePort
+	}
+	h.Params = health.Params{
+		Interval: h.Interval, Multiplier: h.DetectMultiplier, UpAfter: h.UpAfter,
+		HoldDown: h.HoldDown, HoldDownMax: h.HoldDownMax, FlapWindow: h.FlapWindow,
+	}
+	if !h.On {
+		return
+	}
+	// A probe's reply is routed back through the lane to the demux, so
+	// every address on the way must be one the lanes carry.
+	for _, side := range Sides {
+		n := p.Networks[side]
+		for i, a := range n.Demux.Sources {
+			if !contains(n.Parsed, a) {
+				c.errf(fmt.Sprintf("networks.%s.demux.addresses[%d]", side, i),
+					"%s is outside networks.%s.prefixes: lane probes answer to it through the lanes (or set health.enabled: false)", a, side)
+			}
+		}
+	}
+	for i := range p.Lanes {
+		l := &p.Lanes[i]
+		for _, side := range Sides {
+			g := l.End(side)
+			if !g.GeneveAddr.IsValid() {
+				continue
+			}
+			f := fmt.Sprintf("lanes[%d].%s.geneve", i, side)
+			if !contains(p.Networks[side].Parsed, g.GeneveAddr.Addr()) {
+				c.errf(f, "%s is outside networks.%s.prefixes: the far demux probes this gateway through the lane at this address (or set health.enabled: false)", g.GeneveAddr.Addr(), side)
+			}
+			far := p.Networks[Other(side)].Demux
+			if !slices.ContainsFunc(far.Sources, func(a netip.Addr) bool { return a.Is4() == g.GeneveAddr.Addr().Is4() }) {
+				c.errf(f, "%s: demux %s has no address of this family to probe it from", g.GeneveAddr.Addr(), far.Name)
+			}
+		}
+	}
+}
+
+func contains(prefixes []netip.Prefix, a netip.Addr) bool {
+	return slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
 func (c *checker) hash(h *Hash, lanes int) {

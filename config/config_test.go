@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
@@ -60,6 +61,9 @@ func TestExampleLoads(t *testing.T) {
 	if d := p.Networks["b"].Demux; d.Tun != "cp-demux-b" || d.Metrics != DefaultMetricsAddr || d.Status != "/run/clusterpeer/example-demux-b.sock" {
 		t.Errorf("demux defaults: %+v", d)
 	}
+	if h := p.Health; !h.On || h.Params.Interval != 10*time.Millisecond || h.Params.Multiplier != 3 || h.Port != 6082 || h.DrainTimeout != DefaultDrainTime {
+		t.Errorf("health defaults: %+v", h)
+	}
 	n, err := p.Node("gw-b2")
 	if err != nil || n.Side != "b" || n.Lane.ID != 2 || n.Peer.Name != "gw-a2" {
 		t.Errorf("Node(gw-b2) = %+v, %v", n, err)
@@ -77,7 +81,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad yaml", "vni: 4242", "vni: [", "yaml:"},
 		{"unknown field", "mtu: 1420", "mtu: 1420\nmtus: 1", "mtus (line 5): field mtus not found"},
 		{"negative", "vni: 4242", "vni: -1", "vni (line 3): cannot unmarshal !!int `-1` into uint32"},
-		{"wrong type", "    weight: 2", "    weight: heavy", "lanes[1].weight (line 36): cannot unmarshal !!str `heavy`"},
+		{"wrong type", "    weight: 2", "    weight: heavy", "lanes[1].weight (line 42): cannot unmarshal !!str `heavy`"},
 		{"name", "name: example", "name: Example!", "name: \"Example!\""},
 		{"vni", "vni: 4242", "vni: 16777216", "vni: 16777216: a GENEVE VNI has 24 bits"},
 		{"mtu low", "mtu: 1420", "mtu: 1000", "mtu: 1000: want 1280.."},
@@ -104,6 +108,13 @@ func TestBrokenConfigs(t *testing.T) {
 		{"same key", "public_key: PUBKEY_B2", "public_key: PUBKEY_A2", "lanes[1].b.public_key: same key as lanes[1].a"},
 		{"tun name", "      private_key_file: gw-b1.key", "      private_key_file: gw-b1.key\n      tun: this-name-is-too-long", "lanes[0].b.tun"},
 		{"no lanes", "lanes:", "lanes: []\nold_lanes:", "field old_lanes not found"},
+		{"probe interval", "interval: 10ms", "interval: 10us", "health.interval: 10µs: want 1ms..10s"},
+		{"probe interval type", "interval: 10ms", "interval: often", "health.interval (line 10): cannot unmarshal"},
+		{"multiplier", "detect_multiplier: 3", "detect_multiplier: 300", "health.detect_multiplier: 300"},
+		{"hold down max", "port: 6082", "port: 6082\n  hold_down: 5s\n  hold_down_max: 1s", "health.hold_down_max: 1s: want 5s.."},
+		{"demux outside network", "[10.2.0.2]", "[10.9.0.2]", "networks.b.demux.addresses[0]: 10.9.0.2 is outside networks.b.prefixes"},
+		{"gateway outside network", "geneve: 10.2.0.21", "geneve: 10.7.0.21", "lanes[0].b.geneve: 10.7.0.21 is outside networks.b.prefixes"},
+		{"no address of the family", "geneve: 10.1.0.21:6081", "geneve: \"[fd00:a::21]:6081\"", "lanes[0].a.geneve: fd00:a::21: demux demux-b has no"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -31,6 +31,7 @@ type Watcher struct {
 
 type flow struct {
 	lanes map[int]*Count
+	first int
 }
 
 // Count is packets and bytes (IP packet lengths).
@@ -105,7 +106,7 @@ func (w *Watcher) add(frame []byte) {
 	}
 	f := w.flows[t]
 	if f == nil {
-		f = &flow{lanes: map[int]*Count{}}
+		f = &flow{lanes: map[int]*Count{}, first: lane}
 		w.flows[t] = f
 	}
 	c := f.lanes[lane]
@@ -127,8 +128,10 @@ type Report struct {
 
 // Flow is one flow and the lanes that carried it.
 type Flow struct {
-	Flow  string         `json:"flow"`
-	Lanes map[int]*Count `json:"lanes"`
+	Flow    string         `json:"flow"`
+	SrcPort uint16         `json:"src_port"`
+	First   int            `json:"first_lane"` // the lane of its first packet
+	Lanes   map[int]*Count `json:"lanes"`
 }
 
 // Lane sums one lane's flows.
@@ -144,7 +147,7 @@ func (w *Watcher) Report() Report {
 		r.Lanes[id] = &Lane{}
 	}
 	for t, f := range w.flows {
-		r.Flows = append(r.Flows, Flow{Flow: FlowString(&t), Lanes: f.lanes})
+		r.Flows = append(r.Flows, Flow{Flow: FlowString(&t), SrcPort: t.SrcPort, First: f.first, Lanes: f.lanes})
 		if len(f.lanes) > 1 {
 			r.SplitFlows++
 		}

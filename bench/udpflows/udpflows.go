@@ -1,6 +1,9 @@
-// Package udpflows sends and receives sequence-numbered UDP flows, to
-// measure per-flow order and loss across the data path. Each flow has its
-// own source port; each datagram carries its flow number and sequence.
+// Package udpflows sends and receives sequence-numbered UDP flows at a
+// fixed rate, to measure per flow the loss, the reordering and the longest
+// gap between arrivals (a failover's blackout) across the data path. Each
+// flow has its own source port; each datagram carries its flow number and
+// sequence. Arrival times are the kernel's (SO_TIMESTAMPNS), so a busy
+// receiver does not invent gaps.
 //
 //	payload: magic[4] flow[4] seq[8] padding
 package udpflows
@@ -14,6 +17,10 @@ import (
 	"net/netip"
 	"sort"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/rxtime"
 )
 
 const (
@@ -76,6 +83,15 @@ func (s *Sender) Run(ctx context.Context) error {
 	return nil
 }
 
+// Ports returns each flow's source port, by flow number.
+func (s *Sender) Ports() []uint16 {
+	p := make([]uint16, len(s.conns))
+	for i, c := range s.conns {
+		p[i] = c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	}
+	return p
+}
+
 // Close closes the sockets.
 func (s *Sender) Close() {
 	for _, c := range s.conns {
@@ -85,12 +101,15 @@ func (s *Sender) Close() {
 
 // FlowResult is one flow as received.
 type FlowResult struct {
-	Flow       int    `json:"flow"`
-	Received   uint64 `json:"received"`
-	OutOfOrder uint64 `json:"out_of_order"` // arrived after a later sequence number
-	Duplicates uint64 `json:"duplicates"`
-	MaxSeq     uint64 `json:"max_seq"`
-	From       string `json:"from"` // source address:port
+	Flow       int           `json:"flow"`
+	Received   uint64        `json:"received"`
+	Lost       uint64        `json:"lost"`         // sequence numbers below the highest that never came
+	OutOfOrder uint64        `json:"out_of_order"` // arrived after a later sequence number
+	Duplicates uint64        `json:"duplicates"`
+	MaxSeq     uint64        `json:"max_seq"`
+	LongestGap time.Duration `json:"longest_gap_ns"` // between consecutive arrivals
+	GapStart   time.Time     `json:"gap_start"`      // arrival before the longest gap
+	From       string        `json:"from"`           // source address:port
 }
 
 // Receiver counts what arrives on one socket.
@@ -103,6 +122,7 @@ type flowState struct {
 	FlowResult
 	seen map[uint64]bool
 	any  bool
+	last time.Time
 }
 
 // Listen opens the receiving socket (in the calling thread's namespace).
@@ -112,6 +132,19 @@ func Listen(addr netip.AddrPort) (*Receiver, error) {
 		return nil, fmt.Errorf("udpflows: %w", err)
 	}
 	c.SetReadBuffer(8 << 20)
+	raw, err := c.SyscallConn()
+	if err == nil {
+		raw.Control(func(fd uintptr) {
+			// Past net.core.rmem_max where allowed (root): a receiver that
+			// is not scheduled for a few ms must not lose what it measures.
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+			err = rxtime.Enable(int(fd))
+		})
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("udpflows: timestamps: %w", err)
+	}
 	return &Receiver{conn: c, flows: map[int]*flowState{}}, nil
 }
 
@@ -119,10 +152,11 @@ func Listen(addr netip.AddrPort) (*Receiver, error) {
 // the first datagram.
 func (r *Receiver) Run(ctx context.Context, idle time.Duration) {
 	buf := make([]byte, 65536)
+	oob := make([]byte, rxtime.OOBLen)
 	got := false
 	for ctx.Err() == nil {
 		r.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		n, from, err := r.conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, from, err := r.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -140,11 +174,11 @@ func (r *Receiver) Run(ctx context.Context, idle time.Duration) {
 			continue
 		}
 		got = true
-		r.add(int(binary.BigEndian.Uint32(buf[4:8])), binary.BigEndian.Uint64(buf[8:16]), from)
+		r.add(int(binary.BigEndian.Uint32(buf[4:8])), binary.BigEndian.Uint64(buf[8:16]), from, rxtime.Parse(oob[:oobn]))
 	}
 }
 
-func (r *Receiver) add(flow int, seq uint64, from netip.AddrPort) {
+func (r *Receiver) add(flow int, seq uint64, from netip.AddrPort, at time.Time) {
 	f := r.flows[flow]
 	if f == nil {
 		f = &flowState{FlowResult: FlowResult{Flow: flow, From: from.String()}, seen: map[uint64]bool{}}
@@ -156,6 +190,10 @@ func (r *Receiver) add(flow int, seq uint64, from netip.AddrPort) {
 	}
 	f.seen[seq] = true
 	f.Received++
+	if !f.last.IsZero() && at.Sub(f.last) > f.LongestGap {
+		f.LongestGap, f.GapStart = at.Sub(f.last), f.last
+	}
+	f.last = at
 	if f.any && seq < f.MaxSeq {
 		f.OutOfOrder++
 	}
@@ -170,6 +208,7 @@ func (r *Receiver) Results() []FlowResult {
 	r.conn.Close()
 	out := make([]FlowResult, 0, len(r.flows))
 	for _, f := range r.flows {
+		f.Lost = f.MaxSeq + 1 - f.Received
 		out = append(out, f.FlowResult)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Flow < out[j].Flow })

@@ -5,12 +5,26 @@
 //	demux up    --config peering.yaml --node demux-a
 //	demux show  --config peering.yaml --node demux-a [--json]
 //	demux check --config peering.yaml
+//	demux reload  --config peering.yaml --node demux-a   (or SIGHUP)
+//	demux drain   --config peering.yaml --node demux-a --lane 2 [--deadline 30s]
+//	demux undrain --config peering.yaml --node demux-a --lane 2
 package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
+	"net/url"
 	"os"
+	"os/signal"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.zx2c4.com/wireguard/conn"
@@ -22,13 +36,17 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 )
 
 func main() {
 	cli.Main("demux", map[string]cli.Command{
-		"up":    {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
-		"show":  {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
-		"check": {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"up":      {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
+		"show":    {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
+		"check":   {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"reload":  {Usage: "reload --config FILE --node NAME", Help: "re-read the config the demux runs with (as SIGHUP does)", Run: action("reload", false)},
+		"drain":   {Usage: "drain --config FILE --node NAME --lane N [--deadline D]", Help: "stop new flows to a lane; pinned flows stay until idle or D", Run: action("drain", true)},
+		"undrain": {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
 	})
 }
 
@@ -45,14 +63,6 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	lanes := make([]flowhash.Lane, len(p.Lanes))
-	for i, l := range p.Lanes {
-		lanes[i] = flowhash.Lane{ID: flowhash.LaneID(l.ID), Weight: l.Weight, State: flowhash.LaneUp}
-	}
-	if err := sel.SetLanes(lanes); err != nil {
-		return err
-	}
-
 	t, err := tun.CreateTUN(d.Tun, p.MTU)
 	if err != nil {
 		return fmt.Errorf("create tun %s: %w", d.Tun, err)
@@ -87,16 +97,30 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	var targets []demux.Target
-	for _, l := range p.Lanes {
-		g := l.End(node.Side)
-		ep, err := bind.ParseEndpoint(g.GeneveAddr.String())
+	lc := demux.LaneConfig{DrainTimeout: p.Health.DrainTimeout, DrainIdle: p.Health.DrainIdle}
+	var prober *health.Prober
+	if p.Health.On {
+		prober, err = health.NewProber(health.ProberConfig{
+			Key: health.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: d.Sources,
+			Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, Log: log,
+		})
 		if err != nil {
-			return fmt.Errorf("lane %d gateway %s: %w", l.ID, g.GeneveAddr, err)
+			return err
 		}
-		targets = append(targets, demux.Target{ID: flowhash.LaneID(l.ID), Name: g.Name, Endpoint: ep, Addr: g.GeneveAddr})
+		defer prober.Close()
+		lc.Prober = prober
+		warnStrictRPFilter(log)
+	} else {
+		log.Warn("lane health checks are off (health.enabled: false): every configured lane takes traffic")
 	}
-	dm.SetTargets(targets)
+	dm.UseLanes(lc)
+	specs, err := laneSpecs(p, node.Side, bind)
+	if err != nil {
+		return err
+	}
+	if err := dm.ApplyLanes(specs); err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(dm)
@@ -104,26 +128,246 @@ func up(args []string) error {
 		Node: d.Name, Peering: p.Name, Side: node.Side, Tun: d.Tun, MTU: p.MTU, VNI: p.VNI,
 		Hash: hashName(p.Hash),
 	}
+	if prober != nil {
+		identity.Probing = &demux.Probing{Multiplier: p.Health.DetectMultiplier, UpAfter: p.Health.UpAfter}
+	}
 	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any { return dm.Status(identity) }, log)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	r := &reloader{running: p, node: d.Name, bind: bind, dm: dm, log: log}
+	srv.Handle("reload", func(url.Values) (string, error) { return r.reload() })
+	srv.Handle("drain", func(q url.Values) (string, error) {
+		id, err := laneArg(q)
+		if err != nil {
+			return "", err
+		}
+		var deadline time.Duration
+		if s := q.Get("deadline"); s != "" {
+			if deadline, err = time.ParseDuration(s); err != nil || deadline <= 0 {
+				return "", fmt.Errorf("--deadline %q: want a positive duration such as 30s", s)
+			}
+		}
+		if err := dm.Drain(id, deadline); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("lane %d draining: no new flows; pinned flows stay until idle or the deadline", id), nil
+	})
+	srv.Handle("undrain", func(q url.Values) (string, error) {
+		id, err := laneArg(q)
+		if err != nil {
+			return "", err
+		}
+		if err := dm.Undrain(id); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("lane %d back in service", id), nil
+	})
 
 	ctx, stop := cli.SignalContext()
 	defer stop()
 	done := make(chan error, 1)
 	go func() { done <- dm.Run() }()
+	if prober != nil {
+		go prober.Run(ctx)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	log.Info("demux up", "peering", p.Name, "side", node.Side, "tun", d.Tun, "mtu", p.MTU,
-		"lanes", len(p.Lanes), "hash", identity.Hash, "metrics", d.Metrics, "status", d.Status)
-	select {
-	case <-ctx.Done():
-		log.Info("demux stopping")
-		t.Close()
-		<-done
+		"lanes", len(p.Lanes), "hash", identity.Hash, "metrics", d.Metrics, "status", d.Status,
+		"probe_interval", p.Health.Interval, "detect_multiplier", p.Health.DetectMultiplier)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("demux stopping")
+			t.Close()
+			<-done
+			return nil
+		case err := <-done:
+			return err
+		case <-hup:
+			if msg, err := r.reload(); err == nil {
+				log.Info("SIGHUP: " + msg)
+			}
+		case now := <-tick.C:
+			dm.TickLanes(now)
+		}
+	}
+}
+
+// laneSpecs is the demux's view of the configured lanes.
+func laneSpecs(p *config.Peering, side string, bind conn.Bind) ([]demux.LaneSpec, error) {
+	var specs []demux.LaneSpec
+	for _, l := range p.Lanes {
+		g, far := l.End(side), l.End(config.Other(side))
+		ep, err := bind.ParseEndpoint(g.GeneveAddr.String())
+		if err != nil {
+			return nil, fmt.Errorf("lane %d gateway %s: %w", l.ID, g.GeneveAddr, err)
+		}
+		specs = append(specs, demux.LaneSpec{
+			ID: flowhash.LaneID(l.ID), Weight: l.Weight, Gateway: g.Name,
+			Near: g.GeneveAddr, Endpoint: ep, Far: far.GeneveAddr.Addr(),
+		})
+	}
+	return specs, nil
+}
+
+// reloader applies a changed config file to the running demux: the lanes
+// change live; anything else needs a restart and makes the whole reload
+// fail, as does an invalid file, so the running state is never half new.
+type reloader struct {
+	mu      sync.Mutex
+	running *config.Peering
+	node    string
+	bind    conn.Bind
+	dm      *demux.Demux
+	log     *slog.Logger
+}
+
+func (r *reloader) reload() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	msg, err := r.apply()
+	if err != nil {
+		r.log.Error("reload rejected; still running the previous config", "config", r.running.Path, "err", err)
+		return "", fmt.Errorf("reload rejected, still running the previous config:\n%w", err)
+	}
+	r.log.Info("config reloaded", "config", r.running.Path, "lanes", msg)
+	return "reloaded " + r.running.Path + ": " + msg, nil
+}
+
+func (r *reloader) apply() (string, error) {
+	old := r.running
+	p, err := config.Load(old.Path)
+	if err != nil {
+		return "", err
+	}
+	node, err := p.Node(r.node)
+	if err != nil {
+		return "", err
+	}
+	if node.Demux == nil {
+		return "", fmt.Errorf("%s is no longer a demux in %s", r.node, p.Path)
+	}
+	if diff := restartFields(old, p); len(diff) > 0 {
+		return "", fmt.Errorf("%s changed; these apply only on restart (lanes are what reload changes)", strings.Join(diff, ", "))
+	}
+	specs, err := laneSpecs(p, node.Side, r.bind)
+	if err != nil {
+		return "", err
+	}
+	if err := r.dm.ApplyLanes(specs); err != nil {
+		return "", err
+	}
+	r.running = p
+	before := map[int]bool{}
+	for _, l := range old.Lanes {
+		before[l.ID] = true
+	}
+	var ids, added, removed []string
+	for _, l := range p.Lanes {
+		ids = append(ids, strconv.Itoa(l.ID))
+		if !before[l.ID] {
+			added = append(added, strconv.Itoa(l.ID))
+		}
+		delete(before, l.ID)
+	}
+	for id := range before {
+		removed = append(removed, strconv.Itoa(id))
+	}
+	slices.Sort(removed)
+	msg := "lanes " + strings.Join(ids, " ")
+	if len(added) > 0 {
+		msg += "; added " + strings.Join(added, " ") + " (joining once their probes answer)"
+	}
+	if len(removed) > 0 {
+		msg += "; removing " + strings.Join(removed, " ") + " (draining first)"
+	}
+	return msg, nil
+}
+
+// restartFields lists what differs between two configs outside the lanes.
+func restartFields(a, b *config.Peering) []string {
+	var d []string
+	if a.Name != b.Name {
+		d = append(d, "name")
+	}
+	if a.VNI != b.VNI {
+		d = append(d, "vni")
+	}
+	if a.MTU != b.MTU {
+		d = append(d, "mtu")
+	}
+	if !reflect.DeepEqual(a.Hash, b.Hash) {
+		d = append(d, "hash")
+	}
+	if !reflect.DeepEqual(a.Health, b.Health) {
+		d = append(d, "health")
+	}
+	if !reflect.DeepEqual(a.Networks, b.Networks) {
+		d = append(d, "networks")
+	}
+	return d
+}
+
+// warnStrictRPFilter: probe replies come from the remote network but
+// arrive on the LAN, while this host routes the remote network into the
+// demux's TUN; strict reverse-path filtering drops them.
+func warnStrictRPFilter(log *slog.Logger) {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter"); err == nil && strings.TrimSpace(string(b)) == "1" {
+		log.Warn("net.ipv4.conf.all.rp_filter=1 (strict) drops lane probe replies, which arrive on the LAN from the remote network; set it to 2 (loose) or every lane stays down")
+	}
+}
+
+func laneArg(q url.Values) (flowhash.LaneID, error) {
+	n, err := strconv.Atoi(q.Get("lane"))
+	if err != nil || n < 1 || n > flowhash.MaxLaneID {
+		return 0, fmt.Errorf("--lane %q: want a lane id (1..%d)", q.Get("lane"), flowhash.MaxLaneID)
+	}
+	return flowhash.LaneID(n), nil
+}
+
+// action is a subcommand that asks the running demux to do something.
+func action(name string, withLane bool) func([]string) error {
+	return func(args []string) error {
+		var f cli.NodeFlags
+		var lane int
+		var deadline time.Duration
+		err := f.ParseWith(name, args, false, func(fs *flag.FlagSet) {
+			if withLane {
+				fs.IntVar(&lane, "lane", 0, "the lane's id")
+			}
+			if name == "drain" {
+				fs.DurationVar(&deadline, "deadline", 0, "move the lane's remaining pinned flows after this (default: health.drain_timeout)")
+			}
+		})
+		if err != nil {
+			return err
+		}
+		_, node, err := f.Load()
+		if err != nil {
+			return err
+		}
+		if node.Demux == nil {
+			return fmt.Errorf("node %q is a gateway; %s is a demux command", f.Node, name)
+		}
+		q := url.Values{}
+		if withLane {
+			q.Set("lane", strconv.Itoa(lane))
+		}
+		if deadline > 0 {
+			q.Set("deadline", deadline.String())
+		}
+		msg, err := admin.Do(node.Demux.Status, name, q)
+		if err != nil {
+			return err
+		}
+		fmt.Println(msg)
 		return nil
-	case err := <-done:
-		return err
 	}
 }
 
@@ -152,14 +396,41 @@ func show(args []string) error {
 func printStatus(st demux.Status) {
 	fmt.Printf("demux: %s (peering %s, side %s)\n", st.Node, st.Peering, st.Side)
 	fmt.Printf("  tun: %s  mtu: %d  vni: %d  hash: %s\n", st.Tun, st.MTU, st.VNI, st.Hash)
+	if pr := st.Probing; pr != nil {
+		fmt.Printf("  probes: every %s per lane, down after %d unanswered, up after %d answered\n",
+			pr.Interval, pr.Multiplier, pr.UpAfter)
+	} else {
+		fmt.Println("  probes: off (every configured lane takes traffic)")
+	}
 	fmt.Printf("  received: %d packets, %s  pinned flows: %d\n", st.Packets, cli.HumanBytes(st.Bytes), st.PinnedFlows)
 	if st.TooBig > 0 || st.ICMPSent > 0 {
 		fmt.Printf("  too big: %d (icmp sent: %d)\n", st.TooBig, st.ICMPSent)
 	}
 	cli.PrintDrops(st.Drops)
+	if st.Probing != nil {
+		cli.PrintDrops(st.Probing.Drops)
+	}
 	for _, l := range st.Lanes {
-		fmt.Printf("\nlane %d: %s\n", l.ID, l.State)
+		fmt.Printf("\nlane %d: %s", l.ID, l.State)
+		if !l.Since.IsZero() {
+			fmt.Printf(" for %s (%d transitions, %d failovers)", time.Since(l.Since).Round(time.Millisecond), l.Transitions, l.Failovers)
+		}
+		fmt.Println()
+		if l.Reason != "" {
+			fmt.Printf("  last change: %s (%s)\n", l.Reason, l.Since.Format("15:04:05.000"))
+		}
+		if !l.DrainDeadline.IsZero() {
+			fmt.Printf("  drain deadline: in %s\n", time.Until(l.DrainDeadline).Round(time.Second))
+		}
 		fmt.Printf("  gateway: %s (%s)  weight: %d\n", l.Gateway, l.Address, l.Weight)
+		if p := l.Probes; p != nil {
+			fmt.Printf("  probes: rtt %s (smoothed %s)  detect %s  loss %.1f%%  %d sent, %d answered",
+				ms(p.RTT), ms(p.SmoothedRTT), ms(p.DetectTime), 100*p.Loss, p.Sent, p.Received)
+			if !p.HeldUntil.IsZero() {
+				fmt.Printf("  held down (flapping) for %s", time.Until(p.HeldUntil).Round(time.Millisecond))
+			}
+			fmt.Println()
+		}
 		fmt.Printf("  sent: %d packets, %s", l.Packets, cli.HumanBytes(l.Bytes))
 		if l.SendErrors > 0 {
 			fmt.Printf("  send errors: %d", l.SendErrors)
@@ -167,3 +438,5 @@ func printStatus(st demux.Status) {
 		fmt.Println()
 	}
 }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }

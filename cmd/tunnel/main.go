@@ -7,6 +7,7 @@
 //	tunnel genkey > gw-a1.key            (owner-only file, as `wg genkey`)
 //	tunnel pubkey < gw-a1.key
 //	tunnel check  --config peering.yaml
+//	tunnel reflect --config peering.yaml --node gw-b1   (beside a stock WireGuard peer)
 package main
 
 import (
@@ -14,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -24,17 +27,20 @@ import (
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
 	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 	"github.com/clusterpeer/clusterpeer/tunnel/lane"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
 func main() {
 	cli.Main("tunnel", map[string]cli.Command{
-		"up":     {Usage: "up --config FILE --node NAME", Help: "run the gateway until SIGINT/SIGTERM", Run: up},
-		"show":   {Usage: "show --config FILE --node NAME [--json]", Help: "print the lane, peer and counters", Run: show},
-		"genkey": {Usage: "genkey", Help: "print a new private key (base64)", Run: genkey},
-		"pubkey": {Usage: "pubkey", Help: "read a private key on stdin, print its public key", Run: pubkey},
-		"check":  {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"up":      {Usage: "up --config FILE --node NAME", Help: "run the gateway until SIGINT/SIGTERM", Run: up},
+		"show":    {Usage: "show --config FILE --node NAME [--json]", Help: "print the lane, peer and counters", Run: show},
+		"genkey":  {Usage: "genkey", Help: "print a new private key (base64)", Run: genkey},
+		"pubkey":  {Usage: "pubkey", Help: "read a private key on stdin, print its public key", Run: pubkey},
+		"check":   {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"reflect": {Usage: "reflect --config FILE --node NAME", Help: "answer lane probes only, beside a stock WireGuard peer", Run: reflect},
 	})
 }
 
@@ -95,7 +101,7 @@ func up(args []string) error {
 		Tun:          self.Tun,
 		MTU:          p.MTU,
 		GenevePort:   self.GeneveAddr.Port(),
-		Ingress:      lane.Ingress{Sources: p.Networks[node.Side].Demux.Sources, VNI: p.VNI},
+		Ingress:      lane.Ingress{Sources: p.Networks[node.Side].Demux.Sources, VNI: p.VNI, Probe: peerProbe(p, node)},
 		PrivateKey:   priv,
 		ListenPort:   self.EndpointAddr.Port(),
 		Peer:         peer.Public,
@@ -112,6 +118,14 @@ func up(args []string) error {
 	id := strconv.Itoa(node.Lane.ID)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(l.Collector(id, self.Name))
+	rf, err := startReflector(p, node, log)
+	if err != nil {
+		return err
+	}
+	if rf != nil {
+		defer rf.Close()
+		reg.MustRegister(rf.Collector(id, self.Name))
+	}
 	var demuxes []string
 	for _, a := range p.Networks[node.Side].Demux.Sources {
 		demuxes = append(demuxes, a.String())
@@ -121,7 +135,15 @@ func up(args []string) error {
 		PublicKey: self.PublicKey, ListenPort: self.EndpointAddr.Port(), GenevePort: self.GeneveAddr.Port(),
 		Demuxes: demuxes, PeerName: peer.Name,
 	}
-	srv, err := admin.Serve(self.Metrics, self.Status, reg, func() any { return l.Status(identity) }, log)
+	status := func() any {
+		st := l.Status(identity)
+		if rf != nil {
+			rs := rf.Status()
+			st.Probes = &rs
+		}
+		return st
+	}
+	srv, err := admin.Serve(self.Metrics, self.Status, reg, status, log)
 	if err != nil {
 		return err
 	}
@@ -138,6 +160,53 @@ func up(args []string) error {
 	case <-l.Wait():
 		return errors.New("wireguard device stopped")
 	}
+	return nil
+}
+
+// peerProbe is where the far demux's probes for this lane go: the peer
+// gateway's reflector. OAM frames for anywhere else are dropped.
+func peerProbe(p *config.Peering, node config.Node) netip.AddrPort {
+	if !p.Health.On {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(node.Peer.GeneveAddr.Addr(), p.Health.Port)
+}
+
+// startReflector answers the far demux's probes on this gateway's own
+// address (nil when health checks are off).
+func startReflector(p *config.Peering, node config.Node, log *slog.Logger) (*health.Reflector, error) {
+	if !p.Health.On {
+		return nil, nil
+	}
+	addr := netip.AddrPortFrom(node.Self.GeneveAddr.Addr(), p.Health.Port)
+	rf, err := health.NewReflector(addr, flowhash.LaneID(node.Lane.ID), health.DeriveKey(p.Hash.Key[:]), log)
+	if err != nil {
+		return nil, err
+	}
+	go rf.Run()
+	return rf, nil
+}
+
+// reflect runs only the reflector, for a lane end that is a stock
+// WireGuard peer: the probes it decrypts reach this socket through the
+// host's kernel, and the replies go back through its WireGuard interface.
+func reflect(args []string) error {
+	log, p, node, err := cli.Up(args, false)
+	if err != nil {
+		return err
+	}
+	if !p.Health.On {
+		return fmt.Errorf("%s: health checks are off (health.enabled: false); nothing to answer", p.Path)
+	}
+	rf, err := startReflector(p, node, log.With("lane", node.Lane.ID))
+	if err != nil {
+		return err
+	}
+	defer rf.Close()
+	log.Info("reflector up", "lane", node.Lane.ID, "address", rf.Status().Address)
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	<-ctx.Done()
 	return nil
 }
 
@@ -159,6 +228,10 @@ func show(args []string) error {
 	fmt.Printf("  from demux: %d packets, %s  delivered: %d packets, %s\n",
 		st.GenevePackets, cli.HumanBytes(st.GeneveBytes), st.DeliveredPackets, cli.HumanBytes(st.DeliveredBytes))
 	cli.PrintDrops(st.Drops)
+	if pr := st.Probes; pr != nil {
+		fmt.Printf("  probes answered: %d (on %s)\n", pr.Answered, pr.Address)
+		cli.PrintDrops(pr.Drops)
+	}
 	fmt.Printf("\npeer: %s (%s)\n  endpoint: %s\n", st.Peer.PublicKey, st.PeerName, st.Peer.Endpoint)
 	if st.Peer.LastHandshake.IsZero() {
 		fmt.Println("  latest handshake: (none)")

@@ -86,6 +86,7 @@ type Demux struct {
 	tun     tun.Device
 	bind    conn.Bind
 	targets atomic.Pointer[[flowhash.MaxLaneID + 1]*Target]
+	lanes   lanes
 	C       Counters
 
 	// Loop state, owned by the Run goroutine.

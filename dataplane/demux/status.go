@@ -2,10 +2,12 @@ package demux
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 )
 
 // Status is the demux's state as `demux show` prints it.
@@ -24,18 +26,37 @@ type Status struct {
 	Drops       map[string]uint64 `json:"drops"`
 	PinnedFlows int               `json:"pinned_flows"`
 	Lanes       []LaneStatus      `json:"lanes"`
+	// Probing is the lane probe setup (nil: health checks off).
+	Probing *Probing `json:"probing,omitempty"`
+}
+
+// Probing describes the prober: the interval in effect and reply drops.
+// The caller sets Multiplier and UpAfter; Status fills in the rest.
+type Probing struct {
+	Interval   time.Duration     `json:"interval_ns"`
+	Multiplier int               `json:"detect_multiplier"`
+	UpAfter    int               `json:"up_after"`
+	Drops      map[string]uint64 `json:"reply_drops"`
 }
 
 // LaneStatus is one lane as the demux sees it.
 type LaneStatus struct {
-	ID         flowhash.LaneID `json:"id"`
-	State      string          `json:"state"`
-	Weight     uint32          `json:"weight"`
-	Gateway    string          `json:"gateway"`
-	Address    string          `json:"address"`
-	Packets    uint64          `json:"packets"`
-	Bytes      uint64          `json:"bytes"`
-	SendErrors uint64          `json:"send_errors"`
+	ID            flowhash.LaneID       `json:"id"`
+	State         string                `json:"state"` // up, down, draining, drained, removing
+	Admin         string                `json:"admin"`
+	Healthy       bool                  `json:"healthy"` // the probes' verdict
+	Weight        uint32                `json:"weight"`
+	Gateway       string                `json:"gateway"`
+	Address       string                `json:"address"`
+	Since         time.Time             `json:"since"` // of the last transition
+	Transitions   uint64                `json:"transitions"`
+	Failovers     uint64                `json:"failovers"` // times it left the table because it died
+	Reason        string                `json:"reason"`    // of the last change
+	DrainDeadline time.Time             `json:"drain_deadline,omitzero"`
+	Probes        *health.SessionStatus `json:"probes,omitempty"`
+	Packets       uint64                `json:"packets"`
+	Bytes         uint64                `json:"bytes"`
+	SendErrors    uint64                `json:"send_errors"`
 }
 
 // Status fills the counters and lanes into st (whose identity fields the
@@ -48,15 +69,26 @@ func (d *Demux) Status(st Status) Status {
 	st.Drops = d.drops()
 	pins := d.cfg.Selector.Pins()
 	st.PinnedFlows = pins.Stats(pins.Now()).Live
-	targets := d.targets.Load()
-	for _, l := range d.cfg.Selector.Snapshot().Lanes {
-		ls := LaneStatus{ID: l.ID, State: l.State.String(), Weight: l.Weight}
-		if t := targets[l.ID]; t != nil {
-			ls.Gateway, ls.Address = t.Name, t.Addr.String()
+	if pr := d.lanes.prober(); pr != nil && st.Probing != nil {
+		p := *st.Probing
+		p.Interval, p.Drops = pr.Interval(), pr.DropCounts()
+		st.Probing = &p
+	}
+	st.Lanes = d.laneStatus(nil)
+	if len(st.Lanes) == 0 {
+		// Lanes set on the selector directly (no ApplyLanes).
+		targets := d.targets.Load()
+		for _, l := range d.cfg.Selector.Snapshot().Lanes {
+			ls := LaneStatus{ID: l.ID, State: l.State.String(), Healthy: l.State == flowhash.LaneUp, Weight: l.Weight}
+			if t := targets[l.ID]; t != nil {
+				ls.Gateway, ls.Address = t.Name, t.Addr.String()
+			}
+			st.Lanes = append(st.Lanes, ls)
 		}
-		c := &d.C.Lanes[l.ID]
-		ls.Packets, ls.Bytes, ls.SendErrors = c.Packets.Load(), c.Bytes.Load(), c.SendErrors.Load()
-		st.Lanes = append(st.Lanes, ls)
+	}
+	for i := range st.Lanes {
+		c := &d.C.Lanes[st.Lanes[i].ID]
+		st.Lanes[i].Packets, st.Lanes[i].Bytes, st.Lanes[i].SendErrors = c.Packets.Load(), c.Bytes.Load(), c.SendErrors.Load()
 	}
 	return st
 }
@@ -79,11 +111,24 @@ var (
 	descLaneBytes = prometheus.NewDesc("clusterpeer_lane_bytes_total", "Inner bytes sent to the lane's gateway.", []string{"lane", "gateway"}, nil)
 	descLaneDrops = prometheus.NewDesc("clusterpeer_lane_drops_total", "Packets for the lane that were dropped, by reason.", []string{"lane", "gateway", "reason"}, nil)
 	descLaneUp    = prometheus.NewDesc("clusterpeer_lane_up", "1 if the lane takes new flows, 0 if draining or down.", []string{"lane", "gateway"}, nil)
+	descHealthy   = prometheus.NewDesc("clusterpeer_lane_healthy", "1 if the lane's probes say it works end to end.", []string{"lane", "gateway"}, nil)
+	descState     = prometheus.NewDesc("clusterpeer_lane_state", "1 for the lane's current state.", []string{"lane", "gateway", "state"}, nil)
+	descTrans     = prometheus.NewDesc("clusterpeer_lane_transitions_total", "Lane state changes.", []string{"lane", "gateway"}, nil)
+	descFailovers = prometheus.NewDesc("clusterpeer_lane_failovers_total", "Times the lane died and its flows moved to the others.", []string{"lane", "gateway"}, nil)
+	descChanged   = prometheus.NewDesc("clusterpeer_lane_last_change_timestamp_seconds", "Unix time of the lane's last state change.", []string{"lane", "gateway"}, nil)
+	descRTT       = prometheus.NewDesc("clusterpeer_lane_probe_rtt_seconds", "Smoothed round trip of the lane's probes, demux to far gateway and back.", []string{"lane", "gateway"}, nil)
+	descLoss      = prometheus.NewDesc("clusterpeer_lane_probe_loss_ratio", "Share of the lane's recent probes unanswered.", []string{"lane", "gateway"}, nil)
+	descProbes    = prometheus.NewDesc("clusterpeer_lane_probes_sent_total", "Probes sent on the lane.", []string{"lane", "gateway"}, nil)
+	descAnswers   = prometheus.NewDesc("clusterpeer_lane_probes_answered_total", "Probes answered on the lane.", []string{"lane", "gateway"}, nil)
+	descReplyDrop = prometheus.NewDesc("clusterpeer_demux_probe_reply_drops_total", "Datagrams on the probe port not counted as replies, by reason.", []string{"reason"}, nil)
 )
+
+var laneStates = []string{"up", "down", "draining", "drained", "removing"}
 
 // Describe implements prometheus.Collector.
 func (d *Demux) Describe(ch chan<- *prometheus.Desc) {
-	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descPinned, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp} {
+	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descPinned, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
+		descHealthy, descState, descTrans, descFailovers, descChanged, descRTT, descLoss, descProbes, descAnswers, descReplyDrop} {
 		ch <- x
 	}
 }
@@ -110,5 +155,32 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descLaneUp, prometheus.GaugeValue, up, id, l.Gateway)
+		ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolValue(l.Healthy), id, l.Gateway)
+		for _, s := range laneStates {
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, boolValue(s == l.State), id, l.Gateway, s)
+		}
+		ch <- prometheus.MustNewConstMetric(descTrans, counter, float64(l.Transitions), id, l.Gateway)
+		ch <- prometheus.MustNewConstMetric(descFailovers, counter, float64(l.Failovers), id, l.Gateway)
+		if !l.Since.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descChanged, prometheus.GaugeValue, float64(l.Since.UnixNano())/1e9, id, l.Gateway)
+		}
+		if p := l.Probes; p != nil {
+			ch <- prometheus.MustNewConstMetric(descRTT, prometheus.GaugeValue, p.SmoothedRTT.Seconds(), id, l.Gateway)
+			ch <- prometheus.MustNewConstMetric(descLoss, prometheus.GaugeValue, p.Loss, id, l.Gateway)
+			ch <- prometheus.MustNewConstMetric(descProbes, counter, float64(p.Sent), id, l.Gateway)
+			ch <- prometheus.MustNewConstMetric(descAnswers, counter, float64(p.Received), id, l.Gateway)
+		}
 	}
+	if st.Probing != nil {
+		for reason, n := range st.Probing.Drops {
+			ch <- prometheus.MustNewConstMetric(descReplyDrop, counter, float64(n), reason)
+		}
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -9,7 +9,9 @@ import (
 	"github.com/google/gopacket/layers"
 )
 
-func testKey(b byte) Key { return DeriveKey([]byte{b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}) }
+func testKey(b byte) Key {
+	return DeriveKey([]byte{b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+}
 
 func TestMessageRoundTrip(t *testing.T) {
 	s := NewSigner(testKey(1))

@@ -227,11 +227,6 @@ func (p *Prober) tick(now time.Time) time.Time {
 	p.changes = p.changes[:0]
 	p.mu.Unlock()
 	for _, c := range changes {
-		if c.up {
-			p.cfg.Log.Info("lane up", "lane", c.lane, "reason", c.reason)
-		} else {
-			p.cfg.Log.Warn("lane down", "lane", c.lane, "reason", c.reason)
-		}
 		if p.cfg.OnChange != nil {
 			p.cfg.OnChange(c.lane, c.up, c.reason)
 		}

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -114,4 +116,43 @@ func (r *Reflector) DropCounts() map[string]uint64 {
 		m[name] = r.C.Drops[i].Load()
 	}
 	return m
+}
+
+// ReflectorStatus is what `tunnel show` prints of the reflector.
+type ReflectorStatus struct {
+	Address  string            `json:"address"`
+	Answered uint64            `json:"answered"`
+	Drops    map[string]uint64 `json:"drops"`
+}
+
+// Status returns the reflector's counters.
+func (r *Reflector) Status() ReflectorStatus {
+	return ReflectorStatus{Address: r.conn.LocalAddr().String(), Answered: r.C.Answered.Load(), Drops: r.DropCounts()}
+}
+
+var (
+	descAnswered    = prometheus.NewDesc("clusterpeer_gateway_probes_answered_total", "Lane probes from the far demux answered.", []string{"lane", "gateway"}, nil)
+	descReflectDrop = prometheus.NewDesc("clusterpeer_gateway_probe_drops_total", "Datagrams on the probe port not answered, by reason.", []string{"lane", "gateway", "reason"}, nil)
+)
+
+// Collector exports the reflector's counters under the gateway's labels.
+func (r *Reflector) Collector(lane, gateway string) prometheus.Collector {
+	return reflectorCollector{r, lane, gateway}
+}
+
+type reflectorCollector struct {
+	r             *Reflector
+	lane, gateway string
+}
+
+func (c reflectorCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descAnswered
+	ch <- descReflectDrop
+}
+
+func (c reflectorCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descAnswered, prometheus.CounterValue, float64(c.r.C.Answered.Load()), c.lane, c.gateway)
+	for reason, n := range c.r.DropCounts() {
+		ch <- prometheus.MustNewConstMetric(descReflectDrop, prometheus.CounterValue, float64(n), c.lane, c.gateway, reason)
+	}
 }

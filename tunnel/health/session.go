@@ -56,11 +56,12 @@ type Session struct {
 	heldUntil  time.Time
 	since      time.Time // last transition (or start)
 	upSince    time.Time
+	failed     bool // has gone down before
 	changes    uint64
 	reason     string
 
-	sent, received uint64
-	rtt, srtt      time.Duration
+	sent, received    uint64
+	rtt, srtt, rttvar time.Duration
 }
 
 // NewSession starts a lane down: it must earn its way in.
@@ -92,8 +93,9 @@ func (s *Session) Reply(seq uint64, rx, now time.Time) bool {
 	s.received++
 	s.rtt = max(rx.Sub(r.sent), 0)
 	if s.srtt == 0 {
-		s.srtt = s.rtt
-	} else {
+		s.srtt, s.rttvar = s.rtt, s.rtt/2
+	} else { // RFC 6298 2.3
+		s.rttvar += (abs(s.srtt-s.rtt) - s.rttvar) / 4
 		s.srtt += (s.rtt - s.srtt) / 8
 	}
 	if seq == s.lastSeq+1 {
@@ -109,13 +111,30 @@ func (s *Session) Reply(seq uint64, rx, now time.Time) bool {
 	return true
 }
 
+func abs(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
+}
+
+// DetectTime is how long the lane may stay silent before it is declared
+// down: Multiplier intervals, or longer while the path's round trip is
+// long or jittery (a loaded gateway queues), as TCP's retransmission
+// timeout adapts (RFC 6298): the reply to the last of the Multiplier
+// probes is then expected within srtt + 4 rttvar.
+func (s *Session) DetectTime() time.Duration {
+	adaptive := time.Duration(s.p.Multiplier-1)*s.p.Interval + s.srtt + 4*s.rttvar
+	return max(s.p.Detect(), adaptive)
+}
+
 // Evaluate applies the rules at now and reports whether the state changed;
 // Reason then says why.
 func (s *Session) Evaluate(now time.Time) bool {
 	if s.up {
 		// The probe count guards against our own stalls: a prober that was
 		// not scheduled sent nothing, and silence it caused proves nothing.
-		if s.sinceReply >= s.p.Multiplier && now.Sub(s.lastReply) >= s.p.Detect() {
+		if s.sinceReply >= s.p.Multiplier && now.Sub(s.lastReply) >= s.DetectTime() {
 			s.goDown(now, fmt.Sprintf("%d probes unanswered, none for %s", s.sinceReply, now.Sub(s.lastReply).Round(time.Millisecond)))
 			return true
 		}
@@ -134,7 +153,9 @@ func (s *Session) Evaluate(now time.Time) bool {
 }
 
 func (s *Session) goDown(now time.Time, reason string) {
-	if s.upSince.IsZero() || now.Sub(s.upSince) >= s.p.FlapWindow {
+	// Flapping: back from a failure and failing again soon after. (The
+	// first life of a lane is not a flap, however short.)
+	if !s.failed || now.Sub(s.upSince) >= s.p.FlapWindow {
 		s.holdDown = 0
 	} else if s.holdDown == 0 {
 		s.holdDown = s.p.HoldDown
@@ -145,7 +166,7 @@ func (s *Session) goDown(now time.Time, reason string) {
 		s.heldUntil = now.Add(s.holdDown)
 		reason += fmt.Sprintf("; flapping (up for %s), held down for %s", now.Sub(s.upSince).Round(time.Millisecond), s.holdDown)
 	}
-	s.up, s.since, s.run = false, now, 0
+	s.up, s.since, s.run, s.failed = false, now, 0, true
 	s.changes++
 	s.reason = reason
 }
@@ -159,7 +180,8 @@ type SessionStatus struct {
 	HeldUntil   time.Time     `json:"held_until,omitzero"`
 	RTT         time.Duration `json:"rtt_ns"`
 	SmoothedRTT time.Duration `json:"srtt_ns"`
-	Loss        float64       `json:"loss"` // of the recent probes whose fate is known
+	DetectTime  time.Duration `json:"detect_time_ns"` // silence that takes the lane down, now
+	Loss        float64       `json:"loss"`           // of the recent probes whose fate is known
 	Sent        uint64        `json:"probes_sent"`
 	Received    uint64        `json:"probes_answered"`
 }
@@ -168,7 +190,7 @@ type SessionStatus struct {
 func (s *Session) Status(now time.Time) SessionStatus {
 	st := SessionStatus{
 		Up: s.up, Since: s.since, Transitions: s.changes, Reason: s.reason,
-		RTT: s.rtt, SmoothedRTT: s.srtt, Sent: s.sent, Received: s.received,
+		RTT: s.rtt, SmoothedRTT: s.srtt, DetectTime: s.DetectTime(), Sent: s.sent, Received: s.received,
 	}
 	if now.Before(s.heldUntil) {
 		st.HeldUntil = s.heldUntil

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 )
 
 // Drop is why the gateway refused a packet.
@@ -19,7 +20,7 @@ const (
 	DropCriticalOption      // an option we do not know is marked critical
 	DropWrongVNI            // another peering's VNI
 	DropBadProtocol         // inner type not IPv4/IPv6, or not matching the packet
-	DropOAM                 // a health probe; answered by the lane health code, not forwarded
+	DropOAM                 // OAM bit set, but not a probe for this lane's peer
 	NumDrops
 )
 
@@ -36,10 +37,14 @@ func (d Drop) String() string {
 }
 
 // Ingress decides which GENEVE datagrams a gateway accepts: from one of
-// its demuxes, for its peering's VNI, carrying an IP packet.
+// its demuxes, for its peering's VNI, carrying an IP packet. A frame with
+// the OAM bit is a control message: the only one a gateway acts on is a
+// lane probe (tunnel/health), which it forwards into the lane to its
+// peer's reflector; every other is dropped.
 type Ingress struct {
-	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
+	Sources []netip.Addr   // unmapped; a handful, so a scan beats a map
 	VNI     uint32
+	Probe   netip.AddrPort // the peer's reflector; invalid: no probes
 }
 
 // Check validates a GENEVE datagram's payload from src and returns the
@@ -71,9 +76,6 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 	if h.VNI() != in.VNI {
 		return nil, DropWrongVNI
 	}
-	if h.OAM() {
-		return nil, DropOAM
-	}
 	if len(inner) < 20 {
 		return nil, DropTruncated
 	}
@@ -88,6 +90,9 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 		}
 	default:
 		return nil, DropBadProtocol
+	}
+	if h.OAM() && !health.IsProbeFor(inner, in.Probe) {
+		return nil, DropOAM
 	}
 	return inner, DropNone
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 )
 
 var (
@@ -20,7 +21,12 @@ func frame(vni uint32, proto uint16, oam bool, inner []byte) []byte {
 }
 
 func TestIngressCheck(t *testing.T) {
-	in := Ingress{Sources: []netip.Addr{demuxAddr, netip.MustParseAddr("fd00:a::2")}, VNI: 4242}
+	peerProbe := netip.MustParseAddrPort("10.2.0.21:6082")
+	in := Ingress{Sources: []netip.Addr{demuxAddr, netip.MustParseAddr("fd00:a::2")}, VNI: 4242, Probe: peerProbe}
+	probe := make([]byte, health.InnerLenV4)
+	health.PutInner(probe, netip.MustParseAddrPort("10.1.0.2:6082"), peerProbe, make([]byte, health.MessageLen))
+	otherProbe := make([]byte, health.InnerLenV4)
+	health.PutInner(otherProbe, netip.MustParseAddrPort("10.1.0.2:6082"), netip.MustParseAddrPort("10.2.0.22:6082"), make([]byte, health.MessageLen))
 	ipv6 := make([]byte, 40)
 	ipv6[0] = 0x60
 	badVersion := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
@@ -47,7 +53,10 @@ func TestIngressCheck(t *testing.T) {
 		{"options overrun", demuxAddr, overrun, DropTruncated},
 		{"critical option", demuxAddr, crit, DropCriticalOption},
 		{"vni", demuxAddr, frame(4243, geneve.ProtoIPv4, false, ipv4Ping), DropWrongVNI},
-		{"oam", demuxAddr, frame(4242, geneve.ProtoIPv4, true, ipv4Ping), DropOAM},
+		{"oam, not a probe", demuxAddr, frame(4242, geneve.ProtoIPv4, true, ipv4Ping), DropOAM},
+		{"oam, probe for the peer", demuxAddr, frame(4242, geneve.ProtoIPv4, true, probe), DropNone},
+		{"oam, probe for another gateway", demuxAddr, frame(4242, geneve.ProtoIPv4, true, otherProbe), DropOAM},
+		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, geneve.ProtoIPv4, true, probe), DropUnknownSource},
 		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol},
 		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, geneve.ProtoIPv6, false, ipv4Ping), DropBadProtocol},
 		{"ipv6 too short", demuxAddr, frame(4242, geneve.ProtoIPv6, false, ipv6[:30]), DropBadProtocol},

@@ -2,6 +2,8 @@ package lane
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 )
 
 // Status is a gateway's state as `tunnel show` prints it. It holds public
@@ -25,6 +27,9 @@ type Status struct {
 	DeliveredPackets uint64            `json:"delivered_packets"`
 	DeliveredBytes   uint64            `json:"delivered_bytes"`
 	Drops            map[string]uint64 `json:"drops"`
+	// Probes is the reflector answering the far demux's lane probes (nil:
+	// health checks off).
+	Probes *health.ReflectorStatus `json:"probes,omitempty"`
 }
 
 // Status fills in the counters and the peer's state.

@@ -63,7 +63,15 @@ type NodeFlags struct {
 
 // Parse parses args with the node flags (and --json when withJSON).
 func (f *NodeFlags) Parse(name string, args []string, withJSON bool) error {
+	return f.ParseWith(name, args, withJSON, nil)
+}
+
+// ParseWith is Parse with a command's own flags, which extra defines.
+func (f *NodeFlags) ParseWith(name string, args []string, withJSON bool, extra func(*flag.FlagSet)) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	if extra != nil {
+		extra(fs)
+	}
 	fs.StringVar(&f.Config, "config", "/etc/clusterpeer/peering.yaml", "the peering's config file")
 	fs.StringVar(&f.Node, "node", "", "this node's name in the config")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")

@@ -1,0 +1,372 @@
+package demux
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
+)
+
+// LaneSpec is a lane as the config describes it.
+type LaneSpec struct {
+	ID       flowhash.LaneID
+	Weight   uint32
+	Gateway  string         // the local gateway's node name
+	Near     netip.AddrPort // its GENEVE address
+	Endpoint conn.Endpoint  // the same, for the bind
+	Far      netip.Addr     // the remote gateway's address: its probe reflector
+}
+
+// Admin is what the operator asked of a lane.
+type Admin uint8
+
+const (
+	AdminActive   Admin = iota
+	AdminDraining       // no new flows; pinned flows stay until idle or the deadline
+	AdminDrained        // drained: carries nothing until undrained or removed
+	AdminRemoving       // left the config: draining, then forgotten
+)
+
+var adminNames = [...]string{"active", "draining", "drained", "removing"}
+
+func (a Admin) String() string { return adminNames[a] }
+
+// Prober is the lane health checker (tunnel/health.Prober).
+type Prober interface {
+	SetTargets([]health.Target) error
+	Status() []health.LaneHealth
+	Interval() time.Duration
+	DropCounts() map[string]uint64
+}
+
+// LaneConfig configures how the demux manages lanes.
+type LaneConfig struct {
+	Prober       Prober        // nil: no health checks, every lane counts as healthy
+	DrainTimeout time.Duration // pinned flows of a draining lane move after this
+	DrainIdle    time.Duration // a draining lane that carried nothing this long is done
+}
+
+// member is one lane's admin and health state; guarded by lanes.mu.
+type member struct {
+	spec     LaneSpec
+	admin    Admin
+	healthy  bool
+	deadline time.Time // of a drain
+	packets  uint64    // the lane's packet counter when last looked at
+	idle     time.Time // since when it has carried nothing
+
+	state       string // as shown: up, down, draining, drained, removing
+	since       time.Time
+	transitions uint64
+	failovers   uint64 // times it left the table because it died
+	reason      string
+}
+
+// lanes is the demux's lane set: config, operator and health decide each
+// lane's selector state; every change is one new selector snapshot.
+type lanes struct {
+	mu      sync.Mutex
+	cfg     LaneConfig
+	members map[flowhash.LaneID]*member
+}
+
+func (m *lanes) prober() Prober {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.Prober
+}
+
+// UseLanes sets how lanes are managed; call before ApplyLanes.
+func (d *Demux) UseLanes(cfg LaneConfig) {
+	d.lanes.mu.Lock()
+	defer d.lanes.mu.Unlock()
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = time.Minute
+	}
+	if cfg.DrainIdle <= 0 {
+		cfg.DrainIdle = 2 * time.Second
+	}
+	d.lanes.cfg = cfg
+}
+
+// ApplyLanes makes the configured lanes specs. New lanes join once healthy
+// (pinned flows stay where they are, so adding moves no established flow);
+// lanes left out are drained, then forgotten; changed weights and
+// addresses apply at once. It checks everything first and changes nothing
+// on error.
+func (d *Demux) ApplyLanes(specs []LaneSpec) error {
+	m := &d.lanes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	next := make(map[flowhash.LaneID]*member, len(specs))
+	for id, old := range m.members {
+		c := *old
+		next[id] = &c
+	}
+	seen := map[flowhash.LaneID]bool{}
+	for _, s := range specs {
+		if seen[s.ID] {
+			return fmt.Errorf("lane %d listed twice", s.ID)
+		}
+		seen[s.ID] = true
+		if old := next[s.ID]; old != nil {
+			old.spec = s
+			if old.admin == AdminRemoving {
+				old.admin = AdminActive
+				old.reason = "back in the config"
+			}
+			continue
+		}
+		next[s.ID] = &member{spec: s, healthy: m.cfg.Prober == nil, since: now, reason: "added"}
+	}
+	for id, mb := range next {
+		if seen[id] {
+			continue
+		}
+		switch mb.admin {
+		case AdminActive, AdminDraining:
+			mb.admin, mb.deadline, mb.idle = AdminRemoving, now.Add(m.cfg.DrainTimeout), time.Time{}
+			mb.reason = "removed from the config: draining"
+		case AdminDrained:
+			delete(next, id)
+		}
+	}
+	if err := d.publish(next, now, true); err != nil {
+		return err
+	}
+	for id := range seen {
+		if m.members == nil || m.members[id] == nil {
+			d.cfg.Log.Info("lane added", "lane", id, "gateway", next[id].spec.Gateway, "state", next[id].state)
+		}
+	}
+	m.members = next
+	return nil
+}
+
+// publish computes every lane's selector state from next and installs it
+// (with the targets and, if probes changed, the prober's lanes). Called
+// with mu held; on error nothing changed.
+func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes bool) error {
+	m := &d.lanes
+	ids := make([]flowhash.LaneID, 0, len(next))
+	for id := range next {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	sel := make([]flowhash.Lane, 0, len(ids))
+	targets := make([]Target, 0, len(ids))
+	probeTargets := make([]health.Target, 0, len(ids))
+	for _, id := range ids {
+		mb := next[id]
+		st := flowhash.LaneDown
+		switch {
+		case mb.healthy && mb.admin == AdminActive:
+			st = flowhash.LaneUp
+		case mb.healthy && (mb.admin == AdminDraining || mb.admin == AdminRemoving):
+			st = flowhash.LaneDraining
+		}
+		sel = append(sel, flowhash.Lane{ID: id, Weight: mb.spec.Weight, State: st})
+		targets = append(targets, Target{ID: id, Name: mb.spec.Gateway, Endpoint: mb.spec.Endpoint, Addr: mb.spec.Near})
+		probeTargets = append(probeTargets, health.Target{Lane: id, Near: mb.spec.Near, Far: mb.spec.Far})
+	}
+	if probes && m.cfg.Prober != nil {
+		old := m.cfg.Prober.Status()
+		if err := m.cfg.Prober.SetTargets(probeTargets); err != nil {
+			return err
+		}
+		if err := d.cfg.Selector.SetLanes(sel); err != nil {
+			// Put the prober's lanes back as they were.
+			var back []health.Target
+			for _, h := range old {
+				if mb := m.members[h.Lane]; mb != nil {
+					back = append(back, health.Target{Lane: h.Lane, Near: mb.spec.Near, Far: mb.spec.Far})
+				}
+			}
+			m.cfg.Prober.SetTargets(back)
+			return err
+		}
+	} else if err := d.cfg.Selector.SetLanes(sel); err != nil {
+		return err
+	}
+	d.SetTargets(targets)
+	for _, id := range ids {
+		mb := next[id]
+		state := mb.admin.String()
+		switch {
+		case mb.admin == AdminActive && mb.healthy:
+			state = "up"
+		case mb.admin == AdminActive:
+			state = "down"
+		}
+		if state != mb.state {
+			if mb.state != "" {
+				mb.transitions++
+			}
+			if mb.state == "up" && state == "down" {
+				mb.failovers++
+			}
+			mb.state, mb.since = state, now
+		}
+	}
+	return nil
+}
+
+// LaneHealth records a probe verdict (the prober's OnChange). A lane that
+// dies leaves the table at once and its pins are void, so its flows move
+// to the lanes that are up; no other flow moves. A lane that comes back
+// rejoins; flows pinned elsewhere stay there.
+func (d *Demux) LaneHealth(id flowhash.LaneID, up bool, reason string) {
+	m := &d.lanes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mb := m.members[id]
+	if mb == nil || mb.healthy == up {
+		return
+	}
+	mb.healthy, mb.reason = up, reason
+	start := time.Now()
+	if err := d.publish(m.members, start, false); err != nil {
+		d.cfg.Log.Error("lane state not applied", "lane", id, "err", err)
+		return
+	}
+	lvl := slog.LevelInfo
+	if !up {
+		lvl = slog.LevelWarn
+	}
+	d.cfg.Log.Log(context.Background(), lvl, "lane "+mb.state, "lane", id, "gateway", mb.spec.Gateway,
+		"reason", reason, "table_swap", time.Since(start).Round(time.Microsecond))
+}
+
+// Drain stops new flows to lane id; its pinned flows stay until the lane
+// has been idle for the drain idle time or until the deadline (0: the
+// configured drain timeout), then they move and the lane is drained.
+func (d *Demux) Drain(id flowhash.LaneID, deadline time.Duration) error {
+	m := &d.lanes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mb := m.members[id]
+	if mb == nil {
+		return fmt.Errorf("lane %d: no such lane", id)
+	}
+	if mb.admin == AdminRemoving {
+		return fmt.Errorf("lane %d: already being removed", id)
+	}
+	if deadline <= 0 {
+		deadline = m.cfg.DrainTimeout
+	}
+	now := time.Now()
+	mb.admin, mb.deadline, mb.idle = AdminDraining, now.Add(deadline), time.Time{}
+	mb.reason = fmt.Sprintf("drain requested (deadline %s)", deadline)
+	if err := d.publish(m.members, now, false); err != nil {
+		return err
+	}
+	d.cfg.Log.Info("lane draining", "lane", id, "gateway", mb.spec.Gateway, "deadline", deadline)
+	return nil
+}
+
+// Undrain returns a draining or drained lane to service.
+func (d *Demux) Undrain(id flowhash.LaneID) error {
+	m := &d.lanes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mb := m.members[id]
+	if mb == nil {
+		return fmt.Errorf("lane %d: no such lane", id)
+	}
+	if mb.admin != AdminDraining && mb.admin != AdminDrained {
+		return fmt.Errorf("lane %d: %s, not draining", id, mb.admin)
+	}
+	mb.admin, mb.reason = AdminActive, "undrained"
+	if err := d.publish(m.members, time.Now(), false); err != nil {
+		return err
+	}
+	d.cfg.Log.Info("lane undrained", "lane", id, "gateway", mb.spec.Gateway, "state", mb.state)
+	return nil
+}
+
+// TickLanes finishes drains: a draining lane whose traffic stopped for the
+// idle time, or whose deadline passed, is drained (its remaining pins
+// move); a removed lane is then forgotten. Call it a few times a second.
+func (d *Demux) TickLanes(now time.Time) {
+	m := &d.lanes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changed, forget := false, false
+	for id, mb := range m.members {
+		if mb.admin != AdminDraining && mb.admin != AdminRemoving {
+			continue
+		}
+		n := d.C.Lanes[id].Packets.Load()
+		if n != mb.packets || mb.idle.IsZero() {
+			mb.packets, mb.idle = n, now
+		}
+		var why string
+		switch {
+		case now.Sub(mb.idle) >= m.cfg.DrainIdle:
+			why = fmt.Sprintf("idle for %s", m.cfg.DrainIdle)
+		case !now.Before(mb.deadline):
+			why = "drain deadline passed; its remaining flows move"
+		default:
+			continue
+		}
+		changed = true
+		if mb.admin == AdminRemoving {
+			forget = true
+			mb.admin = AdminDrained
+			mb.reason = "removed: " + why
+			d.cfg.Log.Info("lane removed", "lane", id, "gateway", mb.spec.Gateway, "reason", why)
+			delete(m.members, id)
+			continue
+		}
+		mb.admin, mb.reason = AdminDrained, "drained: "+why
+		d.cfg.Log.Info("lane drained", "lane", id, "gateway", mb.spec.Gateway, "reason", why)
+	}
+	if changed {
+		if err := d.publish(m.members, now, forget); err != nil {
+			d.cfg.Log.Error("lane drain not applied", "err", err)
+		}
+	}
+}
+
+// laneStatus fills the admin and health part of each lane's status.
+func (d *Demux) laneStatus(out []LaneStatus) []LaneStatus {
+	m := &d.lanes
+	var probes []health.LaneHealth
+	if m.cfg.Prober != nil {
+		probes = m.cfg.Prober.Status()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ids := make([]flowhash.LaneID, 0, len(m.members))
+	for id := range m.members {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		mb := m.members[id]
+		ls := LaneStatus{
+			ID: id, State: mb.state, Admin: mb.admin.String(), Healthy: mb.healthy, Weight: mb.spec.Weight,
+			Gateway: mb.spec.Gateway, Address: mb.spec.Near.String(),
+			Since: mb.since, Transitions: mb.transitions, Failovers: mb.failovers, Reason: mb.reason,
+		}
+		if mb.admin == AdminDraining || mb.admin == AdminRemoving {
+			ls.DrainDeadline = mb.deadline
+		}
+		for i := range probes {
+			if probes[i].Lane == id {
+				ls.Probes = &probes[i].SessionStatus
+			}
+		}
+		out = append(out, ls)
+	}
+	return out
+}

@@ -1,0 +1,456 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+)
+
+// `make failover` runs this test with -failover.runs=10 and prints the
+// summary lines; CI runs it with the default, and asserts generous bounds.
+var failoverRuns = flag.Int("failover.runs", 2, "runs per failover scenario")
+
+// foHealth keeps the defaults for detection but lets a lane that a run
+// restored be failed again soon: the flap back-off is for real flapping,
+// not for a test that kills the same gateway every few seconds.
+const foHealth = "HEALTH={flap_window: 100ms, hold_down: 10ms, hold_down_max: 20ms, drain_idle: 500ms}"
+
+const (
+	foLane      = 2 // the lane each scenario fails (or adds: 4)
+	foFlows     = 24
+	foInterval  = time.Millisecond
+	foTraffic   = 3 * time.Second
+	foFaultAt   = time.Second
+	foTCPStream = 4
+)
+
+type foScenario struct {
+	name    string
+	lane    int
+	failing bool            // the lane dies: its flows' blackout is the measure
+	before  func(*foTopo)   // state the traffic starts in
+	fault   func(*foTopo)   // at foFaultAt
+	restore func(*foTopo)   // back to lanes 1-3 up
+	check   func(*foResult) // extra expectations
+}
+
+type foTopo struct {
+	*topo
+	full, three string // the 4-lane and 3-lane demux configs
+}
+
+// foResult is one run.
+type foResult struct {
+	blackouts  []time.Duration // of the flows of the failed lane (else: of all flows)
+	onLane     int             // UDP flows that were on the lane when it failed
+	reordered  uint64
+	lost       uint64
+	moved      int // flows that changed lane (all of them, or those not on a failed lane)
+	tcpOnLane  int
+	tcpResets  int
+	newOnLane  int // flows that started on the lane (drain, add)
+	iperfError string
+}
+
+func TestFailover(t *testing.T) {
+	needs(t, "iperf3")
+	tp := &foTopo{topo: up(t, "cpfo", 4, foHealth, "DEMUX_LANES=3")}
+	tp.full, tp.three = tp.config(), filepath.Join(tp.work, "demux.yaml")
+	b, _ := os.ReadFile(tp.three)
+	tp.three = filepath.Join(tp.work, "demux-3.yaml")
+	os.WriteFile(tp.three, b, 0o600)
+	tp.waitLanes(map[int]string{1: "up", 2: "up", 3: "up"})
+
+	gw := func(node string) func(*foTopo) { return func(tp *foTopo) { tp.kill(node) } }
+	restart := func(node string) func(*foTopo) {
+		return func(tp *foTopo) { tp.restart(node); tp.waitLanes(map[int]string{2: "up"}) }
+	}
+	scenarios := []foScenario{
+		{name: "kill-local-gw", lane: foLane, failing: true, fault: gw("gw-a2"), restore: restart("gw-a2")},
+		{name: "kill-remote-gw", lane: foLane, failing: true, fault: gw("gw-b2"), restore: restart("gw-b2")},
+		{name: "link-down", lane: foLane, failing: true,
+			fault: func(tp *foTopo) { tp.run("ga2", "ip", "link", "set", "wan0", "down") },
+			restore: func(tp *foTopo) {
+				tp.run("ga2", "ip", "link", "set", "wan0", "up")
+				tp.waitLanes(map[int]string{2: "up"})
+			}},
+		{name: "lane-recover", lane: foLane,
+			before: func(tp *foTopo) { tp.kill("gw-a2"); tp.waitLanes(map[int]string{2: "down"}) },
+			fault:  func(tp *foTopo) { tp.restart("gw-a2") },
+			restore: func(tp *foTopo) {
+				tp.waitLanes(map[int]string{2: "up"})
+			}},
+		{name: "add-lane", lane: 4,
+			fault: func(tp *foTopo) { tp.setDemuxConfig(tp.full) },
+			restore: func(tp *foTopo) {
+				tp.waitLanes(map[int]string{4: "up"})
+				tp.setDemuxConfig(tp.three)
+				tp.waitLanes(map[int]string{4: ""})
+			},
+			check: func(r *foResult) {
+				if r.newOnLane != 0 {
+					r.iperfError += fmt.Sprintf("; %d established flows started on the new lane", r.newOnLane)
+				}
+			}},
+		{name: "drain-lane", lane: foLane,
+			fault: func(tp *foTopo) { tp.demuxes("drain", url.Values{"lane": {"2"}, "deadline": {"60s"}}) },
+			restore: func(tp *foTopo) {
+				tp.demuxes("undrain", url.Values{"lane": {"2"}})
+				tp.waitLanes(map[int]string{2: "up"})
+			}},
+	}
+	var summary []string
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			tp.t = t
+			var all []foResult
+			for run := range *failoverRuns {
+				r := tp.runOnce(sc)
+				if sc.check != nil {
+					sc.check(&r)
+				}
+				t.Logf("run %d: blackouts %v, %d flows on the lane, %d moved, %d reordered, %d lost, tcp %d on the lane / %d reset%s",
+					run+1, roundMs(r.blackouts), r.onLane, r.moved, r.reordered, r.lost, r.tcpOnLane, r.tcpResets, r.iperfError)
+				all = append(all, r)
+				if t.Failed() {
+					break
+				}
+			}
+			line := foSummary(sc.name, all)
+			summary = append(summary, line)
+			t.Log(line)
+			for i, r := range all {
+				if sc.failing && r.onLane == 0 {
+					t.Errorf("run %d: no flow was on lane %d; nothing failed over", i+1, sc.lane)
+				}
+				for _, b := range r.blackouts {
+					if b > time.Second {
+						t.Errorf("run %d: blackout %v, want < 1s", i+1, b)
+					}
+				}
+				if r.reordered != 0 || r.moved != 0 || r.tcpResets != 0 {
+					t.Errorf("run %d: %d reordered, %d flows moved that should not have, %d TCP streams reset", i+1, r.reordered, r.moved, r.tcpResets)
+				}
+				if !sc.failing && r.lost != 0 {
+					t.Errorf("run %d: %d packets lost; this change must lose none", i+1, r.lost)
+				}
+				if r.iperfError != "" {
+					t.Errorf("run %d: %s", i+1, strings.TrimPrefix(r.iperfError, "; "))
+				}
+			}
+		})
+		tp.t = t
+	}
+	for _, l := range summary {
+		fmt.Println(l) // `make failover` ends with these
+	}
+}
+
+func roundMs(ds []time.Duration) []string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64)
+	}
+	return s
+}
+
+// foSummary is the issue's summary line: blackout percentiles over every
+// failed-lane flow of every run, the rest summed.
+func foSummary(name string, runs []foResult) string {
+	var b []time.Duration
+	var reordered uint64
+	var moved, resets int
+	for _, r := range runs {
+		b = append(b, r.blackouts...)
+		reordered += r.reordered
+		moved += r.moved
+		resets += r.tcpResets
+	}
+	slices.Sort(b)
+	pct := func(p float64) int64 {
+		if len(b) == 0 {
+			return 0
+		}
+		i := int(p*float64(len(b)) + 0.5)
+		return b[min(max(i-1, 0), len(b)-1)].Milliseconds()
+	}
+	return fmt.Sprintf("failover: scenario=%s runs=%d median_ms=%d p99_ms=%d max_ms=%d reordered=%d moved_other=%d tcp_resets=%d",
+		name, len(runs), pct(0.5), pct(0.99), pct(1), reordered, moved, resets)
+}
+
+// runOnce sends the UDP flows and TCP streams host-a -> host-b, applies
+// the fault a second in, and measures.
+func (tp *foTopo) runOnce(sc foScenario) foResult {
+	t := tp.t
+	if sc.before != nil {
+		sc.before(tp)
+	}
+	macs := map[string]int{}
+	for i := 1; i <= 4; i++ {
+		macs[strings.TrimSpace(tp.run(fmt.Sprintf("gb%d", i), "cat", "/sys/class/net/lan0/address"))] = i
+	}
+	dst := netip.MustParseAddrPort("10.2.0.10:7000")
+	var (
+		w    *lanewatch.Watcher
+		recv *udpflows.Receiver
+		send *udpflows.Sender
+		err  error
+	)
+	tp.inNS("hb", func() {
+		if w, err = lanewatch.Open("lan0", macs); err == nil {
+			recv, err = udpflows.Listen(dst)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp.inNS("ha", func() {
+		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: foFlows,
+			Packets: int(foTraffic / foInterval), Size: 64, Interval: foInterval})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+
+	// TCP streams, rate-limited so that the machine stays responsive.
+	pidfile := filepath.Join(tp.work, "iperf3-fo.pid")
+	tp.run("hb", "iperf3", "-s", "-1", "-D", "-p", "5299", "--pidfile", pidfile)
+	defer func() {
+		if b, err := os.ReadFile(pidfile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM)
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	iperfOut := make(chan []byte, 1)
+	go func() {
+		cmd := exec.Command("ip", "netns", "exec", tp.ns("ha"), "iperf3", "-J", "-c", "10.2.0.10", "-p", "5299",
+			"-P", strconv.Itoa(foTCPStream), "-b", "20M", "-t", strconv.Itoa(int((foTraffic+time.Second)/time.Second)), "--connect-timeout", "3000")
+		out, _ := cmd.Output()
+		iperfOut <- out
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { w.Run(watchCtx); close(watched) }()
+	received := make(chan []udpflows.FlowResult, 1)
+	go func() { recv.Run(ctx, 500*time.Millisecond); received <- recv.Results() }()
+	sent := make(chan error, 1)
+	time.Sleep(300 * time.Millisecond) // TCP streams connected and pinned first
+	go func() { sent <- send.Run(ctx) }()
+	time.Sleep(foFaultAt)
+	sc.fault(tp)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	results := <-received
+	out := <-iperfOut
+	stopWatch()
+	<-watched
+	rep := w.Report()
+	r := tp.analyse(sc, send.Ports(), results, rep, out)
+	if r.lost > 0 {
+		// Where did they go? The receiving host's socket, or the path.
+		t.Logf("lost %d: host-b %s; demux-a tun tx_dropped %s", r.lost, strings.Join(strings.Fields(tp.run("hb", "nstat", "-az", "UdpRcvbufErrors", "UdpInErrors")), " "),
+			strings.TrimSpace(tp.run("da", "cat", "/sys/class/net/cpdemux/statistics/tx_dropped")))
+	}
+	sc.restore(tp)
+	time.Sleep(150 * time.Millisecond) // past the flap window
+	return r
+}
+
+func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.FlowResult, rep lanewatch.Report, iperf []byte) foResult {
+	var r foResult
+	flows := map[string]lanewatch.Flow{}
+	for _, f := range rep.Flows {
+		flows[strings.Fields(f.Flow)[0]+" "+strconv.Itoa(int(f.SrcPort))] = f
+	}
+	// A flow that changed lane; for a failing lane only the others count.
+	moved := func(f lanewatch.Flow) bool {
+		return len(f.Lanes) > 1 && !(sc.failing && f.First == sc.lane)
+	}
+	got := map[int]udpflows.FlowResult{}
+	for _, res := range results {
+		got[res.Flow] = res
+	}
+	want := uint64(foTraffic / foInterval)
+	for i, port := range ports {
+		res, ok := got[i]
+		r.lost += want - min(res.Received, want)
+		r.reordered += res.OutOfOrder
+		f, seen := flows["udp "+strconv.Itoa(int(port))]
+		if !ok || !seen {
+			continue
+		}
+		if moved(f) {
+			r.moved++
+		}
+		if f.First == sc.lane {
+			r.newOnLane++
+		}
+		if !sc.failing || f.First == sc.lane {
+			if f.First == sc.lane {
+				r.onLane++
+			}
+			r.blackouts = append(r.blackouts, res.LongestGap)
+		}
+	}
+	var ip struct {
+		Error string `json:"error"`
+		Start struct {
+			Connected []struct {
+				Socket    int `json:"socket"`
+				LocalPort int `json:"local_port"`
+			} `json:"connected"`
+		} `json:"start"`
+		Intervals []struct {
+			Streams []struct {
+				Socket int     `json:"socket"`
+				Bytes  float64 `json:"bytes"`
+			} `json:"streams"`
+		} `json:"intervals"`
+	}
+	if err := json.Unmarshal(iperf, &ip); err != nil {
+		r.iperfError = fmt.Sprintf("; iperf3 output: %v", err)
+		return r
+	}
+	lastBytes := map[int]float64{}
+	if n := len(ip.Intervals); n > 0 {
+		for _, s := range ip.Intervals[n-1].Streams {
+			lastBytes[s.Socket] = s.Bytes
+		}
+	}
+	for _, c := range ip.Start.Connected {
+		f, seen := flows["tcp "+strconv.Itoa(c.LocalPort)]
+		crossed := seen && (!sc.failing || f.First == sc.lane)
+		if seen && moved(f) {
+			r.moved++
+		}
+		if !crossed {
+			continue
+		}
+		r.tcpOnLane++
+		if ip.Error != "" || lastBytes[c.Socket] == 0 {
+			r.tcpResets++
+		}
+	}
+	if ip.Error != "" {
+		r.iperfError = "; iperf3: " + ip.Error
+	}
+	return r
+}
+
+// kill ends a node's process with SIGKILL (only the PID the topology or
+// this test started).
+func (tp *foTopo) kill(node string) {
+	b, err := os.ReadFile(filepath.Join(tp.work, node+".pid"))
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		tp.t.Fatalf("kill %s (%d): %v", node, pid, err)
+	}
+	for range 100 { // reaped by whoever started it; wait until it is gone
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// restart starts a gateway again, as the topology did.
+func (tp *foTopo) restart(node string) {
+	log, err := os.OpenFile(filepath.Join(tp.work, node+".log"), os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	ns := "g" + strings.TrimPrefix(node, "gw-")
+	cmd := exec.Command("ip", "netns", "exec", tp.ns(ns), filepath.Join(tp.bin, "tunnel"), "up", "--config", tp.full, "--node", node)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		tp.t.Fatal(err)
+	}
+	log.Close()
+	go cmd.Wait()
+	pid := strconv.Itoa(cmd.Process.Pid)
+	os.WriteFile(filepath.Join(tp.work, node+".pid"), []byte(pid+"\n"), 0o600)
+	f, _ := os.OpenFile(filepath.Join(tp.work, "pids"), os.O_APPEND|os.O_WRONLY, 0o600)
+	fmt.Fprintln(f, pid) // topology down stops it
+	f.Close()
+}
+
+// setDemuxConfig replaces the demuxes' config file and reloads both.
+func (tp *foTopo) setDemuxConfig(from string) {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tp.work, "demux.yaml"), b, 0o600); err != nil {
+		tp.t.Fatal(err)
+	}
+	tp.demuxes("reload", nil)
+}
+
+func (tp *foTopo) demuxes(action string, q url.Values) {
+	for _, d := range []string{"demux-a", "demux-b"} {
+		if _, err := admin.Do(tp.socket(d), action, q); err != nil {
+			tp.t.Fatalf("%s %s: %v", d, action, err)
+		}
+	}
+}
+
+// waitLanes waits until both demuxes show each lane in the state given
+// ("" for absent).
+func (tp *foTopo) waitLanes(want map[int]string) {
+	tp.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ok := true
+		var got []string
+		for _, d := range []string{"demux-a", "demux-b"} {
+			var st demux.Status
+			if err := admin.Fetch(tp.socket(d), &st); err != nil {
+				tp.t.Fatal(err)
+			}
+			states := map[int]string{}
+			for _, l := range st.Lanes {
+				states[int(l.ID)] = l.State
+				got = append(got, fmt.Sprintf("%s/%d=%s", d, l.ID, l.State))
+			}
+			for id, s := range want {
+				if states[id] != s {
+					ok = false
+				}
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tp.t.Fatalf("lanes %v not reached: %v", want, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
