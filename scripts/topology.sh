@@ -188,6 +188,23 @@ up() {
       sleep 0.1
     done
   done
+  # And when each demux's lanes are up: their probes crossed both gateways
+  # and the tunnel. (demux-b never sees lane 1 up beside a stock gw-b1,
+  # which takes no GENEVE; host-b bypasses demux-b then.)
+  local want=${DEMUX_LANES:-$lanes}
+  for d in demux-a demux-b; do
+    local need=$want
+    [ "$d.${STOCK_B1:-}" = demux-b.1 ] && need=$((want - 1))
+    for t in $(seq 100); do
+      [ "$("$bin/demux" show --config "$dcfg" --node "$d" | grep -c '^lane [0-9]*: up')" -ge "$need" ] && break
+      if [ "$t" = 100 ]; then
+        echo "topology: $d's lanes did not come up:" >&2
+        "$bin/demux" show --config "$dcfg" --node "$d" >&2
+        exit 1
+      fi
+      sleep 0.1
+    done
+  done
 }
 
 # gw-b1 as a stock WireGuard peer: wireguard-go in the foreground (so its

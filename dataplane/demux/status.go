@@ -171,8 +171,8 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descAnswers, counter, float64(p.Received), id, l.Gateway)
 		}
 	}
-	if st.Probing != nil {
-		for reason, n := range st.Probing.Drops {
+	if pr := d.lanes.prober(); pr != nil {
+		for reason, n := range pr.DropCounts() {
 			ch <- prometheus.MustNewConstMetric(descReplyDrop, counter, float64(n), reason)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
 	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+	"github.com/clusterpeer/clusterpeer/tunnel/health"
 	"github.com/clusterpeer/clusterpeer/tunnel/lane"
 )
 
@@ -63,19 +66,50 @@ func TestDataPath(t *testing.T) {
 	t.Run("stickiness", func(t *testing.T) { testStickiness(t, tp) })
 	t.Run("too-big", func(t *testing.T) { testTooBig(t, tp) })
 	t.Run("bad-geneve", func(t *testing.T) { testBadGeneve(t, tp) })
+	t.Run("probes", func(t *testing.T) { testProbes(t, tp) })
 	t.Run("metrics-and-show", func(t *testing.T) { testMetricsAndShow(t, tp) })
 }
 
 // testWireFormat has tshark, an independent dissector, read the GENEVE
-// frames demux-a puts on LAN A while host-a pings host-b.
+// frames demux-a puts on LAN A while host-a pings host-b, and its lane
+// probes (OAM bit set, inner UDP to the far gateway's reflector).
 func testWireFormat(t *testing.T, tp *topo) {
 	if _, err := exec.LookPath("tshark"); err != nil {
 		t.Skip("needs tshark (make deps installs it)")
 	}
-	cmd := exec.Command("ip", "netns", "exec", tp.ns("da"), "tshark", "-i", "lan0", "-n", "-c", "3", "-a", "duration:10",
-		"-f", "udp dst port 6081", "-T", "fields", "-E", "separator=;",
-		"-e", "udp.dstport", "-e", "geneve.version", "-e", "geneve.vni", "-e", "geneve.proto_type",
-		"-e", "geneve.flags.oam", "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type")
+	// udp[9] is the GENEVE flags byte; 0x80 the OAM bit.
+	data := tp.tshark("da", "udp dst port 6081 and udp[9] & 0x80 = 0", 3, func() {
+		tp.run("ha", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.10")
+	}, "udp.dstport", "geneve.version", "geneve.vni", "geneve.proto_type",
+		"geneve.flags.oam", "ip.src", "ip.dst", "icmp.type")
+	for _, f := range data {
+		want := []string{"6081", "0", "0x001092", "0x0800", "0"} // port, version, VNI 4242, IPv4, OAM clear
+		if len(f) != 8 || strings.Join(f[:5], "/") != strings.Join(want, "/") ||
+			f[5] != "10.1.0.2,10.1.0.10" || !strings.HasSuffix(f[6], ",10.2.0.10") || f[7] != "8" {
+			t.Errorf("tshark read %q; want outer 10.1.0.2 -> a gateway, GENEVE %v, inner echo request 10.1.0.10 -> 10.2.0.10", f, want)
+		}
+	}
+	probes := tp.tshark("da", "udp dst port 6081 and udp[9] & 0x80 != 0", 6, nil,
+		"geneve.flags.oam", "geneve.vni", "ip.src", "ip.dst", "udp.dstport", "udp.length")
+	for _, f := range probes {
+		// OAM set, VNI 4242, inner 10.1.0.2:6082 -> far gateway 10.2.0.2N:6082, 8 + 48 bytes.
+		if len(f) != 6 || f[0] != "1" || f[1] != "0x001092" || !strings.HasPrefix(f[2], "10.1.0.2,10.1.0.2") ||
+			!strings.Contains(f[3], ",10.2.0.2") || !strings.HasSuffix(f[4], ",6082") || !strings.HasSuffix(f[5], ",56") {
+			t.Errorf("tshark read probe %q; want OAM GENEVE, inner UDP 10.1.0.2 -> 10.2.0.2N port 6082, 48-byte payload", f)
+		}
+	}
+}
+
+// tshark captures count frames matching filter on a node's lan0 (while
+// trigger runs, if any) and returns the fields of each.
+func (tp *topo) tshark(node, filter string, count int, trigger func(), fields ...string) [][]string {
+	t := tp.t
+	args := []string{"netns", "exec", tp.ns(node), "tshark", "-i", "lan0", "-n", "-c", strconv.Itoa(count), "-a", "duration:10",
+		"-f", filter, "-T", "fields", "-E", "separator=;"}
+	for _, f := range fields {
+		args = append(args, "-e", f)
+	}
+	cmd := exec.Command("ip", args...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	stderr, _ := cmd.StderrPipe()
@@ -100,23 +134,22 @@ func testWireFormat(t *testing.T, tp *topo) {
 		cmd.Wait()
 		t.Fatal("tshark did not start capturing")
 	}
-	time.Sleep(200 * time.Millisecond)
-	tp.run("ha", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.10")
+	if trigger != nil {
+		time.Sleep(200 * time.Millisecond)
+		trigger()
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("tshark: %v", err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 3 {
-		t.Fatalf("tshark saw %d GENEVE frames, want 3:\n%s", len(lines), out.String())
+	if len(lines) != count {
+		t.Fatalf("tshark saw %d frames matching %q, want %d:\n%s", len(lines), filter, count, out.String())
 	}
+	var rows [][]string
 	for _, l := range lines {
-		f := strings.Split(l, ";")
-		want := []string{"6081", "0", "0x001092", "0x0800", "0"} // port, version, VNI 4242, IPv4, OAM clear
-		if len(f) != 8 || strings.Join(f[:5], "/") != strings.Join(want, "/") ||
-			f[5] != "10.1.0.2,10.1.0.10" || !strings.HasSuffix(f[6], ",10.2.0.10") || f[7] != "8" {
-			t.Errorf("tshark read %q; want outer 10.1.0.2 -> a gateway, GENEVE %v, inner echo request 10.1.0.10 -> 10.2.0.10", l, want)
-		}
+		rows = append(rows, strings.Split(l, ";"))
 	}
+	return rows
 }
 
 // testStickiness sends 64 sequence-numbered UDP flows from host-a to
@@ -305,6 +338,69 @@ func testBadGeneve(t *testing.T, tp *topo) {
 	tp.run("ha", "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.2.0.10")
 }
 
+// testProbes checks that both demuxes see every lane up through their
+// probes, and that forged probes and replies, made without the peering's
+// key, are refused and counted, changing nothing.
+func testProbes(t *testing.T, tp *topo) {
+	for _, d := range []string{"demux-a", "demux-b"} {
+		var st demux.Status
+		tp.status(d, &st)
+		if st.Probing == nil || st.Probing.Interval <= 0 {
+			t.Fatalf("%s: probing %+v", d, st.Probing)
+		}
+		for _, l := range st.Lanes {
+			if l.State != "up" || !l.Healthy || l.Probes == nil || l.Probes.Received == 0 || l.Probes.SmoothedRTT <= 0 {
+				t.Errorf("%s lane %d: %+v %+v", d, l.ID, l, l.Probes)
+			}
+		}
+	}
+	var wrongKey health.Key
+	rand.Read(wrongKey[:])
+	forged := make([]byte, health.MessageLen)
+	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindReply, Lane: 1, Seq: 1})
+	send := func(from, to string, b []byte) {
+		tp.inNS(from, func() {
+			c, err := net.Dial("udp", to)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			c.Write(b)
+			c.Close()
+		})
+	}
+	var da0 demux.Status
+	var gb0 lane.Status
+	tp.status("demux-a", &da0)
+	tp.status("gw-b1", &gb0)
+	send("ha", "10.1.0.2:6082", forged) // a "reply" to demux-a from its own network
+	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindRequest, Lane: 1, Seq: 1})
+	send("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector
+	send("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var da demux.Status
+		var gb lane.Status
+		tp.status("demux-a", &da)
+		tp.status("gw-b1", &gb)
+		ok := da.Probing.Drops["bad_mac"] == da0.Probing.Drops["bad_mac"]+1 &&
+			gb.Probes.Drops["bad_mac"] == gb0.Probes.Drops["bad_mac"]+1 &&
+			gb.Probes.Drops["bad_format"] == gb0.Probes.Drops["bad_format"]+1
+		if ok {
+			for i, l := range da.Lanes {
+				if l.State != "up" || l.Transitions != da0.Lanes[i].Transitions {
+					t.Errorf("lane %d after forgeries: %s, %d transitions (was %d)", l.ID, l.State, l.Transitions, da0.Lanes[i].Transitions)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("forgeries not counted: demux-a %v, gw-b1 %v", da.Probing.Drops, gb.Probes.Drops)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // pingPacket is an ICMP echo from host-a to host-b, as a demux would
 // encapsulate it.
 func (tp *topo) pingPacket() []byte {
@@ -322,8 +418,12 @@ func (tp *topo) pingPacket() []byte {
 // namespaces and runs the show commands.
 func testMetricsAndShow(t *testing.T, tp *topo) {
 	for node, want := range map[string][]string{
-		"da":  {`clusterpeer_lane_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_demux_drops_total{reason="too_big"}`, `clusterpeer_lane_up{gateway="gw-a3",lane="3"} 1`},
-		"ga1": {`clusterpeer_gateway_geneve_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_gateway_drops_total{gateway="gw-a1",lane="1",reason="unknown_source"}`, `clusterpeer_gateway_wireguard_tx_bytes_total`},
+		"da": {`clusterpeer_lane_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_demux_drops_total{reason="too_big"}`, `clusterpeer_lane_up{gateway="gw-a3",lane="3"} 1`,
+			`clusterpeer_lane_healthy{gateway="gw-a2",lane="2"} 1`, `clusterpeer_lane_state{gateway="gw-a1",lane="1",state="up"} 1`,
+			`clusterpeer_lane_probe_rtt_seconds{gateway="gw-a1",lane="1"}`, `clusterpeer_lane_failovers_total{gateway="gw-a1",lane="1"} 0`,
+			`clusterpeer_demux_probe_reply_drops_total{reason="bad_mac"}`},
+		"ga1": {`clusterpeer_gateway_geneve_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_gateway_drops_total{gateway="gw-a1",lane="1",reason="unknown_source"}`, `clusterpeer_gateway_wireguard_tx_bytes_total`,
+			`clusterpeer_gateway_probes_answered_total{gateway="gw-a1",lane="1"}`},
 	} {
 		var body string
 		tp.inNS(node, func() {

@@ -222,6 +222,10 @@ func (p *Prober) tick(now time.Time) time.Time {
 		if l.next.Before(wake) {
 			wake = l.next
 		}
+		// Judge a silent lane the moment its detection time runs out.
+		if d := l.s.Deadline(); !d.IsZero() && d.After(now) && d.Before(wake) {
+			wake = d
+		}
 	}
 	changes := p.changes
 	p.changes = p.changes[:0]

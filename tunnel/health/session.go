@@ -19,10 +19,13 @@ type Params struct {
 	FlapWindow  time.Duration
 }
 
-// Defaults: a dead lane is noticed 30-40 ms after its last answered probe.
+// Defaults: a dead lane is noticed 40-50 ms after its last answered
+// probe. Three intervals (30 ms) took lanes down falsely on this project's
+// 2-core test machine under full iperf3 load (2-9 per 15 s run, the
+// gateways' queues delaying probes); four did not (docs/health.md).
 var DefaultParams = Params{
 	Interval:    10 * time.Millisecond,
-	Multiplier:  3,
+	Multiplier:  4,
 	UpAfter:     3,
 	HoldDown:    time.Second,
 	HoldDownMax: 30 * time.Second,
@@ -126,6 +129,15 @@ func abs(d time.Duration) time.Duration {
 func (s *Session) DetectTime() time.Duration {
 	adaptive := time.Duration(s.p.Multiplier-1)*s.p.Interval + s.srtt + 4*s.rttvar
 	return max(s.p.Detect(), adaptive)
+}
+
+// Deadline is when Evaluate should next run to take an up lane down
+// without delay (zero when down: probes' replies decide then).
+func (s *Session) Deadline() time.Time {
+	if !s.up {
+		return time.Time{}
+	}
+	return s.lastReply.Add(s.DetectTime())
 }
 
 // Evaluate applies the rules at now and reports whether the state changed;

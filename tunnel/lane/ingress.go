@@ -42,7 +42,7 @@ func (d Drop) String() string {
 // lane probe (tunnel/health), which it forwards into the lane to its
 // peer's reflector; every other is dropped.
 type Ingress struct {
-	Sources []netip.Addr   // unmapped; a handful, so a scan beats a map
+	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
 	VNI     uint32
 	Probe   netip.AddrPort // the peer's reflector; invalid: no probes
 }
