@@ -3,9 +3,10 @@ GO       ?= go
 FUZZTIME ?= 60s
 RUNS     ?= 5
 SECONDS  ?= 5
+FAILOVER_RUNS ?= 10
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare fuzz microbench vectors
+.PHONY: test deps check build demo compare failover fuzz microbench vectors
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector.
@@ -34,6 +35,17 @@ check:
 compare: deps build
 	@scripts/lane-vs-wgo.sh $(RUNS) $(SECONDS)
 
+# Chaos scenarios (kill a gateway on either side, pull an underlay link,
+# a lane coming back, a lane added and one drained, live) FAILOVER_RUNS
+# times each under UDP flows and TCP streams; ends with one summary line
+# per scenario (root; about 6 minutes at 10 runs).
+failover: deps
+	@out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	  $(GO) test ./dataplane/e2e -run '^TestFailover$$' -count=1 -v -timeout 30m -args -failover.runs=$(FAILOVER_RUNS) >$$out 2>&1; rc=$$?; \
+	  grep -E '(failover_test.go:[0-9]+: run|^--- |^    --- |^(ok|FAIL))' $$out; \
+	  [ $$rc = 0 ] || { echo "failover: FAILED; full output:"; cat $$out; }; \
+	  echo; grep '^failover: ' $$out; exit $$rc
+
 # Coverage-guided fuzzing of the packet parsers, FUZZTIME per target; new
 # crashers land in <package>/testdata/fuzz and become regression tests.
 fuzz:
@@ -42,6 +54,7 @@ fuzz:
 	$(GO) test ./tunnel/geneve -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/lane -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./tunnel/health -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:

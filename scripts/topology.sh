@@ -166,7 +166,7 @@ up() {
   fi
 
   start() { # ns binary node [config]
-    ip netns exec "$(ns "$1")" "$bin/$2" up --config "${4:-$cfg}" --node "$3" >"$work/$3.log" 2>&1 &
+    ip netns exec "$(ns "$1")" "$bin/$2" up --config "${4:-$cfg}" --node "$3" --log-level "${LOG_LEVEL:-info}" >"$work/$3.log" 2>&1 &
     echo $! >>"$work/pids"
     echo $! >"$work/$3.pid"
   }

@@ -103,6 +103,7 @@ func up(args []string) error {
 		prober, err = health.NewProber(health.ProberConfig{
 			Key: health.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: d.Sources,
 			Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, Log: log,
+			StartDelay: probeStartDelay(node.Side),
 		})
 		if err != nil {
 			return err
@@ -197,6 +198,15 @@ func up(args []string) error {
 			dm.TickLanes(now)
 		}
 	}
+}
+
+// probeStartDelay: side b lets side a's probes open the WireGuard sessions
+// of lanes that start together (see health.ProberConfig.StartDelay).
+func probeStartDelay(side string) time.Duration {
+	if side == "b" {
+		return 100 * time.Millisecond
+	}
+	return 0
 }
 
 // laneSpecs is the demux's view of the configured lanes.

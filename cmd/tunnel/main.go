@@ -18,8 +18,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -154,13 +156,22 @@ func up(args []string) error {
 		"metrics", self.Metrics, "status", self.Status)
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	select {
-	case <-ctx.Done():
-		log.Info("tunnel stopping")
-	case <-l.Wait():
-		return errors.New("wireguard device stopped")
+	// SIGHUP reloads demuxes; sent to a whole fleet it must not stop a
+	// gateway, whose settings (keys, addresses, peer) apply on restart.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("tunnel stopping")
+			return nil
+		case <-l.Wait():
+			return errors.New("wireguard device stopped")
+		case <-hup:
+			log.Info("SIGHUP: a gateway does not reload; restart it to apply a changed config (demuxes reload lanes live)")
+		}
 	}
-	return nil
 }
 
 // peerProbe is where the far demux's probes for this lane go: the peer

@@ -158,9 +158,62 @@ func TestFailover(t *testing.T) {
 		})
 		tp.t = t
 	}
+	t.Run("reload-rejects", func(t *testing.T) { tp.t = t; testReloadRejects(t, tp) })
+	tp.t = t
 	for _, l := range summary {
 		fmt.Println(l) // `make failover` ends with these
 	}
+}
+
+// testReloadRejects: a broken file or a change that needs a restart is
+// refused whole and the demuxes keep running as they were; a good file
+// reloads, by command and by SIGHUP.
+func testReloadRejects(t *testing.T, tp *foTopo) {
+	cfg := filepath.Join(tp.work, "demux.yaml")
+	good, _ := os.ReadFile(tp.three)
+	demuxCmd := func(args ...string) (string, error) {
+		out, err := exec.Command(filepath.Join(tp.bin, "demux"), args...).CombinedOutput()
+		return string(out), err
+	}
+	for _, c := range []struct{ name, content, want string }{
+		{"broken yaml", strings.Replace(string(good), "vni: 4242", "vni: [", 1), "yaml"},
+		{"bad field", strings.Replace(string(good), "mtu: 1420", "mtu: 100", 1), "mtu: 100"},
+		{"restart-only change", strings.Replace(string(good), "vni: 4242", "vni: 4243", 1), "vni changed; these apply only on restart"},
+		{"lane listed twice", strings.Replace(string(good), "  - id: 3", "  - id: 2", 1), "lanes[2].id: 2 is already the id"},
+	} {
+		os.WriteFile(cfg, []byte(c.content), 0o600)
+		_, err := admin.Do(tp.socket("demux-a"), "reload", nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "still running the previous config") {
+			t.Errorf("%s: reload error %v, want it to say %q and that the old config runs", c.name, err, c.want)
+		}
+	}
+	tp.waitLanes(map[int]string{1: "up", 2: "up", 3: "up"})
+
+	os.WriteFile(cfg, good, 0o600)
+	if out, err := demuxCmd("reload", "--config", cfg, "--node", "demux-a"); err != nil || !strings.Contains(out, "reloaded") {
+		t.Errorf("demux reload: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(filepath.Join(tp.work, "demux-a.pid"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	syscall.Kill(pid, syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		log, _ := os.ReadFile(filepath.Join(tp.work, "demux-a.log"))
+		if strings.Contains(string(log), "SIGHUP: reloaded") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload logged after SIGHUP:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out, err := demuxCmd("drain", "--config", cfg, "--node", "demux-a", "--lane", "9"); err == nil || !strings.Contains(out, "lane 9: no such lane") {
+		t.Errorf("drain of an unknown lane: %v\n%s", err, out)
+	}
+	if out, err := demuxCmd("undrain", "--config", cfg, "--node", "demux-a", "--lane", "1"); err == nil || !strings.Contains(out, "not draining") {
+		t.Errorf("undrain of an active lane: %v\n%s", err, out)
+	}
+	tp.waitLanes(map[int]string{1: "up", 2: "up", 3: "up"})
 }
 
 func roundMs(ds []time.Duration) []string {

@@ -37,6 +37,12 @@ type ProberConfig struct {
 	Sources []netip.Addr // the demux's addresses; one of the far gateway's family is the probe's source
 	Params  Params
 	MaxRate int // probes per second over all lanes; the interval stretches to stay below
+	// StartDelay holds back a new lane's first probe. Side b's demux waits
+	// so that at a simultaneous start side a's gateways alone open the
+	// WireGuard sessions: when both ends of a lane initiate at once, both
+	// become responders, neither may send first, and the lane waits for
+	// WireGuard's 5-second handshake retry.
+	StartDelay time.Duration
 	// OnChange is called (from the prober's goroutine, never concurrently)
 	// after a lane's state changed.
 	OnChange func(lane flowhash.LaneID, up bool, reason string)
@@ -163,7 +169,7 @@ func (p *Prober) SetTargets(ts []Target) error {
 		params.Interval = p.interval
 		l.s = NewSession(params, now)
 		// Spread the lanes over the interval: a steady trickle, no bursts.
-		l.next = now.Add(p.interval * time.Duration(i) / time.Duration(len(ids)))
+		l.next = now.Add(p.cfg.StartDelay + p.interval*time.Duration(i)/time.Duration(len(ids)))
 	}
 	p.lanes = lanes
 	return nil
