@@ -30,4 +30,5 @@ for run in $(seq "$RUNS"); do
   kill "$(cat "$W/iperf3.pid")" 2>/dev/null || true
   rm -f "$W/iperf3.pid"
   echo "probes-under-load: health=${HEALTH:-defaults} run=$run gbps_ab=$a gbps_ba=$b false_downs=$(cat "$W"/demux-*.log | grep -c 'lane down' || true)"
+  grep -h "lane down" "$W"/demux-*.log | sed -E 's/.*node=([^ ]+) lane=([0-9]+).*reason="([^"]*)".*/  \1 lane \2: \3/' || true
 done

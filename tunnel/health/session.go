@@ -65,6 +65,7 @@ type Session struct {
 
 	sent, received    uint64
 	rtt, srtt, rttvar time.Duration
+	peakRTT           time.Duration // the largest recent round trip, decaying
 }
 
 // NewSession starts a lane down: it must earn its way in.
@@ -101,6 +102,9 @@ func (s *Session) Reply(seq uint64, rx, now time.Time) bool {
 		s.rttvar += (abs(s.srtt-s.rtt) - s.rttvar) / 4
 		s.srtt += (s.rtt - s.srtt) / 8
 	}
+	// Halves in about 90 replies (under a second at 10 ms): a path that
+	// had a 20 ms spike a moment ago may well have another.
+	s.peakRTT = max(s.rtt, s.peakRTT-s.peakRTT/128)
 	if seq == s.lastSeq+1 {
 		s.run++
 	} else if seq > s.lastSeq {
@@ -123,12 +127,13 @@ func abs(d time.Duration) time.Duration {
 
 // DetectTime is how long the lane may stay silent before it is declared
 // down: Multiplier intervals, or longer while the path's round trip is
-// long or jittery (a loaded gateway queues), as TCP's retransmission
-// timeout adapts (RFC 6298): the reply to the last of the Multiplier
-// probes is then expected within srtt + 4 rttvar.
+// long or jittery (a loaded gateway queues): the reply to the last of the
+// Multiplier probes is then allowed the larger of TCP's retransmission
+// timeout (srtt + 4 rttvar, RFC 6298) and the recent peak round trip,
+// which remembers spikes that the smoothed figures average away.
 func (s *Session) DetectTime() time.Duration {
-	adaptive := time.Duration(s.p.Multiplier-1)*s.p.Interval + s.srtt + 4*s.rttvar
-	return max(s.p.Detect(), adaptive)
+	wait := max(s.srtt+4*s.rttvar, s.peakRTT)
+	return max(s.p.Detect(), time.Duration(s.p.Multiplier-1)*s.p.Interval+wait)
 }
 
 // Deadline is when Evaluate should next run to take an up lane down

@@ -171,3 +171,33 @@ func TestSessionRejectsUnknownAndDuplicateReplies(t *testing.T) {
 		t.Error("reply older than the ring accepted")
 	}
 }
+
+// TestSessionDetectTimeFollowsTheRoundTrip: a path whose round trip
+// spikes (a loaded gateway) is given longer before it is declared down;
+// a quiet one keeps Multiplier intervals.
+func TestSessionDetectTimeFollowsTheRoundTrip(t *testing.T) {
+	p := DefaultParams
+	s := NewSession(p, t0)
+	now := t0
+	for i := range 50 {
+		seq := s.Sent(now)
+		rtt := 500 * time.Microsecond
+		if i == 40 {
+			rtt = 20 * time.Millisecond // one spike
+		}
+		s.Reply(seq, now.Add(rtt), now.Add(rtt))
+		now = now.Add(p.Interval)
+	}
+	// 3 intervals + the 20 ms spike (slightly decayed).
+	if d := s.DetectTime(); d < 47*time.Millisecond || d > 50*time.Millisecond {
+		t.Errorf("after a 20 ms spike: detect %v, want ~50ms", d)
+	}
+	for range 2000 { // 20 s of quiet
+		seq := s.Sent(now)
+		s.Reply(seq, now.Add(500*time.Microsecond), now)
+		now = now.Add(p.Interval)
+	}
+	if d := s.DetectTime(); d != p.Detect() {
+		t.Errorf("after 20 s of quiet: detect %v, want %v", d, p.Detect())
+	}
+}
