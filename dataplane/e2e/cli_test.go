@@ -82,6 +82,11 @@ func TestCommandsWithoutRoot(t *testing.T) {
 		{"demux up --node nope", "no node of that name (known: demux-a, demux-b, gw-a1"},
 		{"demux show --node gw-a1", "a gateway; use `tunnel show`"},
 		{"demux up", "--node is required"},
+		{"tunnel reflect --node demux-a", "is a demux; run it with `demux up`"},
+		{"demux drain --node gw-a1 --lane 1", "is a gateway; drain is a demux command"},
+		{"demux drain --node demux-a --lane 1", "is the node running?"},
+		{"demux reload --node demux-b", "is the node running?"},
+		{"demux undrain --node demux-a --lane x", "invalid value \"x\" for flag -lane"},
 	} {
 		args := strings.Fields(c.args)
 		out, err := run("", append([]string{bin + "/" + args[0]}, append(args[1:], "--config", path)...)...)

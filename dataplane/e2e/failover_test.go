@@ -67,6 +67,7 @@ type foResult struct {
 	tcpResets  int
 	newOnLane  int // flows that started on the lane (drain, add)
 	iperfError string
+	detected   string // demux-a's log line: how long the lane was silent, the table swap
 }
 
 func TestFailover(t *testing.T) {
@@ -126,8 +127,8 @@ func TestFailover(t *testing.T) {
 				if sc.check != nil {
 					sc.check(&r)
 				}
-				t.Logf("run %d: blackouts %v, %d flows on the lane, %d moved, %d reordered, %d lost, tcp %d on the lane / %d reset%s",
-					run+1, roundMs(r.blackouts), r.onLane, r.moved, r.reordered, r.lost, r.tcpOnLane, r.tcpResets, r.iperfError)
+				t.Logf("run %d: blackouts %v, %d flows on the lane, %d moved, %d reordered, %d lost, tcp %d on the lane / %d reset%s%s",
+					run+1, roundMs(r.blackouts), r.onLane, r.moved, r.reordered, r.lost, r.tcpOnLane, r.tcpResets, r.iperfError, r.detected)
 				all = append(all, r)
 				if t.Failed() {
 					break
@@ -323,6 +324,9 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	<-watched
 	rep := w.Report()
 	r := tp.analyse(sc, send.Ports(), results, rep, out)
+	if sc.failing {
+		r.detected = tp.lastLogLine("demux-a", `msg="lane down"`)
+	}
 	if r.lost > 0 {
 		// Where did they go? The receiving host's socket, or the path.
 		t.Logf("lost %d: host-b %s; demux-a tun tx_dropped %s", r.lost, strings.Join(strings.Fields(tp.run("hb", "nstat", "-az", "UdpRcvbufErrors", "UdpInErrors")), " "),
@@ -412,6 +416,21 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 		r.iperfError = "; iperf3: " + ip.Error
 	}
 	return r
+}
+
+// lastLogLine returns the reason and table swap time of a node's last log
+// line containing match (", detected: ..." or "").
+func (tp *foTopo) lastLogLine(node, match string) string {
+	b, _ := os.ReadFile(filepath.Join(tp.work, node+".log"))
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := lines[i]; strings.Contains(l, match) {
+			if j := strings.Index(l, "reason="); j >= 0 {
+				return "; " + node + ": " + l[j:]
+			}
+		}
+	}
+	return ""
 }
 
 // kill ends a node's process with SIGKILL (only the PID the topology or
