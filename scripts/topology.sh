@@ -116,6 +116,10 @@ write_config() {
 
 up() {
   local lanes=$1 bin=$2 work=$3
+  if ip netns list | grep -q "^$P-"; then
+    echo "topology: namespaces $P-* exist already; remove them first (topology.sh down $P WORKDIR)" >&2
+    exit 1
+  fi
   mkdir -p "$work"
   chmod 700 "$work"
   : >"$work/pids"
@@ -150,6 +154,16 @@ up() {
     nsx ga$i ip link set wan0 up
     nsx gb$i ip link set wan0 up
   done
+  # Resolve each underlay neighbour once now. On a fresh veth the kernel's
+  # first IPv6 neighbour solicitation can go unanswered and is retried a
+  # second later; a WireGuard handshake held up that long can cross its
+  # peer's and stall the lane for WireGuard's 5-second retry.
+  local warm=()
+  for i in $(seq "$lanes"); do
+    nsx ga$i ping -c 1 -W 3 -q 198.18.$i.2 >/dev/null 2>&1 & warm+=($!)
+    nsx ga$i ping -6 -c 1 -W 3 -q fd00:1:$i::2 >/dev/null 2>&1 & warm+=($!)
+  done
+  wait "${warm[@]}" || true
 
   # Keys and config, generated fresh for every run.
   (umask 077; openssl rand -hex 16 >"$work/hash.key" 2>/dev/null || head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/hash.key")
@@ -178,16 +192,23 @@ up() {
       start gb$i tunnel gw-b$i
     fi
   done
+  # A node is ready when its status socket answers. The demuxes start
+  # once every gateway is: their first probes make the gateways open the
+  # WireGuard sessions, and a handshake sent to a peer that is not yet
+  # listening is retried only after 5 s.
+  ready() {
+    for node in "$@"; do
+      for t in $(seq 100); do
+        [ -S "/run/clusterpeer/$P-$node.sock" ] && break
+        if [ "$t" = 100 ]; then echo "topology: $node did not start; its log:" >&2; cat "$work/$node.log" >&2; exit 1; fi
+        sleep 0.1
+      done
+    done
+  }
+  ready $(for i in $(seq "$lanes"); do echo gw-a$i; [ "$i.${STOCK_B1:-}" = 1.1 ] || echo gw-b$i; done)
   start da demux demux-a "$dcfg"
   start db demux demux-b "$dcfg"
-  # Ready when every node's status socket answers.
-  for node in demux-a demux-b $(for i in $(seq "$lanes"); do echo gw-a$i; [ "$i.${STOCK_B1:-}" = 1.1 ] || echo gw-b$i; done); do
-    for t in $(seq 100); do
-      [ -S "/run/clusterpeer/$P-$node.sock" ] && break
-      if [ "$t" = 100 ]; then echo "topology: $node did not start; its log:" >&2; cat "$work/$node.log" >&2; exit 1; fi
-      sleep 0.1
-    done
-  done
+  ready demux-a demux-b
   # And when each demux's lanes are up: their probes crossed both gateways
   # and the tunnel. (demux-b never sees lane 1 up beside a stock gw-b1,
   # which takes no GENEVE; host-b bypasses demux-b then.)

@@ -201,10 +201,12 @@ func up(args []string) error {
 }
 
 // probeStartDelay: side b lets side a's probes open the WireGuard sessions
-// of lanes that start together (see health.ProberConfig.StartDelay).
+// of lanes that start together (see health.ProberConfig.StartDelay). A
+// second covers a first packet held up by neighbour discovery (100 ms on
+// this project's IPv6 underlay) with room to spare.
 func probeStartDelay(side string) time.Duration {
 	if side == "b" {
-		return 100 * time.Millisecond
+		return time.Second
 	}
 	return 0
 }
