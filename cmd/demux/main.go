@@ -420,7 +420,7 @@ func printStatus(st demux.Status) {
 	}
 	cli.PrintDrops(st.Drops)
 	if st.Probing != nil {
-		cli.PrintDrops(st.Probing.Drops)
+		cli.PrintCounts("probe replies refused", st.Probing.Drops)
 	}
 	for _, l := range st.Lanes {
 		fmt.Printf("\nlane %d: %s", l.ID, l.State)

@@ -241,7 +241,7 @@ func show(args []string) error {
 	cli.PrintDrops(st.Drops)
 	if pr := st.Probes; pr != nil {
 		fmt.Printf("  probes answered: %d (on %s)\n", pr.Answered, pr.Address)
-		cli.PrintDrops(pr.Drops)
+		cli.PrintCounts("probes refused", pr.Drops)
 	}
 	fmt.Printf("\npeer: %s (%s)\n  endpoint: %s\n", st.Peer.PublicKey, st.PeerName, st.Peer.Endpoint)
 	if st.Peer.LastHandshake.IsZero() {

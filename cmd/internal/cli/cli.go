@@ -144,9 +144,12 @@ func HumanBytes(n uint64) string {
 }
 
 // PrintDrops prints the nonzero drop counters on one line.
-func PrintDrops(drops map[string]uint64) {
+func PrintDrops(drops map[string]uint64) { PrintCounts("drops", drops) }
+
+// PrintCounts prints the nonzero counters on one line after label.
+func PrintCounts(label string, counts map[string]uint64) {
 	var names []string
-	for k, v := range drops {
+	for k, v := range counts {
 		if v > 0 {
 			names = append(names, k)
 		}
@@ -155,9 +158,9 @@ func PrintDrops(drops map[string]uint64) {
 		return
 	}
 	sort.Strings(names)
-	fmt.Print("  drops:")
+	fmt.Printf("  %s:", label)
 	for _, k := range names {
-		fmt.Printf(" %s=%d", k, drops[k])
+		fmt.Printf(" %s=%d", k, counts[k])
 	}
 	fmt.Println()
 }
