@@ -321,8 +321,6 @@ func (d *Demux) TickLanes(now time.Time) {
 		changed = true
 		if mb.admin == AdminRemoving {
 			forget = true
-			mb.admin = AdminDrained
-			mb.reason = "removed: " + why
 			d.cfg.Log.Info("lane removed", "lane", id, "gateway", mb.spec.Gateway, "reason", why)
 			delete(m.members, id)
 			continue

@@ -107,7 +107,11 @@ func FuzzCheck(f *testing.F) {
 	f.Add(frame(4242, geneve.ProtoIPv4, false, ipv4Ping))
 	f.Add(frame(4242, geneve.ProtoIPv6, true, make([]byte, 40)))
 	f.Add([]byte{0x3f, 0x40, 0x08, 0x00, 0, 0x10, 0x92, 0})
-	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}
+	peer := netip.MustParseAddrPort("10.2.0.21:6082")
+	probe := make([]byte, health.InnerLenV4)
+	health.PutInner(probe, netip.MustParseAddrPort("10.1.0.2:6082"), peer, make([]byte, health.MessageLen))
+	f.Add(frame(4242, geneve.ProtoIPv4, true, probe))
+	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242, Probe: peer}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		inner, drop := in.Check(demuxAddr, pkt)
 		if drop >= NumDrops {
@@ -119,6 +123,9 @@ func FuzzCheck(f *testing.F) {
 		h := geneve.Header(pkt)
 		if len(inner) < 20 || (h.Protocol() == geneve.ProtoIPv4) != (inner[0]>>4 == 4) {
 			t.Fatalf("accepted %x", pkt)
+		}
+		if h.OAM() && !health.IsProbeFor(inner, peer) {
+			t.Fatalf("forwarded an OAM frame that is no probe for the peer: %x", pkt)
 		}
 	})
 }
