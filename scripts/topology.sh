@@ -116,8 +116,8 @@ write_config() {
 
 up() {
   local lanes=$1 bin=$2 work=$3
-  if ip netns list | grep -q "^$P-"; then
-    echo "topology: namespaces $P-* exist already; remove them first (topology.sh down $P WORKDIR)" >&2
+  if ip netns list | awk '{print $1}' | grep -qx "$P-da"; then
+    echo "topology: a peering $P-* exists already; remove it first (topology.sh down $P WORKDIR)" >&2
     exit 1
   fi
   mkdir -p "$work"
