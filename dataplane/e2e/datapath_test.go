@@ -306,15 +306,7 @@ func testBadGeneve(t *testing.T, tp *topo) {
 	tp.status("gw-a1", &before)
 	want := map[string]uint64{}
 	for _, c := range cases {
-		tp.inNS(c.from, func() {
-			conn, err := net.Dial("udp", "10.1.0.21:6081")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			conn.Write(c.pkt)
-			conn.Close()
-		})
+		tp.sendUDP(c.from, "10.1.0.21:6081", c.pkt)
 		want[c.reason]++
 	}
 	deadline := time.Now().Add(3 * time.Second)
@@ -358,25 +350,14 @@ func testProbes(t *testing.T, tp *topo) {
 	rand.Read(wrongKey[:])
 	forged := make([]byte, health.MessageLen)
 	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindReply, Lane: 1, Seq: 1})
-	send := func(from, to string, b []byte) {
-		tp.inNS(from, func() {
-			c, err := net.Dial("udp", to)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			c.Write(b)
-			c.Close()
-		})
-	}
 	var da0 demux.Status
 	var gb0 lane.Status
 	tp.status("demux-a", &da0)
 	tp.status("gw-b1", &gb0)
-	send("ha", "10.1.0.2:6082", forged) // a "reply" to demux-a from its own network
+	tp.sendUDP("ha", "10.1.0.2:6082", forged) // a "reply" to demux-a from its own network
 	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindRequest, Lane: 1, Seq: 1})
-	send("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector
-	send("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all
+	tp.sendUDP("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector
+	tp.sendUDP("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		var da demux.Status

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -182,6 +183,20 @@ func (tp *topo) inNS(node string, fn func()) {
 	if err := <-errc; err != nil {
 		tp.t.Fatalf("enter %s: %v", node, err)
 	}
+}
+
+// sendUDP sends one datagram from a node's namespace.
+func (tp *topo) sendUDP(node, to string, b []byte) {
+	tp.t.Helper()
+	tp.inNS(node, func() {
+		c, err := net.Dial("udp", to)
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		c.Write(b)
+		c.Close()
+	})
 }
 
 // iperf3 runs a client in from against a one-shot server in to and returns
