@@ -75,6 +75,10 @@ func NewHasher(key Key, mode Mode, symmetric bool) Hasher {
 	}
 }
 
+// KeyWords is the key as SipHash's two little-endian words, for the XDP
+// program's constants.
+func (h Hasher) KeyWords() (k0, k1 uint64) { return h.k0, h.k1 }
+
 // Words is the canonical tuple as the five little-endian 64-bit words that
 // SipHash consumes: the 40-byte message Src(16) Dst(16) SrcPort(2, big
 // endian) DstPort(2, big endian) Proto(1) zero(3). On a little-endian

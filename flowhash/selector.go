@@ -59,6 +59,16 @@ type Snapshot struct {
 	gens    [MaxLaneID + 1]uint32 // 0: pins to that lane are void
 }
 
+// Gen is the pin generation of lane id in this snapshot: 0 while pins to
+// it are void (down, or not in the set). The XDP program gets the same
+// generations, so both paths judge a pin alike.
+func (s *Snapshot) Gen(id LaneID) uint32 {
+	if id > MaxLaneID {
+		return 0
+	}
+	return s.gens[id]
+}
+
 // Selector picks the lane for each packet. Select may be called from any
 // number of goroutines while SetLanes runs: readers never wait for a
 // rebuild, they keep using the snapshot they loaded.

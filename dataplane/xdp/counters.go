@@ -1,0 +1,152 @@
+//go:build linux
+
+package xdp
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// reasonNames are demux.c's enum reason, in order.
+var reasonNames = [...]string{
+	"tx", "redirect", "not_ip", "not_ours", "not_remote", "malformed",
+	"ip_options", "fragment", "ipv6_ext", "icmp_error", "proto", "ttl",
+	"too_big", "no_snapshot", "no_target", "no_lane", "encap_failed",
+}
+
+// Verdicts: which reasons sent the packet on, passed it up or dropped it.
+func verdict(reason string) string {
+	switch reason {
+	case "tx", "redirect":
+		return "sent"
+	case "no_lane", "encap_failed":
+		return "dropped"
+	}
+	return "passed"
+}
+
+// LaneCount is what the program sent into one lane.
+type LaneCount struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Counters are the program's per-CPU counters, summed.
+type Counters struct {
+	Reasons map[string]uint64             `json:"reasons"`
+	Lanes   map[flowhash.LaneID]LaneCount `json:"lanes"`
+}
+
+// Counters reads the program's counters (a map lookup per reason and per
+// published lane: for status and scrapes, not per packet).
+func (p *Program) Counters() (Counters, error) {
+	p.mu.Lock()
+	lanes := p.lanes
+	p.mu.Unlock()
+	c := Counters{Reasons: map[string]uint64{}, Lanes: map[flowhash.LaneID]LaneCount{}}
+	var per []uint64
+	for i, name := range reasonNames {
+		if err := p.objs.Stats.Lookup(uint32(i), &per); err != nil {
+			return c, fmt.Errorf("xdp: read counter %s: %w", name, err)
+		}
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		c.Reasons[name] = n
+	}
+	var lc []demuxLaneCounter
+	for _, id := range lanes {
+		if err := p.objs.LaneStats.Lookup(uint32(id), &lc); err != nil {
+			return c, fmt.Errorf("xdp: read lane %d counters: %w", id, err)
+		}
+		var sum LaneCount
+		for _, v := range lc {
+			sum.Packets += v.Packets
+			sum.Bytes += v.Bytes
+		}
+		c.Lanes[id] = sum
+	}
+	return c, nil
+}
+
+// LanePackets is the packets the program sent into a lane (the demux adds
+// them to its own when it judges whether a draining lane is idle).
+func (p *Program) LanePackets(id flowhash.LaneID) uint64 {
+	var lc []demuxLaneCounter
+	if err := p.objs.LaneStats.Lookup(uint32(id), &lc); err != nil {
+		return 0
+	}
+	var n uint64
+	for _, v := range lc {
+		n += v.Packets
+	}
+	return n
+}
+
+// Status is the fast path as `demux show` prints it.
+type Status struct {
+	Attachment
+	Snapshot uint64                        `json:"snapshot_version"`
+	Reasons  map[string]uint64             `json:"reasons"`
+	Lanes    map[flowhash.LaneID]LaneCount `json:"lanes"`
+	// Unresolved lists lanes whose gateway has no resolved MAC: their
+	// packets go to the userspace demux.
+	Unresolved []flowhash.LaneID `json:"unresolved,omitempty"`
+	Error      string            `json:"error,omitempty"`
+}
+
+// Status reports where the program runs and what it counted.
+func (p *Program) Status() *Status {
+	c, err := p.Counters()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := &Status{Attachment: p.attached, Snapshot: p.published, Reasons: c.Reasons, Lanes: c.Lanes}
+	for _, t := range p.targets {
+		if t.Ifindex == 0 {
+			st.Unresolved = append(st.Unresolved, t.Lane)
+		}
+	}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	return st
+}
+
+var (
+	descPackets = prometheus.NewDesc("clusterpeer_xdp_packets_total",
+		"Packets the XDP fast path handled, by verdict (sent, passed to the kernel and the userspace demux, dropped) and reason.",
+		[]string{"verdict", "reason"}, nil)
+	descLanePackets = prometheus.NewDesc("clusterpeer_xdp_lane_packets_total",
+		"Inner packets the XDP fast path sent into each lane.", []string{"lane"}, nil)
+	descLaneBytes = prometheus.NewDesc("clusterpeer_xdp_lane_bytes_total",
+		"Inner bytes the XDP fast path sent into each lane.", []string{"lane"}, nil)
+	descAttached = prometheus.NewDesc("clusterpeer_xdp_attached",
+		"1 while the XDP fast path is attached, labelled with its interface and mode.", []string{"interface", "mode"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (p *Program) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descPackets
+	ch <- descLanePackets
+	ch <- descLaneBytes
+	ch <- descAttached
+}
+
+// Collect implements prometheus.Collector.
+func (p *Program) Collect(ch chan<- prometheus.Metric) {
+	st := p.Status()
+	ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, st.Interface, string(st.Mode))
+	for _, name := range reasonNames {
+		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Reasons[name]), verdict(name), name)
+	}
+	for id, lc := range st.Lanes {
+		l := strconv.Itoa(int(id))
+		ch <- prometheus.MustNewConstMetric(descLanePackets, prometheus.CounterValue, float64(lc.Packets), l)
+		ch <- prometheus.MustNewConstMetric(descLaneBytes, prometheus.CounterValue, float64(lc.Bytes), l)
+	}
+}

@@ -1,0 +1,555 @@
+//go:build ignore
+
+// demux.c is the demux's XDP fast path. It makes the choice the Go demux
+// makes (flowhash: tuple, keyed SipHash-1-3, flow pin, else Maglev table)
+// and sends the packet inside GENEVE to the lane's local gateway, in the
+// driver. Stages:
+//
+//   ethernet to us? -> IPv4/IPv6 header, destination in the remote network?
+//     -> anything this program does not handle: XDP_PASS (the kernel routes
+//        it into the userspace demux's TUN, which hashes by the same rules)
+//     -> tuple words -> SipHash-1-3 -> pin (LRU) or Maglev slot -> lane
+//     -> TTL/hop limit - 1, trim link padding -> push outer Ethernet, IPv4,
+//        UDP, GENEVE -> XDP_TX (gateway on this interface) or redirect
+//
+// Passed to userspace: IPv4 options, fragments, IPv6 extension headers,
+// ICMP errors, protocols other than TCP/UDP/SCTP/ICMP, TTL <= 1 (the
+// kernel sends time exceeded), packets over the lane MTU (userspace sends
+// the ICMP error), lanes without a resolved gateway, anything malformed.
+// Every verdict is counted by reason in a per-CPU array.
+//
+// The snapshot (per-lane pin generations and the Maglev table) is one
+// inner map, swapped whole by userspace, so a packet sees one consistent
+// lane set. Little-endian only: the hash words are the packet's own bytes
+// loaded as little-endian 64-bit words, as flowhash defines them.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define LANE_SLOTS 4096 // lane IDs 1..4095; 0 is "no lane"
+#define GENEVE_LEN 8
+#define ENCAP4_LEN (sizeof(struct iphdr) + 8 + GENEVE_LEN)
+
+#define PROTO_SCTP 132
+#define ETH_ALEN_ 6
+
+// Set by the loader before the program is loaded: constants to the
+// verifier, so the mode and symmetric branches fold away.
+volatile const __u64 key0, key1;     // the cluster's hash key, as flowhash reads it
+volatile const __u32 table_size = 1; // Maglev table slots (a prime)
+volatile const __u32 hash_mode;      // 0: 5-tuple, 1: 3-tuple, 2: 2-tuple
+volatile const __u32 symmetric;      // order endpoints so both directions hash alike
+volatile const __u32 lane_mtu = 1420; // largest inner packet a lane carries
+volatile const __u32 vni;            // GENEVE virtual network identifier
+volatile const __u32 pin_tcp_idle = 350, pin_other_idle = 120; // seconds
+volatile const __u8 ingress_mac[ETH_ALEN_]; // frames to other addresses are not ours
+
+// Verdict reasons; the Go side names them (reasonNames) in this order.
+enum reason {
+	R_TX,           // sent to a gateway on the ingress interface (XDP_TX)
+	R_REDIRECT,     // sent to a gateway on another interface
+	R_NOT_IP,       // not IPv4/IPv6, or VLAN-tagged: passed
+	R_NOT_OURS,     // Ethernet destination is not this interface
+	R_NOT_REMOTE,   // destination outside the remote network
+	R_MALFORMED,    // truncated or inconsistent header (the kernel judges)
+	R_IP_OPTIONS,   // IPv4 header with options
+	R_FRAGMENT,     // IPv4 or IPv6 fragment
+	R_IPV6_EXT,     // IPv6 extension headers
+	R_ICMP_ERROR,   // hashed by the packet it quotes: userspace
+	R_PROTO,        // a protocol other than TCP, UDP, SCTP, ICMP
+	R_TTL,          // TTL or hop limit would expire
+	R_TOO_BIG,      // over the lane MTU: userspace sends the ICMP error
+	R_NO_SNAPSHOT,  // userspace has not published lanes yet
+	R_NO_TARGET,    // the lane's gateway is not resolved (or not XDP-capable)
+	R_NO_LANE,      // no lane is up: dropped, as the Go demux does
+	R_ENCAP_FAILED, // the headroom could not be grown: dropped
+	R_NUM,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, R_NUM);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+struct lane_counter {
+	__u64 packets, bytes; // inner packets and bytes sent into the lane
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LANE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lane_counter);
+} lane_stats SEC(".maps");
+
+// The snapshot: [0] the target bank in use, [1..4095] each lane's pin
+// generation (0: pins to it are void), [LANE_SLOTS + i] Maglev slot i.
+struct snapshot {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LANE_SLOTS + 1); // the loader sets LANE_SLOTS + table_size
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct snapshot);
+} snapshots SEC(".maps");
+
+// A lane's gateway as this host reaches it. Two banks: userspace fills the
+// bank not in use, then swaps in a snapshot that names it.
+struct target {
+	__u8 dst_mac[ETH_ALEN_];
+	__u8 src_mac[ETH_ALEN_];
+	__u32 ifindex; // egress; 0: not resolved, pass to userspace
+	__be32 saddr, daddr;
+	__be16 dport;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * LANE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct target);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+// The canonical tuple as SipHash reads it (flowhash.Words).
+struct words {
+	__u64 w[5];
+};
+
+struct pin {
+	__u32 gen;
+	__u32 last_seen; // seconds
+	__u16 lane;
+	__u8 tcp;
+	__u8 pad[5];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 20); // the loader sets hash.pin_flows
+	__type(key, struct words);
+	__type(value, struct pin);
+} pins SEC(".maps");
+
+struct remote_key {
+	__u32 prefixlen;
+	__u8 addr[16]; // IPv4 as ::ffff:a.b.c.d
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct remote_key);
+	__type(value, __u8);
+} remote SEC(".maps");
+
+static __always_inline int count(__u32 r, int verdict)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &r);
+	if (c)
+		*c += 1;
+	return verdict;
+}
+
+#define ROTL(x, b) (__u64)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                               \
+	do {                                                                   \
+		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);     \
+		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                         \
+		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                         \
+		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);     \
+	} while (0)
+
+// sip13 is flowhash's SipHash-1-3 of the fixed 40-byte message.
+static __always_inline __u64 sip13(const struct words *m)
+{
+	__u64 v0 = key0 ^ 0x736f6d6570736575ULL;
+	__u64 v1 = key1 ^ 0x646f72616e646f6dULL;
+	__u64 v2 = key0 ^ 0x6c7967656e657261ULL;
+	__u64 v3 = key1 ^ 0x7465646279746573ULL;
+#pragma unroll
+	for (int i = 0; i < 5; i++) {
+		v3 ^= m->w[i];
+		SIPROUND;
+		v0 ^= m->w[i];
+	}
+	const __u64 last = 40ULL << 56;
+	v3 ^= last;
+	SIPROUND;
+	v0 ^= last;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+// canonical applies the hash mode and the symmetric order to the words
+// (flowhash.Hasher.Words). ports is the two ports as on the wire, loaded
+// little-endian; proto the transport protocol.
+static __always_inline void canonical(struct words *k, __u32 ports, __u8 proto)
+{
+	if (hash_mode >= 1)
+		ports = 0;
+	if (hash_mode >= 2)
+		proto = 0;
+	if (symmetric) {
+		__u64 s0 = bpf_be64_to_cpu(k->w[0]), d0 = bpf_be64_to_cpu(k->w[2]);
+		__u64 s1 = bpf_be64_to_cpu(k->w[1]), d1 = bpf_be64_to_cpu(k->w[3]);
+		__u16 sp = bpf_ntohs((__u16)ports), dp = bpf_ntohs((__u16)(ports >> 16));
+		int swap = s0 != d0 ? s0 > d0 : s1 != d1 ? s1 > d1 : sp > dp;
+		if (swap) {
+			__u64 t0 = k->w[0], t1 = k->w[1];
+			k->w[0] = k->w[2];
+			k->w[1] = k->w[3];
+			k->w[2] = t0;
+			k->w[3] = t1;
+			ports = (ports >> 16) | (ports << 16);
+		}
+	}
+	k->w[4] = (__u64)ports | (__u64)proto << 32;
+}
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+// l4_ports reads what the tuple takes from the transport header at l4,
+// which has avail bytes inside the IP packet (end is the frame's end, for
+// the verifier): the ports, or the ICMP echo identifier in both. It
+// returns a reason to pass the packet, or R_NUM.
+static __always_inline __u32 l4_ports(void *l4, void *end, __u32 avail, __u8 proto, int v6,
+				      __u32 *ports)
+{
+	*ports = 0;
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case PROTO_SCTP:
+		if (avail < 4 || l4 + 4 > end)
+			return R_MALFORMED;
+		*ports = *(__u32 *)l4;
+		return R_NUM;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		if ((proto == IPPROTO_ICMPV6) != v6)
+			return R_PROTO;
+		if (avail < 8 || l4 + 8 > end)
+			return R_MALFORMED;
+		__u8 type = *(__u8 *)l4;
+		__u16 id = *(__u16 *)(l4 + 4);
+		if (v6 ? (type == 128 || type == 129) : (type == 8 || type == 0)) {
+			*ports = (__u32)id | (__u32)id << 16;
+			return R_NUM;
+		}
+		if (v6 ? (type >= 1 && type <= 4) : (type == 3 || type == 11 || type == 12))
+			return R_ICMP_ERROR;
+		return R_NUM; // other ICMP: addresses and protocol only
+	}
+	}
+	return R_PROTO;
+}
+
+// choose returns the flow's lane: its pin while the pin's generation holds,
+// else the Maglev slot (then pinned). 0: no lane is up.
+static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int tcp, __u32 *bank)
+{
+	__u32 zero = 0;
+	__u32 *b = bpf_map_lookup_elem(snap, &zero);
+	if (!b)
+		return 0;
+	*bank = *b & 1;
+
+	__u32 now = (__u32)(bpf_ktime_get_coarse_ns() / 1000000000ULL);
+	struct pin *p = bpf_map_lookup_elem(&pins, k);
+	if (p) {
+		__u32 idle = p->tcp ? pin_tcp_idle : pin_other_idle;
+		__u32 lane = p->lane;
+		if ((__s32)(now - p->last_seen) <= (__s32)idle && lane > 0 && lane < LANE_SLOTS) {
+			__u32 *gen = bpf_map_lookup_elem(snap, &lane);
+			if (gen && *gen != 0 && *gen == p->gen) {
+				if (p->last_seen != now)
+					p->last_seen = now; // once a second per flow
+				return lane;
+			}
+		}
+	}
+	__u32 slot = LANE_SLOTS + (__u32)(sum % table_size);
+	__u32 *l = bpf_map_lookup_elem(snap, &slot);
+	if (!l || *l == 0 || *l >= LANE_SLOTS)
+		return 0;
+	__u32 lane = *l;
+	__u32 *gen = bpf_map_lookup_elem(snap, &lane);
+	struct pin np = {.gen = gen ? *gen : 0, .last_seen = now, .lane = lane, .tcp = tcp};
+	bpf_map_update_elem(&pins, k, &np, BPF_ANY);
+	return lane;
+}
+
+// encap pushes outer Ethernet, IPv4, UDP and GENEVE in front of the inner
+// packet of inner_len bytes (which starts after the Ethernet header).
+static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u32 inner_len,
+				 __be16 inner_proto, __u64 sum)
+{
+	if (bpf_xdp_adjust_head(ctx, -(int)ENCAP4_LEN))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u8 *udp = (void *)(ip + 1);
+	__u8 *gnv = udp + 8;
+	if ((void *)(gnv + GENEVE_LEN) > end)
+		return -1;
+
+	__builtin_memcpy(eth->h_dest, t->dst_mac, ETH_ALEN_);
+	__builtin_memcpy(eth->h_source, t->src_mac, ETH_ALEN_);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+
+	__u16 tot = sizeof(*ip) + 8 + GENEVE_LEN + inner_len;
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(tot);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(0x4000); // DF, as the kernel's UDP sockets send
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = t->saddr;
+	ip->daddr = t->daddr;
+	__u32 csum = 0;
+	__u16 *w = (__u16 *)ip;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		csum += w[i];
+	ip->check = csum_fold(csum);
+
+	// The source port spreads flows for receive-side scaling (RFC 8926
+	// section 3.3): the top 14 bits of the flow hash, in 49152..65535.
+	*(__be16 *)udp = bpf_htons(0xc000 | (__u16)(sum >> 50));
+	*(__be16 *)(udp + 2) = t->dport;
+	*(__be16 *)(udp + 4) = bpf_htons(8 + GENEVE_LEN + inner_len);
+	*(__u16 *)(udp + 6) = 0; // no checksum over IPv4 (RFC 8926 section 3.3)
+
+	gnv[0] = 0; // version 0, no options
+	gnv[1] = 0; // not OAM, no critical options
+	*(__be16 *)(gnv + 2) = inner_proto;
+	*(__be32 *)(gnv + 4) = bpf_htonl(vni << 8);
+	return 0;
+}
+
+// flow is what parse finds in a frame.
+struct flow {
+	struct words k; // canonical words, after canonical()
+	__u64 sum;      // their SipHash-1-3
+	__u32 inner_len; // the IP packet's length, without link padding
+	__u8 proto;
+	__u8 v6;
+};
+
+// parse reads the frame at ctx into f and hashes it. It returns R_NUM
+// for a packet this program forwards, else the reason to pass it up.
+// check_dst: the Ethernet and IP destinations must be ours and remote
+// (off only for xdp_hash, which checks the hash vectors).
+static __always_inline __u32 parse(struct xdp_md *ctx, struct flow *f, int check_dst)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return R_NOT_IP;
+	if (check_dst &&
+	    (eth->h_dest[0] != ingress_mac[0] || eth->h_dest[1] != ingress_mac[1] ||
+	     eth->h_dest[2] != ingress_mac[2] || eth->h_dest[3] != ingress_mac[3] ||
+	     eth->h_dest[4] != ingress_mac[4] || eth->h_dest[5] != ingress_mac[5]))
+		return R_NOT_OURS;
+
+	struct remote_key rk = {.prefixlen = 128};
+	void *l3 = eth + 1;
+	__u32 ports, r;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end || ip->version != 4)
+			return R_MALFORMED;
+		rk.addr[10] = 0xff;
+		rk.addr[11] = 0xff;
+		*(__u32 *)&rk.addr[12] = ip->daddr;
+		if (check_dst && !bpf_map_lookup_elem(&remote, &rk))
+			return R_NOT_REMOTE;
+		if (ip->ihl != 5)
+			return ip->ihl < 5 ? R_MALFORMED : R_IP_OPTIONS;
+		f->inner_len = bpf_ntohs(ip->tot_len);
+		if (f->inner_len < sizeof(*ip) || l3 + f->inner_len > end)
+			return R_MALFORMED;
+		if (ip->frag_off & bpf_htons(0x3fff))
+			return R_FRAGMENT;
+		f->proto = ip->protocol;
+		f->k.w[1] = 0xffff0000ULL | (__u64)ip->saddr << 32;
+		f->k.w[3] = 0xffff0000ULL | (__u64)ip->daddr << 32;
+		r = l4_ports(ip + 1, end, f->inner_len - sizeof(*ip), f->proto, 0, &ports);
+		if (r != R_NUM)
+			return r;
+		if (ip->ttl <= 1)
+			return R_TTL;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end || ip6->version != 6)
+			return R_MALFORMED;
+		__builtin_memcpy(rk.addr, &ip6->daddr, 16);
+		if (check_dst && !bpf_map_lookup_elem(&remote, &rk))
+			return R_NOT_REMOTE;
+		__u32 plen = bpf_ntohs(ip6->payload_len);
+		f->inner_len = sizeof(*ip6) + plen;
+		if (plen == 0 || l3 + f->inner_len > end)
+			return R_MALFORMED;
+		f->proto = ip6->nexthdr;
+		switch (f->proto) {
+		case 0:  // hop-by-hop options
+		case 43: // routing
+		case 60: // destination options
+			return R_IPV6_EXT;
+		case 44:
+			return R_FRAGMENT;
+		}
+		__builtin_memcpy(&f->k.w[0], &ip6->saddr, 16);
+		__builtin_memcpy(&f->k.w[2], &ip6->daddr, 16);
+		f->v6 = 1;
+		r = l4_ports(ip6 + 1, end, plen, f->proto, 1, &ports);
+		if (r != R_NUM)
+			return r;
+		if (ip6->hop_limit <= 1)
+			return R_TTL;
+	} else {
+		return R_NOT_IP;
+	}
+	canonical(&f->k, ports, f->proto);
+	f->sum = sip13(&f->k);
+	return R_NUM;
+}
+
+SEC("xdp")
+int xdp_demux(struct xdp_md *ctx)
+{
+	struct flow f = {};
+	__u32 r = parse(ctx, &f, 1);
+	if (r != R_NUM)
+		return count(r, XDP_PASS);
+	if (f.inner_len > lane_mtu)
+		return count(R_TOO_BIG, XDP_PASS);
+
+	__u32 zero = 0;
+	void *snap = bpf_map_lookup_elem(&snapshots, &zero);
+	if (!snap)
+		return count(R_NO_SNAPSHOT, XDP_PASS);
+	__u32 bank = 0;
+	__u32 lane = choose(snap, &f.k, f.sum, f.proto == IPPROTO_TCP, &bank);
+	if (lane == 0)
+		return count(R_NO_LANE, XDP_DROP);
+	__u32 ti = bank * LANE_SLOTS + lane;
+	struct target *t = bpf_map_lookup_elem(&targets, &ti);
+	if (!t || t->ifindex == 0)
+		return count(R_NO_TARGET, XDP_PASS);
+
+	// Forward as a router does: decrement TTL (RFC 1624 incremental
+	// checksum, as the kernel's ip_decrease_ttl) or hop limit.
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (f.v6) {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > end)
+			return count(R_MALFORMED, XDP_PASS);
+		ip6->hop_limit--;
+	} else {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > end)
+			return count(R_MALFORMED, XDP_PASS);
+		__u32 check = ip->check;
+		check += bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl--;
+	}
+	// Drop the Ethernet padding of short frames: the inner packet ends
+	// where its IP length says.
+	int extra = (int)(end - data) - (int)(sizeof(struct ethhdr) + f.inner_len);
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return count(R_ENCAP_FAILED, XDP_DROP);
+	if (encap(ctx, t, f.inner_len, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), f.sum))
+		return count(R_ENCAP_FAILED, XDP_DROP);
+
+	struct lane_counter *lc = bpf_map_lookup_elem(&lane_stats, &lane);
+	if (lc) {
+		lc->packets++;
+		lc->bytes += f.inner_len;
+	}
+	if (t->ifindex == ctx->ingress_ifindex)
+		return count(R_TX, XDP_TX);
+	count(R_REDIRECT, 0);
+	return bpf_redirect_map(&tx_ports, t->ifindex, 0);
+}
+
+// hash_out receives xdp_hash's result: the flow hash, and the canonical
+// words it hashed.
+struct hash_result {
+	__u64 sum;
+	struct words k;
+	__u32 reason;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hash_result);
+} hash_out SEC(".maps");
+
+// xdp_hash is for tests only (BPF_PROG_TEST_RUN, never attached): it runs
+// the data path's parse and hash on a frame and stores the result, so
+// the Go tests can hold the BPF hash to testdata/flowhash-vectors.json.
+SEC("xdp")
+int xdp_hash(struct xdp_md *ctx)
+{
+	struct flow f = {};
+	struct hash_result res = {};
+	__u32 zero = 0;
+	res.reason = parse(ctx, &f, 0);
+	res.sum = f.sum;
+	res.k = f.k;
+	bpf_map_update_elem(&hash_out, &zero, &res, BPF_ANY);
+	return XDP_PASS;
+}
+
+// xdp_pass lets frames through: native XDP on a veth delivers XDP_TX and
+// redirected frames only to a peer that runs an XDP program, so the
+// demux's LAN peer runs this one.
+SEC("xdp")
+int xdp_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}

@@ -1,0 +1,323 @@
+//go:build linux
+
+// Package xdp is the demux's fast path: an XDP program (demux.c) that
+// takes the packets the local network sends to the remote prefixes in the
+// driver and sends each inside GENEVE to its lane's gateway, choosing the
+// lane exactly as the userspace demux does (flowhash). What flows through:
+//
+//	selector snapshot + resolved gateways (Publish) -> one inner map swap
+//	frames on the LAN interface -> xdp_demux -> XDP_TX / redirect to a
+//	gateway, or XDP_PASS to the kernel (and so to the userspace demux)
+//	per-CPU counters -> Counters, Status, Prometheus
+//
+// The userspace demux stays: it takes what the program passes up
+// (fragments, options, ICMP errors, packets over the MTU, lanes whose
+// gateway has no resolved MAC) and runs alone where XDP is off.
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// laneSlots is LANE_SLOTS in demux.c: the snapshot map's per-lane part.
+const laneSlots = flowhash.MaxLaneID + 1
+
+// Mode is how the program is attached.
+type Mode string
+
+const (
+	Native  Mode = "native"  // in the driver; falls back to generic
+	Generic Mode = "generic" // in the kernel's receive path, any interface
+	Off     Mode = "off"     // userspace demux only
+)
+
+// ParseMode reads --xdp.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case Native, Generic, Off:
+		return m, nil
+	}
+	return "", fmt.Errorf("--xdp %q: want native, generic or off", s)
+}
+
+// Config is what the program needs to choose as the Go demux does.
+type Config struct {
+	Key        flowhash.Key
+	HashMode   flowhash.Mode
+	Symmetric  bool
+	TableSize  uint32 // flowhash.DefaultTableSize if zero
+	PinFlows   int    // LRU pin map size; flowhash.DefaultPinCapacity if zero
+	MTU        int    // largest inner packet a lane carries
+	VNI        uint32
+	Remote     []netip.Prefix   // destinations the program handles; others pass
+	IngressMAC net.HardwareAddr // the attached interface's address
+}
+
+// Target is a lane's gateway as this host reaches it.
+type Target struct {
+	Lane    flowhash.LaneID
+	Ifindex int // egress interface; 0: unresolved, the lane's packets go to userspace
+	SrcMAC  net.HardwareAddr
+	DstMAC  net.HardwareAddr
+	Src     netip.Addr     // this host's address toward the gateway (IPv4)
+	Dst     netip.AddrPort // the gateway's GENEVE address (IPv4)
+}
+
+// Program is the loaded XDP program and its maps.
+type Program struct {
+	objs      demuxObjects
+	innerSpec *ebpf.MapSpec
+	tableSize uint32
+
+	mu        sync.Mutex
+	bank      uint32               // target bank of the snapshot in use
+	written   [2][]flowhash.LaneID // lanes with a target in each bank
+	ports     map[int]bool         // interfaces in tx_ports
+	published uint64               // snapshot version in the map
+	targets   []Target             // as last published
+	lanes     []flowhash.LaneID    // lanes of the last snapshot, for counters
+	link      link.Link
+	attached  Attachment
+}
+
+// Attachment says where and how the program runs.
+type Attachment struct {
+	Interface string `json:"interface"`
+	Ifindex   int    `json:"ifindex"`
+	Mode      Mode   `json:"mode"`
+}
+
+// Load loads the program and its maps into the kernel, configured from
+// cfg. It does not attach it.
+func Load(cfg Config) (*Program, error) {
+	if cfg.TableSize == 0 {
+		cfg.TableSize = flowhash.DefaultTableSize
+	}
+	if cfg.PinFlows == 0 {
+		cfg.PinFlows = flowhash.DefaultPinCapacity
+	}
+	if len(cfg.IngressMAC) != 6 {
+		return nil, fmt.Errorf("xdp: ingress MAC %q: want 6 bytes", cfg.IngressMAC)
+	}
+	if err := flowhash.CheckTableSize(cfg.TableSize, 0); err != nil {
+		return nil, err
+	}
+	spec, err := loadDemux()
+	if err != nil {
+		return nil, err
+	}
+	h := flowhash.NewHasher(cfg.Key, cfg.HashMode, cfg.Symmetric)
+	k0, k1 := h.KeyWords()
+	sym := uint32(0)
+	if cfg.Symmetric {
+		sym = 1
+	}
+	set := []struct {
+		name string
+		v    any
+	}{
+		{"key0", k0}, {"key1", k1}, {"table_size", cfg.TableSize},
+		{"hash_mode", uint32(cfg.HashMode)}, {"symmetric", sym},
+		{"lane_mtu", uint32(cfg.MTU)}, {"vni", cfg.VNI},
+		{"pin_tcp_idle", uint32(flowhash.DefaultTCPIdle.Seconds())},
+		{"pin_other_idle", uint32(flowhash.DefaultOtherIdle.Seconds())},
+		{"ingress_mac", [6]byte(cfg.IngressMAC)},
+	}
+	for _, s := range set {
+		if err := spec.Variables[s.name].Set(s.v); err != nil {
+			return nil, fmt.Errorf("xdp: set %s: %w", s.name, err)
+		}
+	}
+	spec.Maps["pins"].MaxEntries = uint32(cfg.PinFlows)
+	inner := spec.Maps["snapshots"].InnerMap
+	inner.MaxEntries = laneSlots + cfg.TableSize
+	p := &Program{innerSpec: inner.Copy(), tableSize: cfg.TableSize, ports: map[int]bool{}}
+	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("xdp: load program: %+v", ve)
+		}
+		return nil, fmt.Errorf("xdp: load program: %w", err)
+	}
+	for _, pfx := range cfg.Remote {
+		if err := p.objs.Remote.Put(remoteKey(pfx), uint8(1)); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("xdp: remote prefix %s: %w", pfx, err)
+		}
+	}
+	return p, nil
+}
+
+// remoteKey is a prefix as the program's LPM trie holds it: IPv4 mapped
+// into IPv6, as the tuple's addresses are.
+func remoteKey(p netip.Prefix) demuxRemoteKey {
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return demuxRemoteKey{Prefixlen: uint32(bits), Addr: p.Masked().Addr().As16()}
+}
+
+// Attach attaches the program to ifname. Native mode falls back to
+// generic (with a log line) where the driver has no XDP support.
+func (p *Program) Attach(ifname string, mode Mode, log *slog.Logger) (Attachment, error) {
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return Attachment{}, fmt.Errorf("xdp: interface %s: %w", ifname, err)
+	}
+	flags := link.XDPGenericMode
+	if mode == Native {
+		flags = link.XDPDriverMode
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: p.objs.XdpDemux, Interface: iface.Index, Flags: flags})
+	if err != nil && mode == Native {
+		log.Warn("xdp: native mode not available; attaching in generic mode (slower; senders must not use TSO/GSO toward this interface)",
+			"interface", ifname, "err", err)
+		mode = Generic
+		l, err = link.AttachXDP(link.XDPOptions{Program: p.objs.XdpDemux, Interface: iface.Index, Flags: link.XDPGenericMode})
+	}
+	if err != nil {
+		return Attachment{}, fmt.Errorf("xdp: attach to %s: %w", ifname, err)
+	}
+	p.mu.Lock()
+	p.link = l
+	p.attached = Attachment{Interface: ifname, Ifindex: iface.Index, Mode: mode}
+	p.mu.Unlock()
+	return p.attached, nil
+}
+
+// Close detaches the program and releases its maps.
+func (p *Program) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	if p.link != nil {
+		errs = append(errs, p.link.Close())
+		p.link = nil
+	}
+	errs = append(errs, p.objs.Close())
+	return errors.Join(errs...)
+}
+
+// DemuxProgram is the XDP program, for BPF_PROG_TEST_RUN in tests.
+func (p *Program) DemuxProgram() *ebpf.Program { return p.objs.XdpDemux }
+
+// PassProgram is a program that passes every frame: native XDP on a veth
+// delivers XDP_TX'd frames only to a peer that runs an XDP program.
+func (p *Program) PassProgram() *ebpf.Program { return p.objs.XdpPass }
+
+// Published is the selector snapshot version the maps hold.
+func (p *Program) Published() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.published
+}
+
+// Publish makes the program choose from snap and send to targets. It
+// writes the target bank not in use, then swaps in a new snapshot map
+// naming it: packets see the old lane set or the new, never a mix. A lane
+// without a target (or an unresolved one) has its packets passed up.
+func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if snap.Table.Size() != int(p.tableSize) {
+		return fmt.Errorf("xdp: snapshot table has %d slots, the program %d", snap.Table.Size(), p.tableSize)
+	}
+	bank := p.bank ^ 1
+	var written []flowhash.LaneID
+	for _, t := range targets {
+		v, err := t.value()
+		if err != nil {
+			return err
+		}
+		if v.Ifindex != 0 && v.Ifindex != uint32(p.attached.Ifindex) && !p.ports[t.Ifindex] {
+			if err := p.objs.TxPorts.Put(uint32(t.Ifindex), uint32(t.Ifindex)); err != nil {
+				return fmt.Errorf("xdp: redirect port %d: %w", t.Ifindex, err)
+			}
+			p.ports[t.Ifindex] = true
+		}
+		if err := p.objs.Targets.Put(bank*laneSlots+uint32(t.Lane), v); err != nil {
+			return fmt.Errorf("xdp: lane %d target: %w", t.Lane, err)
+		}
+		written = append(written, t.Lane)
+	}
+	for _, id := range p.written[bank] {
+		if !slices.Contains(written, id) {
+			if err := p.objs.Targets.Put(bank*laneSlots+uint32(id), demuxTarget{}); err != nil {
+				return fmt.Errorf("xdp: clear lane %d target: %w", id, err)
+			}
+		}
+	}
+
+	n := laneSlots + p.tableSize
+	keys := make([]uint32, n)
+	vals := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	vals[0] = bank
+	lanes := make([]flowhash.LaneID, 0, len(snap.Lanes))
+	for _, l := range snap.Lanes {
+		vals[l.ID] = snap.Gen(l.ID)
+		lanes = append(lanes, l.ID)
+	}
+	for i, id := range snap.Table.Slots() {
+		vals[laneSlots+i] = uint32(id)
+	}
+	inner, err := ebpf.NewMap(p.innerSpec)
+	if err != nil {
+		return fmt.Errorf("xdp: snapshot map: %w", err)
+	}
+	defer inner.Close() // the outer map holds its own reference
+	if _, err := inner.BatchUpdate(keys, vals, nil); err != nil {
+		return fmt.Errorf("xdp: fill snapshot: %w", err)
+	}
+	if err := p.objs.Snapshots.Put(uint32(0), inner); err != nil {
+		return fmt.Errorf("xdp: swap snapshot: %w", err)
+	}
+	p.bank, p.written[bank], p.published = bank, written, snap.Version
+	p.targets, p.lanes = slices.Clone(targets), lanes
+	return nil
+}
+
+func (t Target) value() (demuxTarget, error) {
+	var v demuxTarget
+	if t.Lane == 0 || t.Lane > flowhash.MaxLaneID {
+		return v, fmt.Errorf("xdp: lane id %d out of range", t.Lane)
+	}
+	if t.Ifindex == 0 {
+		return v, nil
+	}
+	if len(t.SrcMAC) != 6 || len(t.DstMAC) != 6 || !t.Src.Is4() || !t.Dst.Addr().Is4() {
+		return v, fmt.Errorf("xdp: lane %d target: want IPv4 addresses and 6-byte MACs, have %s -> %s (%s -> %s)",
+			t.Lane, t.Src, t.Dst, t.SrcMAC, t.DstMAC)
+	}
+	v.Ifindex = uint32(t.Ifindex)
+	copy(v.SrcMac[:], t.SrcMAC)
+	copy(v.DstMac[:], t.DstMAC)
+	s, d := t.Src.As4(), t.Dst.Addr().As4()
+	v.Saddr = nativeU32(s)
+	v.Daddr = nativeU32(d)
+	v.Dport = nativeU16(t.Dst.Port())
+	return v, nil
+}
+
+// nativeU32 is a.b.c.d as the program reads it from the packet: network
+// byte order in memory (the generated struct holds it as a native uint32).
+func nativeU32(b [4]byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+// nativeU16 is a port in network byte order in memory.
+func nativeU16(port uint16) uint16 { return port>>8 | port<<8 }

@@ -1,0 +1,388 @@
+//go:build linux
+
+package xdp
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+var (
+	hostA  = net.IP{10, 1, 0, 10}
+	hostB  = net.IP{10, 2, 0, 10}
+	hostA6 = net.ParseIP("fd00:a::10")
+	hostB6 = net.ParseIP("fd00:b::10")
+)
+
+func ip4(src, dst net.IP, proto layers.IPProtocol, ttl uint8) *layers.IPv4 {
+	return &layers.IPv4{Version: 4, TTL: ttl, Protocol: proto, Flags: layers.IPv4DontFragment, SrcIP: src, DstIP: dst}
+}
+
+func ip6(src, dst net.IP, next layers.IPProtocol, hop uint8) *layers.IPv6 {
+	return &layers.IPv6{Version: 6, HopLimit: hop, NextHeader: next, SrcIP: src, DstIP: dst}
+}
+
+func tcp4(t testing.TB, sport, dport uint16, n int) []byte {
+	ip := ip4(hostA, hostB, layers.IPProtocolTCP, 64)
+	tc := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 1, ACK: true, Window: 512}
+	tc.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, tc, gopacket.Payload(make([]byte, n)))
+}
+
+func udp4(t testing.TB, sport, dport uint16, n int) []byte {
+	ip := ip4(hostA, hostB, layers.IPProtocolUDP, 64)
+	u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	u.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, u, gopacket.Payload(make([]byte, n)))
+}
+
+func tcp6(t testing.TB, sport, dport uint16, n int) []byte {
+	ip := ip6(hostA6, hostB6, layers.IPProtocolTCP, 64)
+	tc := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), Seq: 1, ACK: true, Window: 512}
+	tc.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, tc, gopacket.Payload(make([]byte, n)))
+}
+
+func udp6(t testing.TB, sport, dport uint16, n int) []byte {
+	ip := ip6(hostA6, hostB6, layers.IPProtocolUDP, 64)
+	u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	u.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, u, gopacket.Payload(make([]byte, n)))
+}
+
+func echo4(t testing.TB, id uint16) []byte {
+	return serialize(t, ip4(hostA, hostB, layers.IPProtocolICMPv4, 64),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: id, Seq: 1}, gopacket.Payload(make([]byte, 56)))
+}
+
+func echo6(t testing.TB, id uint16) []byte {
+	ip := ip6(hostA6, hostB6, layers.IPProtocolICMPv6, 64)
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(128, 0)}
+	ic.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, ic, &layers.ICMPv6Echo{Identifier: id, SeqNumber: 1}, gopacket.Payload(make([]byte, 56)))
+}
+
+// unreach4 is an ICMP error from host-a about a packet host-b sent it.
+func unreach4(t testing.TB) []byte {
+	quoted := udp4(t, 7000, 5000, 8)
+	copy(quoted[12:16], hostB)
+	copy(quoted[16:20], hostA)
+	return serialize(t, ip4(hostA, hostB, layers.IPProtocolICMPv4, 64),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quoted[:28]))
+}
+
+func tooBig6(t testing.TB) []byte {
+	quoted := udp6(t, 7000, 5000, 8)
+	ip := ip6(hostA6, hostB6, layers.IPProtocolICMPv6, 64)
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(2, 0)}
+	ic.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, ic, gopacket.Payload(append([]byte{0, 0, 5, 0}, quoted[:48]...)))
+}
+
+func frag4(t testing.TB, offset uint16, more bool) []byte {
+	ip := ip4(hostA, hostB, layers.IPProtocolUDP, 64)
+	ip.Flags = 0
+	if more {
+		ip.Flags = layers.IPv4MoreFragments
+	}
+	ip.FragOffset = offset
+	return serialize(t, ip, gopacket.Payload(make([]byte, 64)))
+}
+
+func frag6(t testing.TB) []byte {
+	ip := ip6(hostA6, hostB6, layers.IPProtocolIPv6Fragment, 64)
+	fr := []byte{byte(layers.IPProtocolUDP), 0, 0, 1, 0, 0, 0, 7} // offset 0, M set
+	return serialize(t, ip, gopacket.Payload(append(fr, make([]byte, 64)...)))
+}
+
+func options4(t testing.TB) []byte {
+	ip := ip4(hostA, hostB, layers.IPProtocolUDP, 64)
+	ip.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}} // NOP NOP NOP EOL
+	u := &layers.UDP{SrcPort: 1, DstPort: 2}
+	u.SetNetworkLayerForChecksum(ip)
+	return serialize(t, ip, u, gopacket.Payload(make([]byte, 16)))
+}
+
+func hopByHop6(t testing.TB) []byte {
+	ip := ip6(hostA6, hostB6, layers.IPProtocolIPv6HopByHop, 64)
+	hbh := []byte{byte(layers.IPProtocolUDP), 0, 1, 4, 0, 0, 0, 0} // PadN
+	udp := []byte{0, 1, 0, 2, 0, 16, 0, 0}
+	return serialize(t, ip, gopacket.Payload(append(append(hbh, udp...), make([]byte, 8)...)))
+}
+
+func gre4(t testing.TB) []byte {
+	return serialize(t, ip4(hostA, hostB, layers.IPProtocolGRE, 64), gopacket.Payload(make([]byte, 24)))
+}
+
+func withTTL(pkt []byte, ttl uint8) []byte {
+	p := append([]byte(nil), pkt...)
+	if p[0]>>4 == 6 {
+		p[7] = ttl
+		return p
+	}
+	p[8] = ttl
+	binary.BigEndian.PutUint16(p[10:12], 0)
+	binary.BigEndian.PutUint16(p[10:12], inetsum.Checksum(p[:20], 0))
+	return p
+}
+
+func withDst(pkt []byte, dst net.IP) []byte {
+	p := append([]byte(nil), pkt...)
+	if p[0]>>4 == 6 {
+		copy(p[24:40], dst.To16())
+		return p
+	}
+	copy(p[16:20], dst.To4())
+	return p
+}
+
+// TestFixtures runs the program on one packet of each kind and checks its
+// verdict, its counter, and for what it sends, the whole frame against the
+// userspace demux's.
+func TestFixtures(t *testing.T) {
+	cfg := Config{Key: testKey, Symmetric: true}
+	p := loadTest(t, cfg)
+	sel := newSelector(t, cfg, 1, 2, 3)
+	if err := p.Publish(sel.Snapshot(), testTargets(1, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	g := newGoDemux(t, newSelector(t, cfg, 1, 2, 3), 1, 2, 3)
+
+	send := []struct {
+		name string
+		pkt  []byte
+	}{
+		{"ipv4-tcp", tcp4(t, 40000, 5201, 100)},
+		{"ipv4-tcp-1400", tcp4(t, 40001, 5201, 1360)},
+		{"ipv4-tcp-short-padded", tcp4(t, 40002, 5201, 0)},
+		{"ipv4-udp", udp4(t, 40000, 5201, 100)},
+		{"ipv4-udp-mtu", udp4(t, 40003, 5201, testMTU-28)},
+		{"ipv6-tcp", tcp6(t, 40000, 5201, 100)},
+		{"ipv6-udp", udp6(t, 40000, 5201, 1000)},
+		{"ipv4-icmp-echo", echo4(t, 77)},
+		{"ipv6-icmp-echo", echo6(t, 77)},
+		{"ipv4-ttl-2", withTTL(udp4(t, 1, 2, 10), 2)},
+	}
+	for _, c := range send {
+		t.Run(c.name, func(t *testing.T) {
+			before := counts(t, p)
+			verdict, out := run(t, p.DemuxProgram(), eth(c.pkt))
+			if verdict != xdpTX {
+				t.Fatalf("verdict %d, want XDP_TX (%d); counters moved: %v", verdict, xdpTX, diff(before, counts(t, p)))
+			}
+			if d := diff(before, counts(t, p)); d["tx"] != 1 || len(d) != 1 {
+				t.Errorf("counters moved %v, want tx +1", d)
+			}
+			to, want, ok := g.forward(kernelForward(c.pkt), 1)
+			if !ok {
+				t.Fatal("the Go demux did not forward it")
+			}
+			checkEncap(t, out, c.pkt, to, want, cfg)
+		})
+	}
+
+	pass := []struct {
+		name, reason string
+		frame        []byte
+	}{
+		{"ipv4-icmp-error", "icmp_error", eth(unreach4(t))},
+		{"ipv6-packet-too-big", "icmp_error", eth(tooBig6(t))},
+		{"ipv4-first-fragment", "fragment", eth(frag4(t, 0, true))},
+		{"ipv4-later-fragment", "fragment", eth(frag4(t, 8, false))},
+		{"ipv6-fragment", "fragment", eth(frag6(t))},
+		{"ipv4-options", "ip_options", eth(options4(t))},
+		{"ipv6-hop-by-hop", "ipv6_ext", eth(hopByHop6(t))},
+		{"ipv4-gre", "proto", eth(gre4(t))},
+		{"ipv4-ttl-1", "ttl", eth(withTTL(udp4(t, 1, 2, 10), 1))},
+		{"ipv6-hop-limit-1", "ttl", eth(withTTL(udp6(t, 1, 2, 10), 1))},
+		{"ipv4-over-mtu", "too_big", eth(udp4(t, 1, 2, testMTU-27))},
+		{"ipv4-not-remote", "not_remote", eth(withDst(udp4(t, 1, 2, 10), net.IP{10, 1, 0, 2}))},
+		{"ipv6-not-remote", "not_remote", eth(withDst(udp6(t, 1, 2, 10), net.ParseIP("fd00:c::1")))},
+		{"other-mac", "not_ours", append([]byte{0x02, 0, 0, 0, 0, 9}, eth(udp4(t, 1, 2, 10))[6:]...)},
+		{"broadcast-arp", "not_ours", append(bytes.Repeat([]byte{0xff}, 6), make([]byte, 54)...)},
+		{"arp-to-us", "not_ip", append(append([]byte(ourMAC), 2, 0, 0, 0, 0, 1, 0x08, 0x06), make([]byte, 46)...)},
+		{"vlan", "not_ip", append(append([]byte(ourMAC), 2, 0, 0, 0, 0, 1, 0x81, 0x00), make([]byte, 46)...)},
+		{"ipv4-truncated-header", "malformed", eth(udp4(t, 1, 2, 10))[:14+16]},
+		{"ipv4-total-length-beyond-frame", "malformed", truncate(eth(udp4(t, 1, 2, 100)), 14+60)},
+		{"ipv4-version-6-in-ipv4-frame", "malformed", ethType(udp6(t, 1, 2, 10), 0x0800)},
+		{"ipv4-udp-no-ports", "malformed", eth(withLen4(udp4(t, 1, 2, 10), 22))},
+		{"ipv6-jumbo-length-0", "malformed", eth(withLen6(udp6(t, 1, 2, 10), 0))},
+		{"ipv4-icmp-short", "malformed", eth(withLen4(echo4(t, 1), 24))},
+	}
+	for _, c := range pass {
+		t.Run(c.name, func(t *testing.T) {
+			before := counts(t, p)
+			verdict, out := run(t, p.DemuxProgram(), c.frame)
+			if verdict != xdpPass {
+				t.Fatalf("verdict %d, want XDP_PASS", verdict)
+			}
+			if !bytes.Equal(out, c.frame) {
+				t.Errorf("a passed frame changed:\n got % x\nwant % x", out, c.frame)
+			}
+			if d := diff(before, counts(t, p)); d[c.reason] != 1 || len(d) != 1 {
+				t.Errorf("counters moved %v, want %s +1", d, c.reason)
+			}
+		})
+	}
+}
+
+func ethType(pkt []byte, typ uint16) []byte {
+	f := eth(pkt)
+	binary.BigEndian.PutUint16(f[12:14], typ)
+	return f
+}
+
+func truncate(f []byte, n int) []byte { return append([]byte(nil), f[:n]...) }
+
+func withLen4(pkt []byte, n int) []byte {
+	p := append([]byte(nil), pkt[:n]...)
+	binary.BigEndian.PutUint16(p[2:4], uint16(n))
+	return p
+}
+
+func withLen6(pkt []byte, n int) []byte {
+	p := append([]byte(nil), pkt...)
+	binary.BigEndian.PutUint16(p[4:6], uint16(n))
+	return p
+}
+
+func counts(t testing.TB, p *Program) map[string]uint64 {
+	t.Helper()
+	c, err := p.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Reasons
+}
+
+func diff(before, after map[string]uint64) map[string]uint64 {
+	d := map[string]uint64{}
+	for k, v := range after {
+		if v != before[k] {
+			d[k] = v - before[k]
+		}
+	}
+	return d
+}
+
+// checkEncap checks an XDP_TX'd frame: the outer headers, and that its
+// GENEVE payload is byte for byte what the Go demux sent, to the same
+// gateway.
+func checkEncap(t testing.TB, out, inner []byte, goTo netip.AddrPort, goFrame []byte, cfg Config) {
+	t.Helper()
+	e := decodeEncap(t, out)
+	to := netip.AddrPortFrom(netip.AddrFrom4([4]byte(e.ip.DstIP.To4())), uint16(e.udp.DstPort))
+	if to != goTo {
+		t.Fatalf("XDP sent to %s, the Go demux to %s", to, goTo)
+	}
+	lane := flowhash.LaneID(e.ip.DstIP.To4()[3] - 20)
+	if !bytes.Equal(e.eth.DstMAC, gwMAC(lane)) || !bytes.Equal(e.eth.SrcMAC, ourMAC) || e.eth.EthernetType != layers.EthernetTypeIPv4 {
+		t.Errorf("ethernet %s -> %s type %s, want %s -> %s IPv4", e.eth.SrcMAC, e.eth.DstMAC, e.eth.EthernetType, ourMAC, gwMAC(lane))
+	}
+	if !e.ip.SrcIP.Equal(ourAddr.AsSlice()) || e.ip.TTL != 64 || e.ip.Flags != layers.IPv4DontFragment ||
+		e.ip.IHL != 5 || e.ip.Protocol != layers.IPProtocolUDP || int(e.ip.Length) != len(out)-14 {
+		t.Errorf("outer IPv4 %+v", e.ip)
+	}
+	if inetsum.Checksum(out[14:34], 0) != 0 {
+		t.Errorf("outer IPv4 checksum %#04x is wrong", e.ip.Checksum)
+	}
+	var tu flowhash.Tuple
+	if d := tu.Decode(inner); d != flowhash.DropNone {
+		t.Fatalf("inner packet: %s", d)
+	}
+	sum := flowhash.NewHasher(cfg.Key, cfg.HashMode, cfg.Symmetric).Sum(&tu)
+	if want := 0xc000 | uint16(sum>>50); uint16(e.udp.SrcPort) != want || e.udp.Checksum != 0 || int(e.udp.Length) != len(out)-34 {
+		t.Errorf("outer UDP %d -> %d len %d csum %#x, want source port %d, length %d, no checksum",
+			e.udp.SrcPort, e.udp.DstPort, e.udp.Length, e.udp.Checksum, want, len(out)-34)
+	}
+	if len(out) != 14+ENCAP4+len(inner) {
+		t.Errorf("frame of %d bytes for a %d-byte packet, want %d", len(out), len(inner), 14+ENCAP4+len(inner))
+	}
+	if !bytes.Equal(e.geneve, goFrame) {
+		t.Errorf("GENEVE payload differs from the Go demux's:\n xdp % x\n  go % x", e.geneve, goFrame)
+	}
+}
+
+// ENCAP4 is what the program puts between Ethernet and the inner packet.
+const ENCAP4 = 20 + 8 + 8
+
+// TestHashVectors holds the program's parse and hash to
+// testdata/flowhash-vectors.json: every packet the program hashes must
+// give the vector's hash, and every packet the Go decoder refuses must be
+// left to the kernel.
+func TestHashVectors(t *testing.T) {
+	b, err := os.ReadFile("../../testdata/flowhash-vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vf struct {
+		Hashes []struct {
+			Name, Packet, Key, Mode, Drop, Hash string
+			Symmetric                           bool
+		} `json:"hashes"`
+	}
+	if err := json.Unmarshal(b, &vf); err != nil {
+		t.Fatal(err)
+	}
+	progs := map[string]*Program{}
+	hashed, passed := 0, map[string]int{}
+	for _, v := range vf.Hashes {
+		key, err := flowhash.ParseKey(v.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mode, err := flowhash.ParseMode(v.Mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := v.Key + v.Mode + map[bool]string{true: "s"}[v.Symmetric]
+		p := progs[id]
+		if p == nil {
+			p = loadTest(t, Config{Key: key, HashMode: mode, Symmetric: v.Symmetric})
+			progs[id] = p
+		}
+		pkt, err := hex.DecodeString(v.Packet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pkt) == 0 {
+			continue // an empty frame is not an IP packet at all
+		}
+		run(t, p.objs.XdpHash, eth(pkt))
+		var res demuxHashResult
+		if err := p.objs.HashOut.Lookup(uint32(0), &res); err != nil {
+			t.Fatal(err)
+		}
+		reason := reasonNames[min(int(res.Reason), len(reasonNames)-1)]
+		if res.Reason == uint32(len(reasonNames)) { // R_NUM: hashed
+			reason = "hashed"
+		}
+		switch {
+		case reason == "hashed" && v.Drop != "none":
+			t.Errorf("%s (%s): BPF hashed a packet the Go decoder drops as %s", v.Name, id, v.Drop)
+		case reason == "hashed":
+			if got := hex.EncodeToString(binary.BigEndian.AppendUint64(nil, res.Sum)); got != v.Hash {
+				t.Errorf("%s (%s): BPF hash %s, vector %s", v.Name, id, got, v.Hash)
+			}
+			hashed++
+		default:
+			passed[reason]++
+		}
+	}
+	t.Logf("%d vectors hashed in BPF and equal; passed to userspace by reason: %v", hashed, passed)
+	if hashed < len(vf.Hashes)/2 {
+		t.Errorf("only %d of %d vectors hashed in BPF", hashed, len(vf.Hashes))
+	}
+}
