@@ -1,0 +1,196 @@
+//go:build linux
+
+package xdp
+
+import (
+	"math/rand/v2"
+	"net"
+	"testing"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// flow is one random flow of the parity corpus.
+type flow struct {
+	v6           bool
+	src, dst     net.IP
+	proto        layers.IPProtocol
+	sport, dport uint16
+}
+
+func randFlow(r *rand.Rand) flow {
+	f := flow{v6: r.IntN(3) == 0, sport: uint16(r.IntN(65536)), dport: uint16(r.IntN(65536))}
+	if f.v6 {
+		f.src, f.dst = append(net.IP(nil), hostA6...), append(net.IP(nil), hostB6...)
+		for i := 8; i < 16; i++ {
+			f.src[i], f.dst[i] = byte(r.IntN(256)), byte(r.IntN(256))
+		}
+	} else {
+		f.src = net.IP{10, 1, byte(r.IntN(256)), byte(r.IntN(256))}
+		f.dst = net.IP{10, 2, byte(r.IntN(256)), byte(r.IntN(256))}
+	}
+	switch n := r.IntN(20); {
+	case n < 8:
+		f.proto = layers.IPProtocolTCP
+	case n < 16:
+		f.proto = layers.IPProtocolUDP
+	case n < 17:
+		f.proto = layers.IPProtocolSCTP
+	default:
+		f.proto = layers.IPProtocolICMPv4
+		if f.v6 {
+			f.proto = layers.IPProtocolICMPv6
+		}
+	}
+	return f
+}
+
+// packet is one packet of f with n payload bytes.
+func (f flow) packet(t testing.TB, n int, ttl uint8) []byte {
+	var net gopacket.NetworkLayer
+	var ls []gopacket.SerializableLayer
+	if f.v6 {
+		ip := ip6(f.src, f.dst, f.proto, ttl)
+		net, ls = ip, append(ls, ip)
+	} else {
+		ip := ip4(f.src, f.dst, f.proto, ttl)
+		net, ls = ip, append(ls, ip)
+	}
+	switch f.proto {
+	case layers.IPProtocolTCP:
+		tc := &layers.TCP{SrcPort: layers.TCPPort(f.sport), DstPort: layers.TCPPort(f.dport), Seq: 7, ACK: true, Window: 100}
+		tc.SetNetworkLayerForChecksum(net)
+		ls = append(ls, tc)
+	case layers.IPProtocolUDP:
+		u := &layers.UDP{SrcPort: layers.UDPPort(f.sport), DstPort: layers.UDPPort(f.dport)}
+		u.SetNetworkLayerForChecksum(net)
+		ls = append(ls, u)
+	case layers.IPProtocolSCTP:
+		ls = append(ls, gopacket.Payload([]byte{byte(f.sport >> 8), byte(f.sport), byte(f.dport >> 8), byte(f.dport), 0, 0, 0, 0, 0, 0, 0, 0}))
+	case layers.IPProtocolICMPv4:
+		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: f.sport, Seq: 1})
+	case layers.IPProtocolICMPv6:
+		ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(128, 0)}
+		ic.SetNetworkLayerForChecksum(net)
+		ls = append(ls, ic, &layers.ICMPv6Echo{Identifier: f.sport, SeqNumber: 1})
+	}
+	return serialize(t, append(ls, gopacket.Payload(make([]byte, n)))...)
+}
+
+// TestParityWithGoDemux runs thousands of random packets through the XDP
+// program and the userspace demux, sharing one selector as in the demux
+// process, across lane failures, additions and returns: for every packet
+// the program sends, both choose the same lane and produce byte-identical
+// GENEVE frames. ICMP errors, which the program leaves to userspace, take
+// the lane of the flow they report on.
+func TestParityWithGoDemux(t *testing.T) {
+	for _, cfg := range []Config{
+		{Key: testKey, Symmetric: true},
+		{Key: flowhash.Key{1, 2, 3}, HashMode: flowhash.Mode3Tuple},
+		{Key: flowhash.Key{9}, HashMode: flowhash.Mode2Tuple, Symmetric: true},
+	} {
+		t.Run(cfg.HashMode.String(), func(t *testing.T) { parity(t, cfg) })
+	}
+}
+
+func parity(t *testing.T, cfg Config) {
+	p := loadTest(t, cfg)
+	sel := newSelector(t, cfg, 1, 2, 3, 4)
+	all := []flowhash.LaneID{1, 2, 3, 4, 5}
+	g := newGoDemux(t, sel, all...)
+	publish := func(lanes []flowhash.Lane) {
+		t.Helper()
+		if err := sel.SetLanes(lanes); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Publish(sel.Snapshot(), testTargets(all...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish([]flowhash.Lane{{ID: 1}, {ID: 2}, {ID: 3}, {ID: 4}})
+
+	r := rand.New(rand.NewPCG(uint64(cfg.HashMode), 7))
+	flows := make([]flow, 400)
+	for i := range flows {
+		flows[i] = randFlow(r)
+	}
+	xdpLane := map[int]flowhash.LaneID{} // flow index -> lane the program chose last
+	sent, icmpChecked := 0, 0
+	phase := func(name string, packets int) {
+		clear(xdpLane) // lanes chosen in this phase, under this snapshot
+		for range packets {
+			i := r.IntN(len(flows))
+			f := flows[i]
+			n := r.IntN(testMTU - 80)
+			if r.IntN(4) == 0 {
+				n = r.IntN(20) // short: padded frames
+			}
+			pkt := f.packet(t, n, uint8(2+r.IntN(250)))
+			verdict, out := run(t, p.DemuxProgram(), eth(pkt))
+			if verdict != xdpTX {
+				t.Fatalf("%s: %s flow %v: verdict %d, want XDP_TX", name, f.proto, f, verdict)
+			}
+			to, want, ok := g.forward(kernelForward(pkt), 1)
+			if !ok {
+				t.Fatalf("%s: the Go demux did not forward a packet XDP sent", name)
+			}
+			checkEncap(t, out, pkt, to, want, cfg)
+			if t.Failed() {
+				t.FailNow()
+			}
+			xdpLane[i] = flowhash.LaneID(to.Addr().As4()[3] - 20)
+			sent++
+		}
+		// An ICMP error about a flow goes to userspace; it must take the
+		// lane of the half-flow it travels with. Under the symmetric
+		// option that is the flow's own lane.
+		if !cfg.Symmetric {
+			return
+		}
+		for i, lane := range xdpLane {
+			f := flows[i]
+			if f.proto == layers.IPProtocolSCTP || f.proto == layers.IPProtocolICMPv4 || f.proto == layers.IPProtocolICMPv6 {
+				continue
+			}
+			errPkt := icmpErrorAbout(t, f)
+			if v, _ := run(t, p.DemuxProgram(), eth(errPkt)); v != xdpPass {
+				t.Fatalf("ICMP error: verdict %d, want XDP_PASS", v)
+			}
+			to, _, ok := g.forward(kernelForward(errPkt), 1)
+			if !ok {
+				t.Fatalf("%s: the Go demux dropped an ICMP error", name)
+			}
+			if got := flowhash.LaneID(to.Addr().As4()[3] - 20); got != lane {
+				t.Errorf("%s: ICMP error about %v went to lane %d, its flow takes lane %d in XDP", name, f, got, lane)
+			}
+			icmpChecked++
+		}
+	}
+	phase("four lanes", 1500)
+	publish([]flowhash.Lane{{ID: 1}, {ID: 2, State: flowhash.LaneDown}, {ID: 3}, {ID: 4}})
+	phase("lane 2 down", 1500)
+	publish([]flowhash.Lane{{ID: 1}, {ID: 2, State: flowhash.LaneDown}, {ID: 3}, {ID: 4}, {ID: 5}})
+	phase("lane 5 added", 1500)
+	publish([]flowhash.Lane{{ID: 1}, {ID: 2}, {ID: 3}, {ID: 4, State: flowhash.LaneDraining}, {ID: 5}})
+	phase("lane 2 back, lane 4 draining", 1500)
+	t.Logf("%d packets of %d flows: same lane and identical GENEVE frames; %d ICMP errors took their flow's lane", sent, len(flows), icmpChecked)
+}
+
+// icmpErrorAbout is the ICMP error a host on this side sends about a
+// packet of f's reverse half (from the remote host to it): the error
+// travels toward the remote host, with f.
+func icmpErrorAbout(t testing.TB, f flow) []byte {
+	rev := flow{v6: f.v6, src: f.dst, dst: f.src, proto: f.proto, sport: f.dport, dport: f.sport}
+	quoted := rev.packet(t, 0, 64)
+	if f.v6 {
+		ip := ip6(f.src, f.dst, layers.IPProtocolICMPv6, 64)
+		ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(1, 4)}
+		ic.SetNetworkLayerForChecksum(ip)
+		return serialize(t, ip, ic, gopacket.Payload(append([]byte{0, 0, 0, 0}, quoted[:48]...)))
+	}
+	return serialize(t, ip4(f.src, f.dst, layers.IPProtocolICMPv4, 64),
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quoted[:28]))
+}
