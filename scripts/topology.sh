@@ -23,6 +23,12 @@
 #     HEALTH='{interval: 10ms, ...}': the config's health section.
 #   topology.sh down PREFIX WORKDIR                # removes namespaces, stops processes
 #
+#     XDP=native|generic|off (default native): the demuxes' fast path. For
+#     native XDP on veths, the demux LAN ports on the switch run a pass-all
+#     XDP program (XDP_TX'd frames arrive only at a peer that runs one) and
+#     the hosts send with checksum offload off (a native program on a veth
+#     cannot finish partial checksums); generic mode needs the hosts'
+#     TSO/GSO off. docs/xdp.md has the kernel facts behind this.
 #     DEMUX_LANES=N: the demuxes run WORKDIR/demux.yaml, which lists only the
 #     first N lanes (more join by editing it and `demux reload`).
 #
@@ -137,6 +143,13 @@ up() {
     [ $s = b ] && n=2
     node_ns h$s; lan_join h$s $s; addr h$s 10.$n.0.10/24 fd00:$s::10/64
     node_ns d$s; lan_join d$s $s; addr d$s 10.$n.0.2/24 fd00:$s::2/64
+    case ${XDP:-native} in
+      native)
+        ip netns exec "$(ns sw$s)" "$bin/demux" xdp-pass --dev d$s
+        nsx h$s ethtool -K lan0 tx off >/dev/null ;;
+      generic)
+        nsx h$s ethtool -K lan0 tx off tso off gso off >/dev/null ;;
+    esac
     nsx h$s ip route add 10.$((3 - n)).0.0/16 via 10.$n.0.2
     nsx h$s ip -6 route add fd00:$( [ $s = a ] && echo b || echo a)::/64 via fd00:$s::2
   done
@@ -180,7 +193,9 @@ up() {
   fi
 
   start() { # ns binary node [config]
-    ip netns exec "$(ns "$1")" "$bin/$2" up --config "${4:-$cfg}" --node "$3" --log-level "${LOG_LEVEL:-info}" >"$work/$3.log" 2>&1 &
+    local extra=()
+    [ "$2" = demux ] && extra=(--xdp "${XDP:-native}")
+    ip netns exec "$(ns "$1")" "$bin/$2" up --config "${4:-$cfg}" --node "$3" --log-level "${LOG_LEVEL:-info}" "${extra[@]}" >"$work/$3.log" 2>&1 &
     echo $! >>"$work/pids"
     echo $! >"$work/$3.pid"
   }

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,23 +33,26 @@ import (
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
+	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/health"
 )
 
 func main() {
 	cli.Main("demux", map[string]cli.Command{
-		"up":      {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
-		"show":    {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
-		"check":   {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
-		"reload":  {Usage: "reload --config FILE --node NAME", Help: "re-read the config the demux runs with (as SIGHUP does)", Run: action("reload", false)},
-		"drain":   {Usage: "drain --config FILE --node NAME --lane N [--deadline D]", Help: "stop new flows to a lane; pinned flows stay until idle or D", Run: action("drain", true)},
-		"undrain": {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
+		"up":       {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
+		"show":     {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
+		"check":    {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"reload":   {Usage: "reload --config FILE --node NAME", Help: "re-read the config the demux runs with (as SIGHUP does)", Run: action("reload", false)},
+		"drain":    {Usage: "drain --config FILE --node NAME --lane N [--deadline D]", Help: "stop new flows to a lane; pinned flows stay until idle or D", Run: action("drain", true)},
+		"xdp-pass": {Usage: "xdp-pass --dev IF [--off]", Help: "attach a pass-all XDP program to a veth peer (native XDP_TX needs one)", Run: xdpPass},
+		"undrain":  {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
 	})
 }
 
 func up(args []string) error {
-	log, p, node, err := cli.Up(args, true)
+	var xf xdpFlags
+	log, p, node, err := cli.UpWith(args, true, xf.add)
 	if err != nil {
 		return err
 	}
@@ -94,7 +98,17 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
+	fp, err := loadFastPath(xf, p, d, remote)
+	if err != nil {
+		return err
+	}
+	if fp != nil {
+		defer fp.prog.Close() // detaches: the kernel path and the userspace demux take over
+	}
 	lc := demux.LaneConfig{DrainTimeout: p.Health.DrainTimeout, DrainIdle: p.Health.DrainIdle}
+	if fp != nil {
+		fp.lanes(&lc)
+	}
 	var prober *health.Prober
 	if p.Health.On {
 		prober, err = health.NewProber(health.ProberConfig{
@@ -122,6 +136,9 @@ func up(args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(dm)
+	if fp != nil {
+		reg.MustRegister(fp.prog)
+	}
 	identity := demux.Status{
 		Node: d.Name, Peering: p.Name, Side: node.Side, Tun: d.Tun, MTU: p.MTU, VNI: p.VNI,
 		Hash: hashName(p.Hash),
@@ -129,7 +146,13 @@ func up(args []string) error {
 	if prober != nil {
 		identity.Probing = &demux.Probing{Multiplier: p.Health.DetectMultiplier, UpAfter: p.Health.UpAfter}
 	}
-	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any { return dm.Status(identity) }, log)
+	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any {
+		st := status{Status: dm.Status(identity)}
+		if fp != nil {
+			st.XDP = fp.prog.Status()
+		}
+		return st
+	}, log)
 	if err != nil {
 		return err
 	}
@@ -169,6 +192,11 @@ func up(args []string) error {
 	go func() { done <- dm.Run() }()
 	if prober != nil {
 		go prober.Run(ctx)
+	}
+	if fp != nil {
+		if err := fp.start(ctx, sel, dm, log); err != nil {
+			return err
+		}
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -273,8 +301,14 @@ func hashName(h config.Hash) string {
 	return s
 }
 
+// status is what `demux show` reads: the demux's, and the fast path's.
+type status struct {
+	demux.Status
+	XDP *xdp.Status `json:"xdp,omitempty"`
+}
+
 func show(args []string) error {
-	var st demux.Status
+	var st status
 	text, err := cli.Show(args, func(n config.Node) (string, error) {
 		if n.Demux == nil {
 			return "", errors.New("a gateway; use `tunnel show`")
@@ -287,7 +321,8 @@ func show(args []string) error {
 	return err
 }
 
-func printStatus(st demux.Status) {
+func printStatus(full status) {
+	st := full.Status
 	fmt.Printf("demux: %s (peering %s, side %s)\n", st.Node, st.Peering, st.Side)
 	fmt.Printf("  tun: %s  mtu: %d  vni: %d  hash: %s\n", st.Tun, st.MTU, st.VNI, st.Hash)
 	if pr := st.Probing; pr != nil {
@@ -301,6 +336,7 @@ func printStatus(st demux.Status) {
 		fmt.Printf("  too big: %d (icmp sent: %d)\n", st.TooBig, st.ICMPSent)
 	}
 	cli.PrintDrops(st.Drops)
+	printXDP(full.XDP)
 	if st.Probing != nil {
 		cli.PrintCounts("probe replies refused", st.Probing.Drops)
 	}
@@ -326,11 +362,50 @@ func printStatus(st demux.Status) {
 			fmt.Println()
 		}
 		fmt.Printf("  sent: %d packets, %s", l.Packets, cli.HumanBytes(l.Bytes))
+		if x := full.XDP; x != nil {
+			fmt.Printf(" (userspace) + %d packets, %s (xdp)", x.Lanes[l.ID].Packets, cli.HumanBytes(x.Lanes[l.ID].Bytes))
+		}
 		if l.SendErrors > 0 {
 			fmt.Printf("  send errors: %d", l.SendErrors)
 		}
 		fmt.Println()
 	}
+}
+
+// printXDP prints the fast path: where it runs and its verdicts.
+func printXDP(x *xdp.Status) {
+	if x == nil {
+		fmt.Println("  xdp: off (userspace demux only)")
+		return
+	}
+	fmt.Printf("  xdp: %s mode on %s, snapshot %d\n", x.Mode, x.Interface, x.Snapshot)
+	if x.Error != "" {
+		fmt.Printf("    counters unreadable: %s\n", x.Error)
+	}
+	cli.PrintCounts("xdp sent", pick(x.Reasons, "tx", "redirect"))
+	cli.PrintCounts("xdp passed to userspace", omit(x.Reasons, "tx", "redirect", "no_lane", "encap_failed"))
+	cli.PrintCounts("xdp dropped", pick(x.Reasons, "no_lane", "encap_failed"))
+	if len(x.Unresolved) > 0 {
+		fmt.Printf("    lanes without a resolved gateway (userspace sends): %v\n", x.Unresolved)
+	}
+}
+
+func pick(m map[string]uint64, keys ...string) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, k := range keys {
+		out[k] = m[k]
+	}
+	return out
+}
+
+func omit(m map[string]uint64, keys ...string) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if !slices.Contains(keys, k) {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }

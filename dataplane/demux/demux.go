@@ -142,6 +142,17 @@ func (d *Demux) SetTargets(ts []Target) {
 	d.targets.Store(t)
 }
 
+// Gateways returns each lane's gateway GENEVE address.
+func (d *Demux) Gateways() map[flowhash.LaneID]netip.AddrPort {
+	m := map[flowhash.LaneID]netip.AddrPort{}
+	for id, t := range d.targets.Load() {
+		if t != nil {
+			m[flowhash.LaneID(id)] = t.Addr
+		}
+	}
+	return m
+}
+
 // Run forwards until the TUN is closed; it returns nil then.
 func (d *Demux) Run() error {
 	for {

@@ -52,6 +52,12 @@ type LaneConfig struct {
 	Prober       Prober        // nil: no health checks, every lane counts as healthy
 	DrainTimeout time.Duration // pinned flows of a draining lane move after this
 	DrainIdle    time.Duration // a draining lane that carried nothing this long is done
+	// OnPublish is called after every change of the lane set (with the
+	// lanes' lock held: it must not block), e.g. to wake the XDP sync.
+	OnPublish func()
+	// FastPathPackets is what another path (XDP) sent into a lane, counted
+	// with the demux's own when judging whether a draining lane is idle.
+	FastPathPackets func(flowhash.LaneID) uint64
 }
 
 // member is one lane's admin and health state; guarded by lanes.mu.
@@ -198,6 +204,9 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 		return err
 	}
 	d.SetTargets(targets)
+	if m.cfg.OnPublish != nil {
+		m.cfg.OnPublish()
+	}
 	for _, id := range ids {
 		mb := next[id]
 		state := mb.admin.String()
@@ -306,6 +315,9 @@ func (d *Demux) TickLanes(now time.Time) {
 			continue
 		}
 		n := d.C.Lanes[id].Packets.Load()
+		if m.cfg.FastPathPackets != nil {
+			n += m.cfg.FastPathPackets(id)
+		}
 		if n != mb.packets || mb.idle.IsZero() {
 			mb.packets, mb.idle = n, now
 		}

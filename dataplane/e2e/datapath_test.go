@@ -78,7 +78,9 @@ func testWireFormat(t *testing.T, tp *topo) {
 		t.Skip("needs tshark (make deps installs it)")
 	}
 	// udp[9] is the GENEVE flags byte; 0x80 the OAM bit.
-	data := tp.tshark("da", "udp dst port 6081 and udp[9] & 0x80 = 0", 3, func() {
+	// On the switch's port for demux-a: frames the XDP fast path sends
+	// with XDP_TX never pass the demux's own capture point.
+	data := tp.tshark("swa/da", "udp dst port 6081 and udp[9] & 0x80 = 0", 3, func() {
 		tp.run("ha", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.10")
 	}, "udp.dstport", "geneve.version", "geneve.vni", "geneve.proto_type",
 		"geneve.flags.oam", "ip.src", "ip.dst", "icmp.type")
@@ -100,11 +102,16 @@ func testWireFormat(t *testing.T, tp *topo) {
 	}
 }
 
-// tshark captures count frames matching filter on a node's lan0 (while
-// trigger runs, if any) and returns the fields of each.
-func (tp *topo) tshark(node, filter string, count int, trigger func(), fields ...string) [][]string {
+// tshark captures count frames matching filter on a node's lan0, or on
+// "node/interface" (while trigger runs, if any), and returns the fields of
+// each.
+func (tp *topo) tshark(at, filter string, count int, trigger func(), fields ...string) [][]string {
 	t := tp.t
-	args := []string{"netns", "exec", tp.ns(node), "tshark", "-i", "lan0", "-n", "-c", strconv.Itoa(count), "-a", "duration:10",
+	node, iface, ok := strings.Cut(at, "/")
+	if !ok {
+		iface = "lan0"
+	}
+	args := []string{"netns", "exec", tp.ns(node), "tshark", "-i", iface, "-n", "-c", strconv.Itoa(count), "-a", "duration:10",
 		"-f", filter, "-T", "fields", "-E", "separator=;"}
 	for _, f := range fields {
 		args = append(args, "-e", f)

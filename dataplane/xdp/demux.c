@@ -544,12 +544,3 @@ int xdp_hash(struct xdp_md *ctx)
 	bpf_map_update_elem(&hash_out, &zero, &res, BPF_ANY);
 	return XDP_PASS;
 }
-
-// xdp_pass lets frames through: native XDP on a veth delivers XDP_TX and
-// redirected frames only to a peer that runs an XDP program, so the
-// demux's LAN peer runs this one.
-SEC("xdp")
-int xdp_pass(struct xdp_md *ctx)
-{
-	return XDP_PASS;
-}

@@ -102,7 +102,6 @@ type demuxSpecs struct {
 type demuxProgramSpecs struct {
 	XdpDemux *ebpf.ProgramSpec `ebpf:"xdp_demux"`
 	XdpHash  *ebpf.ProgramSpec `ebpf:"xdp_hash"`
-	XdpPass  *ebpf.ProgramSpec `ebpf:"xdp_pass"`
 }
 
 // demuxMapSpecs contains maps before they are loaded into the kernel.
@@ -200,14 +199,12 @@ type demuxVariables struct {
 type demuxPrograms struct {
 	XdpDemux *ebpf.Program `ebpf:"xdp_demux"`
 	XdpHash  *ebpf.Program `ebpf:"xdp_hash"`
-	XdpPass  *ebpf.Program `ebpf:"xdp_pass"`
 }
 
 func (p *demuxPrograms) Close() error {
 	return _DemuxClose(
 		p.XdpDemux,
 		p.XdpHash,
-		p.XdpPass,
 	)
 }
 

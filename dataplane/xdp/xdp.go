@@ -213,10 +213,6 @@ func (p *Program) Close() error {
 // DemuxProgram is the XDP program, for BPF_PROG_TEST_RUN in tests.
 func (p *Program) DemuxProgram() *ebpf.Program { return p.objs.XdpDemux }
 
-// PassProgram is a program that passes every frame: native XDP on a veth
-// delivers XDP_TX'd frames only to a peer that runs an XDP program.
-func (p *Program) PassProgram() *ebpf.Program { return p.objs.XdpPass }
-
 // Published is the selector snapshot version the maps hold.
 func (p *Program) Published() uint64 {
 	p.mu.Lock()

@@ -196,8 +196,13 @@ func Show(args []string, socket func(config.Node) (string, error), v any) (text 
 // Up is the common start of the `up` subcommands: flags, logger, config,
 // and the node, which must be a demux (wantDemux) or a gateway.
 func Up(args []string, wantDemux bool) (*slog.Logger, *config.Peering, config.Node, error) {
+	return UpWith(args, wantDemux, nil)
+}
+
+// UpWith is Up with the command's own flags added.
+func UpWith(args []string, wantDemux bool, extra func(*flag.FlagSet)) (*slog.Logger, *config.Peering, config.Node, error) {
 	var f NodeFlags
-	if err := f.Parse("up", args, false); err != nil {
+	if err := f.ParseWith("up", args, false, extra); err != nil {
 		return nil, nil, config.Node{}, err
 	}
 	log, err := f.Logger()

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// xdpFlags are `demux up`'s fast path options.
+type xdpFlags struct {
+	mode string
+	dev  string
+}
+
+func (f *xdpFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&f.mode, "xdp", "native", "XDP fast path: native (falls back to generic), generic or off")
+	fs.StringVar(&f.dev, "xdp-dev", "", "interface to attach to (default: the one holding the demux's first address)")
+}
+
+// fastPath is the loaded XDP program and what feeds it.
+type fastPath struct {
+	prog *xdp.Program
+	kick chan struct{}
+	dev  string
+	mode xdp.Mode
+}
+
+// loadFastPath loads the program (not yet attached); nil with --xdp=off.
+func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip.Prefix) (*fastPath, error) {
+	mode, err := xdp.ParseMode(f.mode)
+	if err != nil || mode == xdp.Off {
+		return nil, err
+	}
+	dev := f.dev
+	var mac []byte
+	if dev == "" {
+		if len(d.Sources) == 0 {
+			return nil, fmt.Errorf("--xdp: the demux has no address to find its interface by; give --xdp-dev")
+		}
+		ifc, err := xdp.InterfaceOf(d.Sources[0])
+		if err != nil {
+			return nil, fmt.Errorf("--xdp: %w (give --xdp-dev, or --xdp=off)", err)
+		}
+		dev, mac = ifc.Name, ifc.HardwareAddr
+	} else {
+		ifc, err := net.InterfaceByName(dev)
+		if err != nil {
+			return nil, fmt.Errorf("--xdp-dev: %w", err)
+		}
+		mac = ifc.HardwareAddr
+	}
+	prog, err := xdp.Load(xdp.Config{
+		Key: p.Hash.Key, HashMode: p.Hash.HashMode, Symmetric: p.Hash.Symmetric,
+		TableSize: p.Hash.TableSize, PinFlows: p.Hash.PinFlows,
+		MTU: p.MTU, VNI: p.VNI, Remote: remote, IngressMAC: mac,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", err)
+	}
+	return &fastPath{prog: prog, kick: make(chan struct{}, 1), dev: dev, mode: mode}, nil
+}
+
+// lanes hooks the fast path into the demux's lane changes.
+func (fp *fastPath) lanes(lc *demux.LaneConfig) {
+	lc.OnPublish = func() {
+		select {
+		case fp.kick <- struct{}{}:
+		default:
+		}
+	}
+	lc.FastPathPackets = fp.prog.LanePackets
+}
+
+// start publishes the lanes, then attaches, and keeps the maps in step
+// until ctx ends.
+func (fp *fastPath) start(ctx context.Context, sel *flowhash.Selector, dm *demux.Demux, log *slog.Logger) error {
+	cfg := xdp.SyncConfig{Selector: sel, Gateways: dm.Gateways, Kick: fp.kick, Log: log}
+	go fp.prog.Sync(ctx, cfg)
+	at, err := fp.prog.Attach(fp.dev, fp.mode, log)
+	if err != nil {
+		return fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", err)
+	}
+	log.Info("xdp: fast path attached", "interface", at.Interface, "mode", at.Mode)
+	if isVeth(at.Interface) && at.Mode == xdp.Native {
+		log.Info("xdp: native mode on a veth: its peer must run an XDP program (`demux xdp-pass --dev PEER` in the peer's namespace) for sent frames to arrive, and senders toward it need `ethtool -K DEV tx off`")
+	}
+	return nil
+}
+
+func isVeth(dev string) bool {
+	l, err := netlink.LinkByName(dev)
+	return err == nil && l.Type() == "veth"
+}
+
+// xdpPass attaches (or with --off removes) the pass-everything program a
+// veth peer needs for native XDP_TX to arrive.
+func xdpPass(args []string) error {
+	fs := flag.NewFlagSet("xdp-pass", flag.ContinueOnError)
+	dev := fs.String("dev", "", "the interface (the demux LAN veth's peer)")
+	off := fs.Bool("off", false, "remove it instead")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dev == "" {
+		return fmt.Errorf("xdp-pass: --dev is required")
+	}
+	if *off {
+		return xdp.DetachPass(*dev)
+	}
+	return xdp.AttachPass(*dev)
+}

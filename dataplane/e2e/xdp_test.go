@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// demuxStatus is `demux show --json`: the demux's status and its fast path's.
+type demuxStatus struct {
+	demux.Status
+	XDP *xdp.Status `json:"xdp"`
+}
+
+// TestXDPFastPath checks, on the demo's peering with native XDP on the
+// demuxes' veths, that traffic crosses through the XDP program (its
+// counters, not the userspace demux's, count it) and that a lane failure
+// updates the program's maps so traffic moves to the surviving lanes.
+func TestXDPFastPath(t *testing.T) {
+	needs(t, "iperf3", "ping", "ethtool")
+	tp := up(t, "cpxdp", lanes, "XDP=native")
+	var s0, s1 demuxStatus
+	tp.status("demux-a", &s0)
+	if s0.XDP == nil || s0.XDP.Mode != xdp.Native || s0.XDP.Interface != "lan0" {
+		t.Fatalf("demux-a fast path: %+v, want native on lan0", s0.XDP)
+	}
+	r := tp.iperf3("ha", "hb", "10.2.0.10", "-t", "2", "-P", "4")
+	t.Logf("tcp 4 streams through XDP: %.2f Gbit/s", r.End.SumReceived.BitsPerSecond/1e9)
+	tp.run("ha", "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fd00:b::10")
+	tp.status("demux-a", &s1)
+	sent := s1.XDP.Reasons["tx"] - s0.XDP.Reasons["tx"]
+	user := s1.Packets - s0.Packets
+	t.Logf("XDP sent %d packets; the userspace demux read %d; passed up: %v", sent, user, s1.XDP.Reasons)
+	if sent < 10000 || user*100 > sent {
+		t.Errorf("XDP sent %d packets and the userspace demux read %d: want the fast path to carry (nearly) all", sent, user)
+	}
+	busy := 0
+	for id, lc := range s1.XDP.Lanes {
+		if lc.Packets > s0.XDP.Lanes[id].Packets {
+			busy++
+		}
+	}
+	if busy < 2 {
+		t.Errorf("XDP spread 4 streams over %d lanes: %v", busy, s1.XDP.Lanes)
+	}
+
+	// Lane 2 dies: the demux's probes notice, the maps follow, and the
+	// program sends nothing more into lane 2.
+	b, err := os.ReadFile(filepath.Join(tp.work, "gw-a2.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var s2 demuxStatus
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		tp.status("demux-a", &s2)
+		if laneState(s2.Status, 2) == "down" && s2.XDP.Snapshot > s1.XDP.Snapshot {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lane 2 %s, XDP snapshot %d (was %d) 3 s after gw-a2 died", laneState(s2.Status, 2), s2.XDP.Snapshot, s1.XDP.Snapshot)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	u := tp.iperf3("ha", "hb", "10.2.0.10", "-u", "-b", "40M", "-l", "1200", "-P", "8", "-t", "1")
+	var s3 demuxStatus
+	tp.status("demux-a", &s3)
+	if s3.XDP.Lanes[2].Packets != s2.XDP.Lanes[2].Packets {
+		t.Errorf("XDP sent %d packets into dead lane 2", s3.XDP.Lanes[2].Packets-s2.XDP.Lanes[2].Packets)
+	}
+	moved := s3.XDP.Lanes[1].Packets + s3.XDP.Lanes[3].Packets - s2.XDP.Lanes[1].Packets - s2.XDP.Lanes[3].Packets
+	t.Logf("after lane 2 died: 8 UDP flows, %.2f%% lost, XDP sent %d into lanes 1 and 3", u.End.Sum.LostPercent, moved)
+	if moved < uint64(u.End.Sum.Packets)*9/10 || u.End.Sum.LostPercent > 5 {
+		t.Errorf("after lane 2 died XDP sent %d packets into lanes 1 and 3 of %.0f; %.2f%% lost", moved, u.End.Sum.Packets, u.End.Sum.LostPercent)
+	}
+}
+
+func laneState(st demux.Status, id flowhash.LaneID) string {
+	for _, l := range st.Lanes {
+		if l.ID == id {
+			return l.State
+		}
+	}
+	return "absent"
+}

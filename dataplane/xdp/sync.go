@@ -1,0 +1,195 @@
+//go:build linux
+
+package xdp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// Resolve finds how this host reaches a gateway: the route's interface and
+// source address, and the next hop's MAC from the neighbour table. A
+// gateway without a usable neighbour entry comes back with Ifindex 0 (its
+// lane's packets go to userspace, whose sends make the kernel resolve it;
+// lane probes keep the entries fresh). IPv6 gateways are not handled by
+// the program and also come back unresolved.
+func Resolve(lane flowhash.LaneID, gw netip.AddrPort) Target {
+	t := Target{Lane: lane, Dst: gw}
+	if !gw.Addr().Unmap().Is4() {
+		return t
+	}
+	t.Dst = netip.AddrPortFrom(gw.Addr().Unmap(), gw.Port())
+	routes, err := netlink.RouteGet(t.Dst.Addr().AsSlice())
+	if err != nil || len(routes) == 0 {
+		return t
+	}
+	r := routes[0]
+	next := t.Dst.Addr()
+	if gwIP, ok := netip.AddrFromSlice(r.Gw); ok && gwIP.Unmap().IsValid() && !gwIP.IsUnspecified() {
+		next = gwIP.Unmap()
+	}
+	src, ok := netip.AddrFromSlice(r.Src)
+	if !ok || !src.Unmap().Is4() {
+		return t
+	}
+	l, err := netlink.LinkByIndex(r.LinkIndex)
+	if err != nil || len(l.Attrs().HardwareAddr) != 6 {
+		return t
+	}
+	neighs, err := netlink.NeighList(r.LinkIndex, netlink.FAMILY_V4)
+	if err != nil {
+		return t
+	}
+	for _, n := range neighs {
+		ip, _ := netip.AddrFromSlice(n.IP)
+		if ip.Unmap() != next || len(n.HardwareAddr) != 6 ||
+			n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT|netlink.NUD_NOARP) == 0 {
+			continue
+		}
+		t.Ifindex, t.Src = r.LinkIndex, src.Unmap()
+		t.SrcMAC, t.DstMAC = l.Attrs().HardwareAddr, n.HardwareAddr
+		return t
+	}
+	return t
+}
+
+// SyncConfig says where Sync gets the lane set from.
+type SyncConfig struct {
+	Selector *flowhash.Selector
+	// Gateways returns each lane's gateway GENEVE address.
+	Gateways func() map[flowhash.LaneID]netip.AddrPort
+	// Kick wakes Sync at once (the demux signals every lane change).
+	Kick  <-chan struct{}
+	Every time.Duration // neighbour refresh; 100 ms if zero
+	Log   *slog.Logger
+}
+
+// Sync keeps the maps in step with the selector and the neighbour table
+// until ctx ends: at once on a kick (a lane change), and every Every to
+// pick up resolved or changed gateway MACs.
+func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
+	if cfg.Every <= 0 {
+		cfg.Every = 100 * time.Millisecond
+	}
+	tick := time.NewTicker(cfg.Every)
+	defer tick.Stop()
+	var last []Target
+	for {
+		snap := cfg.Selector.Snapshot()
+		gws := cfg.Gateways()
+		targets := make([]Target, 0, len(snap.Lanes))
+		for _, l := range snap.Lanes {
+			if gw, ok := gws[l.ID]; ok {
+				targets = append(targets, Resolve(l.ID, gw))
+			}
+		}
+		if snap.Version != p.Published() || !slices.EqualFunc(targets, last, sameTarget) {
+			if err := p.Publish(snap, targets); err != nil {
+				cfg.Log.Error("xdp: maps not updated", "err", err)
+			} else {
+				logResolution(cfg.Log, last, targets)
+				last = targets
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-cfg.Kick:
+		case <-tick.C:
+		}
+	}
+}
+
+func sameTarget(a, b Target) bool {
+	return a.Lane == b.Lane && a.Ifindex == b.Ifindex && a.Src == b.Src && a.Dst == b.Dst &&
+		slices.Equal(a.SrcMAC, b.SrcMAC) && slices.Equal(a.DstMAC, b.DstMAC)
+}
+
+// logResolution logs each lane whose gateway became reachable for the
+// program, or stopped being so.
+func logResolution(log *slog.Logger, old, now []Target) {
+	was := map[flowhash.LaneID]Target{}
+	for _, t := range old {
+		was[t.Lane] = t
+	}
+	for _, t := range now {
+		o, seen := was[t.Lane]
+		switch {
+		case t.Ifindex != 0 && (!seen || !sameTarget(o, t)):
+			log.Info("xdp: lane gateway resolved; the fast path sends its packets", "lane", t.Lane,
+				"gateway", t.Dst, "mac", t.DstMAC.String(), "ifindex", t.Ifindex)
+		case t.Ifindex == 0 && (!seen || o.Ifindex != 0):
+			why := "no neighbour entry yet"
+			if !t.Dst.Addr().Is4() {
+				why = "IPv6 underlay: the fast path encapsulates over IPv4 only"
+			}
+			log.Info("xdp: lane gateway not resolved; its packets go to the userspace demux", "lane", t.Lane,
+				"gateway", t.Dst, "why", why)
+		}
+	}
+}
+
+// AttachPass attaches a program that passes every frame to ifname in
+// native mode, through netlink so that it stays after this process exits
+// (until the interface goes or DetachPass). Native XDP on a veth delivers
+// XDP_TX'd and redirected frames only to a peer that runs an XDP program:
+// this is that program, for the demux's LAN peer.
+func AttachPass(ifname string) error {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("xdp: interface %s: %w", ifname, err)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "xdp_pass", Type: ebpf.XDP, License: "Dual MIT/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("xdp: load pass program: %w", err)
+	}
+	defer prog.Close()
+	if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+		return fmt.Errorf("xdp: attach pass program to %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// DetachPass removes what AttachPass attached.
+func DetachPass(ifname string) error {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("xdp: interface %s: %w", ifname, err)
+	}
+	return netlink.LinkSetXdpFdWithFlags(l, -1, unix.XDP_FLAGS_DRV_MODE)
+}
+
+// InterfaceOf is the interface that holds addr (the demux's LAN address),
+// where the program attaches by default.
+func InterfaceOf(addr netip.Addr) (*net.Interface, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	for i := range ifs {
+		as, _ := ifs[i].Addrs()
+		for _, a := range as {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == addr.Unmap() {
+					return &ifs[i], nil
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("xdp: no interface has the address %s", addr)
+}
