@@ -6,7 +6,7 @@ SECONDS  ?= 5
 FAILOVER_RUNS ?= 10
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare failover fuzz microbench vectors
+.PHONY: test deps check build demo compare failover fuzz microbench vectors generate bench-xdp
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector.
@@ -29,6 +29,20 @@ check:
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './vendor/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@if command -v clang >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ]; then \
+	  $(GO) generate ./dataplane/xdp && git diff --exit-code --stat -- dataplane/xdp \
+	  || { echo "the committed XDP objects differ from what clang builds: run make generate and commit"; exit 1; }; \
+	else echo "check: clang or libbpf-dev absent; not checking that the XDP objects regenerate unchanged"; fi
+
+# Rebuilds the XDP programs (dataplane/xdp/*.c) into the committed .o and
+# .go files; needs clang and libbpf-dev.
+generate:
+	$(GO) generate ./dataplane/xdp
+
+# The demux's forwarding paths in one run: XDP, userspace, kernel
+# ip_forward; iperf3 through namespaces (root; about 3 minutes).
+bench-xdp: deps build
+	@scripts/bench-xdp.sh $(CURDIR)/bin $(SECONDS) 3
 
 # iperf3 single stream through demux + 1 lane vs plain upstream
 # wireguard-go, alternating in one run (root).

@@ -147,10 +147,6 @@ func logResolution(log *slog.Logger, old, now []Target) {
 // XDP_TX'd and redirected frames only to a peer that runs an XDP program:
 // this is that program, for the demux's LAN peer.
 func AttachPass(ifname string) error {
-	l, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return fmt.Errorf("xdp: interface %s: %w", ifname, err)
-	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "xdp_pass", Type: ebpf.XDP, License: "Dual MIT/GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
@@ -159,8 +155,28 @@ func AttachPass(ifname string) error {
 		return fmt.Errorf("xdp: load pass program: %w", err)
 	}
 	defer prog.Close()
+	return attachKept(ifname, prog)
+}
+
+// AttachGeneveSink is AttachPass for the benchmark's stand-in gateway: it
+// also strips GENEVE (UDP 6081, no options) so the kernel takes the inner
+// packet, as a gateway's decapsulation would.
+func AttachGeneveSink(ifname string) error {
+	var objs sinkObjects
+	if err := loadSinkObjects(&objs, nil); err != nil {
+		return fmt.Errorf("xdp: load sink program: %w", err)
+	}
+	defer objs.Close()
+	return attachKept(ifname, objs.XdpGeneveSink)
+}
+
+func attachKept(ifname string, prog *ebpf.Program) error {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("xdp: interface %s: %w", ifname, err)
+	}
 	if err := netlink.LinkSetXdpFdWithFlags(l, prog.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
-		return fmt.Errorf("xdp: attach pass program to %s: %w", ifname, err)
+		return fmt.Errorf("xdp: attach to %s: %w", ifname, err)
 	}
 	return nil
 }
