@@ -91,9 +91,18 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 		gws := cfg.Gateways()
 		targets := make([]Target, 0, len(snap.Lanes))
 		for _, l := range snap.Lanes {
-			if gw, ok := gws[l.ID]; ok {
-				targets = append(targets, Resolve(l.ID, gw))
+			gw, ok := gws[l.ID]
+			if !ok {
+				continue
 			}
+			t := Resolve(l.ID, gw)
+			// Keep a lane's last resolution through a failed lookup (a
+			// netlink hiccup, a neighbour entry being re-probed): moving
+			// its packets to userspace and back could reorder a flow.
+			if i := slices.IndexFunc(last, func(o Target) bool { return o.Lane == l.ID && o.Dst == t.Dst }); t.Ifindex == 0 && i >= 0 && last[i].Ifindex != 0 {
+				t = last[i]
+			}
+			targets = append(targets, t)
 		}
 		if snap.Version != p.Published() || !slices.EqualFunc(targets, last, sameTarget) {
 			if err := p.Publish(snap, targets); err != nil {
