@@ -23,7 +23,7 @@
 #     HEALTH='{interval: 10ms, ...}': the config's health section.
 #   topology.sh down PREFIX WORKDIR                # removes namespaces, stops processes
 #
-#     XDP=native|generic|off (default native): the demuxes' fast path. For
+#     XDP=native|generic|off (default off): the demuxes' fast path. For
 #     native XDP on veths, the demux LAN ports on the switch run a pass-all
 #     XDP program (XDP_TX'd frames arrive only at a peer that runs one) and
 #     the hosts send with checksum offload off (a native program on a veth
@@ -143,7 +143,7 @@ up() {
     [ $s = b ] && n=2
     node_ns h$s; lan_join h$s $s; addr h$s 10.$n.0.10/24 fd00:$s::10/64
     node_ns d$s; lan_join d$s $s; addr d$s 10.$n.0.2/24 fd00:$s::2/64
-    case ${XDP:-native} in
+    case ${XDP:-off} in
       native)
         ip netns exec "$(ns sw$s)" "$bin/demux" xdp-pass --dev d$s
         nsx h$s ethtool -K lan0 tx off >/dev/null ;;
@@ -194,7 +194,7 @@ up() {
 
   start() { # ns binary node [config]
     local extra=()
-    [ "$2" = demux ] && extra=(--xdp "${XDP:-native}")
+    [ "$2" = demux ] && extra=(--xdp "${XDP:-off}")
     ip netns exec "$(ns "$1")" "$bin/$2" up --config "${4:-$cfg}" --node "$3" --log-level "${LOG_LEVEL:-info}" "${extra[@]}" >"$work/$3.log" 2>&1 &
     echo $! >>"$work/pids"
     echo $! >"$work/$3.pid"
