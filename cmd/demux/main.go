@@ -18,7 +18,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -382,30 +381,16 @@ func printXDP(x *xdp.Status) {
 	if x.Error != "" {
 		fmt.Printf("    counters unreadable: %s\n", x.Error)
 	}
-	cli.PrintCounts("xdp sent", pick(x.Reasons, "tx", "redirect"))
-	cli.PrintCounts("xdp passed to userspace", omit(x.Reasons, "tx", "redirect", "no_lane", "encap_failed"))
-	cli.PrintCounts("xdp dropped", pick(x.Reasons, "no_lane", "encap_failed"))
+	byVerdict := map[string]map[string]uint64{"sent": {}, "passed": {}, "dropped": {}}
+	for reason, n := range x.Reasons {
+		byVerdict[xdp.Verdict(reason)][reason] = n
+	}
+	cli.PrintCounts("xdp sent", byVerdict["sent"])
+	cli.PrintCounts("xdp passed to userspace", byVerdict["passed"])
+	cli.PrintCounts("xdp dropped", byVerdict["dropped"])
 	if len(x.Unresolved) > 0 {
 		fmt.Printf("    lanes without a resolved gateway (userspace sends): %v\n", x.Unresolved)
 	}
-}
-
-func pick(m map[string]uint64, keys ...string) map[string]uint64 {
-	out := map[string]uint64{}
-	for _, k := range keys {
-		out[k] = m[k]
-	}
-	return out
-}
-
-func omit(m map[string]uint64, keys ...string) map[string]uint64 {
-	out := map[string]uint64{}
-	for k, v := range m {
-		if !slices.Contains(keys, k) {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }

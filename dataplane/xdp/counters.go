@@ -18,8 +18,9 @@ var reasonNames = [...]string{
 	"too_big", "no_snapshot", "no_target", "no_lane", "encap_failed",
 }
 
-// Verdicts: which reasons sent the packet on, passed it up or dropped it.
-func verdict(reason string) string {
+// Verdict says what the program did for a reason: "sent", "passed" (to
+// the kernel and the userspace demux) or "dropped".
+func Verdict(reason string) string {
 	switch reason {
 	case "tx", "redirect":
 		return "sent"
@@ -142,7 +143,7 @@ func (p *Program) Collect(ch chan<- prometheus.Metric) {
 	st := p.Status()
 	ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, st.Interface, string(st.Mode))
 	for _, name := range reasonNames {
-		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Reasons[name]), verdict(name), name)
+		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Reasons[name]), Verdict(name), name)
 	}
 	for id, lc := range st.Lanes {
 		l := strconv.Itoa(int(id))

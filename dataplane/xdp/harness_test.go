@@ -39,11 +39,8 @@ const (
 	testMTU    = 1420
 	loIfindex  = 1
 	testTable  = 1009 // a small prime keeps each Publish cheap
-	laneCount  = 3
-	xdpTX      = 3 // XDP_TX
+	xdpTX      = 3    // XDP_TX
 	xdpPass    = 2
-	xdpDrop    = 1
-	xdpRedir   = 4
 	frameExtra = 256 // room for the outer headers in DataOut
 )
 

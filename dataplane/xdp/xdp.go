@@ -79,6 +79,7 @@ type Program struct {
 	objs      demuxObjects
 	innerSpec *ebpf.MapSpec
 	tableSize uint32
+	snapKeys  []uint32 // 0..len-1: the snapshot map's keys, for its batch fill
 
 	mu        sync.Mutex
 	bank      uint32               // target bank of the snapshot in use
@@ -143,6 +144,10 @@ func Load(cfg Config) (*Program, error) {
 	inner := spec.Maps["snapshots"].InnerMap
 	inner.MaxEntries = laneSlots + cfg.TableSize
 	p := &Program{innerSpec: inner.Copy(), tableSize: cfg.TableSize, ports: map[int]bool{}}
+	p.snapKeys = make([]uint32, inner.MaxEntries)
+	for i := range p.snapKeys {
+		p.snapKeys[i] = uint32(i)
+	}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -256,12 +261,7 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 		}
 	}
 
-	n := laneSlots + p.tableSize
-	keys := make([]uint32, n)
-	vals := make([]uint32, n)
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
+	vals := make([]uint32, len(p.snapKeys))
 	vals[0] = bank
 	lanes := make([]flowhash.LaneID, 0, len(snap.Lanes))
 	for _, l := range snap.Lanes {
@@ -276,7 +276,7 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 		return fmt.Errorf("xdp: snapshot map: %w", err)
 	}
 	defer inner.Close() // the outer map holds its own reference
-	if _, err := inner.BatchUpdate(keys, vals, nil); err != nil {
+	if _, err := inner.BatchUpdate(p.snapKeys, vals, nil); err != nil {
 		return fmt.Errorf("xdp: fill snapshot: %w", err)
 	}
 	if err := p.objs.Snapshots.Put(uint32(0), inner); err != nil {
