@@ -197,7 +197,7 @@ func Parse(data []byte, dir string) (*Peering, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&p); err != nil {
-		return nil, yamlErrors(data, err)
+		return nil, YAMLErrors(data, err)
 	}
 	c := checker{dir: dir}
 	c.peering(&p)
@@ -207,10 +207,11 @@ func Parse(data []byte, dir string) (*Peering, error) {
 	return &p, nil
 }
 
-// yamlErrors names the field of each error yaml.v3 reports by line
+// YAMLErrors names the field of each error yaml.v3 reports by line
 // ("line 3: cannot unmarshal !!int `-1` into uint32" becomes
-// "vni (line 3): cannot unmarshal ...").
-func yamlErrors(data []byte, err error) Errors {
+// "vni (line 3): cannot unmarshal ..."). Other YAML files of the project
+// (the benchmark's profiles) report their errors with it too.
+func YAMLErrors(data []byte, err error) Errors {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
 		return Errors{fmt.Errorf("yaml: %s", strings.TrimPrefix(err.Error(), "yaml: "))}

@@ -31,6 +31,12 @@
 #     TSO/GSO off. docs/xdp.md has the kernel facts behind this.
 #     DEMUX_LANES=N: the demuxes run WORKDIR/demux.yaml, which lists only the
 #     first N lanes (more join by editing it and `demux reload`).
+#     BASELINE=kernel|wgo (LANES must be 1; the benchmark's baselines): no
+#     demux and no clusterpeer tunnel. The hosts route the other network
+#     through gw-a1/gw-b1, which either forward in the kernel without
+#     encryption (kernel) or run one plain WireGuard tunnel with the
+#     wireguard-go binary WGO, configured with `wg` (wgo), over the same
+#     links as lane 1.
 #
 # Namespaces are PREFIX-ha, -da, -gaN, -gbN, -db, -hb, -swa, -swb. Process
 # ids go to WORKDIR/pids (and WORKDIR/NODE.pid), logs to WORKDIR/*.log,
@@ -192,6 +198,12 @@ up() {
     write_config "$DEMUX_LANES" >"$dcfg"
   fi
 
+  if [ -n "${BASELINE:-}" ]; then
+    [ "$lanes" = 1 ] || { echo "topology: BASELINE needs exactly 1 lane" >&2; exit 1; }
+    baseline "$work" "$BASELINE"
+    return
+  fi
+
   start() { # ns binary node [config]
     local extra=()
     [ "$2" = demux ] && extra=(--xdp "${XDP:-off}")
@@ -243,22 +255,58 @@ up() {
   done
 }
 
-# gw-b1 as a stock WireGuard peer: wireguard-go in the foreground (so its
-# PID is ours to stop), configured with wg and ip as an operator would.
-stock_b1() {
-  local work=$1 ifname=${P:0:9}-gb1
-  ip netns exec "$(ns gb1)" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "$ifname" >"$work/gw-b1.log" 2>&1 &
+# stock_gw SIDE BINARY: gw-SIDE1 as a stock WireGuard peer, BINARY (a
+# wireguard-go) in the foreground so its PID is ours to stop, configured
+# with wg and ip as an operator would; it routes the other network into
+# the tunnel.
+stock_gw() {
+  local work=$1 s=$2 wgo=$3 o=b n=2 ifname=${P:0:9}-g${2}1
+  [ "$s" = b ] && o=a && n=1
+  ip netns exec "$(ns g${s}1)" env WG_PROCESS_FOREGROUND=1 "$wgo" -f "$ifname" >"$work/gw-${s}1.log" 2>&1 &
   echo $! >>"$work/pids"
-  for _ in $(seq 50); do nsx gb1 ip link show "$ifname" >/dev/null 2>&1 && break; sleep 0.1; done
-  nsx gb1 wg set "$ifname" private-key "$work/gw-b1.key" listen-port 51820 \
-    peer "$("$bin/tunnel" pubkey <"$work/gw-a1.key")" endpoint 198.18.1.1:51820 allowed-ips 10.1.0.0/16,fd00:a::/64
-  nsx gb1 ip link set "$ifname" mtu 1420 up
+  echo $! >"$work/gw-${s}1.pid"
+  for _ in $(seq 50); do nsx g${s}1 ip link show "$ifname" >/dev/null 2>&1 && break; sleep 0.1; done
+  local w=1 ow=2
+  [ "$s" = b ] && w=2 && ow=1
+  nsx g${s}1 wg set "$ifname" private-key "$work/gw-${s}1.key" listen-port 51820 \
+    peer "$("$bin/tunnel" pubkey <"$work/gw-${o}1.key")" endpoint 198.18.1.$ow:51820 allowed-ips 10.$n.0.0/16,fd00:$o::/64
+  nsx g${s}1 ip link set "$ifname" mtu 1420 up
+  nsx g${s}1 ip route add 10.$n.0.0/16 dev "$ifname"
+  nsx g${s}1 ip -6 route add fd00:$o::/64 dev "$ifname"
+}
+
+# gw-b1 as Debian's stock wireguard-go (interop), with host-b routing
+# network A to it directly.
+stock_b1() {
+  local work=$1
+  stock_gw "$work" b wireguard-go
   # The stock peer has no probe reflector of its own; this answers the
   # probes it decrypts, as an operator beside a stock peer would run it.
   ip netns exec "$(ns gb1)" "$bin/tunnel" reflect --config "$cfg" --node gw-b1 >"$work/gw-b1-reflect.log" 2>&1 &
   echo $! >>"$work/pids"
-  nsx gb1 ip route add 10.1.0.0/16 dev "$ifname"
-  nsx gb1 ip -6 route add fd00:a::/64 dev "$ifname"
+  nsx hb ip route replace 10.1.0.0/16 via 10.2.0.21
+  nsx hb ip -6 route replace fd00:a::/64 via fd00:b::21
+}
+
+# baseline MODE: hosts route through gw-a1/gw-b1 instead of the demuxes;
+# the gateways forward in the kernel (kernel) or through one plain
+# WireGuard tunnel (wgo).
+baseline() {
+  local work=$1 mode=$2
+  case $mode in
+    kernel)
+      nsx ga1 ip route add 10.2.0.0/16 via 198.18.1.2
+      nsx ga1 ip -6 route add fd00:b::/64 via fd00:1:1::2
+      nsx gb1 ip route add 10.1.0.0/16 via 198.18.1.1
+      nsx gb1 ip -6 route add fd00:a::/64 via fd00:1:1::1 ;;
+    wgo)
+      [ -x "${WGO:-}" ] || { echo "topology: BASELINE=wgo needs WGO=path to a wireguard-go binary" >&2; exit 1; }
+      stock_gw "$work" a "$WGO"
+      stock_gw "$work" b "$WGO" ;;
+    *) echo "topology: BASELINE=$mode: want kernel or wgo" >&2; exit 1 ;;
+  esac
+  nsx ha ip route replace 10.2.0.0/16 via 10.1.0.21
+  nsx ha ip -6 route replace fd00:b::/64 via fd00:a::21
   nsx hb ip route replace 10.1.0.0/16 via 10.2.0.21
   nsx hb ip -6 route replace fd00:a::/64 via fd00:b::21
 }
