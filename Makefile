@@ -6,12 +6,15 @@ SECONDS  ?= 5
 FAILOVER_RUNS ?= 10
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare failover fuzz microbench vectors generate bench-xdp
+.PHONY: test deps check build demo compare failover fuzz microbench vectors generate bench-xdp bench bench-quick bench-tools
 
 # Installs missing Debian packages, checks formatting and vet, then runs
-# every test (root-only tests skip without root) with the race detector.
+# every test (root-only tests skip without root) with the race detector,
+# and, as root, the benchmark harness's quick run.
 test: deps check
 	$(GO) test -race -count=1 ./...
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-quick; \
+	  else echo "bench-quick: skipped, needs root (namespaces, cgroups, tc)"; fi
 
 deps:
 	@scripts/install-deps.sh
@@ -38,6 +41,26 @@ check:
 # .go files; needs clang and libbpf-dev.
 generate:
 	$(GO) generate ./dataplane/xdp
+
+# The benchmark harness (cmd/bench, docs/bench.md): lanes 1-6 x every
+# profile in bench/profiles.yaml, TCP and UDP, 3 runs of 5 s each, beside
+# the kernel and wireguard-go baselines; writes bench/results/ (root;
+# about 30 minutes on a 2-CPU machine).
+bench: deps build bench-tools
+	bin/bench run --out bench/results
+
+# The harness end to end in about a minute: 1 and 2 lanes, one profile,
+# 2 runs of 2 s; checks that every figure is there and positive (no
+# performance threshold). CI runs it as part of make test.
+bench-quick: deps build bench-tools
+	@out=$$(mktemp -d); trap 'rm -rf $$out' EXIT; \
+	  bin/bench run --profile c4.large --lanes 1,2 --duration 2s --reps 2 --streams 4 --out $$out && \
+	  bin/bench check $$out/report.json
+
+# Upstream wireguard-go for the baseline, built from the module proxy at
+# the version go.mod pins (the one our lanes embed).
+bench-tools:
+	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
 
 # The demux's forwarding paths in one run: XDP, userspace, kernel
 # ip_forward; iperf3 through namespaces (root; about 3 minutes).

@@ -1,0 +1,245 @@
+// Command bench is the benchmark harness: the reference design's chart
+// (throughput against the number of gateways, per instance profile),
+// measured on this machine in network namespaces, beside the kernel's
+// routing and one plain wireguard-go tunnel over the same links.
+//
+//	bench run [--profiles bench/profiles.yaml] [--profile c4.large,...] [--lanes 1-6]
+//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams 8] [--out DIR]
+//	bench check REPORT.json
+//
+// run writes DIR/report.json, report.md and chart.png, shows progress on
+// stderr and ends with the summary line on stdout:
+//
+//	bench: lanes=<best N> gbps=<x.xx> wgo_gbps=<x.xx> ratio=<x.xx> efficiency=<x.xx>
+//
+// check is what CI runs on a quick run's report: every cell measured,
+// every figure positive.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/bench/harness"
+	"github.com/clusterpeer/clusterpeer/bench/profile"
+	"github.com/clusterpeer/clusterpeer/bench/report"
+	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
+)
+
+func main() {
+	cli.Main("bench", map[string]cli.Command{
+		"run":   {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
+		"check": {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
+	})
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("bench run", flag.ContinueOnError)
+	profilesPath := fs.String("profiles", "bench/profiles.yaml", "instance profiles file")
+	names := fs.String("profile", "", "profiles to run, comma-separated (default: all in the file)")
+	lanesFlag := fs.String("lanes", "1-6", "numbers of lanes: a range 1-6 or a list 1,2,4")
+	tests := fs.String("tests", "tcp,udp", "iperf3 tests: tcp, udp or both")
+	duration := fs.Duration("duration", 5*time.Second, "each iperf3 run (whole seconds)")
+	reps := fs.Int("reps", 3, "runs per figure; the report gives the median")
+	streams := fs.Int("streams", 8, "iperf3 parallel streams (-P)")
+	scale := fs.String("scale", "", "host CPUs per emulated vCPU: auto or a number (default: the profiles file's)")
+	out := fs.String("out", "bench/results", "directory for report.json, report.md and chart.png")
+	bin := fs.String("bin", "bin", "directory with the demux and tunnel binaries")
+	wgo := fs.String("wgo", "bin/wireguard-go", "upstream wireguard-go binary for the baseline (make bench-tools)")
+	topology := fs.String("topology", "scripts/topology.sh", "the namespace topology builder")
+	health := fs.String("health", "{interval: 20ms, detect_multiplier: 50}",
+		"the peering's health section: a gateway at its CPU quota queues and drops probes like data, "+
+			"and late replies: the default judges a lane over 1 s, not the production 40 ms (docs/bench.md)")
+	timeout := fs.Duration("timeout", 2*time.Hour, "give up (and clean up) after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, cgroups, tc)")
+	}
+	lanes, err := parseLanes(*lanesFlag)
+	if err != nil {
+		return fmt.Errorf("--lanes: %w", err)
+	}
+	testList := strings.Split(*tests, ",")
+	for _, t := range testList {
+		if t != "tcp" && t != "udp" {
+			return fmt.Errorf("--tests: %q: want tcp, udp or tcp,udp", t)
+		}
+	}
+	if !strings.Contains(*tests, "tcp") {
+		return errors.New("--tests: the chart and summary are TCP's; include tcp")
+	}
+	if *reps < 1 || *streams < 1 || *duration < time.Second {
+		return errors.New("--reps and --streams must be at least 1, --duration at least 1s")
+	}
+	pf, err := profile.Load(*profilesPath)
+	if err != nil {
+		return err
+	}
+	var sel []string
+	if *names != "" {
+		sel = strings.Split(*names, ",")
+	}
+	profiles, err := pf.Select(sel)
+	if err != nil {
+		return err
+	}
+	emu, err := pf.Resolve(profiles, lanes[len(lanes)-1], runtime.NumCPU(), *scale)
+	if err != nil {
+		return err
+	}
+	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
+	o := harness.Options{
+		Profiles: pf, Selected: profiles, Emulation: emu, Lanes: lanes, Tests: testList,
+		Duration: *duration, Reps: *reps, Streams: *streams,
+		Bin: abs(*bin), Topology: abs(*topology), WGO: abs(*wgo), Health: *health, Progress: os.Stderr,
+	}
+	if err := harness.Check(o); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+
+	rep := &report.Report{
+		Command:     "bench run " + strings.Join(args, " "),
+		Env:         environment(o.WGO),
+		Emulation:   emu,
+		ProfileFile: *profilesPath,
+		VPC:         pf.VPC,
+		LineRateBps: float64(emu.LineRate(pf.VPC)),
+		Profiles:    profiles,
+		Limits:      map[string]profile.Limits{},
+		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams},
+	}
+	for _, p := range profiles {
+		rep.Limits[p.Name] = emu.Limits(p)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %s\n", emu.Reason)
+	fmt.Fprintf(os.Stderr, "bench: %d topologies x %d profiles x %v, %d x %v each\n", len(lanes)+2, len(profiles), testList, *reps, *duration)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	start := time.Now()
+	runErr := harness.Run(ctx, o, rep)
+	rep.Env.Seconds = time.Since(start).Seconds()
+	if runErr != nil && len(rep.Cells) == 0 {
+		return runErr
+	}
+	sumErr := rep.Summarize()
+	// Write what was measured even when the run ended early.
+	paths := []string{filepath.Join(*out, "report.json"), filepath.Join(*out, "report.md"), filepath.Join(*out, "chart.png")}
+	if err := errors.Join(rep.WriteJSON(paths[0]), rep.WriteMarkdown(paths[1]), rep.WriteChart(paths[2], "tcp")); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote %s in %s\n", strings.Join(paths, ", "), time.Since(start).Round(time.Second))
+	if runErr != nil {
+		return fmt.Errorf("run ended early (partial report written): %w", runErr)
+	}
+	if sumErr != nil {
+		return sumErr
+	}
+	fmt.Println(rep.Summary.Line())
+	return nil
+}
+
+// parseLanes reads "1-6" or "1,2,4" into an ascending list.
+func parseLanes(s string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if isRange && err == nil {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 1 || b < a || b > 16 {
+			return nil, fmt.Errorf("%q: want numbers from 1 to 16, as 1-6 or 1,2,4", part)
+		}
+		for n := a; n <= b; n++ {
+			if len(out) > 0 && n <= out[len(out)-1] {
+				return nil, fmt.Errorf("%q: list the lanes in ascending order", s)
+			}
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// environment records the machine and software the figures come from.
+func environment(wgo string) report.Env {
+	e := report.Env{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Started: time.Now().UTC().Format(time.RFC3339)}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		e.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				e.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		var rev, dirty string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "+dirty"
+				}
+			}
+		}
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		e.Commit = rev + dirty
+	}
+	e.Iperf3 = firstLine("iperf3", "--version")
+	e.WireGuardGo = strings.TrimPrefix(firstLine(wgo, "--version"), "wireguard-go ")
+	return e
+}
+
+func firstLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return "unknown"
+	}
+	l, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return l
+}
+
+func check(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: bench check REPORT.json")
+	}
+	r, err := report.Load(args[0])
+	if err != nil {
+		return err
+	}
+	if err := r.Check(); err != nil {
+		return fmt.Errorf("%s:\n%w", args[0], err)
+	}
+	fmt.Printf("bench check: %s: %d cells, every figure positive; %s\n", args[0], len(r.Cells), r.Summary.Line())
+	return nil
+}
