@@ -55,7 +55,10 @@ bench: deps build bench-tools
 bench-quick: deps build bench-tools
 	@out=$$(mktemp -d); trap 'rm -rf $$out' EXIT; \
 	  bin/bench run --profile c4.large --lanes 1,2 --duration 2s --reps 2 --streams 4 --out $$out && \
-	  bin/bench check $$out/report.json
+	  bin/bench check $$out/report.json && \
+	  left=$$(ip netns list | grep -E '^cpb[0-9]+-' ; ls -d /sys/fs/cgroup/*/clusterpeer-bench-* /sys/fs/cgroup/clusterpeer-bench-* 2>/dev/null); \
+	  if [ -n "$$left" ]; then echo "bench-quick: left behind:"; echo "$$left"; exit 1; fi; \
+	  echo "bench-quick: no namespace or cgroup left behind"
 
 # Upstream wireguard-go for the baseline, built from the module proxy at
 # the version go.mod pins (the one our lanes embed).
@@ -92,6 +95,8 @@ fuzz:
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/lane -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/health -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./bench/iperf -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./bench/profile -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:

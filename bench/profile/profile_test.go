@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +119,27 @@ func TestSelect(t *testing.T) {
 	if _, err := f.Select([]string{"m5.large"}); err == nil || !strings.Contains(err.Error(), "c4.large, c4.xlarge") {
 		t.Errorf("unknown profile: %v", err)
 	}
+}
+
+func FuzzParse(f *testing.F) {
+	data, _ := os.ReadFile("../profiles.yaml")
+	f.Add(data)
+	f.Add([]byte("vpc: {one_way_gbps: 5, both_ways_gbps: 10}\nprofiles:\n  - {name: a, vcpus: 1, network_gbps: 1}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		file, err := Parse(data)
+		if err != nil {
+			return
+		}
+		// Whatever parses must resolve to limits the kernel takes.
+		e, err := file.Resolve(file.Profiles, 4, 2, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range file.Profiles {
+			l := e.Limits(p)
+			if l.Quota < time.Millisecond || l.Period < l.Quota/time.Duration(max(1, p.VCPUs)) || l.RateBitsPS == 0 {
+				t.Errorf("%+v: limits %+v", p, l)
+			}
+		}
+	})
 }
