@@ -38,7 +38,7 @@ func (r *Report) Markdown(w io.Writer) {
 	for _, test := range r.Settings.Tests {
 		p("## %s: Gbit/s delivered, median of %d runs of %g s\n\n", strings.ToUpper(test), r.Settings.Reps, r.Settings.DurationSec)
 		if test == "tcp" {
-			p("%d streams. ", r.Settings.Streams)
+			p("%d streams; efficiency is T(N) / (N x T(1)) at the largest N whose N x T(1) stays under the line rate. ", r.Settings.Streams)
 		} else {
 			p("%d streams, offered at min(line rate, lanes x the profile's link rate); loss in brackets. ", r.Settings.Streams)
 		}
@@ -49,11 +49,11 @@ func (r *Report) Markdown(w io.Writer) {
 		for _, n := range r.Settings.Lanes {
 			p(" %d lane%s |", n, map[bool]string{true: "", false: "s"}[n == 1])
 		}
-		p(" best / wireguard-go |\n|---|---|---|---|---|")
+		p(" best / wireguard-go | efficiency |\n|---|---|---|---|---|")
 		for range r.Settings.Lanes {
 			p("---|")
 		}
-		p("---|\n")
+		p("---|---|\n")
 		for _, pr := range r.Profiles {
 			l := r.Limits[pr.Name]
 			p("| %s | %.2f | %.2f | %s | %s |", pr.Name, l.CPUs, float64(l.RateBitsPS)/1e9,
@@ -66,7 +66,12 @@ func (r *Report) Markdown(w io.Writer) {
 				}
 			}
 			if w := r.Find(WireGuardGo, 1, pr.Name, test); w != nil && best > 0 {
-				p(" %.2fx |\n", best/w.MedianBps)
+				p(" %.2fx |", best/w.MedianBps)
+			} else {
+				p(" - |")
+			}
+			if n, eff := r.Efficiency(pr.Name); test == "tcp" && n > 0 {
+				p(" %.2f at %d |\n", eff, n)
 			} else {
 				p(" - |\n")
 			}

@@ -180,16 +180,28 @@ func (r *Report) Summarize() error {
 		return fmt.Errorf("report: profile %s lacks the 1-lane or the wireguard-go TCP figure", best.Profile)
 	}
 	s := &Summary{Profile: best.Profile, Lanes: best.Lanes, Gbps: best.MedianBps / 1e9, WgoGbps: wgo.MedianBps / 1e9,
-		Ratio: one.MedianBps / wgo.MedianBps, Efficiency: 1, EffLanes: 1}
-	for _, c := range r.Cells {
-		if c.Path == Clusterpeer && c.Test == "tcp" && c.Profile == best.Profile && c.Error == "" &&
-			c.Lanes > s.EffLanes && float64(c.Lanes)*one.MedianBps <= r.LineRateBps {
-			s.EffLanes = c.Lanes
-			s.Efficiency = c.MedianBps / (float64(c.Lanes) * one.MedianBps)
-		}
-	}
+		Ratio: one.MedianBps / wgo.MedianBps}
+	s.EffLanes, s.Efficiency = r.Efficiency(best.Profile)
 	r.Summary = s
 	return nil
+}
+
+// Efficiency is T(N) / (N x T(1)) for a profile's TCP figures at the
+// largest N whose N x T(1) stays under the line rate (N = 1, efficiency 1,
+// when even two lanes would reach it); 0, 0 without a one-lane figure.
+func (r *Report) Efficiency(prof string) (lanes int, eff float64) {
+	one := r.Find(Clusterpeer, 1, prof, "tcp")
+	if one == nil {
+		return 0, 0
+	}
+	lanes, eff = 1, 1
+	for _, c := range r.Cells {
+		if c.Path == Clusterpeer && c.Test == "tcp" && c.Profile == prof && c.Error == "" &&
+			c.Lanes > lanes && float64(c.Lanes)*one.MedianBps <= r.LineRateBps {
+			lanes, eff = c.Lanes, c.MedianBps/(float64(c.Lanes)*one.MedianBps)
+		}
+	}
+	return lanes, eff
 }
 
 // Line is the run's last line, in the form CI and the README quote.

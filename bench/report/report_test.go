@@ -116,7 +116,7 @@ func TestWriteAndCheck(t *testing.T) {
 	}
 	text, _ := os.ReadFile(md)
 	for _, want := range []string{
-		"| small | 0.10 | 0.50 | 0.50 | 0.25 | 0.30 | 0.55 | 0.80 | 0.95 | 3.80x |",
+		"| small | 0.10 | 0.50 | 0.50 | 0.25 | 0.30 | 0.55 | 0.80 | 0.95 | 3.80x | 0.89 at 3 |",
 		"0.30 (1.0%)", "| clusterpeer | small | 1 | 0.30 | 0.10 (50%) | - | 0.30 |", r.Summary.Line(),
 	} {
 		if !strings.Contains(string(text), want) {
