@@ -6,6 +6,7 @@
 //	bench run [--profiles bench/profiles.yaml] [--profile c4.large,...] [--lanes 1-6]
 //	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams 8] [--out DIR]
 //	bench check REPORT.json
+//	bench render REPORT.json
 //
 // run writes DIR/report.json, report.md and chart.png, shows progress on
 // stderr and ends with the summary line on stdout:
@@ -13,7 +14,8 @@
 //	bench: lanes=<best N> gbps=<x.xx> wgo_gbps=<x.xx> ratio=<x.xx> efficiency=<x.xx>
 //
 // check is what CI runs on a quick run's report: every cell measured,
-// every figure positive.
+// every figure positive. render redraws the Markdown and the chart from
+// the JSON (after a change to either, or to a report copied elsewhere).
 package main
 
 import (
@@ -40,8 +42,9 @@ import (
 
 func main() {
 	cli.Main("bench", map[string]cli.Command{
-		"run":   {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
-		"check": {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
+		"run":    {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
+		"check":  {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
+		"render": {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
 	})
 }
 
@@ -241,5 +244,22 @@ func check(args []string) error {
 		return fmt.Errorf("%s:\n%w", args[0], err)
 	}
 	fmt.Printf("bench check: %s: %d cells, every figure positive; %s\n", args[0], len(r.Cells), r.Summary.Line())
+	return nil
+}
+
+func render(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: bench render REPORT.json")
+	}
+	r, err := report.Load(args[0])
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(args[0])
+	md, png := filepath.Join(dir, "report.md"), filepath.Join(dir, "chart.png")
+	if err := errors.Join(r.WriteMarkdown(md), r.WriteChart(png, "tcp")); err != nil {
+		return err
+	}
+	fmt.Printf("bench render: wrote %s, %s\n", md, png)
 	return nil
 }
