@@ -43,7 +43,12 @@ type Options struct {
 	Topology  string // scripts/topology.sh
 	WGO       string // upstream wireguard-go binary for the baseline
 	Health    string // the peering's health section (topology.sh HEALTH)
-	Progress  io.Writer
+	// UDP's offered rate: UDPOfTCP > 0 offers that share of the same
+	// cell's TCP median (so TCP runs first); else UDPRate bits/s; else
+	// min(line rate, lanes x the profile's link rate).
+	UDPOfTCP float64
+	UDPRate  uint64
+	Progress io.Writer
 }
 
 // server is host-b's address for iperf3; client runs in host-a.
@@ -265,10 +270,19 @@ func shape(ctx context.Context, ns, dev string, rate uint64) error {
 func (h *harness) cell(ctx context.Context, t topo, p profile.Profile, c *report.Cell) error {
 	test := iperf.Test{Server: server, UDP: c.Test == "udp", Streams: h.o.Streams, Duration: h.o.Duration}
 	if test.UDP {
-		// Offer what the cluster could carry at best: every lane at its
-		// link rate, up to the line rate.
 		l := h.o.Emulation.Limits(p)
-		test.Rate = min(uint64(t.lanes)*l.RateBitsPS, h.o.Emulation.LineRate(h.o.Profiles.VPC))
+		switch {
+		case h.o.UDPOfTCP > 0:
+			tcp := h.rep.Find(t.path, t.lanes, p.Name, "tcp")
+			if tcp == nil {
+				return errors.New("no TCP figure on this cell to base the UDP rate on")
+			}
+			test.Rate = uint64(h.o.UDPOfTCP * tcp.MedianBps)
+		case h.o.UDPRate > 0:
+			test.Rate = h.o.UDPRate
+		default: // what the cluster could carry at best: every lane at its link rate
+			test.Rate = min(uint64(t.lanes)*l.RateBitsPS, h.o.Emulation.LineRate(h.o.Profiles.VPC))
+		}
 		c.OfferedBps = float64(test.Rate)
 	}
 	for rep := 1; rep <= h.o.Reps; rep++ {

@@ -40,7 +40,14 @@ func (r *Report) Markdown(w io.Writer) {
 		if test == "tcp" {
 			p("%d streams; efficiency is T(N) / (N x T(1)) at the largest N whose N x T(1) stays under the line rate. ", r.Settings.Streams)
 		} else {
-			p("%d streams, offered at min(line rate, lanes x the profile's link rate); loss in brackets. ", r.Settings.Streams)
+			offered := map[string]string{
+				"tcp":  "90% of the same cell's TCP median",
+				"link": "min(line rate, lanes x the profile's link rate), an overload where the gateways are CPU-bound",
+			}[r.Settings.UDPRate]
+			if offered == "" {
+				offered = r.Settings.UDPRate + " bit/s"
+			}
+			p("%d streams, offered at %s; loss in brackets. ", r.Settings.Streams, offered)
 		}
 		p("Each gateway: its profile's vCPUs x the scale as a CPU quota, its link rate on both links. ")
 		p("kernel: routed through one gateway pair without encryption (no CPU quota applies to the kernel's forwarding); ")

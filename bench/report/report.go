@@ -62,6 +62,7 @@ type Settings struct {
 	DurationSec float64  `json:"duration_sec"`
 	Reps        int      `json:"reps"`
 	Streams     int      `json:"streams"`
+	UDPRate     string   `json:"udp_rate"` // tcp, link or bits/s (bench run --udp-rate)
 }
 
 // Cell is one path x lanes x profile x test, measured Reps times.

@@ -29,6 +29,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,6 +66,8 @@ func run(args []string) error {
 	health := fs.String("health", "{interval: 20ms, detect_multiplier: 50}",
 		"the peering's health section: a gateway at its CPU quota queues and drops probes like data, "+
 			"and late replies: the default judges a lane over 1 s, not the production 40 ms (docs/bench.md)")
+	udpRate := fs.String("udp-rate", "tcp", "UDP's offered rate over all streams: tcp (90% of the same cell's TCP median), "+
+		"link (min(line rate, lanes x the profile's link rate): an overload where gateways are CPU-bound), or bits/s such as 500M or 1.5G")
 	timeout := fs.Duration("timeout", 2*time.Hour, "give up (and clean up) after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -85,8 +88,20 @@ func run(args []string) error {
 			return fmt.Errorf("--tests: %q: want tcp, udp or tcp,udp", t)
 		}
 	}
-	if !strings.Contains(*tests, "tcp") {
+	if !slices.Contains(testList, "tcp") {
 		return errors.New("--tests: the chart and summary are TCP's; include tcp")
+	}
+	slices.Sort(testList) // tcp before udp: the UDP rate may follow the TCP figure
+	var udpOfTCP float64
+	var udpBps uint64
+	switch *udpRate {
+	case "tcp":
+		udpOfTCP = 0.9
+	case "link":
+	default:
+		if udpBps, err = parseRate(*udpRate); err != nil {
+			return fmt.Errorf("--udp-rate: %w", err)
+		}
 	}
 	if *reps < 1 || *streams < 1 || *duration < time.Second {
 		return errors.New("--reps and --streams must be at least 1, --duration at least 1s")
@@ -111,7 +126,7 @@ func run(args []string) error {
 	o := harness.Options{
 		Profiles: pf, Selected: profiles, Emulation: emu, Lanes: lanes, Tests: testList,
 		Duration: *duration, Reps: *reps, Streams: *streams,
-		Bin: abs(*bin), Topology: abs(*topology), WGO: abs(*wgo), Health: *health, Progress: os.Stderr,
+		Bin: abs(*bin), Topology: abs(*topology), WGO: abs(*wgo), Health: *health, UDPOfTCP: udpOfTCP, UDPRate: udpBps, Progress: os.Stderr,
 	}
 	if err := harness.Check(o); err != nil {
 		return err
@@ -129,7 +144,7 @@ func run(args []string) error {
 		LineRateBps: float64(emu.LineRate(pf.VPC)),
 		Profiles:    profiles,
 		Limits:      map[string]profile.Limits{},
-		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams},
+		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, UDPRate: *udpRate},
 	}
 	for _, p := range profiles {
 		rep.Limits[p.Name] = emu.Limits(p)
@@ -185,6 +200,24 @@ func parseLanes(s string) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// parseRate reads bits per second: 500M, 1.5G, 800k or a plain number.
+func parseRate(s string) (uint64, error) {
+	mult := 1.0
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1e9, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1e6, strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "k"):
+		mult, s = 1e3, strings.TrimSuffix(s, "k")
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f*mult >= 1e3) || f*mult > 1e12 {
+		return 0, fmt.Errorf("%q: want tcp, link or a rate from 1k to 1000G, as 500M", s)
+	}
+	return uint64(f * mult), nil
 }
 
 // environment records the machine and software the figures come from.

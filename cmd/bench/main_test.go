@@ -17,3 +17,16 @@ func TestParseLanes(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]uint64{"500M": 5e8, "1.5G": 15e8, "800k": 8e5, "2000000": 2e6} {
+		if got, err := parseRate(in); err != nil || got != want {
+			t.Errorf("%q: %v %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "fast", "-1M", "0", "10", "2000G"} {
+		if _, err := parseRate(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
