@@ -135,9 +135,18 @@ func Run(ctx context.Context, ns string, t Test, started func(pid int)) (Result,
 	case err == nil:
 		return res, out.Bytes(), nil
 	case ctx.Err() != nil:
-		return Result{}, out.Bytes(), fmt.Errorf("iperf3 to %s did not finish in %v", t.Server, t.Duration+15*time.Second)
+		return Result{}, out.Bytes(), fmt.Errorf("iperf3 to %s did not finish in %v (stderr: %q; stdout ends %q)", t.Server,
+			t.Duration+15*time.Second, tail(stderr.Bytes(), 200), tail(out.Bytes(), 300))
 	case werr != nil && out.Len() == 0:
 		return Result{}, nil, fmt.Errorf("iperf3: %v: %s", werr, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return Result{}, out.Bytes(), err
+}
+
+func tail(b []byte, n int) []byte {
+	b = bytes.TrimSpace(b)
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
 }

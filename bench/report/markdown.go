@@ -116,12 +116,19 @@ func (r *Report) Markdown(w io.Writer) {
 			failed = append(failed, fmt.Sprintf("- %s, %d lanes, %s, %s: %s", c.Path, c.Lanes, c.Profile, c.Test, c.Error))
 		}
 	}
+	notes := slices.Clone(r.Notes)
+	for _, c := range r.Cells {
+		if c.Retries > 0 {
+			notes = append(notes, fmt.Sprintf("%s, %d lanes, %s, %s: %d run(s) did not finish (iperf3's control connection "+
+				"stuck behind a full lane) and were run again", c.Path, c.Lanes, c.Profile, c.Test, c.Retries))
+		}
+	}
 	if len(failed) > 0 {
 		p("## Failed measurements\n\n%s\n\n", strings.Join(failed, "\n"))
 	}
-	if len(r.Notes) > 0 {
+	if len(notes) > 0 {
 		p("## Notes\n\n")
-		for _, n := range r.Notes {
+		for _, n := range notes {
 			p("- %s\n", n)
 		}
 		p("\n")

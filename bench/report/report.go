@@ -82,6 +82,7 @@ type Cell struct {
 	Throttled map[string]float64 `json:"throttled"`
 	HostBusy  float64            `json:"host_busy"` // share of all host CPUs busy
 	Error     string             `json:"error,omitempty"`
+	Retries   int                `json:"retries,omitempty"` // runs that did not finish and were run again
 }
 
 // Run is one iperf3 run and the CPU use beside it.

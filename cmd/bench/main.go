@@ -63,9 +63,9 @@ func run(args []string) error {
 	bin := fs.String("bin", "bin", "directory with the demux and tunnel binaries")
 	wgo := fs.String("wgo", "bin/wireguard-go", "upstream wireguard-go binary for the baseline (make bench-tools)")
 	topology := fs.String("topology", "scripts/topology.sh", "the namespace topology builder")
-	health := fs.String("health", "{interval: 20ms, detect_multiplier: 50}",
+	health := fs.String("health", "{interval: 20ms, detect_multiplier: 250}",
 		"the peering's health section: a gateway at its CPU quota queues and drops probes like data, "+
-			"and late replies: the default judges a lane over 1 s, not the production 40 ms (docs/bench.md)")
+			"and late replies: the default judges a lane over 5 s, not the production 40 ms (docs/bench.md)")
 	udpRate := fs.String("udp-rate", "tcp", "UDP's offered rate over all streams: tcp (90% of the same cell's TCP median), "+
 		"link (min(line rate, lanes x the profile's link rate): an overload where gateways are CPU-bound), or bits/s such as 500M or 1.5G")
 	timeout := fs.Duration("timeout", 2*time.Hour, "give up (and clean up) after this long")
