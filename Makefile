@@ -51,12 +51,16 @@ bench: deps build bench-tools
 
 # The harness end to end in about a minute: 1 and 2 lanes, one profile,
 # 2 runs of 2 s; checks that every figure is there and positive (no
-# performance threshold). CI runs it as part of make test.
+# performance threshold) and that this run left no namespace or cgroup
+# (ones that were there before, e.g. from a killed run, are not its own).
+# CI runs it as part of make test.
 bench-quick: deps build bench-tools
 	@out=$$(mktemp -d); trap 'rm -rf $$out' EXIT; \
+	  ours() { ip netns list | awk '/^cpb[0-9]+-/{print $$1}'; ls -d /sys/fs/cgroup/*/clusterpeer-bench-* /sys/fs/cgroup/clusterpeer-bench-* 2>/dev/null; true; }; \
+	  ours | sort > $$out/before; \
 	  bin/bench run --profile c4.large --lanes 1,2 --duration 2s --reps 2 --streams 4 --out $$out && \
 	  bin/bench check $$out/report.json && \
-	  left=$$(ip netns list | grep -E '^cpb[0-9]+-' ; ls -d /sys/fs/cgroup/*/clusterpeer-bench-* /sys/fs/cgroup/clusterpeer-bench-* 2>/dev/null); \
+	  left=$$(ours | sort | comm -13 $$out/before -); \
 	  if [ -n "$$left" ]; then echo "bench-quick: left behind:"; echo "$$left"; exit 1; fi; \
 	  echo "bench-quick: no namespace or cgroup left behind"
 
