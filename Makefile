@@ -85,7 +85,7 @@ compare: deps build
 # per scenario (root; about 6 minutes at 10 runs).
 failover: deps
 	@out=$$(mktemp); trap 'rm -f $$out' EXIT; \
-	  $(GO) test ./dataplane/e2e -run '^TestFailover$$' -count=1 -v -timeout 30m -args -failover.runs=$(FAILOVER_RUNS) >$$out 2>&1; rc=$$?; \
+	  $(GO) test ./dataplane/e2e -run '^(TestFailover|TestDemuxHA)$$' -count=1 -v -timeout 30m -args -failover.runs=$(FAILOVER_RUNS) >$$out 2>&1; rc=$$?; \
 	  grep -E '(failover_test.go:[0-9]+: run|^--- |^    --- |^(ok|FAIL))' $$out; \
 	  [ $$rc = 0 ] || { echo "failover: FAILED; full output:"; cat $$out; }; \
 	  echo; grep '^failover: ' $$out; exit $$rc

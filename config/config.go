@@ -99,6 +99,10 @@ type Health struct {
 type Network struct {
 	Prefixes []string `yaml:"prefixes"`
 	Demux    Demux    `yaml:"demux"`
+	// Standby is a second demux of this side, warm, that keepalived makes
+	// active when Demux fails (see HA); nil without one.
+	Standby *Demux `yaml:"standby"`
+	HA      *HA    `yaml:"ha"`
 
 	Parsed []netip.Prefix `yaml:"-"`
 }
@@ -361,10 +365,16 @@ func (c *checker) health(p *Peering) {
 	// every address on the way must be one the lanes carry.
 	for _, side := range Sides {
 		n := p.Networks[side]
-		for i, a := range n.Demux.Sources {
-			if !contains(n.Parsed, a) {
-				c.errf(fmt.Sprintf("networks.%s.demux.addresses[%d]", side, i),
-					"%s is outside networks.%s.prefixes: lane probes answer to it through the lanes (or set health.enabled: false)", a, side)
+		for _, d := range n.Demuxes() {
+			role := "demux"
+			if d.Name != n.Demux.Name {
+				role = "standby"
+			}
+			for i, a := range d.Sources {
+				if !contains(n.Parsed, a) {
+					c.errf(fmt.Sprintf("networks.%s.%s.addresses[%d]", side, role, i),
+						"%s is outside networks.%s.prefixes: lane probes answer to it through the lanes (or set health.enabled: false)", a, side)
+				}
 			}
 		}
 	}
@@ -379,9 +389,10 @@ func (c *checker) health(p *Peering) {
 			if !contains(p.Networks[side].Parsed, g.GeneveAddr.Addr()) {
 				c.errf(f, "%s is outside networks.%s.prefixes: the far demux probes this gateway through the lane at this address (or set health.enabled: false)", g.GeneveAddr.Addr(), side)
 			}
-			far := p.Networks[Other(side)].Demux
-			if !slices.ContainsFunc(far.Sources, func(a netip.Addr) bool { return a.Is4() == g.GeneveAddr.Addr().Is4() }) {
-				c.errf(f, "%s: demux %s has no address of this family to probe it from", g.GeneveAddr.Addr(), far.Name)
+			for _, far := range p.Networks[Other(side)].Demuxes() {
+				if !slices.ContainsFunc(far.Sources, func(a netip.Addr) bool { return a.Is4() == g.GeneveAddr.Addr().Is4() }) {
+					c.errf(f, "%s: demux %s has no address of this family to probe it from", g.GeneveAddr.Addr(), far.Name)
+				}
 			}
 		}
 	}
@@ -457,8 +468,14 @@ func (c *checker) network(f, peering string, n *Network) {
 		}
 		n.Parsed = append(n.Parsed, pr)
 	}
-	d := &n.Demux
-	df := f + ".demux"
+	c.demux(f+".demux", peering, &n.Demux)
+	if n.Standby != nil {
+		c.demux(f+".standby", peering, n.Standby)
+	}
+	c.ha(f, n)
+}
+
+func (c *checker) demux(df, peering string, d *Demux) {
 	c.name(df+".name", d.Name)
 	if len(d.Addresses) == 0 {
 		c.errf(df+".addresses", "missing: the source addresses of this side's GENEVE (its gateways accept only these)")
@@ -595,7 +612,7 @@ func (c *checker) addrPort(field, s string, defPort uint16) netip.AddrPort {
 // Node is what one process runs: a demux or one end of a lane.
 type Node struct {
 	Side  string
-	Demux *Demux   // set for a demux
+	Demux *Demux   // set for a demux (the side's demux or its standby)
 	Lane  *Lane    // set for a gateway
 	Self  *Gateway // this end of Lane
 	Peer  *Gateway // the other end
@@ -607,9 +624,10 @@ var ErrUnknownNode = errors.New("no node of that name")
 // Node finds a node by name.
 func (p *Peering) Node(name string) (Node, error) {
 	for _, side := range Sides {
-		if n := p.Networks[side]; n.Demux.Name == name {
-			d := n.Demux
-			return Node{Side: side, Demux: &d}, nil
+		for _, d := range p.Networks[side].Demuxes() {
+			if d.Name == name {
+				return Node{Side: side, Demux: &d}, nil
+			}
 		}
 	}
 	for i := range p.Lanes {
@@ -627,7 +645,9 @@ func (p *Peering) Node(name string) (Node, error) {
 func (p *Peering) NodeNames() []string {
 	var s []string
 	for _, side := range Sides {
-		s = append(s, p.Networks[side].Demux.Name)
+		for _, d := range p.Networks[side].Demuxes() {
+			s = append(s, d.Name)
+		}
 	}
 	for _, l := range p.Lanes {
 		s = append(s, l.A.Name, l.B.Name)

@@ -1,41 +1,18 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+	"github.com/clusterpeer/clusterpeer/config/configtest"
 )
 
-// example returns testdata/peering.yaml, edited by the old/new pairs,
-// with fresh public keys and a hash key file written into dir.
 func example(t *testing.T, dir string, edits ...string) string {
-	t.Helper()
-	b, err := os.ReadFile("testdata/peering.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
-	for i := 0; i+1 < len(edits); i += 2 {
-		if !strings.Contains(s, edits[i]) {
-			t.Fatalf("example lacks %q", edits[i])
-		}
-		s = strings.Replace(s, edits[i], edits[i+1], 1)
-	}
-	for _, name := range []string{"A1", "B1", "A2", "B2"} {
-		k, err := wgkey.Generate()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s = strings.ReplaceAll(s, "PUBKEY_"+name, k.Public().Base64())
-	}
-	if err := os.WriteFile(filepath.Join(dir, "hash.key"), []byte("00112233445566778899aabbccddeeff\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return configtest.Example(t, dir, edits...)
 }
 
 func TestExampleLoads(t *testing.T) {
@@ -68,8 +45,39 @@ func TestExampleLoads(t *testing.T) {
 	if err != nil || n.Side != "b" || n.Lane.ID != 2 || n.Peer.Name != "gw-a2" {
 		t.Errorf("Node(gw-b2) = %+v, %v", n, err)
 	}
-	if _, err := p.Node("gw-c9"); err == nil || !strings.Contains(err.Error(), "known: demux-a, demux-b, gw-a1") {
+	if _, err := p.Node("gw-c9"); err == nil || !strings.Contains(err.Error(), "known: demux-a, demux-a2, demux-b, gw-a1") {
 		t.Errorf("unknown node: %v", err)
+	}
+}
+
+// TestHAPair: the standby is a demux node of its side; the gateways
+// accept GENEVE from both demuxes; the VIPs and defaults are parsed.
+func TestHAPair(t *testing.T) {
+	dir := t.TempDir()
+	p, err := Parse([]byte(example(t, dir)), dir+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := p.Node("demux-a2")
+	if err != nil || n.Side != "a" || n.Demux == nil || n.Demux.Tun != "cp-demux-a2" || n.Demux.Status != "/run/clusterpeer/example-demux-a2.sock" {
+		t.Fatalf("Node(demux-a2) = %+v, %v", n, err)
+	}
+	a := p.Networks["a"]
+	if got := fmt.Sprint(a.DemuxSources()); got != "[10.1.0.2 fd00:a::2 10.1.0.3 fd00:a::3]" {
+		t.Errorf("gateways accept GENEVE from %s", got)
+	}
+	if a.Pair("demux-a").Name != "demux-a2" || a.Pair("demux-a2").Name != "demux-a" || p.Networks["b"].Pair("demux-b") != nil {
+		t.Error("Pair")
+	}
+	if a.Priority("demux-a") <= a.Priority("demux-a2") {
+		t.Error("the demux must outrank its standby")
+	}
+	h := a.HA
+	if fmt.Sprint(h.Addrs) != "[10.1.0.1 fd00:a::1]" || h.RouterID != 51 || h.AdvertInterval != 50*time.Millisecond || h.CheckInterval != time.Second || h.Preempt {
+		t.Errorf("ha: %+v", h)
+	}
+	if got := strings.Join(p.NodeNames(), " "); !strings.Contains(got, "demux-a demux-a2 demux-b") {
+		t.Errorf("node names: %s", got)
 	}
 }
 
@@ -81,7 +89,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad yaml", "vni: 4242", "vni: [", "yaml:"},
 		{"unknown field", "mtu: 1420", "mtu: 1420\nmtus: 1", "mtus (line 5): field mtus not found"},
 		{"negative", "vni: 4242", "vni: -1", "vni (line 3): cannot unmarshal !!int `-1` into uint32"},
-		{"wrong type", "    weight: 2", "    weight: heavy", "lanes[1].weight (line 42): cannot unmarshal !!str `heavy`"},
+		{"wrong type", "    weight: 2", "    weight: heavy", "lanes[1].weight (line 53): cannot unmarshal !!str `heavy`"},
 		{"name", "name: example", "name: Example!", "name: \"Example!\""},
 		{"vni", "vni: 4242", "vni: 16777216", "vni: 16777216: a GENEVE VNI has 24 bits"},
 		{"mtu low", "mtu: 1420", "mtu: 1000", "mtu: 1000: want 1280.."},
@@ -115,6 +123,18 @@ func TestBrokenConfigs(t *testing.T) {
 		{"demux outside network", "[10.2.0.2]", "[10.9.0.2]", "networks.b.demux.addresses[0]: 10.9.0.2 is outside networks.b.prefixes"},
 		{"gateway outside network", "geneve: 10.2.0.21", "geneve: 10.7.0.21", "lanes[0].b.geneve: 10.7.0.21 is outside networks.b.prefixes"},
 		{"no address of the family", "geneve: 10.1.0.21:6081", "geneve: \"[fd00:a::21]:6081\"", "lanes[0].a.geneve: fd00:a::21: demux demux-b has no"},
+		{"standby without ha", "    ha:                       # keepalived", "    old_ha:                       # keepalived", "field old_ha not found"},
+		{"ha without standby", "    standby:                  # optional", "    old_standby:                  # optional", "field old_standby not found"},
+		{"standby name taken", "name: demux-a2", "name: gw-b1", "lanes[0].b.name: \"gw-b1\" is already the name of networks.a.standby.name"},
+		{"standby outside network", "[10.1.0.3, fd00:a::3]", "[10.3.0.3]", "networks.a.standby.addresses[0]: 10.3.0.3 is outside networks.a.prefixes"},
+		{"no vips", "vips: [10.1.0.1, fd00:a::1]", "vips: []", "networks.a.ha.vips: missing"},
+		{"vip is a prefix", "vips: [10.1.0.1, fd00:a::1]", "vips: [10.1.0.1/24]", "networks.a.ha.vips[0]: \"10.1.0.1/24\" is not an IP address (no prefix length"},
+		{"vip is a demux's", "vips: [10.1.0.1, fd00:a::1]", "vips: [10.1.0.1, fd00:a::3]", "networks.a.ha.vips[1]: fd00:a::3 is a demux's own address"},
+		{"no interface", "interface: eth0 ", "interface: \"\" ", "networks.a.ha.interface: missing"},
+		{"router id", "router_id: 51", "router_id: 256", "networks.a.ha.router_id: 256: want 1..255"},
+		{"advert interval", "advert_interval: 50ms", "advert_interval: 55ms", "networks.a.ha.advert_interval: 55ms: want 10ms..40.95s in whole centiseconds"},
+		{"check interval", "advert_interval: 50ms", "advert_interval: 50ms\n      check_interval: 500ms", "networks.a.ha.check_interval: 500ms: want whole seconds"},
+		{"unicast without the family", "addresses: [10.1.0.3, fd00:a::3]\n    ha:", "addresses: [fd00:a::3]\n    ha:\n      unicast: true", "networks.a.ha.unicast: demux demux-a2 has no IPv4 address"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ pkgs=(
   iputils-ping    # ping across the peering in tests and troubleshooting
   openssl         # hash keys in the demo topology
   tshark          # an independent decoder checks our GENEVE on the wire (tests)
+  keepalived      # VRRP for the active/standby demux pair (HA tests, make failover)
 )
 
 missing=()

@@ -29,6 +29,11 @@
 #     the hosts send with checksum offload off (a native program on a veth
 #     cannot finish partial checksums); generic mode needs the hosts'
 #     TSO/GSO off. docs/xdp.md has the kernel facts behind this.
+#     HA=1: network A has two demuxes, demux-a and its standby demux-a2
+#     (namespace -da2, 10.1.0.3, fd00:a::3), with keepalived on both (the
+#     config from `demux keepalived`) moving the VIPs 10.1.0.1 and
+#     fd00:a::1, which host-a routes network B to. Their notify hook
+#     appends its calls to WORKDIR/ha-notify.log.
 #     DEMUX_LANES=N: the demuxes run WORKDIR/demux.yaml, which lists only the
 #     first N lanes (more join by editing it and `demux reload`).
 #     BASELINE=kernel|wgo (LANES must be 1; the benchmark's baselines): no
@@ -38,7 +43,7 @@
 #     wireguard-go binary WGO, configured with `wg` (wgo), over the same
 #     links as lane 1.
 #
-# Namespaces are PREFIX-ha, -da, -gaN, -gbN, -db, -hb, -swa, -swb. Process
+# Namespaces are PREFIX-ha, -da, -gaN, -gbN, -db, -hb, -swa, -swb (and -da2). Process
 # ids go to WORKDIR/pids (and WORKDIR/NODE.pid), logs to WORKDIR/*.log,
 # config and keys to WORKDIR.
 # Only processes listed in WORKDIR/pids are ever stopped.
@@ -62,6 +67,12 @@ down() {
     done
     while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$work/pids"
     rm -f "$work/pids"
+  fi
+  if [ -f "$work/pids.children" ]; then
+    while read -r pid; do
+      grep -q keepalived "/proc/$pid/cmdline" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    done <"$work/pids.children"
+    rm -f "$work/pids.children"
   fi
   for n in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
     ip netns del "$n" 2>/dev/null || true
@@ -103,6 +114,10 @@ write_config() {
     echo "  $s:"
     echo "    prefixes: [10.$n.0.0/16, fd00:$s::/64]"
     echo "    demux: {name: demux-$s, addresses: [10.$n.0.2, fd00:$s::2], tun: cpdemux}"
+    if [ $s = a ] && [ "${HA:-}" = 1 ]; then
+      echo "    standby: {name: demux-a2, addresses: [10.1.0.3, fd00:a::3], tun: cpdemux}"
+      echo "    ha: {vips: [10.1.0.1, fd00:a::1], interface: lan0, router_id: 42, notify: $work/ha-notify.sh}"
+    fi
   done
   echo "lanes:"
   for i in $(seq "$1"); do
@@ -149,15 +164,20 @@ up() {
     [ $s = b ] && n=2
     node_ns h$s; lan_join h$s $s; addr h$s 10.$n.0.10/24 fd00:$s::10/64
     node_ns d$s; lan_join d$s $s; addr d$s 10.$n.0.2/24 fd00:$s::2/64
+    local demuxes=(d$s) via=10.$n.0.2 via6=fd00:$s::2
+    if [ $s = a ] && [ "${HA:-}" = 1 ]; then
+      node_ns da2; lan_join da2 a; addr da2 10.1.0.3/24 fd00:a::3/64
+      demuxes+=(da2) via=10.1.0.1 via6=fd00:a::1
+    fi
     case ${XDP:-off} in
       native)
-        ip netns exec "$(ns sw$s)" "$bin/demux" xdp-pass --dev d$s
+        for d in "${demuxes[@]}"; do ip netns exec "$(ns sw$s)" "$bin/demux" xdp-pass --dev "$d"; done
         nsx h$s ethtool -K lan0 tx off >/dev/null ;;
       generic)
         nsx h$s ethtool -K lan0 tx off tso off gso off >/dev/null ;;
     esac
-    nsx h$s ip route add 10.$((3 - n)).0.0/16 via 10.$n.0.2
-    nsx h$s ip -6 route add fd00:$( [ $s = a ] && echo b || echo a)::/64 via fd00:$s::2
+    nsx h$s ip route add 10.$((3 - n)).0.0/16 via $via
+    nsx h$s ip -6 route add fd00:$( [ $s = a ] && echo b || echo a)::/64 via $via6
   done
   for i in $(seq "$lanes"); do
     for s in a b; do
@@ -190,6 +210,14 @@ up() {
     for s in a b; do (umask 077; "$bin/tunnel" genkey >"$work/gw-$s$i.key"); done
   done
   local cfg=$work/peering.yaml dcfg=$work/peering.yaml
+  if [ "${HA:-}" = 1 ]; then
+    # The HA pair's notify hook: records each call (cloud mode would
+    # repoint a route table here).
+    printf '%s\n' '#!/bin/sh' \
+      'echo "$(date +%s.%N) $1 $2 $CLUSTERPEER_NODE $CLUSTERPEER_STATE vips=$CLUSTERPEER_VIPS remote=$CLUSTERPEER_REMOTE_PREFIXES" >>"$(dirname "$0")/ha-notify.log"' \
+      >"$work/ha-notify.sh"
+    chmod 700 "$work/ha-notify.sh"
+  fi
   write_config "$lanes" >"$cfg"
   if [ -n "${DEMUX_LANES:-}" ]; then
     # The demuxes start with fewer lanes than there are gateways; the rest
@@ -236,11 +264,17 @@ up() {
   start da demux demux-a "$dcfg"
   start db demux demux-b "$dcfg"
   ready demux-a demux-b
+  local all_demuxes=(demux-a demux-b)
+  if [ "${HA:-}" = 1 ]; then
+    start da2 demux demux-a2 "$dcfg"
+    ready demux-a2
+    all_demuxes+=(demux-a2)
+  fi
   # And when each demux's lanes are up: their probes crossed both gateways
   # and the tunnel. (demux-b never sees lane 1 up beside a stock gw-b1,
   # which takes no GENEVE; host-b bypasses demux-b then.)
   local want=${DEMUX_LANES:-$lanes}
-  for d in demux-a demux-b; do
+  for d in "${all_demuxes[@]}"; do
     local need=$want
     [ "$d.${STOCK_B1:-}" = demux-b.1 ] && need=$((want - 1))
     for t in $(seq 100); do
@@ -253,6 +287,39 @@ up() {
       sleep 0.1
     done
   done
+  [ "${HA:-}" = 1 ] && ha_up "$dcfg"
+  return 0
+}
+
+# ha_up CONFIG: keepalived beside demux-a and demux-a2, with the config
+# `demux keepalived` writes; ready when one of them holds the VIPs.
+ha_up() {
+  local dcfg=$1
+  for pair in da:demux-a da2:demux-a2; do
+    local n=${pair%%:*} node=${pair#*:}
+    "$bin/demux" keepalived --config "$dcfg" --node "$node" >"$work/keepalived-$node.conf"
+    ip netns exec "$(ns "$n")" keepalived --vrrp --dont-fork --log-console --log-detail --no-syslog \
+      -f "$work/keepalived-$node.conf" -p "$work/keepalived-$node.pid" -r "$work/keepalived-$node-vrrp.pid" \
+      >"$work/keepalived-$node.log" 2>&1 &
+    echo $! >>"$work/pids"
+  done
+  # The VRRP children, for down to end should their parent have died
+  # without ending them (a parent ends and restarts its own).
+  for node in demux-a demux-a2; do
+    for _ in $(seq 50); do [ -s "$work/keepalived-$node-vrrp.pid" ] && break; sleep 0.1; done
+    cat "$work/keepalived-$node-vrrp.pid" >>"$work/pids.children" 2>/dev/null || true
+  done
+  # Both start as backup: the first to time out takes the VIPs (demux-a,
+  # unless its keepalived started late) and, without preemption, keeps them.
+  for t in $(seq 100); do
+    for n in da da2; do
+      nsx $n ip -4 addr show dev lan0 | grep -q ' 10.1.0.1/32 ' && return 0
+    done
+    sleep 0.1
+  done
+  echo "topology: neither demux took the VIP; keepalived said:" >&2
+  cat "$work/keepalived-demux-a.log" "$work/keepalived-demux-a2.log" >&2
+  exit 1
 }
 
 # stock_gw SIDE BINARY: gw-SIDE1 as a stock WireGuard peer, BINARY (a

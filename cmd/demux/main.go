@@ -8,6 +8,9 @@
 //	demux reload  --config peering.yaml --node demux-a   (or SIGHUP)
 //	demux drain   --config peering.yaml --node demux-a --lane 2 [--deadline 30s]
 //	demux undrain --config peering.yaml --node demux-a --lane 2
+//	demux keepalived --config peering.yaml --node demux-a   (an HA pair's keepalived.conf)
+//	demux health  --config peering.yaml --node demux-a      (keepalived's track_script)
+//	demux notify  --config peering.yaml --node demux-a ...  (keepalived's notify)
 package main
 
 import (
@@ -39,13 +42,16 @@ import (
 
 func main() {
 	cli.Main("demux", map[string]cli.Command{
-		"up":       {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
-		"show":     {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
-		"check":    {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
-		"reload":   {Usage: "reload --config FILE --node NAME", Help: "re-read the config the demux runs with (as SIGHUP does)", Run: action("reload", false)},
-		"drain":    {Usage: "drain --config FILE --node NAME --lane N [--deadline D]", Help: "stop new flows to a lane; pinned flows stay until idle or D", Run: action("drain", true)},
-		"xdp-pass": {Usage: "xdp-pass --dev IF [--off]", Help: "attach a pass-all XDP program to a veth peer (native XDP_TX needs one)", Run: xdpPass},
-		"undrain":  {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
+		"up":         {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
+		"show":       {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
+		"check":      {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"reload":     {Usage: "reload --config FILE --node NAME", Help: "re-read the config the demux runs with (as SIGHUP does)", Run: action("reload", false)},
+		"drain":      {Usage: "drain --config FILE --node NAME --lane N [--deadline D]", Help: "stop new flows to a lane; pinned flows stay until idle or D", Run: action("drain", true)},
+		"xdp-pass":   {Usage: "xdp-pass --dev IF [--off]", Help: "attach a pass-all XDP program to a veth peer (native XDP_TX needs one)", Run: xdpPass},
+		"keepalived": {Usage: "keepalived --config FILE --node NAME [--demux-bin PATH]", Help: "print keepalived.conf for a demux of an HA pair (networks.X.ha)", Run: keepalivedConf},
+		"health":     {Usage: "health --config FILE --node NAME", Help: "exit 0 if the demux runs, its TUN is up and a lane is up (keepalived's check)", Run: healthCheck},
+		"notify":     {Usage: "notify --config FILE --node NAME INSTANCE NAME STATE [PRIO]", Help: "keepalived's notify: tell the demux its role, run ha.notify", Run: notify},
+		"undrain":    {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
 	})
 }
 
@@ -133,8 +139,10 @@ func up(args []string) error {
 		return err
 	}
 
+	role := newHARole(p.Networks[node.Side], d.Name)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(dm)
+	reg.MustRegister(role.collectors()...)
 	if fp != nil {
 		reg.MustRegister(fp.prog)
 	}
@@ -146,7 +154,7 @@ func up(args []string) error {
 		identity.Probing = &demux.Probing{Multiplier: p.Health.DetectMultiplier, UpAfter: p.Health.UpAfter}
 	}
 	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any {
-		st := status{Status: dm.Status(identity)}
+		st := status{Status: dm.Status(identity), HA: role.status()}
 		if fp != nil {
 			st.XDP = fp.prog.Status()
 		}
@@ -158,6 +166,7 @@ func up(args []string) error {
 	defer srv.Close()
 	r := &reloader{running: p, node: d.Name, bind: bind, dm: dm, log: log}
 	srv.Handle("reload", func(url.Values) (string, error) { return r.reload() })
+	srv.Handle("ha", func(q url.Values) (string, error) { return role.set(q, log) })
 	srv.Handle("drain", func(q url.Values) (string, error) {
 		id, err := laneArg(q)
 		if err != nil {
@@ -304,6 +313,7 @@ func hashName(h config.Hash) string {
 type status struct {
 	demux.Status
 	XDP *xdp.Status `json:"xdp,omitempty"`
+	HA  *haStatus   `json:"ha,omitempty"`
 }
 
 func show(args []string) error {
@@ -336,6 +346,7 @@ func printStatus(full status) {
 	}
 	cli.PrintDrops(st.Drops)
 	printXDP(full.XDP)
+	printHA(full.HA)
 	if st.Probing != nil {
 		cli.PrintCounts("probe replies refused", st.Probing.Drops)
 	}

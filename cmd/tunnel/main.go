@@ -103,7 +103,7 @@ func up(args []string) error {
 		Tun:          self.Tun,
 		MTU:          p.MTU,
 		GenevePort:   self.GeneveAddr.Port(),
-		Ingress:      lane.Ingress{Sources: p.Networks[node.Side].Demux.Sources, VNI: p.VNI, Probe: peerProbe(p, node)},
+		Ingress:      lane.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, node)},
 		PrivateKey:   priv,
 		ListenPort:   self.EndpointAddr.Port(),
 		Peer:         peer.Public,
@@ -129,7 +129,7 @@ func up(args []string) error {
 		reg.MustRegister(rf.Collector(id, self.Name))
 	}
 	var demuxes []string
-	for _, a := range p.Networks[node.Side].Demux.Sources {
+	for _, a := range p.Networks[node.Side].DemuxSources() {
 		demuxes = append(demuxes, a.String())
 	}
 	identity := lane.Status{

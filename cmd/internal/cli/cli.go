@@ -59,6 +59,9 @@ func Main(prog string, cmds map[string]Command) {
 type NodeFlags struct {
 	Config, Node, LogLevel string
 	JSON                   bool
+	// Args receives the arguments after the flags, for a command that
+	// takes them (nil: such arguments are an error).
+	Args *[]string
 }
 
 // Parse parses args with the node flags (and --json when withJSON).
@@ -81,7 +84,9 @@ func (f *NodeFlags) ParseWith(name string, args []string, withJSON bool, extra f
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
+	if f.Args != nil {
+		*f.Args = fs.Args()
+	} else if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	return nil
