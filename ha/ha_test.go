@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/clusterpeer/clusterpeer/config"
-	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/config/configtest"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 )
 
 // peering loads config/testdata/peering.yaml (an HA pair on side a),
