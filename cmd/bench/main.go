@@ -251,6 +251,15 @@ func environment(wgo string) report.Env {
 		}
 		e.Commit = rev + dirty
 	}
+	if e.Commit == "" {
+		// Built without VCS stamps (GOFLAGS=-buildvcs=false): ask git.
+		if rev := firstLine("git", "rev-parse", "--short=12", "HEAD"); rev != "unknown" {
+			e.Commit = rev
+			if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(out) > 0 {
+				e.Commit += "+dirty"
+			}
+		}
+	}
 	e.Iperf3 = firstLine("iperf3", "--version")
 	e.WireGuardGo = strings.TrimPrefix(firstLine(wgo, "--version"), "wireguard-go ")
 	return e
