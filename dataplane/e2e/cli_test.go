@@ -58,6 +58,12 @@ func TestCommandsWithoutRoot(t *testing.T) {
 		t.Errorf("demux check: %v\n%s", err, out)
 	}
 
+	// An HA pair's keepalived config, from the same file.
+	if out, err := run("", bin+"/demux", "keepalived", "--config", path, "--node", "demux-a2", "--demux-bin", "/usr/sbin/demux"); err != nil ||
+		!strings.Contains(out, `notify "/usr/sbin/demux notify --config `+path+` --node demux-a2"`) || !strings.Contains(out, "priority 100") {
+		t.Errorf("demux keepalived: %v\n%s", err, out)
+	}
+
 	// A private key others can read is refused, with the fix.
 	key := filepath.Join(dir, "gw-a1.key")
 	os.Chmod(key, 0o644)
@@ -79,7 +85,7 @@ func TestCommandsWithoutRoot(t *testing.T) {
 	for _, c := range []struct{ args, want string }{
 		{"tunnel up --node demux-a", "is a demux; run it with `demux up`"},
 		{"demux up --node gw-a1", "is a gateway; run it with `tunnel up`"},
-		{"demux up --node nope", "no node of that name (known: demux-a, demux-b, gw-a1"},
+		{"demux up --node nope", "no node of that name (known: demux-a, demux-a2, demux-b, gw-a1"},
 		{"demux show --node gw-a1", "a gateway; use `tunnel show`"},
 		{"demux up", "--node is required"},
 		{"tunnel reflect --node demux-a", "is a demux; run it with `demux up`"},
@@ -87,9 +93,16 @@ func TestCommandsWithoutRoot(t *testing.T) {
 		{"demux drain --node demux-a --lane 1", "is the node running?"},
 		{"demux reload --node demux-b", "is the node running?"},
 		{"demux undrain --node demux-a --lane x", "invalid value \"x\" for flag -lane"},
+		{"demux health --node demux-a2", "is the node running?"},
+		{"demux health --node gw-b1", "is a gateway; health judges a demux"},
+		{"demux notify --node demux-a", "want keepalived's notify arguments"},
+		{"demux notify --node demux-a INSTANCE x MASTER 150", "telling the demux"},
+		{"demux keepalived --node demux-b", "networks.b has no ha section"},
+		{"demux keepalived", "--node is required"},
 	} {
 		args := strings.Fields(c.args)
-		out, err := run("", append([]string{bin + "/" + args[0]}, append(args[1:], "--config", path)...)...)
+		// --config goes first: keepalived appends notify's arguments last.
+		out, err := run("", append([]string{bin + "/" + args[0], args[1], "--config", path}, args[2:]...)...)
 		if err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("%s: %v\n%s", c.args, err, out)
 		}
