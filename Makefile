@@ -45,7 +45,7 @@ generate:
 # The benchmark harness (cmd/bench, docs/bench.md): lanes 1-6 x every
 # profile in bench/profiles.yaml, TCP and UDP, 3 runs of 5 s each, beside
 # the kernel and wireguard-go baselines; writes bench/results/ (root;
-# about 30 minutes on a 2-CPU machine).
+# 25 minutes on a 2-CPU machine).
 bench: deps build bench-tools
 	bin/bench run --out bench/results
 

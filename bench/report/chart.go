@@ -17,12 +17,15 @@ import (
 // dashed line, and each profile's plain wireguard-go tunnel as a hollow
 // mark at one gateway. The format follows the file name (.png, .svg).
 func (r *Report) WriteChart(path, test string) error {
+	legendRoom := 0.12 + 0.045*float64(len(r.Profiles))
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("clusterpeer %s throughput against gateways (%s, %d CPUs)", test, r.Env.CPUModel, r.Env.CPUs)
 	p.X.Label.Text = "gateways (lanes)"
 	p.Y.Label.Text = "Gbit/s"
-	p.Legend.Top = false // bottom right: the lines rise to the right, the line rate is at the top
-	p.Legend.XOffs, p.Legend.YOffs = -vg.Points(8), vg.Points(8)
+	// The legend goes top left, in room kept free above the line rate:
+	// wherever else it goes, some profile's line runs through it.
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs, p.Legend.YOffs = vg.Points(8), -vg.Points(4)
 	p.Add(plotter.NewGrid())
 	maxN, minY, maxY := 1, math.Inf(1), 0.0
 	for i, pr := range r.Profiles {
@@ -66,12 +69,16 @@ func (r *Report) WriteChart(path, test string) error {
 	ring.Shape, ring.Radius = draw.RingGlyph{}, vg.Points(5)
 	p.Legend.Add("wireguard-go, 1 tunnel", ring)
 	p.X.Min, p.X.Max = 0.5, float64(maxN)+0.5
-	p.Y.Min, p.Y.Max = 0, max(maxY, rate)*1.15
+	// The top legendRoom of the axis is the legend's (a row per profile
+	// and two more).
+	top := max(maxY, rate)
+	p.Y.Min, p.Y.Max = 0, top/(1-legendRoom)
 	if rate > 3*maxY && minY > 0 {
 		// The line rate is out of this host's reach: a linear axis up
 		// to it would flatten every line, so the axis is logarithmic.
 		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
-		p.Y.Min, p.Y.Max = minY/2, rate*1.5
+		p.Y.Min = minY / 2
+		p.Y.Max = top * math.Pow(top/p.Y.Min, legendRoom/(1-legendRoom))
 		p.Y.Label.Text = "Gbit/s (log scale)"
 	}
 	p.X.Tick.Marker = integerTicks{}
