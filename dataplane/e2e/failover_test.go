@@ -73,6 +73,7 @@ type foResult struct {
 	newOnLane  int // flows that started on the lane (drain, add)
 	iperfError string
 	detected   string // demux-a's log line: how long the lane was silent, the table swap
+	flapped    string // a lane the scenario did not touch went down (the demuxes' log lines)
 }
 
 func TestFailover(t *testing.T) {
@@ -140,6 +141,15 @@ func (tp *foTopo) runScenarios(t *testing.T, scenarios []foScenario) []string {
 			var all []foResult
 			for run := range *failoverRuns {
 				r := tp.runOnce(sc)
+				if r.flapped != "" {
+					// A lane the scenario did not touch went down: on this
+					// shared 2-CPU machine probes are now and then held up
+					// past the 40 ms detection time. Its flows moved for
+					// that, not for the scenario: the run is done once
+					// more, and a second such run counts as it is.
+					t.Logf("run %d again: %s", run+1, r.flapped)
+					r = tp.runOnce(sc)
+				}
 				if sc.check != nil {
 					sc.check(&r)
 				}
@@ -274,6 +284,7 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 			macs[strings.TrimSpace(mac)] = i
 		}
 	}
+	downsBefore := tp.laneDowns()
 	dst := netip.MustParseAddrPort("10.2.0.10:7000")
 	var (
 		w    *lanewatch.Watcher
@@ -347,9 +358,33 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 		t.Logf("lost %d: host-b %s; demux-a tun tx_dropped %s", r.lost, strings.Join(strings.Fields(tp.run("hb", "nstat", "-az", "UdpRcvbufErrors", "UdpInErrors")), " "),
 			strings.TrimSpace(drops))
 	}
+	for log, downs := range tp.laneDowns() {
+		for _, l := range downs[len(downsBefore[log]):] {
+			if !sc.failing || !strings.Contains(l, fmt.Sprintf(" lane=%d ", sc.lane)) {
+				r.flapped += l + "; "
+			}
+		}
+	}
 	sc.restore(tp)
 	time.Sleep(150 * time.Millisecond) // past the flap window
 	return r
+}
+
+// laneDowns returns each demux's log lines so far of a lane its probes
+// found dead ("lane down", or "lane draining" for a draining lane), from
+// the message on, by log file.
+func (tp *foTopo) laneDowns() map[string][]string {
+	downs := map[string][]string{}
+	logs, _ := filepath.Glob(filepath.Join(tp.work, "demux-*.log"))
+	for _, f := range logs {
+		b, _ := os.ReadFile(f)
+		for _, l := range strings.Split(string(b), "\n") {
+			if i := strings.Index(l, "msg="); i >= 0 && strings.Contains(l, " probes unanswered") {
+				downs[f] = append(downs[f], l[i:])
+			}
+		}
+	}
+	return downs
 }
 
 func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.FlowResult, rep lanewatch.Report, iperf []byte) foResult {
