@@ -139,16 +139,24 @@ func (tp *foTopo) runScenarios(t *testing.T, scenarios []foScenario) []string {
 		t.Run(sc.name, func(t *testing.T) {
 			tp.t = t
 			var all []foResult
+			unjudged := 0
 			for run := range *failoverRuns {
+				// A lane the scenario did not touch going down (probes held
+				// up past the 40 ms detection time: this shared 2-CPU
+				// machine stalls now and then) moves that lane's flows for
+				// reasons of its own. Such a run is done again, up to
+				// twice; if every attempt saw such a flap the run is not
+				// judged, and a scenario with more than half its runs
+				// unjudged fails: the machine was too noisy to tell.
 				r := tp.runOnce(sc)
-				if r.flapped != "" {
-					// A lane the scenario did not touch went down: on this
-					// shared 2-CPU machine probes are now and then held up
-					// past the 40 ms detection time. Its flows moved for
-					// that, not for the scenario: the run is done once
-					// more, and a second such run counts as it is.
+				for attempt := 1; r.flapped != "" && attempt < 3; attempt++ {
 					t.Logf("run %d again: %s", run+1, r.flapped)
 					r = tp.runOnce(sc)
+				}
+				if r.flapped != "" {
+					t.Logf("run %d not judged: a lane flapped in each of 3 attempts: %s", run+1, r.flapped)
+					unjudged++
+					continue
 				}
 				if sc.check != nil {
 					sc.check(&r)
@@ -159,6 +167,9 @@ func (tp *foTopo) runScenarios(t *testing.T, scenarios []foScenario) []string {
 				if t.Failed() {
 					break
 				}
+			}
+			if unjudged*2 > *failoverRuns {
+				t.Errorf("%d of %d runs not judged: lanes the scenario did not touch kept going down (probes held up on a busy machine)", unjudged, *failoverRuns)
 			}
 			line := foSummary(sc.name, all)
 			summary = append(summary, line)
