@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -144,7 +145,7 @@ func (r *haRole) status() *haStatus {
 }
 
 // set is the "ha" action that `demux notify` calls.
-func (r *haRole) set(q url.Values, log interface{ Info(string, ...any) }) (string, error) {
+func (r *haRole) set(q url.Values, log *slog.Logger) (string, error) {
 	if r == nil {
 		return "", errors.New("this demux has no ha section in its config")
 	}
