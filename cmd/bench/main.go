@@ -274,11 +274,16 @@ func firstLine(name string, args ...string) string {
 	return l
 }
 
-func check(args []string) error {
+// loadArg loads the one report a subcommand takes.
+func loadArg(name string, args []string) (*report.Report, error) {
 	if len(args) != 1 {
-		return errors.New("usage: bench check REPORT.json")
+		return nil, fmt.Errorf("usage: bench %s REPORT.json", name)
 	}
-	r, err := report.Load(args[0])
+	return report.Load(args[0])
+}
+
+func check(args []string) error {
+	r, err := loadArg("check", args)
 	if err != nil {
 		return err
 	}
@@ -290,10 +295,7 @@ func check(args []string) error {
 }
 
 func render(args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: bench render REPORT.json")
-	}
-	r, err := report.Load(args[0])
+	r, err := loadArg("render", args)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -107,13 +108,7 @@ func TestDemuxHA(t *testing.T) {
 			}
 		}
 		isolate("on")
-		healed := false
-		heal := func() {
-			if !healed {
-				isolate("off")
-				healed = true
-			}
-		}
+		heal := sync.OnceFunc(func() { isolate("off") })
 		defer heal()
 		tp.waitHolder("both")
 		// Which one the hosts reach depends on whose ARP came last; both
@@ -153,13 +148,7 @@ func TestDemuxHA(t *testing.T) {
 			}
 		}
 		route("add")
-		restored := false
-		restore := func() {
-			if !restored {
-				route("del")
-				restored = true
-			}
-		}
+		restore := sync.OnceFunc(func() { route("del") })
 		defer restore()
 		start := time.Now()
 		tp.waitHolder(standby)
