@@ -33,14 +33,14 @@ check:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@if command -v clang >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ]; then \
-	  $(GO) generate ./dataplane/xdp && git diff --exit-code --stat -- dataplane/xdp \
+	  $(GO) generate ./dataplane/xdp ./bench/xdpgen && git diff --exit-code --stat -- dataplane/xdp bench/xdpgen \
 	  || { echo "the committed XDP objects differ from what clang builds: run make generate and commit"; exit 1; }; \
 	else echo "check: clang or libbpf-dev absent; not checking that the XDP objects regenerate unchanged"; fi
 
-# Rebuilds the XDP programs (dataplane/xdp/*.c) into the committed .o and
-# .go files; needs clang and libbpf-dev.
+# Rebuilds the XDP programs (dataplane/xdp/*.c, bench/xdpgen/gen.c) into
+# the committed .o and .go files; needs clang and libbpf-dev.
 generate:
-	$(GO) generate ./dataplane/xdp
+	$(GO) generate ./dataplane/xdp ./bench/xdpgen
 
 # The benchmark harness (cmd/bench, docs/bench.md): lanes 1-6 x every
 # profile in bench/profiles.yaml, TCP and UDP, 3 runs of 5 s each, beside

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures the demux's three ways of forwarding on one topology, in one run:
 # the XDP fast path, the userspace demux (--xdp=off) and plain kernel
-# ip_forward (no demux, no GENEVE), with iperf3 as the traffic.
+# ip_forward (no demux, no GENEVE). UDP load comes from `bench blast` (an
+# XDP live-frames generator: iperf3's one sending thread stops near 0.16
+# Mpps whatever the size), TCP from iperf3.
 #
 #   src (10.8.0.1) --lan-- demux (10.8.0.2 | 10.9.0.1) --wan-- sink (10.9.0.2, .21-.23)
 #     |                                                          | XDP strips GENEVE
@@ -11,13 +13,14 @@
 # GENEVE to one of three "gateways" (addresses of sink) over the wan link
 # (XDP_REDIRECT through a devmap), or, for kernel-forward, routes the plain
 # packet to sink. sink strips GENEVE in XDP (`demux xdp-pass --geneve-sink`)
-# and answers over the back link.
+# and answers over the back link; UDP to the discard port (the generator's)
+# it counts and drops there, and those counts are the UDP figures.
 #
 #   bench-xdp.sh BINDIR [SECONDS] [RUNS]    # prints one `xdp:` line per path and size
 #
-# UDP figures are what iperf3's receiver got (sent minus lost) per second;
-# pkt is the IP packet size. TCP is iperf3's received throughput, 4 streams.
-# Medians of RUNS runs.
+# UDP figures are the packets that reached the sink per second of sending
+# (256 flows, offered at what one CPU generates); pkt is the IP packet size.
+# TCP is iperf3's received throughput, 4 streams. Medians of RUNS runs.
 set -euo pipefail
 bin=${1:?usage: bench-xdp.sh BINDIR [SECONDS] [RUNS]}
 secs=${2:-5}
@@ -56,7 +59,9 @@ nsx src ip link set lan0 mtu 1420
 nsx src ip route add 10.2.0.0/16 via 10.8.0.2
 # The destination, on sink.
 nsx sink ip addr add 10.2.0.10/32 dev lo
-nsx sink ip route add 10.8.0.0/24 via 10.7.0.1
+# Answers leave from 10.2.0.10: iperf3's UDP sockets are connected to it,
+# and a reply from the back link's own address would match no socket.
+nsx sink ip route add 10.8.0.0/24 via 10.7.0.1 src 10.2.0.10
 # Native XDP on veths: redirected frames arrive only at a peer running an
 # XDP program (here one that also strips GENEVE, standing in for the
 # gateways: this kernel has no geneve module); a native program cannot
@@ -65,6 +70,7 @@ ip netns exec "$(ns sink)" "$bin/demux" xdp-pass --dev wan0 --geneve-sink
 nsx src ethtool -K lan0 tx off >/dev/null
 for d in 10.9.0.2 10.9.0.21 10.9.0.22 10.9.0.23; do nsx demux ping -c1 -W2 -q $d >/dev/null; done
 nsx src ping -c1 -W2 -q 10.8.0.2 >/dev/null
+lan_mac=$(nsx demux cat /sys/class/net/lan0/address)
 
 (umask 077; head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/hash.key")
 {
@@ -110,37 +116,58 @@ stop_demux() {
   wait "$demux_pid" 2>/dev/null || true
 }
 
-nsx sink iperf3 -s -p 5201 >/dev/null 2>&1 &
+# Not through nsx: $! of a backgrounded function is its subshell, not iperf3.
+ip netns exec "$(ns sink)" iperf3 -s -p 5201 >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.3
 
-# measure PATH: one iperf3 run per size; prints "udp64 udp1400 tcp" results as "mpps gbps".
-measure() {
-  local pkt out
-  for pkt in 64 1400; do
-    out=$(nsx src timeout $((secs + 5)) iperf3 -c 10.2.0.10 -u -b 0 -l $((pkt - 28)) -t "$secs" -P 2 -J 2>/dev/null || true)
-    python3 -c '
-import json,sys
-pkt=int(sys.argv[1])
-try:
-    d=None
-    d=json.loads(sys.stdin.read()); s=d["end"]["sum"]
-    got=s["packets"]-s["lost_packets"]; secs=s["seconds"]
-    print("%.4f %.4f" % (got/secs/1e6, got*pkt*8/secs/1e9))
-except Exception as e:
-    print("bench-xdp: udp %d B: no result (%s): %s" % (pkt, e, d.get("error", "") if isinstance(d, dict) else ""), file=sys.stderr)
-    print("0 0")
-' "$pkt" <<<"$out"
-  done
+# xdp_drops: what the sink's XDP program has counted and dropped (the
+# generator's UDP to the discard port), summed over wan0's queues.
+xdp_drops() {
+  nsx sink ethtool -S wan0 | awk '/rx_queue_[0-9]+_xdp_drops:/ {n += $2} END {print n + 0}'
+}
+
+# udp PATH PKT: `bench blast` offers PKT-byte UDP packets (256 flows) out
+# of src at what one CPU can generate; prints "mpps gbps" of what reached
+# the sink. The generator's frames arrive at the demux as XDP frames, so
+# for the paths without the demux's program lan0 gets a pass-all one.
+udp() {
+  local path=$1 pkt=$2 before after out
+  [ "$path" = xdp ] || ip netns exec "$(ns demux)" "$bin/demux" xdp-pass --dev lan0
+  before=$(xdp_drops)
+  out=$(nsx src timeout $((secs + 30)) "$bin/bench" blast --dev lan0 --dst-mac "$lan_mac" --dst 10.2.0.10 \
+    --size "$pkt" --flows 256 --duration "${secs}s") || { echo "bench-xdp: $path udp $pkt B: blast failed: $out" >&2; echo "0 0"; return; }
+  sleep 0.5 # what the userspace demux still has queued
+  after=$(xdp_drops)
+  [ "$path" = xdp ] || ip netns exec "$(ns demux)" "$bin/demux" xdp-pass --dev lan0 --off
+  echo "bench-xdp: $path udp $pkt B: $out received=$((after - before))" >&2
+  python3 -c '
+import sys
+got, secs, pkt = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+print("%.4f %.4f" % (got / secs / 1e6, got * pkt * 8 / secs / 1e9))
+' "$((after - before))" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$pkt"
+}
+
+# tcp: iperf3, 4 streams, through the path; prints "mpps gbps" received.
+tcp() {
+  local out
   out=$(nsx src timeout $((secs + 15)) iperf3 -c 10.2.0.10 -t "$secs" -P 4 -J 2>/dev/null || true)
   python3 -c '
 import json,sys
 try:
     d=json.loads(sys.stdin.read()); bps=d["end"]["sum_received"]["bits_per_second"]
     print("%.4f %.4f" % (bps/8/1420/1e6, bps/1e9))
-except Exception:
+except Exception as e:
+    print("bench-xdp: tcp: no result (%s)" % e, file=sys.stderr)
     print("0 0")
 ' <<<"$out"
+}
+
+# measure PATH: prints "udp64 udp1400 tcp" results, one "mpps gbps" per line.
+measure() {
+  udp "$1" 64
+  udp "$1" 1400
+  tcp
 }
 
 results=$work/results
@@ -153,7 +180,7 @@ for r in $(seq "$runs"); do
       kernel-forward) nsx demux ip route add 10.2.0.0/16 via 10.9.0.2 ;;
     esac
     echo "bench-xdp: run $r/$runs: $path" >&2
-    mapfile -t lines < <(measure)
+    mapfile -t lines < <(measure "$path")
     echo "$path 64 ${lines[0]}" >>"$results"
     echo "$path 1400 ${lines[1]}" >>"$results"
     echo "$path tcp ${lines[2]}" >>"$results"

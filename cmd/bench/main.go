@@ -7,6 +7,7 @@
 //	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams 8] [--out DIR]
 //	bench check REPORT.json
 //	bench render REPORT.json
+//	bench blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]
 //
 // run writes DIR/report.json, report.md and chart.png, shows progress on
 // stderr and ends with the summary line on stdout:
@@ -16,6 +17,7 @@
 // check is what CI runs on a quick run's report: every cell measured,
 // every figure positive. render redraws the Markdown and the chart from
 // the JSON (after a change to either, or to a report copied elsewhere).
+// blast is scripts/bench-xdp.sh's packet generator (bench/xdpgen).
 package main
 
 import (
@@ -46,6 +48,7 @@ func main() {
 		"run":    {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
 		"check":  {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
 		"render": {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
+		"blast":  {Usage: "blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]", Help: "send UDP frames out of IF with the XDP live-frames generator (bench-xdp's UDP load)", Run: blast},
 	})
 }
 

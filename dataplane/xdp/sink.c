@@ -3,6 +3,8 @@
 // sink.c decapsulates GENEVE in XDP for the fast path's benchmark: the
 // bench's "gateway" hands the inner packet to its own kernel, so iperf3
 // can measure across the demux where Linux's geneve module is absent.
+// UDP to the discard port (9), the generator's frames (bench/xdpgen), ends
+// here, plain or decapsulated, so the sink's XDP drop count is what arrived.
 // Not part of the data path.
 
 #include <linux/bpf.h>
@@ -16,6 +18,15 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define ENCAP (sizeof(struct iphdr) + 8 + 8)
 
+static __always_inline int to_discard(void *data, void *end)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u8 *udp = (void *)(ip + 1);
+	return (void *)(udp + 4) <= end && eth->h_proto == bpf_htons(ETH_P_IP) && ip->ihl == 5 &&
+	       ip->protocol == IPPROTO_UDP && *(__be16 *)(udp + 2) == bpf_htons(9);
+}
+
 SEC("xdp")
 int xdp_geneve_sink(struct xdp_md *ctx)
 {
@@ -27,7 +38,7 @@ int xdp_geneve_sink(struct xdp_md *ctx)
 	__u8 *gnv = udp + 8;
 	if ((void *)(gnv + 8) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP || *(__be16 *)(udp + 2) != bpf_htons(6081) || (gnv[0] & 0x3f) != 0)
-		return XDP_PASS;
+		return to_discard(data, end) ? XDP_DROP : XDP_PASS;
 	struct ethhdr e;
 	__builtin_memcpy(&e, eth, sizeof(e));
 	e.h_proto = *(__be16 *)(gnv + 2);
@@ -39,5 +50,5 @@ int xdp_geneve_sink(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > end)
 		return XDP_DROP;
 	__builtin_memcpy(eth, &e, sizeof(e));
-	return XDP_PASS;
+	return to_discard(data, end) ? XDP_DROP : XDP_PASS;
 }
