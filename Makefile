@@ -70,7 +70,8 @@ bench-tools:
 	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
 
 # The demux's forwarding paths in one run: XDP, userspace, kernel
-# ip_forward; iperf3 through namespaces (root; about 3 minutes).
+# ip_forward; UDP from bench blast, TCP from iperf3, through namespaces
+# (root; about 3 minutes).
 bench-xdp: deps build
 	@scripts/bench-xdp.sh $(CURDIR)/bin $(SECONDS) 3
 

@@ -34,10 +34,14 @@ type flow struct {
 	first int
 }
 
-// Count is packets and bytes (IP packet lengths).
+// Count is packets and bytes (IP packet lengths), and when the first and
+// the last of them were captured (for a flow's lane: a packet on the old
+// lane after the first on the new one says where a reorder came from).
 type Count struct {
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
+	Packets uint64    `json:"packets"`
+	Bytes   uint64    `json:"bytes"`
+	First   time.Time `json:"first,omitzero"`
+	Last    time.Time `json:"last,omitzero"`
 }
 
 // Open starts a capture of packets arriving on ifname, in the calling
@@ -85,11 +89,11 @@ func (w *Watcher) Run(ctx context.Context) {
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 			continue
 		}
-		w.add(buf[:n])
+		w.add(buf[:n], time.Now())
 	}
 }
 
-func (w *Watcher) add(frame []byte) {
+func (w *Watcher) add(frame []byte, at time.Time) {
 	et := binary.BigEndian.Uint16(frame[12:14])
 	if et != 0x0800 && et != 0x86dd {
 		return
@@ -111,9 +115,10 @@ func (w *Watcher) add(frame []byte) {
 	}
 	c := f.lanes[lane]
 	if c == nil {
-		c = &Count{}
+		c = &Count{First: at}
 		f.lanes[lane] = c
 	}
+	c.Last = at
 	c.Packets++
 	c.Bytes += uint64(len(pkt))
 }

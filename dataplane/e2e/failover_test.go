@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
 	"os"
@@ -72,8 +73,9 @@ type foResult struct {
 	tcpResets  int
 	newOnLane  int // flows that started on the lane (drain, add)
 	iperfError string
-	detected   string // demux-a's log line: how long the lane was silent, the table swap
-	flapped    string // a lane the scenario did not touch went down (the demuxes' log lines)
+	detected   string   // demux-a's log line: how long the lane was silent, the table swap
+	flapped    string   // a lane the scenario did not touch went down (the demuxes' log lines)
+	reorders   []string // each reordered flow: when host-b saw it on each lane
 }
 
 func TestFailover(t *testing.T) {
@@ -163,6 +165,9 @@ func (tp *foTopo) runScenarios(t *testing.T, scenarios []foScenario) []string {
 				}
 				t.Logf("run %d: blackouts %v, %d flows on the lane, %d moved, %d reordered, %d lost, tcp %d on the lane / %d reset%s%s",
 					run+1, roundMs(r.blackouts), r.onLane, r.moved, r.reordered, r.lost, r.tcpOnLane, r.tcpResets, r.iperfError, r.detected)
+				for _, l := range r.reorders {
+					t.Logf("run %d: reordered %s", run+1, l)
+				}
 				all = append(all, r)
 				if t.Failed() {
 					break
@@ -398,6 +403,20 @@ func (tp *foTopo) laneDowns() map[string][]string {
 	return downs
 }
 
+// reorderedFlow says when host-b saw a reordered flow on each lane,
+// relative to its longest gap: a packet on the old lane after the first on
+// the new one was held up behind the demux, not reordered by it.
+func reorderedFlow(res udpflows.FlowResult, f lanewatch.Flow) string {
+	s := fmt.Sprintf("flow %d (port %d): %d out of order, %d lost, gap %v from %s;",
+		res.Flow, f.SrcPort, res.OutOfOrder, res.Lost, res.LongestGap.Round(100*time.Microsecond), res.GapStart.Format("15:04:05.0000"))
+	ids := slices.Sorted(maps.Keys(f.Lanes))
+	for _, id := range ids {
+		c := f.Lanes[id]
+		s += fmt.Sprintf(" lane %d: %d packets %s-%s", id, c.Packets, c.First.Format("15:04:05.0000"), c.Last.Format("15:04:05.0000"))
+	}
+	return s
+}
+
 func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.FlowResult, rep lanewatch.Report, iperf []byte) foResult {
 	var r foResult
 	flows := map[string]lanewatch.Flow{}
@@ -420,6 +439,9 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 		f, seen := flows["udp "+strconv.Itoa(int(port))]
 		if !ok || !seen {
 			continue
+		}
+		if res.OutOfOrder > 0 {
+			r.reorders = append(r.reorders, reorderedFlow(res, f))
 		}
 		if moved(f) {
 			r.moved++
