@@ -6,15 +6,15 @@ SECONDS  ?= 5
 FAILOVER_RUNS ?= 10
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare failover fuzz microbench vectors generate bench-xdp bench bench-quick bench-tools
+.PHONY: test deps check build demo compare failover fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector,
-# and, as root, the benchmark harness's quick run.
+# and, as root, the quick runs of the benchmark harness and of bench-xdp.
 test: deps check
 	$(GO) test -race -count=1 ./...
-	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-quick; \
-	  else echo "bench-quick: skipped, needs root (namespaces, cgroups, tc)"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-quick bench-xdp-quick; \
+	  else echo "bench-quick, bench-xdp-quick: skipped, need root (namespaces, cgroups, tc, XDP)"; fi
 
 deps:
 	@scripts/install-deps.sh
@@ -74,6 +74,18 @@ bench-tools:
 # (root; about 3 minutes).
 bench-xdp: deps build
 	@scripts/bench-xdp.sh $(CURDIR)/bin $(SECONDS) 3
+
+# bench-xdp once, 2 s per figure: every path and size gives a figure (no
+# performance threshold) and the run leaves no namespace. Part of make test.
+bench-xdp-quick: deps build
+	@out=$$(mktemp -d); trap 'rm -rf $$out' EXIT; \
+	  ours() { ip netns list | awk '/^cpbx[0-9]+-/{print $$1}' | sort; }; \
+	  ours > $$out/before; \
+	  scripts/bench-xdp.sh $(CURDIR)/bin 2 1 > $$out/log 2>&1; rc=$$?; \
+	  grep -v '^  ' $$out/log; [ $$rc = 0 ] || exit $$rc; \
+	  left=$$(ours | comm -13 $$out/before -); \
+	  if [ -n "$$left" ]; then echo "bench-xdp-quick: left behind:"; echo "$$left"; exit 1; fi; \
+	  echo "bench-xdp-quick: no namespace left behind"
 
 # iperf3 single stream through demux + 1 lane vs plain upstream
 # wireguard-go, alternating in one run (root).

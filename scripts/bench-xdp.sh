@@ -132,14 +132,19 @@ xdp_drops() {
 # the sink. The generator's frames arrive at the demux as XDP frames, so
 # for the paths without the demux's program lan0 gets a pass-all one.
 udp() {
-  local path=$1 pkt=$2 before after out
+  local path=$1 pkt=$2 before after out rc=0
   [ "$path" = xdp ] || ip netns exec "$(ns demux)" "$bin/demux" xdp-pass --dev lan0
   before=$(xdp_drops)
   out=$(nsx src timeout $((secs + 30)) "$bin/bench" blast --dev lan0 --dst-mac "$lan_mac" --dst 10.2.0.10 \
-    --size "$pkt" --flows 256 --duration "${secs}s") || { echo "bench-xdp: $path udp $pkt B: blast failed: $out" >&2; echo "0 0"; return; }
+    --size "$pkt" --flows 256 --duration "${secs}s" 2>&1) || rc=$?
   sleep 0.5 # what the userspace demux still has queued
   after=$(xdp_drops)
   [ "$path" = xdp ] || ip netns exec "$(ns demux)" "$bin/demux" xdp-pass --dev lan0 --off
+  if [ "$rc" != 0 ]; then
+    echo "bench-xdp: $path udp $pkt B: blast failed ($rc): $out" >&2
+    echo "0 0"
+    return
+  fi
   echo "bench-xdp: $path udp $pkt B: $out received=$((after - before))" >&2
   python3 -c '
 import sys
@@ -195,15 +200,18 @@ python3 - "$results" <<'EOF'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 med = {}
+print("bench-xdp: pkt=64 and pkt=1400 are UDP (bench blast, 256 flows), pkt=1420 is TCP (iperf3, 4 streams of MTU-sized segments)")
 for path in ("xdp", "userspace", "kernel-forward"):
     for size in ("64", "1400", "tcp"):
         vals = [(float(r[2]), float(r[3])) for r in rows if r[0] == path and r[1] == size]
         m = (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals))
         med[path, size] = m
         pkt = "1420" if size == "tcp" else size
-        proto = "tcp" if size == "tcp" else "udp"
-        print(f"xdp: path={path} pkt={pkt} mpps={m[0]:.2f} gbps={m[1]:.2f} proto={proto}")
+        print(f"xdp: path={path} pkt={pkt} mpps={m[0]:.2f} gbps={m[1]:.2f}")
 for size in ("64", "1400", "tcp"):
     x, u, k = med["xdp", size][0], med["userspace", size][0], med["kernel-forward", size][0]
     print(f"xdp: ratio {size}: xdp/kernel-forward={x / k if k else 0:.2f} xdp/userspace={x / u if u else 0:.2f}")
+missing = [f"{path} {size}" for (path, size), m in med.items() if m[0] <= 0]
+if missing:
+    sys.exit("bench-xdp: no result for " + ", ".join(missing) + " (the lines above the summary say why)")
 EOF

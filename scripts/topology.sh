@@ -29,6 +29,10 @@
 #     the hosts send with checksum offload off (a native program on a veth
 #     cannot finish partial checksums); generic mode needs the hosts'
 #     TSO/GSO off. docs/xdp.md has the kernel facts behind this.
+#     RPS=1: every interface in the namespaces steers each flow to one CPU
+#     (rps_cpus), as a NIC's RSS queues would. Without it a veth queues a
+#     received packet on the sending CPU, and a packet left behind on a busy
+#     CPU can arrive after the next one, sent from the other (docs/xdp.md).
 #     HA=1: network A has two demuxes, demux-a and its standby demux-a2
 #     (namespace -da2, 10.1.0.3, fd00:a::3), with keepalived on both (the
 #     config from `demux keepalived`) moving the VIPs 10.1.0.1 and
@@ -287,6 +291,12 @@ up() {
       sleep 0.1
     done
   done
+  if [ "${RPS:-}" = 1 ]; then
+    local all=$(( (1 << $(nproc)) - 1 ))
+    for n in $(ip netns list | awk '{print $1}' | grep "^$P-"); do
+      ip netns exec "$n" sh -c "for f in /sys/class/net/*/queues/rx-*/rps_cpus; do printf %x $all >\$f; done"
+    done
+  fi
   [ "${HA:-}" = 1 ] && ha_up "$dcfg"
   return 0
 }
