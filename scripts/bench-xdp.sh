@@ -191,7 +191,7 @@ for r in $(seq "$runs"); do
     echo "$path tcp ${lines[2]}" >>"$results"
     case $path in
       kernel-forward) nsx demux ip route del 10.2.0.0/16 via 10.9.0.2 ;;
-      *) [ "$path" = xdp ] && "$bin/demux" show --config "$work/peering.yaml" --node demux-a | grep "xdp" >&2; stop_demux ;;
+      *) [ "$path" = xdp ] && "$bin/demux" show --config "$work/peering.yaml" --node demux-a | grep -E "^ +xdp" >&2; stop_demux ;;
     esac
   done
 done
