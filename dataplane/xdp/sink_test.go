@@ -7,14 +7,16 @@ import (
 	"encoding/binary"
 	"os"
 	"testing"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 const xdpDrop = 1
 
-// geneve wraps an inner IPv4 packet as a lane gateway receives it from
+// geneveFrame wraps an inner IPv4 packet as a lane gateway receives it from
 // the demux: outer Ethernet + IPv4 + UDP to 6081 + GENEVE (optlen words of
 // options).
-func geneve(inner []byte, optlen int) []byte {
+func geneveFrame(inner []byte, optlen int) []byte {
 	outer := make([]byte, 20+8+8+4*optlen)
 	outer[0], outer[8], outer[9] = 0x45, 64, 17
 	binary.BigEndian.PutUint16(outer[2:4], uint16(len(outer)+len(inner)))
@@ -23,9 +25,9 @@ func geneve(inner []byte, optlen int) []byte {
 	binary.BigEndian.PutUint16(outer[20:22], 0xc123)
 	binary.BigEndian.PutUint16(outer[22:24], 6081)
 	binary.BigEndian.PutUint16(outer[24:26], uint16(len(outer)-20+len(inner)))
-	outer[28] = byte(optlen)
-	binary.BigEndian.PutUint16(outer[30:32], 0x0800)
-	binary.BigEndian.PutUint32(outer[32:36], testVNI<<8)
+	if _, err := geneve.PutWithOptions(outer[28:], testVNI, 0x0800, false, make([]byte, 4*optlen)); err != nil {
+		panic(err) // options of zero-length TLVs always encode
+	}
 	return eth(append(outer, inner...))
 }
 
@@ -49,11 +51,11 @@ func TestGeneveSink(t *testing.T) {
 		verdict uint32
 		out     []byte // the frame handed to the kernel, if passed
 	}{
-		{"geneve, udp to 5201: stripped", geneve(iperf, 0), xdpPass, eth(iperf)},
-		{"geneve, udp to the discard port: dropped", geneve(udp4(t, 40000, 9, 22), 0), xdpDrop, nil},
+		{"geneve, udp to 5201: stripped", geneveFrame(iperf, 0), xdpPass, eth(iperf)},
+		{"geneve, udp to the discard port: dropped", geneveFrame(udp4(t, 40000, 9, 22), 0), xdpDrop, nil},
 		{"plain udp to the discard port: dropped", eth(udp4(t, 40000, 9, 22)), xdpDrop, nil},
 		{"plain tcp to port 9: passed as is", eth(tcp4(t, 40000, 9, 10)), xdpPass, eth(tcp4(t, 40000, 9, 10))},
-		{"geneve with options: passed as is", geneve(iperf, 2), xdpPass, geneve(iperf, 2)},
+		{"geneve with options: passed as is", geneveFrame(iperf, 2), xdpPass, geneveFrame(iperf, 2)},
 		{"runt: passed", eth(nil)[:20], xdpPass, eth(nil)[:20]},
 	} {
 		verdict, out := run(t, objs.XdpGeneveSink, c.frame)
