@@ -259,8 +259,9 @@ func (p *Program) Published() uint64 {
 }
 
 // Publish makes the program choose from snap and send to targets. It
-// writes the target bank not in use, then swaps in a new snapshot map
-// naming it: packets see the old lane set or the new, never a mix. A lane
+// writes the target bank not in use and that bank's snapshot map, which
+// names it, then swaps the snapshot in: packets see the old lane set or
+// the new, never a mix. A lane
 // without a target (or an unresolved one) has its packets passed up.
 func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	p.mu.Lock()
