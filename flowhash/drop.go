@@ -14,6 +14,7 @@ const (
 	DropExtChain          // more than MaxIPv6ExtHeaders IPv6 extension headers
 	DropBadICMPError      // ICMP error quoting a missing or malformed packet
 	DropNoLane            // no lane is up
+	DropSettling          // the flow's lane just failed: it waits out the lane's settle window (the demux holds it)
 	NumDrops              // number of reasons, for counter arrays
 )
 
@@ -26,6 +27,7 @@ var dropNames = [NumDrops]string{
 	DropExtChain:     "ipv6_ext_chain_too_long",
 	DropBadICMPError: "bad_icmp_error",
 	DropNoLane:       "no_lane",
+	DropSettling:     "settling",
 }
 
 func (d Drop) String() string {

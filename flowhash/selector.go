@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // LaneState is what the selector does with a lane.
@@ -38,6 +39,11 @@ type Lane struct {
 	ID     LaneID
 	Weight uint32 // relative share of new flows; 1 if zero
 	State  LaneState
+	// Settle, for a lane that goes from up to down in this SetLanes: how
+	// long its flows wait (DropSettling) before their first packet on
+	// another lane, so that none of their packets still inside the failed
+	// lane can arrive after it. Zero: they move at once.
+	Settle time.Duration
 }
 
 // Config configures a Selector.
@@ -57,6 +63,25 @@ type Snapshot struct {
 	Lanes   []Lane // sorted by ID
 	Table   *Table
 	gens    [MaxLaneID + 1]uint32 // 0: pins to that lane are void
+
+	// A settling snapshot is the one before a lane failed, with that
+	// lane's flows told to wait until settleUntil (on the selector's
+	// clock); after is the snapshot with the lane down, which takes over
+	// then.
+	settleLane  LaneID
+	settleUntil int64
+	after       *Snapshot
+
+	// spares[i] is this snapshot with its i-th up lane down, built off
+	// the hot path after the snapshot is published, so that a failure is
+	// one pointer store (nil until built).
+	spares atomic.Pointer[[]*Snapshot]
+}
+
+// Settling returns the lane whose flows wait, and until when (zero if
+// none).
+func (s *Snapshot) Settling() (LaneID, time.Duration) {
+	return s.settleLane, time.Duration(s.settleUntil)
 }
 
 // Gen is the pin generation of lane id in this snapshot: 0 while pins to
@@ -81,7 +106,13 @@ type Selector struct {
 
 	mu      sync.Mutex // serializes SetLanes
 	nextGen uint32
+	start   time.Time // the settle clock's zero (monotonic)
+
+	spareBuilds atomic.Uint64 // spare snapshots built, for tests
 }
+
+// Clock is the selector's settle clock: monotonic time since New.
+func (s *Selector) Clock() time.Duration { return time.Since(s.start) }
 
 // New returns a selector with no lanes (every packet is DropNoLane until
 // SetLanes).
@@ -104,6 +135,7 @@ func New(cfg Config) (*Selector, error) {
 		key:       cfg.Key,
 		tableSize: cfg.TableSize,
 		pins:      pins,
+		start:     time.Now(),
 	}
 	empty, _ := BuildTable(nil, cfg.TableSize, cfg.Key)
 	s.snap.Store(&Snapshot{Table: empty})
@@ -123,13 +155,16 @@ func (s *Selector) Snapshot() *Snapshot { return s.snap.Load() }
 // changes nothing on error. A lane that comes up (new, or back from down)
 // gets a fresh pin generation, so stale pins to it stay void; a lane that
 // goes down, or leaves the set, voids its pins; up <-> draining keeps them.
+//
+// When the only change is one up lane going down, the snapshot for it was
+// built in advance (a spare), so the failure costs a pointer store; with
+// a Settle, the failed lane's flows wait that long first (see Lane).
 func (s *Selector) SetLanes(lanes []Lane) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
 	lanes = slices.Clone(lanes)
 	slices.SortFunc(lanes, func(a, b Lane) int { return int(a.ID) - int(b.ID) })
-	var up []WeightedLane
 	for i := range lanes {
 		l := &lanes[i]
 		if l.Weight == 0 {
@@ -144,33 +179,142 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 		if i > 0 && lanes[i-1].ID == l.ID {
 			return fmt.Errorf("lane id %d: listed twice", l.ID)
 		}
-		if l.State == LaneUp {
-			up = append(up, WeightedLane{l.ID, l.Weight})
-		}
 	}
 	if err := CheckTableSize(s.tableSize, len(lanes)); err != nil {
 		return err
 	}
+	cur := s.snap.Load()
+	if cur.after != nil { // a settle in progress ends now: its lane is down
+		cur = cur.after
+	}
+	next, failed := s.spareFor(cur, lanes)
+	if next == nil {
+		var err error
+		if next, err = s.build(cur, lanes); err != nil {
+			return err
+		}
+	}
+	final := next
+	if failed != 0 {
+		if settle := lanes[slices.IndexFunc(lanes, func(l Lane) bool { return l.ID == failed })].Settle; settle > 0 {
+			// The table before the failure, the failed lane's pins still
+			// valid so its flows are recognised, and told to wait.
+			next = &Snapshot{Version: final.Version, Lanes: final.Lanes, Table: cur.Table, gens: cur.gens,
+				settleLane: failed, settleUntil: int64(s.Clock() + settle), after: final}
+			final.Version++ // a new version when the wait ends, for those who publish it (XDP)
+		}
+	}
+	s.snap.Store(next)
+	go s.buildSpares(final)
+	return nil
+}
+
+// EndSettle makes a settling lane's snapshot final once its window is
+// over (Select already treats it so; this drops the settling snapshot).
+// It reports whether a settle is still to come.
+func (s *Selector) EndSettle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.snap.Load()
+	if cur.after == nil {
+		return false
+	}
+	if s.Clock() < time.Duration(cur.settleUntil) {
+		return true
+	}
+	s.snap.Store(cur.after)
+	return false
+}
+
+// build computes the snapshot for lanes from cur.
+func (s *Selector) build(cur *Snapshot, lanes []Lane) (*Snapshot, error) {
+	var up []WeightedLane
+	for _, l := range lanes {
+		if l.State == LaneUp {
+			up = append(up, WeightedLane{l.ID, l.Weight})
+		}
+	}
 	table, err := BuildTable(up, s.tableSize, s.key)
 	if err != nil {
-		return err
+		return nil, err
 	}
-
-	old := s.snap.Load()
-	next := &Snapshot{Version: old.Version + 1, Lanes: lanes, Table: table}
+	next := &Snapshot{Version: cur.Version + 1, Lanes: lanes, Table: table}
 	for _, l := range lanes {
 		if l.State == LaneDown {
 			continue
 		}
-		if g := old.gens[l.ID]; g != 0 {
+		if g := cur.gens[l.ID]; g != 0 {
 			next.gens[l.ID] = g
 			continue
 		}
 		s.nextGen = s.nextGen%pinGenMask + 1 // 1..pinGenMask
 		next.gens[l.ID] = s.nextGen
 	}
-	s.snap.Store(next)
-	return nil
+	return next, nil
+}
+
+// spareFor returns cur's prebuilt spare for lanes if lanes are cur's with
+// exactly one up lane down (and that lane), else nil.
+func (s *Selector) spareFor(cur *Snapshot, lanes []Lane) (*Snapshot, LaneID) {
+	if len(lanes) != len(cur.Lanes) {
+		return nil, 0
+	}
+	failed := LaneID(0)
+	for i, l := range lanes {
+		c := cur.Lanes[i]
+		if l.ID != c.ID || l.Weight != c.Weight {
+			return nil, 0
+		}
+		if l.State == c.State {
+			continue
+		}
+		if failed != 0 || c.State != LaneUp || l.State != LaneDown {
+			return nil, 0
+		}
+		failed = l.ID
+	}
+	if failed == 0 {
+		return nil, 0
+	}
+	spares := cur.spares.Load()
+	if spares == nil {
+		return nil, failed
+	}
+	for _, sp := range *spares {
+		if sp.Lanes[slices.IndexFunc(sp.Lanes, func(l Lane) bool { return l.ID == failed })].State == LaneDown {
+			// A copy: the spare's own spares are not built yet.
+			return &Snapshot{Version: sp.Version, Lanes: lanes, Table: sp.Table, gens: sp.gens}, failed
+		}
+	}
+	return nil, failed
+}
+
+// buildSpares builds snap's spares: for each up lane, the snapshot with
+// it down. Pin generations are as snap's with that lane's voided.
+func (s *Selector) buildSpares(snap *Snapshot) {
+	var spares []*Snapshot
+	for i, l := range snap.Lanes {
+		if l.State != LaneUp {
+			continue
+		}
+		lanes := slices.Clone(snap.Lanes)
+		lanes[i].State = LaneDown
+		var up []WeightedLane
+		for _, o := range lanes {
+			if o.State == LaneUp {
+				up = append(up, WeightedLane{o.ID, o.Weight})
+			}
+		}
+		table, err := BuildTable(up, s.tableSize, s.key)
+		if err != nil {
+			return
+		}
+		sp := &Snapshot{Version: snap.Version + 1, Lanes: lanes, Table: table, gens: snap.gens}
+		sp.gens[l.ID] = 0
+		spares = append(spares, sp)
+		s.spareBuilds.Add(1)
+	}
+	snap.spares.Store(&spares)
 }
 
 // Select returns the lane for an IP packet, or the reason it has none.
@@ -190,12 +334,28 @@ func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
 	w := s.hasher.Words(t)
 	sum := s.hasher.sumWords(&w)
 	snap := s.snap.Load()
-	if lane, gen, ok := s.pins.Lookup(&w, sum, now); ok && snap.gens[lane] == gen {
-		return lane, DropNone
+	lane, gen, pinned := s.pins.Lookup(&w, sum, now)
+	if pinned && snap.gens[lane] == gen {
+		if lane != snap.settleLane {
+			return lane, DropNone
+		}
+	} else {
+		lane = snap.Table.Lookup(sum)
+		if lane == 0 {
+			return 0, DropNoLane
+		}
 	}
-	lane := snap.Table.Lookup(sum)
-	if lane == 0 {
-		return 0, DropNoLane
+	if lane == snap.settleLane {
+		if s.Clock() < time.Duration(snap.settleUntil) {
+			return 0, DropSettling
+		}
+		snap = snap.after // the window is over: the lane is down
+		if pinned && snap.gens[lane] == gen {
+			return lane, DropNone
+		}
+		if lane = snap.Table.Lookup(sum); lane == 0 {
+			return 0, DropNoLane
+		}
 	}
 	s.pins.Insert(&w, sum, lane, snap.gens[lane], t.Proto == ProtoTCP, now)
 	return lane, DropNone

@@ -13,6 +13,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,8 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,7 +45,7 @@ func main() {
 		"genkey":  {Usage: "genkey", Help: "print a new private key (base64)", Run: genkey},
 		"pubkey":  {Usage: "pubkey", Help: "read a private key on stdin, print its public key", Run: pubkey},
 		"check":   {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
-		"reflect": {Usage: "reflect --config FILE --node NAME", Help: "answer lane probes only, beside a stock WireGuard peer", Run: reflect},
+		"reflect": {Usage: "reflect --config FILE --node NAME [--dev IFACE]", Help: "answer lane probes only, beside a stock WireGuard peer", Run: reflect},
 	})
 }
 
@@ -99,11 +102,23 @@ func up(args []string) error {
 			self.PrivateKeyFile, self.Name, p.Path, priv.Public().Base64())
 	}
 	log = log.With("lane", node.Lane.ID)
+	// The reflector (started once the TUN it listens behind exists) is
+	// also how the gateway tells its demuxes that the lane cannot work.
+	cond := &conditions{log: log}
+	ingress := lane.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, node)}
+	var onPeer, onPath func(string)
+	if p.Health.On {
+		ingress.OnProbe = cond.sawProbe
+		onPeer = func(m string) { cond.set(health.DiagNeighborDown, m) }
+		onPath = func(m string) { cond.set(health.DiagPathDown, m) }
+	}
 	l, err := lane.Start(lane.Config{
 		Tun:          self.Tun,
 		MTU:          p.MTU,
 		GenevePort:   self.GeneveAddr.Port(),
-		Ingress:      lane.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, node)},
+		Ingress:      ingress,
+		OnPeer:       onPeer,
+		OnPath:       onPath,
 		PrivateKey:   priv,
 		ListenPort:   self.EndpointAddr.Port(),
 		Peer:         peer.Public,
@@ -120,13 +135,14 @@ func up(args []string) error {
 	id := strconv.Itoa(node.Lane.ID)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(l.Collector(id, self.Name))
-	rf, err := startReflector(p, node, log)
+	rf, err := startReflector(p, node, self.Tun, log)
 	if err != nil {
 		return err
 	}
 	if rf != nil {
 		defer rf.Close()
 		reg.MustRegister(rf.Collector(id, self.Name))
+		cond.attach(rf)
 	}
 	var demuxes []string
 	for _, a := range p.Networks[node.Side].DemuxSources() {
@@ -164,14 +180,108 @@ func up(args []string) error {
 	for {
 		select {
 		case <-ctx.Done():
+			drainBeforeStop(l, cond, log)
 			log.Info("tunnel stopping")
 			return nil
 		case <-l.Wait():
+			cond.set(health.DiagForwardingDown, "wireguard device stopped")
 			return errors.New("wireguard device stopped")
 		case <-hup:
 			log.Info("SIGHUP: a gateway does not reload; restart it to apply a changed config (demuxes reload lanes live)")
 		}
 	}
+}
+
+// conditions combines what keeps the lane from working into the one
+// diagnostic the reflector reports (the most telling one first).
+type conditions struct {
+	mu   sync.Mutex
+	rf   atomic.Pointer[health.Reflector]
+	log  *slog.Logger
+	have map[health.Diag]string
+	top  health.Diag
+}
+
+// attach starts reporting through rf.
+func (c *conditions) attach(rf *health.Reflector) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rf.Store(rf)
+	rf.SetCondition(c.top)
+}
+
+// sawProbe passes a probe the gateway forwards on to the reflector.
+func (c *conditions) sawProbe(inner []byte) {
+	if rf := c.rf.Load(); rf != nil {
+		rf.SawProbe(inner)
+	}
+}
+
+var diagOrder = []health.Diag{health.DiagAdminDown, health.DiagForwardingDown, health.DiagPathDown, health.DiagNeighborDown}
+
+// set records that d holds for the reason missing, or with "" that it
+// no longer does.
+func (c *conditions) set(d health.Diag, missing string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.have == nil {
+		c.have = map[health.Diag]string{}
+	}
+	if _, had := c.have[d]; had == (missing != "") && c.have[d] == missing {
+		return
+	}
+	if missing == "" {
+		delete(c.have, d)
+		c.log.Info("lane condition cleared", "diag", d.String())
+	} else {
+		c.have[d] = missing
+		c.log.Warn("lane cannot work; telling the demuxes", "diag", d.String(), "reason", missing)
+	}
+	c.top = health.DiagNone
+	for _, o := range diagOrder {
+		if _, ok := c.have[o]; ok {
+			c.top = o
+			break
+		}
+	}
+	if rf := c.rf.Load(); rf != nil {
+		rf.SetCondition(c.top)
+	}
+}
+
+// Stop timing: a planned stop tells the demuxes first and keeps
+// forwarding until they have moved the lane's flows (nothing from the
+// demux and nothing from the peer for stopQuiet), at most stopGrace.
+const (
+	stopQuiet = 100 * time.Millisecond
+	stopGrace = 2 * time.Second
+)
+
+// drainBeforeStop is a planned stop: "administratively down" to both
+// demuxes (the near one directly, the far one through the lane), then
+// forwarding goes on until the lane is quiet, so nothing is lost.
+func drainBeforeStop(l *lane.Lane, cond *conditions, log *slog.Logger) {
+	if cond.rf.Load() == nil {
+		return // no probes: nobody to tell
+	}
+	cond.set(health.DiagAdminDown, "stopping (SIGTERM)")
+	start := time.Now()
+	// Data packets only: the demuxes go on probing the lane.
+	rf := cond.rf.Load()
+	count := func() uint64 {
+		c := l.Counters()
+		return c.GenevePackets.Load() + c.DeliveredPackets.Load() - rf.C.Probes.Load()
+	}
+	last, quiet := count(), time.Now()
+	for time.Since(start) < stopGrace {
+		time.Sleep(10 * time.Millisecond)
+		if n := count(); n != last {
+			last, quiet = n, time.Now()
+		} else if time.Since(quiet) >= stopQuiet {
+			break
+		}
+	}
+	log.Info("lane drained before stop", "took", time.Since(start).Round(time.Millisecond))
 }
 
 // peerProbe is where the far demux's probes for this lane go: the peer
@@ -184,13 +294,14 @@ func peerProbe(p *config.Peering, node config.Node) netip.AddrPort {
 }
 
 // startReflector answers the far demux's probes on this gateway's own
-// address (nil when health checks are off).
-func startReflector(p *config.Peering, node config.Node, log *slog.Logger) (*health.Reflector, error) {
+// address, those that come out of iface (the lane's TUN; "" any), nil
+// when health checks are off.
+func startReflector(p *config.Peering, node config.Node, iface string, log *slog.Logger) (*health.Reflector, error) {
 	if !p.Health.On {
 		return nil, nil
 	}
 	addr := netip.AddrPortFrom(node.Self.GeneveAddr.Addr(), p.Health.Port)
-	rf, err := health.NewReflector(addr, flowhash.LaneID(node.Lane.ID), health.DeriveKey(p.Hash.Key[:]), log)
+	rf, err := health.NewReflector(addr, flowhash.LaneID(node.Lane.ID), health.DeriveKey(p.Hash.Key[:]), iface, log)
 	if err != nil {
 		return nil, err
 	}
@@ -202,14 +313,17 @@ func startReflector(p *config.Peering, node config.Node, log *slog.Logger) (*hea
 // WireGuard peer: the probes it decrypts reach this socket through the
 // host's kernel, and the replies go back through its WireGuard interface.
 func reflect(args []string) error {
-	log, p, node, err := cli.Up(args, false)
+	var dev string
+	log, p, node, err := cli.UpWith(args, false, func(fs *flag.FlagSet) {
+		fs.StringVar(&dev, "dev", "", "answer only probes that arrive on this interface (the WireGuard interface; default: any)")
+	})
 	if err != nil {
 		return err
 	}
 	if !p.Health.On {
 		return fmt.Errorf("%s: health checks are off (health.enabled: false); nothing to answer", p.Path)
 	}
-	rf, err := startReflector(p, node, log.With("lane", node.Lane.ID))
+	rf, err := startReflector(p, node, dev, log.With("lane", node.Lane.ID))
 	if err != nil {
 		return err
 	}
@@ -240,7 +354,7 @@ func show(args []string) error {
 		st.GenevePackets, cli.HumanBytes(st.GeneveBytes), st.DeliveredPackets, cli.HumanBytes(st.DeliveredBytes))
 	cli.PrintDrops(st.Drops)
 	if pr := st.Probes; pr != nil {
-		fmt.Printf("  probes answered: %d (on %s)\n", pr.Answered, pr.Address)
+		fmt.Printf("  probes answered: %d (on %s)  notices sent: %d  condition: %s\n", pr.Answered, pr.Address, pr.Notices, pr.Condition)
 		cli.PrintCounts("probes refused", pr.Drops)
 	}
 	fmt.Printf("\npeer: %s (%s)\n  endpoint: %s\n", st.Peer.PublicKey, st.PeerName, st.Peer.Endpoint)

@@ -77,6 +77,7 @@ type Counters struct {
 	NotRemote      atomic.Uint64
 	ICMPSent       atomic.Uint64
 	SendErrors     atomic.Uint64 // packets lost to failed sends
+	Held           atomic.Uint64 // packets held through a failed lane's settle window
 	Lanes          [flowhash.MaxLaneID + 1]LaneCounters
 }
 
@@ -87,6 +88,7 @@ type Demux struct {
 	bind    conn.Bind
 	targets atomic.Pointer[[flowhash.MaxLaneID + 1]*Target]
 	lanes   lanes
+	held    holdQueue
 	C       Counters
 
 	// Loop state, owned by the Run goroutine.
@@ -127,6 +129,7 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 	}
 	d.icmpOut = make([][]byte, 0, len(d.bufs))
 	d.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
+	d.held.init(cfg.MTU)
 	return d, nil
 }
 
@@ -190,6 +193,10 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 		if drop == flowhash.DropNone && targets[lane] == nil {
 			drop = flowhash.DropNoLane
 		}
+		if drop == flowhash.DropSettling {
+			d.settling(pkt)
+			continue
+		}
 		if drop != flowhash.DropNone {
 			d.C.Drops[drop].Add(1)
 			continue
@@ -211,8 +218,13 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 	}
 	d.C.Packets.Add(uint64(len(bufs)))
 	d.C.Bytes.Add(bytes)
+	if d.held.n.Load() > 0 {
+		d.flushHeld()
+	}
 	for _, lane := range d.used {
-		d.send(lane, targets[lane])
+		d.sendFrames(d.pending[lane], targets[lane])
+		clear(d.pending[lane]) // drop references to the read buffers
+		d.pending[lane] = d.pending[lane][:0]
 	}
 	d.used = d.used[:0]
 	if len(d.icmpOut) > 0 {
@@ -253,13 +265,13 @@ func (d *Demux) toRemote(pkt []byte) bool {
 	return false
 }
 
-func (d *Demux) send(lane flowhash.LaneID, t *Target) {
-	frames := d.pending[lane]
+// sendFrames sends GENEVE frames to lane t's gateway, in batches.
+func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 	var bytes uint64
 	for _, f := range frames {
 		bytes += uint64(len(f) - geneve.HeaderLen)
 	}
-	c := &d.C.Lanes[lane]
+	c := &d.C.Lanes[t.ID]
 	var failed uint64
 	for rest := frames; len(rest) > 0; {
 		chunk := rest[:min(len(rest), d.sendMax)]
@@ -277,8 +289,6 @@ func (d *Demux) send(lane flowhash.LaneID, t *Target) {
 	}
 	c.Packets.Add(uint64(len(frames)) - failed)
 	c.Bytes.Add(bytes)
-	clear(frames) // drop references to the read buffers
-	d.pending[lane] = frames[:0]
 }
 
 // tooBig answers an oversized packet as a router does, within the ICMP

@@ -74,6 +74,7 @@ type member struct {
 	transitions uint64
 	failovers   uint64 // times it left the table because it died
 	reason      string
+	settle      time.Duration // for the publish in which it fails: how long its flows wait
 }
 
 // lanes is the demux's lane set: config, operator and health decide each
@@ -180,7 +181,7 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 		case mb.healthy && (mb.admin == AdminDraining || mb.admin == AdminRemoving):
 			st = flowhash.LaneDraining
 		}
-		sel = append(sel, flowhash.Lane{ID: id, Weight: mb.spec.Weight, State: st})
+		sel = append(sel, flowhash.Lane{ID: id, Weight: mb.spec.Weight, State: st, Settle: mb.settle})
 		targets = append(targets, Target{ID: id, Name: mb.spec.Gateway, Endpoint: mb.spec.Endpoint, Addr: mb.spec.Near})
 		probeTargets = append(probeTargets, health.Target{Lane: id, Near: mb.spec.Near, Far: mb.spec.Far})
 	}
@@ -230,29 +231,47 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 }
 
 // LaneHealth records a probe verdict (the prober's OnChange). A lane that
-// dies leaves the table at once and its pins are void, so its flows move
-// to the lanes that are up; no other flow moves. A lane that comes back
-// rejoins; flows pinned elsewhere stay there.
-func (d *Demux) LaneHealth(id flowhash.LaneID, up bool, reason string) {
+// dies leaves the table at once (a prebuilt table: one pointer store) and
+// its pins are void, so its flows move to the lanes that are up, after
+// the lane's settle window, during which their packets are held; no
+// other flow moves. A lane that comes back rejoins; flows pinned
+// elsewhere stay there.
+func (d *Demux) LaneHealth(c health.Change) {
 	m := &d.lanes
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	mb := m.members[id]
-	if mb == nil || mb.healthy == up {
+	mb := m.members[c.Lane]
+	if mb == nil || mb.healthy == c.Up {
 		return
 	}
-	mb.healthy, mb.reason = up, reason
+	mb.healthy, mb.reason = c.Up, c.Reason
+	wasUp := mb.state == "up"
+	if !c.Up && wasUp {
+		mb.settle = c.Settle
+	}
 	start := time.Now()
-	if err := d.publish(m.members, start, false); err != nil {
-		d.cfg.Log.Error("lane state not applied", "lane", id, "err", err)
+	err := d.publish(m.members, start, false)
+	swap := time.Since(start)
+	mb.settle = 0
+	if err != nil {
+		d.cfg.Log.Error("lane state not applied", "lane", c.Lane, "err", err)
 		return
 	}
+	args := []any{"lane", c.Lane, "gateway", mb.spec.Gateway, "reason", c.Reason, "table_swap", swap.Round(time.Microsecond)}
 	lvl := slog.LevelInfo
-	if !up {
+	if !c.Up {
 		lvl = slog.LevelWarn
+		detected := "signal"
+		if c.ByTimeout {
+			detected = "timeout"
+		}
+		args = append(args, "detected", detected)
+		if wasUp && c.Settle > 0 {
+			args = append(args, "settle", c.Settle.Round(10*time.Microsecond))
+			d.settleTimer(c.Settle)
+		}
 	}
-	d.cfg.Log.Log(context.Background(), lvl, "lane "+mb.state, "lane", id, "gateway", mb.spec.Gateway,
-		"reason", reason, "table_swap", time.Since(start).Round(time.Microsecond))
+	d.cfg.Log.Log(context.Background(), lvl, "lane "+mb.state, args...)
 }
 
 // Drain stops new flows to lane id; its pinned flows stay until the lane

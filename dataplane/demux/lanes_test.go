@@ -108,7 +108,7 @@ func TestLanesJoinOnlyWhenHealthy(t *testing.T) {
 		t.Fatalf("a flow took lane %d before any lane was up", l[0])
 	}
 	for id := flowhash.LaneID(1); id <= 3; id++ {
-		d.LaneHealth(id, true, "3 probes answered in a row")
+		d.LaneHealth(health.Change{Lane: id, Up: true, Reason: "3 probes answered in a row"})
 	}
 	if got := states(d); got[1] != "up" || got[2] != "up" || got[3] != "up" {
 		t.Fatalf("after probes: %v", got)
@@ -121,10 +121,10 @@ func TestLaneDeathMovesOnlyItsFlows(t *testing.T) {
 	d := managedDemux(t, &fakeProber{})
 	d.ApplyLanes(specs(1, 2, 3))
 	for id := flowhash.LaneID(1); id <= 3; id++ {
-		d.LaneHealth(id, true, "up")
+		d.LaneHealth(health.Change{Lane: id, Up: true, Reason: "up"})
 	}
 	before := flowsOn(t, d, 300)
-	d.LaneHealth(2, false, "3 probes unanswered")
+	d.LaneHealth(health.Change{Lane: 2, Up: false, Reason: "3 probes unanswered"})
 	if s := selectorState(d, 2); s != flowhash.LaneDown {
 		t.Fatalf("selector state of the dead lane: %v", s)
 	}
@@ -143,7 +143,7 @@ func TestLaneDeathMovesOnlyItsFlows(t *testing.T) {
 	if moved == 0 {
 		t.Fatal("no flow was on lane 2")
 	}
-	d.LaneHealth(2, true, "back")
+	d.LaneHealth(health.Change{Lane: 2, Up: true, Reason: "back"})
 	after := flowsOn(t, d, 300)
 	for i := range during {
 		if after[i] != during[i] {
@@ -228,15 +228,15 @@ func TestApplyLanesAddsAndRemoves(t *testing.T) {
 	p := &fakeProber{}
 	d := managedDemux(t, p)
 	d.ApplyLanes(specs(1, 2))
-	d.LaneHealth(1, true, "up")
-	d.LaneHealth(2, true, "up")
+	d.LaneHealth(health.Change{Lane: 1, Up: true, Reason: "up"})
+	d.LaneHealth(health.Change{Lane: 2, Up: true, Reason: "up"})
 	before := flowsOn(t, d, 200)
 
 	// Adding lane 3 moves no established flow, before or after it is up.
 	if err := d.ApplyLanes(specs(1, 2, 3)); err != nil {
 		t.Fatal(err)
 	}
-	d.LaneHealth(3, true, "up")
+	d.LaneHealth(health.Change{Lane: 3, Up: true, Reason: "up"})
 	after := flowsOn(t, d, 200)
 	for i := range before {
 		if after[i] != before[i] {

@@ -90,9 +90,13 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 		snap := cfg.Selector.Snapshot()
 		gws := cfg.Gateways()
 		targets := make([]Target, 0, len(snap.Lanes))
+		settling, _ := snap.Settling()
 		for _, l := range snap.Lanes {
 			gw, ok := gws[l.ID]
-			if !ok {
+			// A lane in its settle window has no target: the program
+			// passes its flows' packets up to the userspace demux, which
+			// holds them until the window ends.
+			if !ok || l.ID == settling {
 				continue
 			}
 			t := Resolve(l.ID, gw)

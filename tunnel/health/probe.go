@@ -26,6 +26,7 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash"
 	"net/netip"
 
@@ -37,12 +38,17 @@ import (
 //
 //	0  magic "cpLP"      4
 //	4  version 1         1
-//	5  kind              1   1 request, 2 reply
+//	5  kind              1   1 request, 2 reply, 3 notice
 //	6  lane              2
 //	8  session           8   random per prober run: replies to an earlier run never count
 //	16 seq               8   per lane, from 1
-//	24 sent (ns)         8   the prober's clock; echoed
+//	24 sent (ns)         8   the prober's clock; echoed. In a notice: the diagnostic code
 //	32 HMAC-SHA256/128  16   over bytes 0..31 with the probe key
+//
+// A notice is a gateway's answer to a probe when it knows its lane cannot
+// work (BFD's diagnostic codes, RFC 5880 4.1, say why): it names the
+// prober's session and a sequence number that prober sent, so the prober
+// can check it against what it sent, as it checks replies.
 const (
 	MessageLen = 48
 	magic      = 0x63704c50 // "cpLP"
@@ -57,7 +63,36 @@ type Kind uint8
 const (
 	KindRequest Kind = 1
 	KindReply   Kind = 2
+	KindNotice  Kind = 3 // a gateway says the lane cannot work (Diag)
 )
+
+// Diag is why a gateway reports its lane down, numbered as BFD's
+// diagnostic codes (RFC 5880 4.1).
+type Diag uint8
+
+const (
+	DiagNone           Diag = 0
+	DiagNeighborDown   Diag = 3 // the peer gateway is unreachable (ICMP errors to its WireGuard port)
+	DiagForwardingDown Diag = 4 // the gateway's TUN or WireGuard device is gone
+	DiagPathDown       Diag = 5 // the underlay link or address towards the peer is gone
+	DiagAdminDown      Diag = 7 // a planned stop: move the flows, nothing is lost yet
+)
+
+func (d Diag) String() string {
+	switch d {
+	case DiagNone:
+		return "no diagnostic"
+	case DiagNeighborDown:
+		return "peer gateway unreachable"
+	case DiagForwardingDown:
+		return "forwarding plane gone"
+	case DiagPathDown:
+		return "underlay path down"
+	case DiagAdminDown:
+		return "administratively down"
+	}
+	return fmt.Sprintf("diagnostic %d", uint8(d))
+}
 
 // Message is a probe or its reply.
 type Message struct {
@@ -66,6 +101,7 @@ type Message struct {
 	Session uint64
 	Seq     uint64
 	Sent    int64
+	Diag    Diag // notices only; carried where the others carry Sent
 }
 
 // Errors of Parse; the reflector and prober count drops by these.
@@ -111,7 +147,11 @@ func (s *Signer) Put(b []byte, m Message) {
 	binary.BigEndian.PutUint16(b[6:8], uint16(m.Lane))
 	binary.BigEndian.PutUint64(b[8:16], m.Session)
 	binary.BigEndian.PutUint64(b[16:24], m.Seq)
-	binary.BigEndian.PutUint64(b[24:32], uint64(m.Sent))
+	v := uint64(m.Sent)
+	if m.Kind == KindNotice {
+		v = uint64(m.Diag)
+	}
+	binary.BigEndian.PutUint64(b[24:32], v)
 	copy(b[signedLen:MessageLen], s.tag(b))
 }
 
@@ -121,19 +161,28 @@ func (s *Signer) Parse(b []byte) (Message, error) {
 		return Message{}, ErrFormat
 	}
 	k := Kind(b[5])
-	if k != KindRequest && k != KindReply {
+	if k != KindRequest && k != KindReply && k != KindNotice {
 		return Message{}, ErrFormat
 	}
 	if subtle.ConstantTimeCompare(s.tag(b), b[signedLen:MessageLen]) != 1 {
 		return Message{}, ErrMAC
 	}
-	return Message{
+	m := Message{
 		Kind:    k,
 		Lane:    flowhash.LaneID(binary.BigEndian.Uint16(b[6:8])),
 		Session: binary.BigEndian.Uint64(b[8:16]),
 		Seq:     binary.BigEndian.Uint64(b[16:24]),
-		Sent:    int64(binary.BigEndian.Uint64(b[24:32])),
-	}, nil
+	}
+	v := binary.BigEndian.Uint64(b[24:32])
+	if k == KindNotice {
+		if v > 255 {
+			return Message{}, ErrFormat
+		}
+		m.Diag = Diag(v)
+	} else {
+		m.Sent = int64(v)
+	}
+	return m, nil
 }
 
 // Inner packet: the probe as the near gateway forwards it into its lane.

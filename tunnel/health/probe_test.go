@@ -44,10 +44,10 @@ func TestMessageRejects(t *testing.T) {
 		}
 	}
 	bad := good
-	bad[5] = 3 // unknown kind, re-signed
+	bad[5] = 4 // unknown kind, re-signed
 	copy(bad[signedLen:], s.tag(bad[:]))
 	if _, err := s.Parse(bad[:]); !errors.Is(err, ErrFormat) {
-		t.Errorf("kind 3: %v, want ErrFormat", err)
+		t.Errorf("kind 4: %v, want ErrFormat", err)
 	}
 }
 

@@ -7,13 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -29,12 +28,24 @@ type Target struct {
 	Far  netip.Addr     // the remote gateway's address: its reflector
 }
 
+// Change is a lane's new state, as the prober reports it.
+type Change struct {
+	Lane   flowhash.LaneID
+	Up     bool
+	Reason string
+	// When the lane went down: whether silence decided it (else a
+	// signal: an ICMP error or a gateway's notice), and how long its
+	// flows should wait before moving (Session.Settle).
+	ByTimeout bool
+	Settle    time.Duration
+}
+
 // ProberConfig configures a Prober.
 type ProberConfig struct {
 	Key     Key
 	VNI     uint32
 	Port    uint16       // replies come back to this port; reflectors listen on it
-	Sources []netip.Addr // the demux's addresses; one of the far gateway's family is the probe's source
+	Sources []netip.Addr // the demux's addresses: a probe socket is bound to each; one of the far gateway's family is the probe's source
 	Params  Params
 	MaxRate int // probes per second over all lanes; the interval stretches to stay below
 	// StartDelay holds back a new lane's first probe. Side b's demux waits
@@ -45,61 +56,92 @@ type ProberConfig struct {
 	StartDelay time.Duration
 	// OnChange is called (from the prober's goroutine, never concurrently)
 	// after a lane's state changed.
-	OnChange func(lane flowhash.LaneID, up bool, reason string)
+	OnChange func(Change)
 	Log      *slog.Logger
 }
 
 // ProberCounters count the prober's traffic.
 type ProberCounters struct {
 	Sent, Replies, SendErrors atomic.Uint64
+	Signals                   [numSignals]atomic.Uint64
 	Drops                     [numReplyDrops]atomic.Uint64
 }
 
-// Why a datagram on the probe port was not counted as a reply.
+// Why a datagram on the probe port was not counted.
 const (
-	ReplyBadFormat = iota // not a probe reply
-	ReplyBadMAC           // failed authentication
-	ReplyStale            // another prober run, an unknown lane, a probe never sent or already answered
+	ReplyBadFormat   = iota // not a probe reply or notice
+	ReplyBadMAC             // failed authentication
+	ReplyStale              // another prober run, an unknown lane, a probe never sent or already answered
+	ReplyBadSource          // not from a gateway of a lane: dropped before any MAC is computed
+	ReplyICMPUnknown        // an ICMP error that quotes no probe this prober sent to that gateway lately
 	numReplyDrops
 )
 
-var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale"}
+var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale", "bad_source", "icmp_unmatched"}
+
+// Which signal took a lane down.
+const (
+	SignalICMP   = iota // an ICMP error quoting a recent probe: the near gateway's process or host is gone
+	SignalNotice        // a gateway's authenticated notice answering a recent probe
+	numSignals
+)
+
+var signalNames = [numSignals]string{"icmp", "notice"}
+
+// maxReadsPerWake bounds the datagrams read from one socket before the
+// lanes are judged again, so that a flood on the probe port cannot hold
+// judging up; what is left waits for the next wake-up.
+const maxReadsPerWake = 256
 
 // Prober probes every lane from the demux and keeps each lane's Session.
 // One goroutine (Run) sends, receives and decides, so a reply waiting in
 // the socket is always counted before a lane is declared dead.
+//
+// Besides replies it acts on two kinds of signal, so that the common
+// faults are known in milliseconds instead of after the silence: ICMP
+// errors (port or host unreachable, read from the sockets' error queues)
+// that quote a probe this prober sent to that lane's gateway lately, and
+// notices, in which a gateway answers a probe with why its lane cannot
+// work (Diag). Both are checked against what was sent, so neither a
+// forged ICMP error nor a replayed notice can take a lane down.
 type Prober struct {
 	cfg     ProberConfig
-	conn    *net.UDPConn
-	raw     syscall.RawConn
+	socks   []probeSocket
+	wake    int // eventfd: Close wakes Run
 	signer  *Signer
 	session uint64
-	start   time.Time
+	closed  atomic.Bool
+	running atomic.Bool
+	done    chan struct{}
+	once    sync.Once
 
-	mu       sync.Mutex // guards lanes and interval against Status and SetTargets
+	mu       sync.Mutex // guards lanes, sources and interval against Status and SetTargets
 	lanes    map[flowhash.LaneID]*probeLane
-	interval time.Duration // per lane, after MaxRate
+	sources  map[netip.Addr]bool // gateway addresses replies and notices may come from
+	interval time.Duration       // per lane, after MaxRate
 
 	C ProberCounters
 
 	buf, oob, frame []byte
-	changes         []change
+	changes         []Change
+}
+
+// probeSocket is one bound probe socket: replies to the probes sent from
+// addr arrive on it.
+type probeSocket struct {
+	fd   int
+	addr netip.Addr
 }
 
 type probeLane struct {
 	t    Target
 	src  netip.AddrPort
+	sock int // index into socks
 	s    *Session
 	next time.Time
 }
 
-type change struct {
-	lane   flowhash.LaneID
-	up     bool
-	reason string
-}
-
-// NewProber opens the probe socket (UDP, both families, on cfg.Port).
+// NewProber opens a probe socket on each of cfg.Sources at cfg.Port.
 func NewProber(cfg ProberConfig) (*Prober, error) {
 	if cfg.Params.Interval <= 0 || cfg.Params.Multiplier < 1 || cfg.Params.UpAfter < 1 {
 		return nil, errors.New("health: interval, multiplier and up-after must be positive")
@@ -110,27 +152,79 @@ func NewProber(cfg ProberConfig) (*Prober, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{Port: int(cfg.Port)})
-	if err != nil {
-		return nil, fmt.Errorf("health: probe socket udp/%d: %w", cfg.Port, err)
+	if len(cfg.Sources) == 0 {
+		return nil, errors.New("health: no demux address to probe from")
 	}
-	raw, err := conn.SyscallConn()
-	if err == nil {
-		raw.Control(func(fd uintptr) { err = rxtime.Enable(int(fd)) })
+	p := &Prober{
+		cfg: cfg, signer: NewSigner(cfg.Key), done: make(chan struct{}),
+		lanes: map[flowhash.LaneID]*probeLane{}, interval: cfg.Params.Interval,
+		buf: make([]byte, 2048), oob: make([]byte, 512),
+		frame: make([]byte, geneve.HeaderLen+InnerLenV6),
 	}
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("health: probe socket: %w", err)
+	var err error
+	if p.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("health: eventfd: %w", err)
+	}
+	for _, a := range cfg.Sources {
+		fd, err := openProbeSocket(netip.AddrPortFrom(a.Unmap(), cfg.Port))
+		if err != nil {
+			p.closeFds()
+			return nil, err
+		}
+		p.socks = append(p.socks, probeSocket{fd: fd, addr: a.Unmap()})
 	}
 	var id [8]byte
 	rand.Read(id[:])
-	return &Prober{
-		cfg: cfg, conn: conn, raw: raw, signer: NewSigner(cfg.Key),
-		session: binary.BigEndian.Uint64(id[:]), start: time.Now(),
-		lanes: map[flowhash.LaneID]*probeLane{}, interval: cfg.Params.Interval,
-		buf: make([]byte, 2048), oob: make([]byte, rxtime.OOBLen),
-		frame: make([]byte, geneve.HeaderLen+InnerLenV6),
-	}, nil
+	p.session = binary.BigEndian.Uint64(id[:])
+	return p, nil
+}
+
+// openProbeSocket binds a UDP socket to addr with kernel receive times
+// and the ICMP error queue on.
+func openProbeSocket(addr netip.AddrPort) (int, error) {
+	family, level, recverr := unix.AF_INET, unix.IPPROTO_IP, unix.IP_RECVERR
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	if addr.Addr().Is6() {
+		family, level, recverr = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_RECVERR
+		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("health: probe socket: %w", err)
+	}
+	set := func(level, opt, v int) {
+		if err == nil {
+			err = unix.SetsockoptInt(fd, level, opt, v)
+		}
+	}
+	if family == unix.AF_INET6 {
+		set(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	set(level, recverr, 1)
+	set(unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	if err == nil {
+		err = rxtime.Enable(fd)
+	}
+	if err == nil {
+		if err = unix.Bind(fd, sa); err != nil {
+			err = fmt.Errorf("bind %s: %w (each demux address must be one of this host's)", addr, err)
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("health: probe socket: %w", err)
+	}
+	return fd, nil
+}
+
+func (p *Prober) closeFds() {
+	for _, s := range p.socks {
+		unix.Close(s.fd)
+	}
+	p.socks = nil
+	if p.wake > 0 {
+		unix.Close(p.wake)
+	}
 }
 
 // SetTargets sets the lanes to probe. A new lane starts down; a lane that
@@ -139,12 +233,15 @@ func NewProber(cfg ProberConfig) (*Prober, error) {
 func (p *Prober) SetTargets(ts []Target) error {
 	now := time.Now()
 	lanes := make(map[flowhash.LaneID]*probeLane, len(ts))
+	sources := make(map[netip.Addr]bool, 2*len(ts))
 	for _, t := range ts {
-		src, err := p.source(t.Far)
+		i, err := p.socketFor(t.Far)
 		if err != nil {
 			return fmt.Errorf("lane %d: %w", t.Lane, err)
 		}
-		lanes[t.Lane] = &probeLane{t: t, src: src}
+		lanes[t.Lane] = &probeLane{t: t, src: netip.AddrPortFrom(p.socks[i].addr, p.cfg.Port), sock: i}
+		sources[t.Far.Unmap()] = true
+		sources[t.Near.Addr().Unmap()] = true
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -153,11 +250,13 @@ func (p *Prober) SetTargets(ts []Target) error {
 		p.cfg.Log.Warn("probe interval stretched to stay within the probe rate limit",
 			"lanes", len(ts), "interval", p.interval, "max_rate", p.cfg.MaxRate)
 	}
-	ids := make([]flowhash.LaneID, 0, len(lanes))
-	for id := range lanes {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
+	ids := slices.Sorted(func(yield func(flowhash.LaneID) bool) {
+		for id := range lanes {
+			if !yield(id) {
+				return
+			}
+		}
+	})
 	for i, id := range ids {
 		l := lanes[id]
 		if old := p.lanes[id]; old != nil {
@@ -171,43 +270,67 @@ func (p *Prober) SetTargets(ts []Target) error {
 		// Spread the lanes over the interval: a steady trickle, no bursts.
 		l.next = now.Add(p.cfg.StartDelay + p.interval*time.Duration(i)/time.Duration(len(ids)))
 	}
-	p.lanes = lanes
+	p.lanes, p.sources = lanes, sources
 	return nil
 }
 
-// source picks the demux address the far gateway answers to.
-func (p *Prober) source(far netip.Addr) (netip.AddrPort, error) {
-	for _, a := range p.cfg.Sources {
-		if a.Is4() == far.Is4() {
-			return netip.AddrPortFrom(a, p.cfg.Port), nil
+// socketFor picks the socket whose address the far gateway answers to.
+func (p *Prober) socketFor(far netip.Addr) (int, error) {
+	for i, s := range p.socks {
+		if s.addr.Is4() == far.Unmap().Is4() {
+			return i, nil
 		}
 	}
-	return netip.AddrPort{}, fmt.Errorf("no demux address of the family of %s to receive probe replies", far)
+	return 0, fmt.Errorf("no demux address of the family of %s to receive probe replies", far)
 }
 
 // Run probes until ctx ends or Close.
 func (p *Prober) Run(ctx context.Context) {
-	stop := context.AfterFunc(ctx, func() { p.conn.Close() })
+	if p.closed.Load() || !p.running.CompareAndSwap(false, true) {
+		return
+	}
+	defer close(p.done)
+	defer p.closeFds()
+	stop := context.AfterFunc(ctx, func() { p.signalClose() })
 	defer stop()
-	for {
+	fds := make([]unix.PollFd, len(p.socks)+1)
+	for i, s := range p.socks {
+		fds[i] = unix.PollFd{Fd: int32(s.fd), Events: unix.POLLIN}
+	}
+	fds[len(p.socks)] = unix.PollFd{Fd: int32(p.wake), Events: unix.POLLIN}
+	for !p.closed.Load() {
 		wake := p.tick(time.Now())
-		p.conn.SetReadDeadline(wake)
-		// Handle replies as they come; the deadline ends the wait.
-		err := p.raw.Read(func(fd uintptr) bool { p.drain(int(fd)); return false })
-		if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-			return
+		ts := unix.NsecToTimespec(max(time.Until(wake), 0).Nanoseconds())
+		if _, err := unix.Ppoll(fds, &ts, nil); err != nil && !errors.Is(err, unix.EINTR) {
+			p.cfg.Log.Error("probe sockets: poll", "err", err)
+			time.Sleep(p.interval)
 		}
 		// Whatever arrived while this goroutine waited for a CPU counts
-		// before any lane is judged.
-		p.conn.SetReadDeadline(time.Time{})
-		if err := p.raw.Read(func(fd uintptr) bool { p.drain(int(fd)); return true }); err != nil {
-			return
+		// before any lane is judged (up to a bound per socket).
+		for i := range p.socks {
+			p.drain(i)
 		}
 	}
 }
 
-// Close closes the socket (Run returns).
-func (p *Prober) Close() error { return p.conn.Close() }
+// Close stops Run and closes the sockets.
+func (p *Prober) Close() error {
+	p.signalClose()
+	if p.running.Load() {
+		<-p.done
+	} else {
+		p.once.Do(p.closeFds)
+	}
+	return nil
+}
+
+func (p *Prober) signalClose() {
+	if p.closed.CompareAndSwap(false, true) {
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		unix.Write(p.wake, one[:])
+	}
+}
 
 // tick judges every lane, sends the probes that are due and returns when
 // to look again.
@@ -216,7 +339,7 @@ func (p *Prober) tick(now time.Time) time.Time {
 	wake := now.Add(p.interval / 2)
 	for id, l := range p.lanes {
 		if l.s.Evaluate(now) {
-			p.changes = append(p.changes, change{id, l.s.Up(), l.s.reason})
+			p.changes = append(p.changes, p.change(id, l.s))
 		}
 		if !now.Before(l.next) {
 			p.send(l, now)
@@ -233,15 +356,30 @@ func (p *Prober) tick(now time.Time) time.Time {
 			wake = d
 		}
 	}
+	p.mu.Unlock()
+	p.report()
+	return wake
+}
+
+func (p *Prober) change(id flowhash.LaneID, s *Session) Change {
+	c := Change{Lane: id, Up: s.Up(), Reason: s.reason}
+	if !c.Up {
+		c.ByTimeout, c.Settle = s.ByTimeout(), s.Settle()
+	}
+	return c
+}
+
+// report hands the changes found to OnChange, outside mu.
+func (p *Prober) report() {
+	p.mu.Lock()
 	changes := p.changes
-	p.changes = p.changes[:0]
+	p.changes = nil
 	p.mu.Unlock()
 	for _, c := range changes {
 		if p.cfg.OnChange != nil {
-			p.cfg.OnChange(c.lane, c.up, c.reason)
+			p.cfg.OnChange(c)
 		}
 	}
-	return wake
 }
 
 func (p *Prober) send(l *probeLane, now time.Time) {
@@ -255,44 +393,213 @@ func (p *Prober) send(l *probeLane, now time.Time) {
 		proto = geneve.ProtoIPv6
 	}
 	geneve.Put(p.frame, p.cfg.VNI, proto, true)
-	if _, err := p.conn.WriteToUDPAddrPort(p.frame[:geneve.HeaderLen+n], l.t.Near); err != nil {
+	if err := unix.Sendto(p.socks[l.sock].fd, p.frame[:geneve.HeaderLen+n], unix.MSG_DONTWAIT, sockaddr(l.t.Near)); err != nil {
 		p.C.SendErrors.Add(1)
 		return
 	}
 	p.C.Sent.Add(1)
 }
 
-// drain reads every datagram waiting, without blocking. Called with the
-// socket's fd from Run; takes mu per reply.
-func (p *Prober) drain(fd int) {
-	for {
-		n, _, rx, err := rxtime.Recv(fd, p.buf, p.oob, unix.MSG_DONTWAIT)
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Unmap().Is4() {
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().Unmap().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+}
+
+func addrOf(sa unix.Sockaddr) netip.Addr {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return netip.Addr{}
+}
+
+// drain reads what waits on socket i, without blocking: first its ICMP
+// error queue, then up to maxReadsPerWake datagrams.
+func (p *Prober) drain(i int) {
+	fd := p.socks[i].fd
+	for range maxReadsPerWake {
+		n, oobn, _, from, err := unix.Recvmsg(fd, p.buf, p.oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {
+			break
+		}
+		p.icmpError(p.buf[:n], p.oob[:oobn], from)
+	}
+	for range maxReadsPerWake {
+		n, oobn, _, from, err := unix.Recvmsg(fd, p.buf, p.oob, unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) {
 			return
 		}
-		m, err := p.signer.Parse(p.buf[:n])
-		switch {
-		case errors.Is(err, ErrMAC):
-			p.C.Drops[ReplyBadMAC].Add(1)
-			continue
-		case err != nil || m.Kind != KindReply:
-			p.C.Drops[ReplyBadFormat].Add(1)
-			continue
+		if err != nil {
+			continue // an ICMP error reported once more as the socket's error: the queue has it
 		}
-		ok := false
-		if m.Session == p.session {
-			p.mu.Lock()
-			if l := p.lanes[m.Lane]; l != nil {
-				ok = l.s.Reply(m.Seq, rx, time.Now())
+		now := time.Now()
+		p.datagram(p.buf[:n], addrOf(from), monotonicRx(now, rxtime.Parse(p.oob[:oobn])), now)
+	}
+}
+
+// monotonicRx turns the kernel's receive time (wall clock) into a time on
+// now's monotonic clock, so that a round trip is monotonic receive minus
+// monotonic send: a step of the wall clock between send and receive must
+// not stretch (or shrink) it. Only the short wait between the kernel's
+// receipt and now is taken from the wall clock; if the clock stepped
+// within it, that wait is taken as nothing.
+func monotonicRx(now, rxWall time.Time) time.Time {
+	wait := now.Round(0).Sub(rxWall)
+	if wait < 0 || wait > time.Second {
+		wait = 0
+	}
+	return now.Add(-wait)
+}
+
+// datagram handles a reply or a notice from src.
+func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
+	p.mu.Lock()
+	known := p.sources[src]
+	p.mu.Unlock()
+	if !known {
+		p.C.Drops[ReplyBadSource].Add(1)
+		return
+	}
+	m, err := p.signer.Parse(b)
+	switch {
+	case errors.Is(err, ErrMAC):
+		p.C.Drops[ReplyBadMAC].Add(1)
+		return
+	case err != nil || (m.Kind != KindReply && m.Kind != KindNotice):
+		p.C.Drops[ReplyBadFormat].Add(1)
+		return
+	}
+	ok := false
+	if m.Session == p.session {
+		p.mu.Lock()
+		if l := p.lanes[m.Lane]; l != nil && (src == l.t.Far.Unmap() || src == l.t.Near.Addr().Unmap()) {
+			if m.Kind == KindReply {
+				ok = l.s.Reply(m.Seq, rx, now)
+			} else if ok = l.s.Recent(m.Seq); ok {
+				p.C.Signals[SignalNotice].Add(1)
+				p.signal(l, now, m.Seq, fmt.Sprintf("gateway %s reports: %s", src, m.Diag))
 			}
-			p.mu.Unlock()
 		}
-		if !ok {
-			p.C.Drops[ReplyStale].Add(1)
-			continue
-		}
+		p.mu.Unlock()
+	}
+	if !ok {
+		p.C.Drops[ReplyStale].Add(1)
+		return
+	}
+	if m.Kind == KindReply {
 		p.C.Replies.Add(1)
 	}
+}
+
+// signal applies a checked signal to lane l (with mu held).
+func (p *Prober) signal(l *probeLane, now time.Time, seq uint64, reason string) {
+	if l.s.Signal(now, seq, reason) {
+		p.changes = append(p.changes, p.change(l.t.Lane, l.s))
+	}
+}
+
+// icmpError handles an entry of a socket's error queue: b is the payload
+// of the datagram it concerns (a probe frame this prober sent, if it is
+// genuine), oob holds the extended error, to its original destination.
+func (p *Prober) icmpError(b, oob []byte, to unix.Sockaddr) {
+	ee, offender, ok := parseExtendedErr(oob)
+	if !ok || !unreachable(ee) {
+		return // a local error (e.g. message too long): nothing about the lane
+	}
+	m, ok := p.quotedProbe(b)
+	now := time.Now()
+	matched := false
+	if ok && m.Session == p.session {
+		dst := addrOf(to)
+		p.mu.Lock()
+		if l := p.lanes[m.Lane]; l != nil && dst == l.t.Near.Addr().Unmap() && l.s.Recent(m.Seq) &&
+			(ee.Errno != uint32(unix.ECONNREFUSED) || offender == dst) {
+			matched = true
+			p.C.Signals[SignalICMP].Add(1)
+			p.signal(l, now, m.Seq, fmt.Sprintf("ICMP %s from %s: gateway %s gone", icmpName(ee), offender, dst))
+		}
+		p.mu.Unlock()
+	}
+	if !matched {
+		p.C.Drops[ReplyICMPUnknown].Add(1)
+	}
+}
+
+// quotedProbe finds the signed probe inside a quoted probe frame.
+func (p *Prober) quotedProbe(b []byte) (Message, bool) {
+	_, inner, err := geneve.Parse(b)
+	if err != nil || len(inner) < 1 {
+		return Message{}, false
+	}
+	off := 20 + 8
+	if inner[0]>>4 == 6 {
+		off = 40 + 8
+	}
+	if len(inner) < off+MessageLen {
+		return Message{}, false
+	}
+	m, err := p.signer.Parse(inner[off : off+MessageLen])
+	if err != nil || m.Kind != KindRequest {
+		return Message{}, false
+	}
+	return m, true
+}
+
+// parseExtendedErr reads the IP_RECVERR / IPV6_RECVERR control message:
+// the extended error and the address of the node that sent the ICMP.
+func parseExtendedErr(oob []byte) (unix.SockExtendedErr, netip.Addr, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return unix.SockExtendedErr{}, netip.Addr{}, false
+	}
+	for _, m := range msgs {
+		if !(m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR) &&
+			!(m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR) {
+			continue
+		}
+		const eeLen = int(unsafe.Sizeof(unix.SockExtendedErr{}))
+		if len(m.Data) < eeLen {
+			continue
+		}
+		var ee unix.SockExtendedErr
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&ee)), eeLen), m.Data)
+		var from netip.Addr
+		if rest := m.Data[eeLen:]; len(rest) >= 8 {
+			switch binary.NativeEndian.Uint16(rest[0:2]) {
+			case unix.AF_INET:
+				from = netip.AddrFrom4([4]byte(rest[4:8]))
+			case unix.AF_INET6:
+				if len(rest) >= 24 {
+					from = netip.AddrFrom16([16]byte(rest[8:24])).Unmap()
+				}
+			}
+		}
+		return ee, from, true
+	}
+	return unix.SockExtendedErr{}, netip.Addr{}, false
+}
+
+// unreachable: an ICMP destination unreachable saying the port or host is
+// gone (not, say, "fragmentation needed", which says nothing of a lane).
+func unreachable(ee unix.SockExtendedErr) bool {
+	switch ee.Origin {
+	case unix.SO_EE_ORIGIN_ICMP:
+		return ee.Type == 3 && (ee.Code == 1 || ee.Code == 3) // host, port unreachable
+	case unix.SO_EE_ORIGIN_ICMP6:
+		return ee.Type == 1 && (ee.Code == 3 || ee.Code == 4) // address, port unreachable
+	}
+	return false
+}
+
+func icmpName(ee unix.SockExtendedErr) string {
+	if ee.Errno == uint32(unix.ECONNREFUSED) {
+		return "port unreachable"
+	}
+	return "host unreachable"
 }
 
 // LaneHealth is one lane's probe state.
@@ -326,6 +633,15 @@ func (p *Prober) DropCounts() map[string]uint64 {
 	m := make(map[string]uint64, numReplyDrops)
 	for i, name := range replyDropNames {
 		m[name] = p.C.Drops[i].Load()
+	}
+	return m
+}
+
+// SignalCounts returns the signals acted on, by kind.
+func (p *Prober) SignalCounts() map[string]uint64 {
+	m := make(map[string]uint64, numSignals)
+	for i, name := range signalNames {
+		m[name] = p.C.Signals[i].Load()
 	}
 	return m
 }

@@ -123,7 +123,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 	ev := &events{ch: make(chan struct{}, 1)}
 	p, err := NewProber(ProberConfig{
 		Key: key, VNI: 7, Port: port, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-		Params: DefaultParams, OnChange: func(l flowhash.LaneID, up bool, _ string) { ev.add(l, up) },
+		Params: DefaultParams, OnChange: func(c Change) { ev.add(c.Lane, c.Up) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +132,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 	var relays []*relay
 	var reflectors []*Reflector
 	for lane := flowhash.LaneID(1); lane <= 2; lane++ {
-		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), lane, key, nil)
+		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), lane, key, "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +195,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 
 func TestReflectorRefusesOtherLanesAndReplays(t *testing.T) {
 	key := testKey(1)
-	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, nil)
+	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,22 +203,22 @@ func TestReflectorRefusesOtherLanesAndReplays(t *testing.T) {
 	var req [MessageLen]byte
 	s := NewSigner(key)
 	s.Put(req[:], Message{Kind: KindRequest, Lane: 2, Session: 5, Seq: 1})
-	if d := rf.answer(append([]byte(nil), req[:]...)); d != ReflectWrongLane {
+	if d := rf.answer(append([]byte(nil), req[:]...), netip.MustParseAddrPort("10.2.0.2:6082")); d != ReflectWrongLane {
 		t.Errorf("lane 2 probe at lane 1's reflector: %d", d)
 	}
 	s.Put(req[:], Message{Kind: KindRequest, Lane: 1, Session: 5, Seq: 10})
-	if d := rf.answer(append([]byte(nil), req[:]...)); d != -1 {
+	if d := rf.answer(append([]byte(nil), req[:]...), netip.MustParseAddrPort("10.2.0.2:6082")); d != -1 {
 		t.Errorf("fresh probe refused: %d", d)
 	}
-	if d := rf.answer(append([]byte(nil), req[:]...)); d != ReflectReplay {
+	if d := rf.answer(append([]byte(nil), req[:]...), netip.MustParseAddrPort("10.2.0.2:6082")); d != ReflectReplay {
 		t.Errorf("replayed probe: %d", d)
 	}
 	s.Put(req[:], Message{Kind: KindReply, Lane: 1, Session: 5, Seq: 11})
-	if d := rf.answer(append([]byte(nil), req[:]...)); d != ReflectBadFormat {
+	if d := rf.answer(append([]byte(nil), req[:]...), netip.MustParseAddrPort("10.2.0.2:6082")); d != ReflectBadFormat {
 		t.Errorf("a reply sent to the reflector: %d", d)
 	}
 	NewSigner(testKey(2)).Put(req[:], Message{Kind: KindRequest, Lane: 1, Session: 5, Seq: 12})
-	if d := rf.answer(append([]byte(nil), req[:]...)); d != ReflectBadMAC {
+	if d := rf.answer(append([]byte(nil), req[:]...), netip.MustParseAddrPort("10.2.0.2:6082")); d != ReflectBadMAC {
 		t.Errorf("another key: %d", d)
 	}
 }

@@ -1,12 +1,16 @@
 package health
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,20 +21,35 @@ import (
 // listens on the gateway's own address; the reply goes to the probe's
 // source (a demux on the far side), which the gateway's routes send back
 // into the lane.
+//
+// It is also the gateway's voice towards the demuxes: while the gateway
+// knows its lane cannot work (SetCondition: a planned stop, the peer
+// unreachable, its underlay path gone), it answers every probe it sees,
+// the far demux's that reach it through the lane and the near demux's
+// that it forwards into the lane (SawProbe), with a signed notice that
+// names the probe and says why, and it sends one at once to each demux it
+// has heard from when the condition starts.
 type Reflector struct {
-	conn   *net.UDPConn
-	lane   flowhash.LaneID
+	conn    *net.UDPConn
+	lane    flowhash.LaneID
+	ifindex int // probes count only if they came out of this interface (the lane's TUN); 0: any
+	log     *slog.Logger
+
+	mu     sync.Mutex // guards signer, seen, heard, notice
 	signer *Signer
 	seen   map[uint64]uint64 // prober session -> highest seq answered
-	log    *slog.Logger
+	heard  map[netip.AddrPort]Message
+	notice []byte
+	cond   atomic.Uint32 // Diag
 
 	C ReflectorCounters
 }
 
 // ReflectorCounters count what the reflector saw.
 type ReflectorCounters struct {
-	Answered atomic.Uint64
-	Drops    [numReflectDrops]atomic.Uint64
+	Answered, Notices atomic.Uint64
+	Probes            atomic.Uint64 // probes seen, through the lane or on their way into it
+	Drops             [numReflectDrops]atomic.Uint64
 }
 
 // Why a datagram was not answered.
@@ -39,17 +58,24 @@ const (
 	ReflectBadMAC           // failed authentication: forged or another peering's key
 	ReflectWrongLane        // a probe for another lane reached this gateway
 	ReflectReplay           // a request seen before (sequence not newer)
+	ReflectWrongIface       // arrived on another interface than the lane's: relayed by another path, it proves nothing of this lane
 	numReflectDrops
 )
 
-var reflectDropNames = [numReflectDrops]string{"bad_format", "bad_mac", "wrong_lane", "replay"}
+var reflectDropNames = [numReflectDrops]string{"bad_format", "bad_mac", "wrong_lane", "replay", "wrong_interface"}
 
 // maxSessions bounds the replay memory; the oldest entries are forgotten
-// wholesale (a demux restart makes a new session).
-const maxSessions = 64
+// wholesale (a demux restart makes a new session). maxHeard likewise
+// bounds the demuxes a gateway remembers to send notices to.
+const (
+	maxSessions = 64
+	maxHeard    = 16
+)
 
-// NewReflector listens on addr for lane's probes.
-func NewReflector(addr netip.AddrPort, lane flowhash.LaneID, key Key, log *slog.Logger) (*Reflector, error) {
+// NewReflector listens on addr for lane's probes. With iface set, only
+// probes that arrive on that interface (the lane's TUN, or a stock
+// WireGuard peer's interface) are answered.
+func NewReflector(addr netip.AddrPort, lane flowhash.LaneID, key Key, iface string, log *slog.Logger) (*Reflector, error) {
 	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return nil, fmt.Errorf("health: reflector on %s: %w", addr, err)
@@ -57,21 +83,73 @@ func NewReflector(addr netip.AddrPort, lane flowhash.LaneID, key Key, log *slog.
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Reflector{conn: conn, lane: lane, signer: NewSigner(key), seen: map[uint64]uint64{}, log: log}, nil
+	r := &Reflector{conn: conn, lane: lane, signer: NewSigner(key), seen: map[uint64]uint64{},
+		heard: map[netip.AddrPort]Message{}, notice: make([]byte, MessageLen), log: log}
+	if iface != "" {
+		ifi, err := net.InterfaceByName(iface)
+		if err == nil {
+			r.ifindex = ifi.Index
+			err = setPktinfo(conn, addr.Addr().Is4())
+		}
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("health: reflector interface %s: %w", iface, err)
+		}
+	}
+	return r, nil
+}
+
+func setPktinfo(c *net.UDPConn, v4 bool) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		if v4 {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+		}
+	})
+	return errors.Join(err, serr)
+}
+
+// arrivedOn returns the interface index in an IP_PKTINFO/IPV6_PKTINFO
+// control message (0 if none).
+func arrivedOn(oob []byte) int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= unix.SizeofInet4Pktinfo:
+			return int(int32(binary.NativeEndian.Uint32(m.Data[0:4])))
+		case m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= unix.SizeofInet6Pktinfo:
+			return int(binary.NativeEndian.Uint32(m.Data[16:20]))
+		}
+	}
+	return 0
 }
 
 // Run answers until Close.
 func (r *Reflector) Run() {
 	buf := make([]byte, 2048)
+	oob := make([]byte, 128)
 	for {
-		n, from, err := r.conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, from, err := r.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue // ICMP-induced errors and the like
 		}
-		if d := r.answer(buf[:n]); d >= 0 {
+		if r.ifindex != 0 && arrivedOn(oob[:oobn]) != r.ifindex {
+			r.C.Drops[ReflectWrongIface].Add(1)
+			continue
+		}
+		if d := r.answer(buf[:n], from); d >= 0 {
 			r.C.Drops[d].Add(1)
 			continue
 		}
@@ -79,12 +157,19 @@ func (r *Reflector) Run() {
 			r.log.Debug("probe reply", "to", from, "err", err)
 			continue
 		}
-		r.C.Answered.Add(1)
+		if Kind(buf[5]) == KindNotice {
+			r.C.Notices.Add(1)
+		} else {
+			r.C.Answered.Add(1)
+		}
 	}
 }
 
-// answer turns a request in b into its reply, in place, or returns why not.
-func (r *Reflector) answer(b []byte) int {
+// answer turns a request in b from src into its reply (or, while the
+// lane cannot work, a notice), in place, or returns why not.
+func (r *Reflector) answer(b []byte, src netip.AddrPort) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	m, err := r.signer.Parse(b)
 	switch {
 	case errors.Is(err, ErrMAC):
@@ -101,10 +186,107 @@ func (r *Reflector) answer(b []byte) int {
 		clear(r.seen)
 	}
 	r.seen[m.Session] = m.Seq
+	r.C.Probes.Add(1)
+	r.remember(src, m)
 	m.Kind = KindReply
+	if d := Diag(r.cond.Load()); d != DiagNone {
+		m.Kind, m.Diag = KindNotice, d
+	}
 	r.signer.Put(b, m)
 	return -1
 }
+
+// remember keeps the latest probe of each demux (with mu held).
+func (r *Reflector) remember(src netip.AddrPort, m Message) {
+	if _, ok := r.heard[src]; !ok && len(r.heard) >= maxHeard {
+		clear(r.heard)
+	}
+	r.heard[src] = m
+}
+
+// SawProbe is called with each probe the gateway forwards into its lane
+// from its own demux (the inner packet of a GENEVE OAM frame): the
+// gateway remembers it, and answers it with a notice while its lane
+// cannot work. Probes that fail authentication are ignored.
+func (r *Reflector) SawProbe(inner []byte) {
+	src, payload, ok := probePayload(inner)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m, err := r.signer.Parse(payload)
+	if err != nil || m.Kind != KindRequest || m.Lane != r.lane {
+		return
+	}
+	if old, ok := r.heard[src]; ok && old.Session == m.Session && m.Seq <= old.Seq {
+		return // a replay
+	}
+	r.C.Probes.Add(1)
+	r.remember(src, m)
+	if d := Diag(r.cond.Load()); d != DiagNone {
+		r.sendNotice(src, m, d)
+	}
+}
+
+// probePayload returns the source and UDP payload of an inner probe
+// packet (IPv4 or IPv6, as PutInner writes them).
+func probePayload(pkt []byte) (netip.AddrPort, []byte, bool) {
+	if len(pkt) < 20 {
+		return netip.AddrPort{}, nil, false
+	}
+	var src netip.Addr
+	var udp []byte
+	switch pkt[0] >> 4 {
+	case 4:
+		ihl := int(pkt[0]&0x0f) * 4
+		if ihl < 20 || len(pkt) < ihl+8+MessageLen {
+			return netip.AddrPort{}, nil, false
+		}
+		src, udp = netip.AddrFrom4([4]byte(pkt[12:16])), pkt[ihl:]
+	case 6:
+		if len(pkt) < 40+8+MessageLen {
+			return netip.AddrPort{}, nil, false
+		}
+		src, udp = netip.AddrFrom16([16]byte(pkt[8:24])), pkt[40:]
+	default:
+		return netip.AddrPort{}, nil, false
+	}
+	return netip.AddrPortFrom(src, binary.BigEndian.Uint16(udp[0:2])), udp[8 : 8+MessageLen], true
+}
+
+// sendNotice answers probe m of the demux at to with diag (mu held).
+func (r *Reflector) sendNotice(to netip.AddrPort, m Message, diag Diag) {
+	m.Kind, m.Diag = KindNotice, diag
+	r.signer.Put(r.notice, m)
+	if _, err := r.conn.WriteToUDPAddrPort(r.notice, to); err != nil {
+		r.log.Debug("lane notice", "to", to, "err", err)
+		return
+	}
+	r.C.Notices.Add(1)
+}
+
+// SetCondition says whether the gateway's lane can work (DiagNone) or
+// why not. When a condition starts, every demux heard from lately is told
+// at once, answering its latest probe; after that each probe seen is
+// answered with a notice until the condition clears.
+func (r *Reflector) SetCondition(d Diag) {
+	if Diag(r.cond.Swap(uint32(d))) == d {
+		return
+	}
+	r.log.Info("lane condition", "diag", d.String())
+	if d == DiagNone {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for to, m := range r.heard {
+		r.sendNotice(to, m, d)
+	}
+}
+
+// Condition returns what SetCondition last set.
+func (r *Reflector) Condition() Diag { return Diag(r.cond.Load()) }
 
 // Close stops Run.
 func (r *Reflector) Close() error { return r.conn.Close() }
@@ -120,19 +302,24 @@ func (r *Reflector) DropCounts() map[string]uint64 {
 
 // ReflectorStatus is what `tunnel show` prints of the reflector.
 type ReflectorStatus struct {
-	Address  string            `json:"address"`
-	Answered uint64            `json:"answered"`
-	Drops    map[string]uint64 `json:"drops"`
+	Address   string            `json:"address"`
+	Answered  uint64            `json:"answered"`
+	Notices   uint64            `json:"notices"`
+	Condition string            `json:"condition"`
+	Drops     map[string]uint64 `json:"drops"`
 }
 
 // Status returns the reflector's counters.
 func (r *Reflector) Status() ReflectorStatus {
-	return ReflectorStatus{Address: r.conn.LocalAddr().String(), Answered: r.C.Answered.Load(), Drops: r.DropCounts()}
+	return ReflectorStatus{Address: r.conn.LocalAddr().String(), Answered: r.C.Answered.Load(),
+		Notices: r.C.Notices.Load(), Condition: r.Condition().String(), Drops: r.DropCounts()}
 }
 
 var (
 	descAnswered    = prometheus.NewDesc("clusterpeer_gateway_probes_answered_total", "Lane probes from the far demux answered.", []string{"lane", "gateway"}, nil)
 	descReflectDrop = prometheus.NewDesc("clusterpeer_gateway_probe_drops_total", "Datagrams on the probe port not answered, by reason.", []string{"lane", "gateway", "reason"}, nil)
+	descNotices     = prometheus.NewDesc("clusterpeer_gateway_lane_notices_total", "Notices sent to demuxes that the lane cannot work.", []string{"lane", "gateway"}, nil)
+	descCondition   = prometheus.NewDesc("clusterpeer_gateway_lane_condition", "Why the gateway reports its lane down (BFD diagnostic code; 0: it can work).", []string{"lane", "gateway"}, nil)
 )
 
 // Collector exports the reflector's counters under the gateway's labels.
@@ -148,10 +335,14 @@ type reflectorCollector struct {
 func (c reflectorCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descAnswered
 	ch <- descReflectDrop
+	ch <- descNotices
+	ch <- descCondition
 }
 
 func (c reflectorCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAnswered, prometheus.CounterValue, float64(c.r.C.Answered.Load()), c.lane, c.gateway)
+	ch <- prometheus.MustNewConstMetric(descNotices, prometheus.CounterValue, float64(c.r.C.Notices.Load()), c.lane, c.gateway)
+	ch <- prometheus.MustNewConstMetric(descCondition, prometheus.GaugeValue, float64(c.r.cond.Load()), c.lane, c.gateway)
 	for reason, n := range c.r.DropCounts() {
 		ch <- prometheus.MustNewConstMetric(descReflectDrop, prometheus.CounterValue, float64(n), c.lane, c.gateway, reason)
 	}

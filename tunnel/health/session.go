@@ -19,13 +19,16 @@ type Params struct {
 	FlapWindow  time.Duration
 }
 
-// Defaults: a dead lane is noticed 40-50 ms after its last answered
-// probe. Three intervals (30 ms) took lanes down falsely on this project's
-// 2-core test machine under full iperf3 load (2-9 per 15 s run, the
-// gateways' queues delaying probes); four did not (docs/health.md).
+// Defaults: silence is the fallback for the faults nothing reports (a
+// frozen host, a blackhole, one-way loss); the common ones (a gateway
+// process or host gone, its link down, a planned stop) are signalled and
+// act in milliseconds. So the silence may be long enough that no stall of
+// a busy gateway trips it: this project's 2-core test machine stalls busy
+// processes for 40-150 ms, and 20 intervals (200 ms) took no lane down
+// there under the failover scenarios' load (docs/health.md).
 var DefaultParams = Params{
 	Interval:    10 * time.Millisecond,
-	Multiplier:  4,
+	Multiplier:  20,
 	UpAfter:     3,
 	HoldDown:    time.Second,
 	HoldDownMax: 30 * time.Second,
@@ -63,6 +66,8 @@ type Session struct {
 	changes    uint64
 	reason     string
 
+	byTimeout bool // the last down was judged on silence, not signalled
+
 	sent, received    uint64
 	rtt, srtt, rttvar time.Duration
 	peakRTT           time.Duration // the largest recent round trip, decaying
@@ -86,8 +91,9 @@ func (s *Session) Sent(now time.Time) uint64 {
 }
 
 // Reply records the answer to probe seq, which arrived at rx (the
-// kernel's receive time; now is when it was processed). It returns false
-// for a sequence number not sent, too old, or already answered.
+// kernel's receive time on the monotonic clock, as the send times are;
+// now is when it was processed). It returns false for a sequence number
+// not sent, too old, or already answered.
 func (s *Session) Reply(seq uint64, rx, now time.Time) bool {
 	r := &s.ring[seq%ringLen]
 	if seq == 0 || r.seq != seq || r.answered {
@@ -116,6 +122,46 @@ func (s *Session) Reply(seq uint64, rx, now time.Time) bool {
 		s.sinceReply = int(s.seq - seq)
 	}
 	return true
+}
+
+// Recent reports whether probe seq was sent in this lane's current life:
+// it is remembered, and, on an up lane, sent since the lane came up. A
+// signal (an ICMP error quoting the probe, a gateway's notice answering
+// it) counts only for such a probe, so an old one replayed cannot take a
+// lane down that has come back since.
+func (s *Session) Recent(seq uint64) bool {
+	r := &s.ring[seq%ringLen]
+	return seq != 0 && r.seq == seq && (!s.up || !r.sent.Before(s.upSince))
+}
+
+// Signal records a reported fault (checked by the caller against probe
+// seq, see Recent): an up lane goes down at once; a down one starts its
+// count of answered probes again. It reports whether the state changed.
+func (s *Session) Signal(now time.Time, seq uint64, reason string) bool {
+	if !s.Recent(seq) {
+		return false
+	}
+	s.run = 0
+	if !s.up {
+		return false
+	}
+	s.goDown(now, reason)
+	s.byTimeout = false
+	return true
+}
+
+// ByTimeout reports whether the lane's last down was judged on silence
+// (false: a signal said so).
+func (s *Session) ByTimeout() bool { return s.byTimeout }
+
+// Settle is how long the flows of a lane that just failed wait before
+// their first packet on another lane: the lane's recent round trip (the
+// larger of the peak and srtt + 4 rttvar), which bounds how late a packet
+// already sent into it can still come out, kept within 1-50 ms. The
+// probes cross the same gateways' queues as the data, so a loaded lane's
+// round trip includes its queueing.
+func (s *Session) Settle() time.Duration {
+	return min(max(s.peakRTT, s.srtt+4*s.rttvar, time.Millisecond), 50*time.Millisecond)
 }
 
 func abs(d time.Duration) time.Duration {
@@ -153,6 +199,7 @@ func (s *Session) Evaluate(now time.Time) bool {
 		// not scheduled sent nothing, and silence it caused proves nothing.
 		if s.sinceReply >= s.p.Multiplier && now.Sub(s.lastReply) >= s.DetectTime() {
 			s.goDown(now, fmt.Sprintf("%d probes unanswered, none for %s", s.sinceReply, now.Sub(s.lastReply).Round(time.Millisecond)))
+			s.byTimeout = true
 			return true
 		}
 		return false

@@ -43,7 +43,7 @@ func (c *clock) run(d time.Duration, answer bool) []time.Time {
 }
 
 func TestSessionComesUpAfterKAnswers(t *testing.T) {
-	c := newClock(t, DefaultParams)
+	c := newClock(t, fastParams)
 	if c.s.Up() {
 		t.Fatal("a new lane is up before any probe")
 	}
@@ -52,7 +52,7 @@ func TestSessionComesUpAfterKAnswers(t *testing.T) {
 		t.Fatalf("changes %v, up %v", ch, c.s.Up())
 	}
 	// Up on the K-th reply: K-1 intervals plus one step.
-	if got, want := ch[0].Sub(t0), 2*DefaultParams.Interval+DefaultParams.Interval/10; got != want {
+	if got, want := ch[0].Sub(t0), 2*fastParams.Interval+fastParams.Interval/10; got != want {
 		t.Errorf("up after %v, want %v", got, want)
 	}
 	if !strings.Contains(c.s.reason, "3 probes answered") {
@@ -61,7 +61,7 @@ func TestSessionComesUpAfterKAnswers(t *testing.T) {
 }
 
 func TestSessionDetectsDeathWithinDetectTime(t *testing.T) {
-	p := DefaultParams
+	p := fastParams
 	c := newClock(t, p)
 	c.run(100*time.Millisecond, true)
 	lastReply := c.s.lastReply
@@ -82,7 +82,7 @@ func TestSessionDetectsDeathWithinDetectTime(t *testing.T) {
 }
 
 func TestSessionOwnStallIsNotADeadLane(t *testing.T) {
-	c := newClock(t, DefaultParams)
+	c := newClock(t, fastParams)
 	c.run(100*time.Millisecond, true)
 	// The prober was not scheduled for 200 ms: nothing sent, nothing heard.
 	c.now = c.now.Add(200 * time.Millisecond)
@@ -95,11 +95,11 @@ func TestSessionOwnStallIsNotADeadLane(t *testing.T) {
 }
 
 func TestSessionLostProbeRestartsTheCount(t *testing.T) {
-	c := newClock(t, DefaultParams)
+	c := newClock(t, fastParams)
 	// Alternate answered and lost probes: never K in a row.
 	for range 20 {
-		c.run(DefaultParams.Interval, true)
-		c.run(DefaultParams.Interval, false)
+		c.run(fastParams.Interval, true)
+		c.run(fastParams.Interval, false)
 	}
 	if c.s.Up() {
 		t.Fatal("up with every other probe lost")
@@ -107,7 +107,7 @@ func TestSessionLostProbeRestartsTheCount(t *testing.T) {
 }
 
 func TestSessionFlapBackoff(t *testing.T) {
-	p := DefaultParams
+	p := fastParams
 	p.HoldDown, p.HoldDownMax, p.FlapWindow = 100*time.Millisecond, 350*time.Millisecond, time.Second
 	c := newClock(t, p)
 	c.run(50*time.Millisecond, true)
@@ -149,7 +149,7 @@ func TestSessionFlapBackoff(t *testing.T) {
 }
 
 func TestSessionRejectsUnknownAndDuplicateReplies(t *testing.T) {
-	s := NewSession(DefaultParams, t0)
+	s := NewSession(fastParams, t0)
 	seq := s.Sent(t0)
 	if s.Reply(seq+1, t0, t0) || s.Reply(0, t0, t0) {
 		t.Error("reply to a probe never sent accepted")
@@ -176,7 +176,7 @@ func TestSessionRejectsUnknownAndDuplicateReplies(t *testing.T) {
 // spikes (a loaded gateway) is given longer before it is declared down;
 // a quiet one keeps Multiplier intervals.
 func TestSessionDetectTimeFollowsTheRoundTrip(t *testing.T) {
-	p := DefaultParams
+	p := fastParams
 	s := NewSession(p, t0)
 	now := t0
 	for i := range 50 {
@@ -201,3 +201,7 @@ func TestSessionDetectTimeFollowsTheRoundTrip(t *testing.T) {
 		t.Errorf("after 20 s of quiet: detect %v, want %v", d, p.Detect())
 	}
 }
+
+// fastParams are the defaults with the detection time of 4 intervals
+// that the session's rules are tested at (the default is longer).
+var fastParams = func() Params { p := DefaultParams; p.Multiplier = 4; return p }()

@@ -45,6 +45,10 @@ type Ingress struct {
 	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
 	VNI     uint32
 	Probe   netip.AddrPort // the peer's reflector; invalid: no probes
+	// OnProbe sees each probe forwarded (the inner packet), so that the
+	// gateway can answer it with a notice while its lane cannot work
+	// (health.Reflector.SawProbe).
+	OnProbe func(inner []byte)
 }
 
 // Check validates a GENEVE datagram's payload from src and returns the
@@ -91,8 +95,13 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 	default:
 		return nil, DropBadProtocol
 	}
-	if h.OAM() && !health.IsProbeFor(inner, in.Probe) {
-		return nil, DropOAM
+	if h.OAM() {
+		if !health.IsProbeFor(inner, in.Probe) {
+			return nil, DropOAM
+		}
+		if in.OnProbe != nil {
+			in.OnProbe(inner)
+		}
 	}
 	return inner, DropNone
 }

@@ -45,15 +45,22 @@ type Config struct {
 	PeerEndpoint netip.AddrPort
 	Remote       []netip.Prefix // the far network: allowed IPs, routed into the TUN
 	UAPI         bool           // open /var/run/wireguard/<tun>.sock for `wg`
-	Log          *slog.Logger
+	// OnPeer is told when ICMP errors say the peer gateway is gone (what
+	// they said), and with "" when the peer is heard again; OnPath when
+	// the underlay route or link towards the peer goes ("" when back).
+	// Nil: not watched.
+	OnPeer, OnPath func(missing string)
+	Log            *slog.Logger
 }
 
 // Lane is a running gateway.
 type Lane struct {
-	cfg  Config
-	dev  *device.Device
-	tdev *Device
-	uapi net.Listener
+	cfg   Config
+	dev   *device.Device
+	tdev  *Device
+	uapi  net.Listener
+	icmp  *icmpWatch
+	watch chan struct{} // closed to stop the path watch
 }
 
 // Start creates the TUN, binds the GENEVE and WireGuard ports and brings
@@ -85,8 +92,12 @@ func Start(cfg Config) (l *Lane, err error) {
 		Verbosef: func(format string, args ...any) { cfg.Log.Debug(fmt.Sprintf(format, args...)) },
 		Errorf:   func(format string, args ...any) { cfg.Log.Error(fmt.Sprintf(format, args...)) },
 	}
-	dev := device.NewDevice(tdev, conn.NewStdNetBind(), logger)
-	l = &Lane{cfg: cfg, dev: dev, tdev: tdev}
+	wb := &watchedBind{Bind: conn.NewStdNetBind(), peer: cfg.PeerEndpoint}
+	if cfg.OnPeer != nil {
+		wb.onHeard = func() { cfg.OnPeer("") }
+	}
+	dev := device.NewDevice(tdev, wb, logger)
+	l = &Lane{cfg: cfg, dev: dev, tdev: tdev, watch: make(chan struct{})}
 	if err := dev.IpcSet(cfg.uapiConfig()); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("configure wireguard: %w", err)
@@ -98,6 +109,18 @@ func Start(cfg Config) (l *Lane, err error) {
 	if cfg.UAPI {
 		if err := l.listenUAPI(); err != nil {
 			dev.Close()
+			return nil, err
+		}
+	}
+	if cfg.OnPeer != nil {
+		if l.icmp, err = startICMPWatch(wb, cfg.ListenPort, cfg.OnPeer); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	if cfg.OnPath != nil {
+		if err := watchPath(cfg.PeerEndpoint.Addr(), l.watch, cfg.OnPath); err != nil {
+			l.Close()
 			return nil, err
 		}
 	}
@@ -141,6 +164,10 @@ func (l *Lane) listenUAPI() error {
 
 // Close stops the lane and removes its TUN (and with it the routes).
 func (l *Lane) Close() {
+	close(l.watch)
+	if l.icmp != nil {
+		l.icmp.Close()
+	}
 	if l.uapi != nil {
 		l.uapi.Close()
 		// wireguard-go's listener does not unlink its socket; `wg show`
@@ -212,3 +239,6 @@ func parsePeer(s string) (PeerStatus, error) {
 	}
 	return p, nil
 }
+
+// Counters returns the gateway's packet counts.
+func (l *Lane) Counters() *DeviceCounters { return &l.tdev.C }

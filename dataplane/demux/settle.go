@@ -1,0 +1,128 @@
+package demux
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+)
+
+// HoldPackets is how many packets of a failed lane's flows the demux holds
+// during the lane's settle window (about 2 MiB at the default MTU); past
+// that they are dropped and counted as settling.
+const HoldPackets = 1024
+
+// holdQueue keeps the packets of a failed lane's flows while the lane
+// settles (flowhash.DropSettling) and sends them, in the order they came,
+// on the lanes their flows move to when the window is over: so nothing of
+// those flows overtakes what was still inside the failed lane, and a
+// planned stop loses nothing.
+//
+// The loop touches the queue's lock only while something is held; the
+// settle timer flushes it too, in case no further packet comes to do it.
+type holdQueue struct {
+	n     atomic.Int32 // packets held; the loop's only look while empty
+	mu    sync.Mutex
+	bufs  [][]byte // preallocated, Headroom + MTU each
+	sizes []int
+	out   [flowhash.MaxLaneID + 1][][]byte
+	used  []flowhash.LaneID
+}
+
+func (q *holdQueue) init(mtu int) {
+	q.bufs = make([][]byte, HoldPackets)
+	for i := range q.bufs {
+		q.bufs[i] = make([]byte, Headroom+mtu)
+	}
+	q.sizes = make([]int, HoldPackets)
+	q.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
+}
+
+// hold copies pkt into the queue (called with mu held); false when full.
+func (q *holdQueue) hold(pkt []byte) bool {
+	i := int(q.n.Load())
+	if i == len(q.bufs) || Headroom+len(pkt) > len(q.bufs[i]) {
+		return false
+	}
+	q.sizes[i] = copy(q.bufs[i][Headroom:], pkt)
+	q.n.Add(1)
+	return true
+}
+
+// settling handles a packet the selector told to wait: the loop holds it,
+// flushing first whatever waited if the window is over meanwhile.
+func (d *Demux) settling(pkt []byte) {
+	q := &d.held
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.hold(pkt) {
+		d.C.Drops[flowhash.DropSettling].Add(1)
+		return
+	}
+	d.C.Held.Add(1)
+}
+
+// flushHeld sends what the queue holds if the settle window is over; the
+// loop calls it before it sends each batch while the queue is not empty
+// (held packets came first, so they leave first), the settle timer when
+// the window ends. A packet whose flow waits again (another lane failed
+// meanwhile) is dropped as settling.
+func (d *Demux) flushHeld() {
+	q := &d.held
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := int(q.n.Load())
+	sel := d.cfg.Selector
+	if lane, until := sel.Snapshot().Settling(); n == 0 || (lane != 0 && sel.Clock() < until) {
+		return
+	}
+	now := sel.Pins().Now()
+	targets := d.targets.Load()
+	for i := range n {
+		pkt := q.bufs[i][Headroom : Headroom+q.sizes[i]]
+		lane, drop := sel.Select(pkt, now)
+		if drop == flowhash.DropNone && targets[lane] == nil {
+			drop = flowhash.DropNoLane
+		}
+		if drop != flowhash.DropNone {
+			d.C.Drops[drop].Add(1)
+			continue
+		}
+		proto := uint16(geneve.ProtoIPv4)
+		if pkt[0]>>4 == 6 {
+			proto = geneve.ProtoIPv6
+		}
+		frame := q.bufs[i][Headroom-geneve.HeaderLen : Headroom+q.sizes[i]]
+		geneve.Put(frame, d.cfg.VNI, proto, false)
+		if len(q.out[lane]) == 0 {
+			q.used = append(q.used, lane)
+		}
+		q.out[lane] = append(q.out[lane], frame)
+	}
+	for _, lane := range q.used {
+		d.sendFrames(q.out[lane], targets[lane])
+		clear(q.out[lane])
+		q.out[lane] = q.out[lane][:0]
+	}
+	q.used = q.used[:0]
+	q.n.Store(0)
+}
+
+// settleTimer ends a settle window on time even if no packet comes to
+// notice it: the selector drops the settling snapshot and the held
+// packets leave.
+func (d *Demux) settleTimer(settle time.Duration) {
+	time.AfterFunc(settle, func() {
+		for d.cfg.Selector.EndSettle() {
+			time.Sleep(time.Millisecond) // woken a little early
+		}
+		d.flushHeld()
+		d.lanes.mu.Lock()
+		if cb := d.lanes.cfg.OnPublish; cb != nil {
+			cb()
+		}
+		d.lanes.mu.Unlock()
+	})
+}
