@@ -360,3 +360,20 @@ func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
 	s.pins.Insert(&w, sum, lane, snap.gens[lane], t.Proto == ProtoTCP, now)
 	return lane, DropNone
 }
+
+// LaneOf returns the lane pkt's flow takes now without pinning it: its
+// valid pin's lane, else the table's (0 if none or undecodable). For
+// checking that a quoted packet is one this demux would have sent there.
+func (s *Selector) LaneOf(pkt []byte) LaneID {
+	var t Tuple
+	if t.Decode(pkt) != DropNone {
+		return 0
+	}
+	w := s.hasher.Words(&t)
+	sum := s.hasher.sumWords(&w)
+	snap := s.snap.Load()
+	if lane, gen, ok := s.pins.Lookup(&w, sum, s.pins.Now()); ok && snap.gens[lane] == gen {
+		return lane
+	}
+	return snap.Table.Lookup(sum)
+}

@@ -14,6 +14,7 @@ pkgs=(
   openssl         # hash keys in the demo topology
   tshark          # an independent decoder checks our GENEVE on the wire (tests)
   keepalived      # VRRP for the active/standby demux pair (HA tests, make failover)
+  nftables        # fault injection: one-way loss and blackholes in the failover scenarios
 )
 
 missing=()

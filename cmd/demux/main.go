@@ -127,6 +127,17 @@ func up(args []string) error {
 		defer prober.Close()
 		lc.Prober = prober
 		warnStrictRPFilter(log)
+		// ICMP errors for the frames sent to the gateways: a gateway
+		// that is gone says so within a millisecond.
+		v4, v6 := false, false
+		for _, a := range d.Sources {
+			v4, v6 = v4 || a.Is4(), v6 || a.Is6()
+		}
+		stopICMP, err := dm.WatchICMP(prober, v4, v6)
+		if err != nil {
+			return fmt.Errorf("lane failure signals: %w", err)
+		}
+		defer stopICMP()
 	} else {
 		log.Warn("lane health checks are off (health.enabled: false): every configured lane takes traffic")
 	}

@@ -78,6 +78,7 @@ type Counters struct {
 	ICMPSent       atomic.Uint64
 	SendErrors     atomic.Uint64 // packets lost to failed sends
 	Held           atomic.Uint64 // packets held through a failed lane's settle window
+	ICMPUnmatched  atomic.Uint64 // ICMP errors about a lane that quote nothing it sent there
 	Lanes          [flowhash.MaxLaneID + 1]LaneCounters
 }
 

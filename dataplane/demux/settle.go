@@ -10,9 +10,9 @@ import (
 )
 
 // HoldPackets is how many packets of a failed lane's flows the demux holds
-// during the lane's settle window (about 2 MiB at the default MTU); past
+// during the lane's settle window (about 3 MiB at the default MTU); past
 // that they are dropped and counted as settling.
-const HoldPackets = 1024
+const HoldPackets = 2048
 
 // holdQueue keeps the packets of a failed lane's flows while the lane
 // settles (flowhash.DropSettling) and sends them, in the order they came,

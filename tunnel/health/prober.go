@@ -183,11 +183,10 @@ func NewProber(cfg ProberConfig) (*Prober, error) {
 // and the ICMP error queue on.
 func openProbeSocket(addr netip.AddrPort) (int, error) {
 	family, level, recverr := unix.AF_INET, unix.IPPROTO_IP, unix.IP_RECVERR
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
 	if addr.Addr().Is6() {
 		family, level, recverr = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_RECVERR
-		sa = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
 	}
+	sa := sockaddr(addr)
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("health: probe socket: %w", err)
@@ -305,6 +304,8 @@ func (p *Prober) Run(ctx context.Context) {
 			p.cfg.Log.Error("probe sockets: poll", "err", err)
 			time.Sleep(p.interval)
 		}
+		var pokes [8]byte
+		unix.Read(p.wake, pokes[:]) // reset (Fail or Close woke it)
 		// Whatever arrived while this goroutine waited for a CPU counts
 		// before any lane is judged (up to a bound per socket).
 		for i := range p.socks {
@@ -326,9 +327,7 @@ func (p *Prober) Close() error {
 
 func (p *Prober) signalClose() {
 	if p.closed.CompareAndSwap(false, true) {
-		var one [8]byte
-		binary.NativeEndian.PutUint64(one[:], 1)
-		unix.Write(p.wake, one[:])
+		p.poke()
 	}
 }
 
@@ -481,7 +480,10 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 				ok = l.s.Reply(m.Seq, rx, now)
 			} else if ok = l.s.Recent(m.Seq); ok {
 				p.C.Signals[SignalNotice].Add(1)
-				p.signal(l, now, m.Seq, fmt.Sprintf("gateway %s reports: %s", src, m.Diag))
+				// Only a planned stop still delivers what was sent.
+				if l.s.Signal(now, m.Seq, fmt.Sprintf("gateway %s reports: %s", src, m.Diag), m.Diag == DiagAdminDown) {
+					p.changes = append(p.changes, p.change(l.t.Lane, l.s))
+				}
 			}
 		}
 		p.mu.Unlock()
@@ -495,13 +497,6 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 	}
 }
 
-// signal applies a checked signal to lane l (with mu held).
-func (p *Prober) signal(l *probeLane, now time.Time, seq uint64, reason string) {
-	if l.s.Signal(now, seq, reason) {
-		p.changes = append(p.changes, p.change(l.t.Lane, l.s))
-	}
-}
-
 // icmpError handles an entry of a socket's error queue: b is the payload
 // of the datagram it concerns (a probe frame this prober sent, if it is
 // genuine), oob holds the extended error, to its original destination.
@@ -510,23 +505,57 @@ func (p *Prober) icmpError(b, oob []byte, to unix.Sockaddr) {
 	if !ok || !unreachable(ee) {
 		return // a local error (e.g. message too long): nothing about the lane
 	}
+	p.QuotedProbe(b, addrOf(to), offender, ee.Errno == uint32(unix.ECONNREFUSED))
+}
+
+// QuotedProbe acts on an ICMP port (port) or host unreachable from
+// offender about a datagram to dst whose payload, as quoted, is b. It
+// takes the lane down if b is a probe frame this prober sent to that
+// lane's gateway lately (and, for port unreachable, the gateway's own
+// host said so); anything else is counted and ignored. It reports
+// whether b was such a probe.
+func (p *Prober) QuotedProbe(b []byte, dst, offender netip.Addr, port bool) bool {
 	m, ok := p.quotedProbe(b)
-	now := time.Now()
 	matched := false
 	if ok && m.Session == p.session {
-		dst := addrOf(to)
 		p.mu.Lock()
-		if l := p.lanes[m.Lane]; l != nil && dst == l.t.Near.Addr().Unmap() && l.s.Recent(m.Seq) &&
-			(ee.Errno != uint32(unix.ECONNREFUSED) || offender == dst) {
+		if l := p.lanes[m.Lane]; l != nil && dst.Unmap() == l.t.Near.Addr().Unmap() && l.s.Recent(m.Seq) && (!port || offender == dst.Unmap()) {
 			matched = true
 			p.C.Signals[SignalICMP].Add(1)
-			p.signal(l, now, m.Seq, fmt.Sprintf("ICMP %s from %s: gateway %s gone", icmpName(ee), offender, dst))
+			what := "host unreachable"
+			if port {
+				what = "port unreachable"
+			}
+			if l.s.Signal(time.Now(), m.Seq, fmt.Sprintf("ICMP %s from %s: gateway %s gone", what, offender, dst), false) {
+				p.changes = append(p.changes, p.change(l.t.Lane, l.s))
+			}
 		}
 		p.mu.Unlock()
 	}
 	if !matched {
 		p.C.Drops[ReplyICMPUnknown].Add(1)
 	}
+	return matched
+}
+
+// Fail takes a lane down on a signal its caller checked (an ICMP error
+// quoting one of the lane's data packets): the gateway cannot deliver.
+// The change is reported from Run, which Fail wakes.
+func (p *Prober) Fail(lane flowhash.LaneID, reason string) {
+	p.mu.Lock()
+	if l := p.lanes[lane]; l != nil && l.s.Fail(time.Now(), reason, false) {
+		p.C.Signals[SignalICMP].Add(1)
+		p.changes = append(p.changes, p.change(lane, l.s))
+	}
+	p.mu.Unlock()
+	p.poke()
+}
+
+// poke wakes Run.
+func (p *Prober) poke() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	unix.Write(p.wake, one[:])
 }
 
 // quotedProbe finds the signed probe inside a quoted probe frame.

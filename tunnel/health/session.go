@@ -67,6 +67,7 @@ type Session struct {
 	reason     string
 
 	byTimeout bool // the last down was judged on silence, not signalled
+	delivers  bool // the lane that went down may still deliver what is inside it
 
 	sent, received    uint64
 	rtt, srtt, rttvar time.Duration
@@ -136,17 +137,24 @@ func (s *Session) Recent(seq uint64) bool {
 
 // Signal records a reported fault (checked by the caller against probe
 // seq, see Recent): an up lane goes down at once; a down one starts its
-// count of answered probes again. It reports whether the state changed.
-func (s *Session) Signal(now time.Time, seq uint64, reason string) bool {
+// count of answered probes again. delivers says whether the lane may
+// still deliver what is inside it (a planned stop), which its flows then
+// wait for (Settle). It reports whether the state changed.
+func (s *Session) Signal(now time.Time, seq uint64, reason string, delivers bool) bool {
 	if !s.Recent(seq) {
 		return false
 	}
+	return s.Fail(now, reason, delivers)
+}
+
+// Fail is Signal for a fault its caller checked otherwise.
+func (s *Session) Fail(now time.Time, reason string, delivers bool) bool {
 	s.run = 0
 	if !s.up {
 		return false
 	}
 	s.goDown(now, reason)
-	s.byTimeout = false
+	s.byTimeout, s.delivers = false, delivers
 	return true
 }
 
@@ -155,13 +163,18 @@ func (s *Session) Signal(now time.Time, seq uint64, reason string) bool {
 func (s *Session) ByTimeout() bool { return s.byTimeout }
 
 // Settle is how long the flows of a lane that just failed wait before
-// their first packet on another lane: the lane's recent round trip (the
-// larger of the peak and srtt + 4 rttvar), which bounds how late a packet
-// already sent into it can still come out, kept within 1-50 ms. The
-// probes cross the same gateways' queues as the data, so a loaded lane's
-// round trip includes its queueing.
+// their first packet on another lane. A lane that may still deliver (a
+// planned stop, or one judged on silence) gets its round-trip timeout,
+// srtt + 4 rttvar, which bounds how late a packet already inside it comes
+// out (the probes cross the same gateways' queues as the data, so a
+// loaded lane's round trip includes its queueing), kept within 1-50 ms.
+// A lane that a signal says cannot deliver (its gateway gone, its path
+// down) holds nothing that could still arrive: 1 ms.
 func (s *Session) Settle() time.Duration {
-	return min(max(s.peakRTT, s.srtt+4*s.rttvar, time.Millisecond), 50*time.Millisecond)
+	if !s.delivers {
+		return time.Millisecond
+	}
+	return min(max(s.srtt+4*s.rttvar, time.Millisecond), 50*time.Millisecond)
 }
 
 func abs(d time.Duration) time.Duration {
@@ -199,7 +212,7 @@ func (s *Session) Evaluate(now time.Time) bool {
 		// not scheduled sent nothing, and silence it caused proves nothing.
 		if s.sinceReply >= s.p.Multiplier && now.Sub(s.lastReply) >= s.DetectTime() {
 			s.goDown(now, fmt.Sprintf("%d probes unanswered, none for %s", s.sinceReply, now.Sub(s.lastReply).Round(time.Millisecond)))
-			s.byTimeout = true
+			s.byTimeout, s.delivers = true, true
 			return true
 		}
 		return false

@@ -2,15 +2,12 @@ package lane
 
 import (
 	"encoding/binary"
-	"errors"
-	"fmt"
-	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/icmpwatch"
 )
 
 // The gateway learns that its peer is gone from the ICMP errors the
@@ -85,114 +82,40 @@ func (b *watchedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return fns, p, nil
 }
 
-// icmpWatch reads ICMP errors on raw sockets and calls gone for those that
-// quote a datagram sent to the peer lately.
+// icmpWatch calls gone for the ICMP errors that quote a datagram sent to
+// the peer lately.
 type icmpWatch struct {
 	bind   *watchedBind
 	lport  uint16
 	gone   func(why string)
-	conns  []*net.IPConn
-	wg     sync.WaitGroup
+	w      *icmpwatch.Watch
 	Counts struct{ Matched, Unmatched atomic.Uint64 }
 }
 
 func startICMPWatch(b *watchedBind, listenPort uint16, gone func(string)) (*icmpWatch, error) {
-	w := &icmpWatch{bind: b, lport: listenPort, gone: gone}
-	network := "ip4:icmp"
-	if b.peer.Addr().Is6() {
-		network = "ip6:ipv6-icmp"
-	}
-	c, err := net.ListenIP(network, nil)
+	iw := &icmpWatch{bind: b, lport: listenPort, gone: gone}
+	w, err := icmpwatch.Listen(b.peer.Addr().Is6(), iw.handle)
 	if err != nil {
-		return nil, fmt.Errorf("icmp socket (%s; needs CAP_NET_RAW): %w", network, err)
+		return nil, err
 	}
-	if b.peer.Addr().Is4() {
-		// Only destination unreachable (type 3) reaches the socket.
-		if raw, err := c.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_RAW, 1 /* ICMP_FILTER */, ^(1 << 3)) })
-		}
-	} else if raw, err := c.SyscallConn(); err == nil {
-		var f unix.ICMPv6Filter
-		for i := range f.Data {
-			f.Data[i] = ^uint32(0)
-		}
-		f.Data[0] &^= 1 << 1 // let type 1, destination unreachable, through
-		raw.Control(func(fd uintptr) { unix.SetsockoptICMPv6Filter(int(fd), unix.SOL_ICMPV6, unix.ICMPV6_FILTER, &f) })
-	}
-	w.conns = append(w.conns, c)
-	w.wg.Add(1)
-	go w.run(c)
-	return w, nil
+	iw.w = w
+	return iw, nil
 }
 
-func (w *icmpWatch) run(c *net.IPConn) {
-	defer w.wg.Done()
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := c.ReadFromIP(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		src, _ := netip.AddrFromSlice(from.IP)
-		if why, ok := w.check(buf[:n], src.Unmap()); ok {
-			w.Counts.Matched.Add(1)
-			if !w.bind.down.Swap(true) {
-				w.gone(why)
-			}
-		} else if why != "" {
-			w.Counts.Unmatched.Add(1)
-		}
+func (w *icmpWatch) handle(q icmpwatch.Quote) {
+	if q.Dst != w.bind.peer || q.SrcPort != w.lport {
+		return // not about our WireGuard datagrams
 	}
-}
-
-// check judges one ICMP message (from its type on) sent by from: whether
-// it says the peer is unreachable, quoting what this gateway sent it. why
-// is empty for ICMP that is not about the peer at all.
-func (w *icmpWatch) check(msg []byte, from netip.Addr) (why string, ok bool) {
-	if len(msg) < 8 {
-		return "", false
-	}
-	typ, code, quoted := msg[0], msg[1], msg[8:]
-	var dst netip.Addr
-	var udp []byte
-	port := false
-	if w.bind.peer.Addr().Is4() {
-		if typ != 3 || (code != 1 && code != 3) || len(quoted) < 20 || quoted[0]>>4 != 4 || quoted[9] != unix.IPPROTO_UDP {
-			return "", false
-		}
-		ihl := int(quoted[0]&0x0f) * 4
-		if ihl < 20 || len(quoted) < ihl+8 {
-			return "", false
-		}
-		dst, udp, port = netip.AddrFrom4([4]byte(quoted[16:20])), quoted[ihl:], code == 3
-	} else {
-		if typ != 1 || (code != 3 && code != 4) || len(quoted) < 48 || quoted[0]>>4 != 6 || quoted[6] != unix.IPPROTO_UDP {
-			return "", false
-		}
-		dst, udp, port = netip.AddrFrom16([16]byte(quoted[24:40])).Unmap(), quoted[40:], code == 4
-	}
-	if dst != w.bind.peer.Addr() || binary.BigEndian.Uint16(udp[0:2]) != w.lport || binary.BigEndian.Uint16(udp[2:4]) != w.bind.peer.Port() {
-		return "", false
-	}
-	what := "host unreachable"
-	if port {
-		what = "port unreachable"
-	}
-	why = fmt.Sprintf("ICMP %s from %s for WireGuard to %s", what, from, w.bind.peer)
 	// Port unreachable comes from the peer's host itself; and the quote
 	// must carry a session index this gateway used.
-	if (port && from != dst) || len(udp) < 16 || !w.bind.sent(binary.LittleEndian.Uint32(udp[12:16])) {
-		return why + " (quotes nothing this gateway sent lately; ignored)", false
+	if (q.Port && q.From != q.Dst.Addr()) || len(q.Payload) < 8 || !w.bind.sent(binary.LittleEndian.Uint32(q.Payload[4:8])) {
+		w.Counts.Unmatched.Add(1)
+		return
 	}
-	return why, true
+	w.Counts.Matched.Add(1)
+	if !w.bind.down.Swap(true) {
+		w.gone(q.Reason() + " (WireGuard)")
+	}
 }
 
-func (w *icmpWatch) Close() {
-	for _, c := range w.conns {
-		c.Close()
-	}
-	w.wg.Wait()
-}
+func (w *icmpWatch) Close() { w.w.Close() }

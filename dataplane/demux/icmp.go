@@ -1,0 +1,75 @@
+package demux
+
+import (
+	"net/netip"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/icmpwatch"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+)
+
+// ICMPSink takes the ICMP errors about the demux's lanes: the prober.
+type ICMPSink interface {
+	// QuotedProbe judges an error quoting a probe frame.
+	QuotedProbe(frame []byte, dst, from netip.Addr, port bool) bool
+	// Fail takes a lane down whose data an error quoted.
+	Fail(lane flowhash.LaneID, reason string)
+}
+
+// WatchICMP acts on the ICMP port and host unreachable errors that come
+// back for the GENEVE frames this host sent to its gateways (by this
+// demux's socket, its prober's or its XDP program): a gateway whose
+// process or host is gone answers the next frames so, within a
+// millisecond at any data rate, and the kernel rate-limits these errors
+// per host, so the first ones count. A frame counts only if it went to a
+// lane's gateway and carried a packet of a flow on that lane (its pin,
+// or where the keyed table sends it), or a probe the prober sent there
+// lately; port unreachable must come from the gateway's own host. It
+// returns a function that stops the watch.
+func (d *Demux) WatchICMP(sink ICMPSink, v4, v6 bool) (stop func(), err error) {
+	var ws []*icmpwatch.Watch
+	stop = func() {
+		for _, w := range ws {
+			w.Close()
+		}
+	}
+	for _, fam := range []struct{ on, v6 bool }{{v4, false}, {v6, true}} {
+		if !fam.on {
+			continue
+		}
+		w, err := icmpwatch.Listen(fam.v6, func(q icmpwatch.Quote) { d.icmpError(sink, q) })
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		ws = append(ws, w)
+	}
+	return stop, nil
+}
+
+func (d *Demux) icmpError(sink ICMPSink, q icmpwatch.Quote) {
+	var t *Target
+	for _, c := range d.targets.Load() {
+		if c != nil && c.Addr.Addr().Unmap() == q.Dst.Addr() && c.Addr.Port() == q.Dst.Port() {
+			t = c
+			break
+		}
+	}
+	if t == nil {
+		return // not about a lane
+	}
+	h, inner, err := geneve.Parse(q.Payload)
+	if err != nil || h.VNI() != d.cfg.VNI {
+		d.C.ICMPUnmatched.Add(1)
+		return
+	}
+	if h.OAM() {
+		sink.QuotedProbe(q.Payload, q.Dst.Addr(), q.From, q.Port)
+		return
+	}
+	if (q.Port && q.From != q.Dst.Addr()) || d.cfg.Selector.LaneOf(inner) != t.ID {
+		d.C.ICMPUnmatched.Add(1)
+		return
+	}
+	sink.Fail(t.ID, q.Reason()+": gateway "+t.Name+" gone")
+}

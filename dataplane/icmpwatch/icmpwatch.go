@@ -1,0 +1,133 @@
+// Package icmpwatch reads the ICMP "destination unreachable" errors that
+// reach this host about UDP datagrams it sent, from a raw ICMP socket,
+// whichever socket (or XDP program) sent the datagram:
+//
+//	peer's host or a router --ICMP port/host unreachable--> raw socket
+//	    -> Quote: where the datagram went, from which port, what it carried
+//
+// The kernel delivers such errors to the sending UDP socket only if that
+// socket asked (IP_RECVERR), and rate-limits them per destination host, so
+// the first few (which a socket sending thousands of datagrams a second
+// provokes first) may be the only ones: a raw socket sees those. Callers
+// judge a Quote against what they sent; this package only parses.
+package icmpwatch
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Quote is an ICMP error about a UDP datagram this host sent.
+type Quote struct {
+	From    netip.Addr     // who sent the ICMP error
+	Dst     netip.AddrPort // where the datagram went
+	SrcPort uint16         // the port it left from
+	Port    bool           // port unreachable (else host or address unreachable)
+	Payload []byte         // the datagram's UDP payload, as far as quoted
+}
+
+// Reason is the error as a log line says it.
+func (q Quote) Reason() string {
+	what := "host unreachable"
+	if q.Port {
+		what = "port unreachable"
+	}
+	return fmt.Sprintf("ICMP %s from %s for %s", what, q.From, q.Dst)
+}
+
+// Parse reads an ICMP (or ICMPv6) message, from its type on, sent by from.
+// ok is false for anything but port or host unreachable quoting UDP.
+func Parse(msg []byte, from netip.Addr, v6 bool) (q Quote, ok bool) {
+	if len(msg) < 8 {
+		return q, false
+	}
+	typ, code, quoted := msg[0], msg[1], msg[8:]
+	var udp []byte
+	if !v6 {
+		if typ != 3 || (code != 1 && code != 3) || len(quoted) < 20 || quoted[0]>>4 != 4 || quoted[9] != unix.IPPROTO_UDP {
+			return q, false
+		}
+		ihl := int(quoted[0]&0x0f) * 4
+		if ihl < 20 || len(quoted) < ihl+8 {
+			return q, false
+		}
+		q.Dst, udp, q.Port = netip.AddrPortFrom(netip.AddrFrom4([4]byte(quoted[16:20])), 0), quoted[ihl:], code == 3
+	} else {
+		if typ != 1 || (code != 3 && code != 4) || len(quoted) < 48 || quoted[0]>>4 != 6 || quoted[6] != unix.IPPROTO_UDP {
+			return q, false
+		}
+		q.Dst, udp, q.Port = netip.AddrPortFrom(netip.AddrFrom16([16]byte(quoted[24:40])).Unmap(), 0), quoted[40:], code == 4
+	}
+	q.From = from.Unmap()
+	q.Dst = netip.AddrPortFrom(q.Dst.Addr(), binary.BigEndian.Uint16(udp[2:4]))
+	q.SrcPort = binary.BigEndian.Uint16(udp[0:2])
+	q.Payload = udp[8:]
+	return q, true
+}
+
+// Watch reads ICMP errors of one family until Close, handing each
+// destination-unreachable Quote to fn (from its own goroutine; the
+// payload is valid only during the call).
+type Watch struct {
+	conn *net.IPConn
+	wg   sync.WaitGroup
+}
+
+// Listen opens the raw socket (CAP_NET_RAW) for IPv4 or IPv6.
+func Listen(v6 bool, fn func(Quote)) (*Watch, error) {
+	network := "ip4:icmp"
+	if v6 {
+		network = "ip6:ipv6-icmp"
+	}
+	c, err := net.ListenIP(network, nil)
+	if err != nil {
+		return nil, fmt.Errorf("icmp socket %s (needs CAP_NET_RAW): %w", network, err)
+	}
+	// Let only destination unreachable through to the socket.
+	if raw, err := c.SyscallConn(); err == nil {
+		raw.Control(func(fd uintptr) {
+			if !v6 {
+				unix.SetsockoptInt(int(fd), unix.SOL_RAW, 1 /* ICMP_FILTER */, ^(1 << 3))
+				return
+			}
+			var f unix.ICMPv6Filter
+			for i := range f.Data {
+				f.Data[i] = ^uint32(0)
+			}
+			f.Data[0] &^= 1 << 1
+			unix.SetsockoptICMPv6Filter(int(fd), unix.SOL_ICMPV6, unix.ICMPV6_FILTER, &f)
+		})
+	}
+	w := &Watch{conn: c}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := c.ReadFromIP(buf) // IPv4: Go strips the IP header
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			src, _ := netip.AddrFromSlice(from.IP)
+			if q, ok := Parse(buf[:n], src, v6); ok {
+				fn(q)
+			}
+		}
+	}()
+	return w, nil
+}
+
+// Close stops the watch.
+func (w *Watch) Close() {
+	w.conn.Close()
+	w.wg.Wait()
+}
