@@ -2,10 +2,12 @@
 // fixed rate, to measure per flow the loss, the reordering and the longest
 // gap between arrivals (a failover's blackout) across the data path. Each
 // flow has its own source port; each datagram carries its flow number and
-// sequence. Arrival times are the kernel's (SO_TIMESTAMPNS), so a busy
-// receiver does not invent gaps.
+// sequence, and its send time. Arrival times are the kernel's
+// (SO_TIMESTAMPNS), so a busy receiver does not invent gaps; and the
+// outage subtracts what the sender itself paused, so a busy sender does
+// not either.
 //
-//	payload: magic[4] flow[4] seq[8] padding
+//	payload: magic[4] flow[4] seq[8] sent[8] (ns, wall clock; payloads of 24 bytes or more) padding
 package udpflows
 
 import (
@@ -26,6 +28,7 @@ import (
 const (
 	magic     = 0x63704631 // "cpF1"
 	headerLen = 16
+	sentEnd   = headerLen + 8 // the send time, where the payload has room
 )
 
 // SendConfig describes a run of flows.
@@ -72,6 +75,9 @@ func (s *Sender) Run(ctx context.Context) error {
 		for f, c := range s.conns {
 			binary.BigEndian.PutUint32(buf[4:8], uint32(f))
 			binary.BigEndian.PutUint64(buf[8:16], uint64(seq))
+			if len(buf) >= sentEnd {
+				binary.BigEndian.PutUint64(buf[headerLen:sentEnd], uint64(time.Now().UnixNano()))
+			}
 			c.Write(buf) // a refused or dropped datagram is loss, measured at the receiver
 		}
 		select {
@@ -109,20 +115,59 @@ type FlowResult struct {
 	MaxSeq     uint64        `json:"max_seq"`
 	LongestGap time.Duration `json:"longest_gap_ns"` // between consecutive arrivals
 	GapStart   time.Time     `json:"gap_start"`      // arrival before the longest gap
-	From       string        `json:"from"`           // source address:port
+	// The longest outage of the path: a gap between consecutive arrivals,
+	// less, where nothing was lost between them, the time the sender
+	// paused beyond its schedule (a sender that was not scheduled sent
+	// nothing, and the path is not to blame; where packets between them
+	// were lost, the path was down all along). Equal to LongestGap
+	// without send times or Interval.
+	LongestOutage time.Duration `json:"longest_outage_ns"`
+	OutageStart   time.Time     `json:"outage_start"`
+	// Every outage longer than OutageMin, in order, so that one caused
+	// by an event can be told from the host's noise elsewhere in a run.
+	Outages []Outage `json:"outages,omitempty"`
+	From    string   `json:"from"` // source address:port
+}
+
+// Outage is a time the path delivered nothing of a flow: from the arrival
+// before it, for Length (the sender's own pauses left out).
+type Outage struct {
+	Start  time.Time     `json:"start"`
+	Length time.Duration `json:"length_ns"`
+}
+
+// OutageMin is the shortest outage a FlowResult lists.
+const OutageMin = 2 * time.Millisecond
+
+// OutageAround returns the longest of f's outages that began before
+// until and ended after from: the one an event in [from, until] caused
+// (0 if none was that long).
+func (f *FlowResult) OutageAround(from, until time.Time) time.Duration {
+	var longest time.Duration
+	for _, o := range f.Outages {
+		if o.Start.Before(until) && o.Start.Add(o.Length).After(from) {
+			longest = max(longest, o.Length)
+		}
+	}
+	return longest
 }
 
 // Receiver counts what arrives on one socket.
 type Receiver struct {
 	conn  *net.UDPConn
 	flows map[int]*flowState
+	// Interval is the senders' schedule (SendConfig.Interval), for the
+	// outage; zero: outages are arrival gaps.
+	Interval time.Duration
 }
 
 type flowState struct {
 	FlowResult
-	seen map[uint64]bool
-	any  bool
-	last time.Time
+	seen     map[uint64]bool
+	any      bool
+	last     time.Time
+	lastSent time.Time // send time of the last arrival (zero if not carried)
+	lastSeq  uint64
 }
 
 // Listen opens the receiving socket (in the calling thread's namespace).
@@ -174,11 +219,15 @@ func (r *Receiver) Run(ctx context.Context, idle time.Duration) {
 			continue
 		}
 		got = true
-		r.add(int(binary.BigEndian.Uint32(buf[4:8])), binary.BigEndian.Uint64(buf[8:16]), from, rxtime.Parse(oob[:oobn]))
+		var sent time.Time
+		if n >= sentEnd {
+			sent = time.Unix(0, int64(binary.BigEndian.Uint64(buf[headerLen:sentEnd])))
+		}
+		r.add(int(binary.BigEndian.Uint32(buf[4:8])), binary.BigEndian.Uint64(buf[8:16]), from, rxtime.Parse(oob[:oobn]), sent)
 	}
 }
 
-func (r *Receiver) add(flow int, seq uint64, from netip.AddrPort, at time.Time) {
+func (r *Receiver) add(flow int, seq uint64, from netip.AddrPort, at, sent time.Time) {
 	f := r.flows[flow]
 	if f == nil {
 		f = &flowState{FlowResult: FlowResult{Flow: flow, From: from.String()}, seen: map[uint64]bool{}}
@@ -193,7 +242,21 @@ func (r *Receiver) add(flow int, seq uint64, from netip.AddrPort, at time.Time) 
 	if !f.last.IsZero() && at.Sub(f.last) > f.LongestGap {
 		f.LongestGap, f.GapStart = at.Sub(f.last), f.last
 	}
-	f.last = at
+	if !f.last.IsZero() {
+		outage := at.Sub(f.last)
+		if !sent.IsZero() && !f.lastSent.IsZero() && r.Interval > 0 && seq == f.lastSeq+1 {
+			// Nothing lost in between: the gap beyond the schedule that
+			// the sender itself put between the two is not the path's.
+			outage -= max(sent.Sub(f.lastSent)-r.Interval, 0)
+		}
+		if outage > f.LongestOutage {
+			f.LongestOutage, f.OutageStart = outage, f.last
+		}
+		if outage >= OutageMin {
+			f.Outages = append(f.Outages, Outage{Start: f.last, Length: outage})
+		}
+	}
+	f.last, f.lastSent, f.lastSeq = at, sent, seq
 	if f.any && seq < f.MaxSeq {
 		f.OutOfOrder++
 	}

@@ -346,7 +346,7 @@ func printStatus(full status) {
 	fmt.Printf("demux: %s (peering %s, side %s)\n", st.Node, st.Peering, st.Side)
 	fmt.Printf("  tun: %s  mtu: %d  vni: %d  hash: %s\n", st.Tun, st.MTU, st.VNI, st.Hash)
 	if pr := st.Probing; pr != nil {
-		fmt.Printf("  probes: every %s per lane, down after %d unanswered, up after %d answered\n",
+		fmt.Printf("  probes: every %s per lane, down after %d unanswered (or at once on a failure signal), up after %d answered\n",
 			pr.Interval, pr.Multiplier, pr.UpAfter)
 	} else {
 		fmt.Println("  probes: off (every configured lane takes traffic)")
@@ -355,11 +355,18 @@ func printStatus(full status) {
 	if st.TooBig > 0 || st.ICMPSent > 0 {
 		fmt.Printf("  too big: %d (icmp sent: %d)\n", st.TooBig, st.ICMPSent)
 	}
+	if st.Held > 0 {
+		fmt.Printf("  held through a failed lane's settle window: %d packets\n", st.Held)
+	}
 	cli.PrintDrops(st.Drops)
 	printXDP(full.XDP)
 	printHA(full.HA)
 	if st.Probing != nil {
 		cli.PrintCounts("probe replies refused", st.Probing.Drops)
+		cli.PrintCounts("failure signals", st.Probing.Signals)
+	}
+	if st.ICMPUnmatched > 0 {
+		fmt.Printf("  icmp errors quoting nothing sent there (ignored): %d\n", st.ICMPUnmatched)
 	}
 	for _, l := range st.Lanes {
 		fmt.Printf("\nlane %d: %s", l.ID, l.State)

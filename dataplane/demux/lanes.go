@@ -45,6 +45,7 @@ type Prober interface {
 	Status() []health.LaneHealth
 	Interval() time.Duration
 	DropCounts() map[string]uint64
+	SignalCounts() map[string]uint64
 }
 
 // LaneConfig configures how the demux manages lanes.

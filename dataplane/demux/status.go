@@ -12,20 +12,23 @@ import (
 
 // Status is the demux's state as `demux show` prints it.
 type Status struct {
-	Node        string            `json:"node"`
-	Peering     string            `json:"peering"`
-	Side        string            `json:"side"`
-	Tun         string            `json:"tun"`
-	MTU         int               `json:"mtu"`
-	VNI         uint32            `json:"vni"`
-	Hash        string            `json:"hash"`
-	Packets     uint64            `json:"packets"`
-	Bytes       uint64            `json:"bytes"`
-	TooBig      uint64            `json:"too_big"`
-	ICMPSent    uint64            `json:"icmp_sent"`
-	Drops       map[string]uint64 `json:"drops"`
-	PinnedFlows int               `json:"pinned_flows"`
-	Lanes       []LaneStatus      `json:"lanes"`
+	Node     string `json:"node"`
+	Peering  string `json:"peering"`
+	Side     string `json:"side"`
+	Tun      string `json:"tun"`
+	MTU      int    `json:"mtu"`
+	VNI      uint32 `json:"vni"`
+	Hash     string `json:"hash"`
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
+	TooBig   uint64 `json:"too_big"`
+	ICMPSent uint64 `json:"icmp_sent"`
+	Held     uint64 `json:"held"` // packets held through a failed lane's settle window
+	// ICMP errors about a lane that quoted nothing this demux sent there.
+	ICMPUnmatched uint64            `json:"icmp_unmatched"`
+	Drops         map[string]uint64 `json:"drops"`
+	PinnedFlows   int               `json:"pinned_flows"`
+	Lanes         []LaneStatus      `json:"lanes"`
 	// Probing is the lane probe setup (nil: health checks off).
 	Probing *Probing `json:"probing,omitempty"`
 }
@@ -37,6 +40,7 @@ type Probing struct {
 	Multiplier int               `json:"detect_multiplier"`
 	UpAfter    int               `json:"up_after"`
 	Drops      map[string]uint64 `json:"reply_drops"`
+	Signals    map[string]uint64 `json:"signals"` // lanes taken down on a failure signal, by kind
 }
 
 // LaneStatus is one lane as the demux sees it.
@@ -66,12 +70,13 @@ func (d *Demux) Status(st Status) Status {
 	st.Bytes = d.C.Bytes.Load()
 	st.TooBig = d.C.TooBig.Load()
 	st.ICMPSent = d.C.ICMPSent.Load()
+	st.Held, st.ICMPUnmatched = d.C.Held.Load(), d.C.ICMPUnmatched.Load()
 	st.Drops = d.drops()
 	pins := d.cfg.Selector.Pins()
 	st.PinnedFlows = pins.Stats(pins.Now()).Live
 	if pr := d.lanes.prober(); pr != nil && st.Probing != nil {
 		p := *st.Probing
-		p.Interval, p.Drops = pr.Interval(), pr.DropCounts()
+		p.Interval, p.Drops, p.Signals = pr.Interval(), pr.DropCounts(), pr.SignalCounts()
 		st.Probing = &p
 	}
 	st.Lanes = d.laneStatus(nil)
@@ -107,6 +112,8 @@ var (
 	descDrops     = prometheus.NewDesc("clusterpeer_demux_drops_total", "Packets the demux dropped, by reason.", []string{"reason"}, nil)
 	descICMP      = prometheus.NewDesc("clusterpeer_demux_icmp_sent_total", "ICMP fragmentation-needed / packet-too-big errors sent.", nil, nil)
 	descPinned    = prometheus.NewDesc("clusterpeer_demux_pinned_flows", "Flows currently pinned to a lane.", nil, nil)
+	descHeld      = prometheus.NewDesc("clusterpeer_demux_held_packets_total", "Packets held through a failed lane's settle window, then sent on its flows' new lanes.", nil, nil)
+	descSignals   = prometheus.NewDesc("clusterpeer_demux_lane_signals_total", "Failure signals acted on (ICMP errors quoting what was sent, gateways' notices), by kind.", []string{"kind"}, nil)
 	descLanePkts  = prometheus.NewDesc("clusterpeer_lane_packets_total", "Packets sent to the lane's gateway.", []string{"lane", "gateway"}, nil)
 	descLaneBytes = prometheus.NewDesc("clusterpeer_lane_bytes_total", "Inner bytes sent to the lane's gateway.", []string{"lane", "gateway"}, nil)
 	descLaneDrops = prometheus.NewDesc("clusterpeer_lane_drops_total", "Packets for the lane that were dropped, by reason.", []string{"lane", "gateway", "reason"}, nil)
@@ -127,7 +134,7 @@ var laneStates = []string{"up", "down", "draining", "drained", "removing"}
 
 // Describe implements prometheus.Collector.
 func (d *Demux) Describe(ch chan<- *prometheus.Desc) {
-	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descPinned, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
+	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descPinned, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
 		descHealthy, descState, descTrans, descFailovers, descChanged, descRTT, descLoss, descProbes, descAnswers, descReplyDrop} {
 		ch <- x
 	}
@@ -142,6 +149,12 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytes, counter, float64(st.Bytes))
 	ch <- prometheus.MustNewConstMetric(descICMP, counter, float64(st.ICMPSent))
 	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(st.PinnedFlows))
+	ch <- prometheus.MustNewConstMetric(descHeld, counter, float64(st.Held))
+	if pr := d.lanes.prober(); pr != nil {
+		for kind, n := range pr.SignalCounts() {
+			ch <- prometheus.MustNewConstMetric(descSignals, counter, float64(n), kind)
+		}
+	}
 	for reason, n := range st.Drops {
 		ch <- prometheus.MustNewConstMetric(descDrops, counter, float64(n), reason)
 	}

@@ -51,13 +51,16 @@ type foScenario struct {
 	// (split brain), so a packet still in the old one can arrive after
 	// the next packet of its flow took the new one.
 	reorders bool
-	lossless bool          // a failing lane whose flows must lose nothing (a planned stop)
-	detect   string        // how the demuxes must learn of the failure: "signal" or "timeout" ("": either)
-	traffic  time.Duration // of the UDP flows (default foTraffic)
-	before   func(*foTopo)   // state the traffic starts in
-	fault    func(*foTopo)   // at foFaultAt
-	restore  func(*foTopo)   // back to lanes 1-3 up
-	check    func(*foResult) // extra expectations
+	lossless bool // a failing lane whose flows must lose nothing (a planned stop)
+	// TCP streams may be starved (no bytes in the last second) by the
+	// scenario's load without being reset: only an iperf3 error counts.
+	starves bool
+	detect  string          // how the demuxes must learn of the failure: "signal" or "timeout" ("": either)
+	traffic time.Duration   // of the UDP flows (default foTraffic)
+	before  func(*foTopo)   // state the traffic starts in
+	fault   func(*foTopo)   // at foFaultAt
+	restore func(*foTopo)   // back to lanes 1-3 up
+	check   func(*foResult) // extra expectations
 }
 
 type foTopo struct {
@@ -76,10 +79,11 @@ type foResult struct {
 	tcpResets  int
 	newOnLane  int // flows that started on the lane (drain, add)
 	iperfError string
-	detected   string   // demux-a's log line: how long the lane was silent, the table swap
-	detectedBy []string // per demux that took the failed lane down: signal or timeout
-	falseDowns []string // lanes the scenario did not touch that went down (the demuxes' log lines)
-	reorders   []string // each reordered flow: when host-b saw it on each lane
+	detected   string        // demux-a's log line: how long the lane was silent, the table swap
+	detectedBy []string      // per demux that took the failed lane down: signal or timeout
+	falseDowns []string      // lanes the scenario did not touch that went down (the demuxes' log lines)
+	noise      time.Duration // the longest outage of any flow anywhere in the run
+	reorders   []string      // each reordered flow: when host-b saw it on each lane
 }
 
 func TestFailover(t *testing.T) {
@@ -136,7 +140,7 @@ func TestFailover(t *testing.T) {
 				tp.signal("gw-a2", syscall.SIGCONT)
 			},
 			restore: func(*foTopo) {}},
-		{name: "overload", lane: foLane, lossy: true, traffic: 7 * time.Second,
+		{name: "overload", lane: foLane, lossy: true, starves: true, traffic: 8 * time.Second,
 			fault:   func(tp *foTopo) { tp.flood(5 * time.Second) },
 			restore: func(*foTopo) {}},
 		{name: "lane-recover", lane: foLane,
@@ -187,8 +191,8 @@ func (tp *foTopo) runScenarios(t *testing.T, scenarios []foScenario) []string {
 				if sc.check != nil {
 					sc.check(&r)
 				}
-				t.Logf("run %d: blackouts %v, %d flows on the lane, %d moved, %d reordered, %d lost, tcp %d on the lane / %d reset, detected by %v%s%s",
-					run+1, roundMs(r.blackouts), r.onLane, r.moved, r.reordered, r.lost, r.tcpOnLane, r.tcpResets, r.detectedBy, r.iperfError, r.detected)
+				t.Logf("run %d: blackouts %v, %d flows on the lane, %d moved, %d reordered, %d lost, tcp %d on the lane / %d reset, detected by %v, longest outage in the run %v%s%s",
+					run+1, roundMs(r.blackouts), r.onLane, r.moved, r.reordered, r.lost, r.tcpOnLane, r.tcpResets, r.detectedBy, r.noise.Round(100*time.Microsecond), r.iperfError, r.detected)
 				for _, l := range r.reorders {
 					t.Logf("run %d: reordered %s", run+1, l)
 				}
@@ -354,6 +358,9 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 			recv, err = udpflows.Listen(dst)
 		}
 	})
+	if recv != nil {
+		recv.Interval = foInterval // outages leave out the sender's own stalls
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +403,9 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	time.Sleep(300 * time.Millisecond) // TCP streams connected and pinned first
 	go func() { sent <- send.Run(ctx) }()
 	time.Sleep(foFaultAt)
+	faultAt := time.Now()
 	sc.fault(tp)
+	faultDone := time.Now() // an nft or a sleep takes a while
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
@@ -405,9 +414,9 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	stopWatch()
 	<-watched
 	rep := w.Report()
-	r := tp.analyse(sc, send.Ports(), results, rep, out)
+	r := tp.analyse(sc, send.Ports(), results, rep, out, faultAt, faultDone.Add(50*time.Millisecond))
 	if sc.failing {
-		r.detected = tp.lastLogLine("demux-a", `msg="lane down"`)
+		r.detected = tp.lastLogLine("demux-a", `msg="lane down"`, faultAt)
 	}
 	if r.lost > 0 {
 		// Where did they go? The receiving host's socket, or the path.
@@ -504,17 +513,19 @@ func (tp *foTopo) nft(node, table string, hooks ...string) {
 	tp.run(node, "nft", "-f", f)
 }
 
-func (tp *foTopo) nftDelete(node, table string) { tp.run(node, "nft", "delete", "table", "inet", table) }
+func (tp *foTopo) nftDelete(node, table string) {
+	tp.run(node, "nft", "delete", "table", "inet", table)
+}
 
 // flood offers host-a -> host-b small UDP datagrams at about twice what
-// the userspace demux carries here (64-byte datagrams, 128 flows of 1000
+// the userspace demux carries here (64-byte datagrams, 96 flows of 1000
 // packets/s each, beside the scenario's 24; it carries about 50-60 kpps),
 // for d, from a sender of its own, to the discard port.
 func (tp *foTopo) flood(d time.Duration) {
 	var send *udpflows.Sender
 	var err error
 	tp.inNS("ha", func() {
-		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: netip.MustParseAddrPort("10.2.0.10:9"), Flows: 128,
+		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: netip.MustParseAddrPort("10.2.0.10:9"), Flows: 96,
 			Packets: int(d / time.Millisecond), Size: 64, Interval: time.Millisecond})
 	})
 	if err != nil {
@@ -542,7 +553,14 @@ func reorderedFlow(res udpflows.FlowResult, f lanewatch.Flow) string {
 	return s
 }
 
-func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.FlowResult, rep lanewatch.Report, iperf []byte) foResult {
+// analyse judges a run. A flow's blackout is its outage around the fault
+// (one that began before 50 ms after the fault was applied and ended
+// after it was begun): this shared
+// machine stalls the path now and then for 20-40 ms anywhere in a run
+// (measured: outages of that size at random times in every scenario,
+// including those that change nothing), which says nothing of the fault;
+// the longest such outage elsewhere is logged as the run's noise.
+func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.FlowResult, rep lanewatch.Report, iperf []byte, faultAt, faultEnd time.Time) foResult {
 	var r foResult
 	flows := map[string]lanewatch.Flow{}
 	for _, f := range rep.Flows {
@@ -560,6 +578,7 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 	for i, port := range ports {
 		res, ok := got[i]
 		r.lost += want - min(res.Received, want)
+		r.noise = max(r.noise, res.LongestOutage)
 		r.reordered += res.OutOfOrder
 		f, seen := flows["udp "+strconv.Itoa(int(port))]
 		if !ok || !seen {
@@ -578,7 +597,16 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 			if f.First == sc.lane {
 				r.onLane++
 			}
-			r.blackouts = append(r.blackouts, res.LongestGap)
+			r.blackouts = append(r.blackouts, res.OutageAround(faultAt, faultEnd))
+			if os.Getenv("FO_DEBUG") != "" {
+				var os []string
+				for _, o := range res.Outages {
+					if o.Length > 5*time.Millisecond {
+						os = append(os, fmt.Sprintf("%+dms:%v", o.Start.Sub(faultAt).Milliseconds(), o.Length.Round(100*time.Microsecond)))
+					}
+				}
+				tp.t.Logf("debug flow %d: %v", i, os)
+			}
 		}
 	}
 	var ip struct {
@@ -616,7 +644,7 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 			continue
 		}
 		r.tcpOnLane++
-		if ip.Error != "" || lastBytes[c.Socket] == 0 {
+		if ip.Error != "" || (lastBytes[c.Socket] == 0 && !sc.starves) {
 			r.tcpResets++
 		}
 	}
@@ -627,14 +655,21 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 }
 
 // lastLogLine returns the reason and table swap time of a node's last log
-// line containing match (", detected: ..." or "").
-func (tp *foTopo) lastLogLine(node, match string) string {
+// line containing match, and how long after since it was logged
+// ("; node: N ms after the fault: ..." or "").
+func (tp *foTopo) lastLogLine(node, match string, since time.Time) string {
 	b, _ := os.ReadFile(filepath.Join(tp.work, node+".log"))
 	lines := strings.Split(string(b), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		if l := lines[i]; strings.Contains(l, match) {
 			if j := strings.Index(l, "reason="); j >= 0 {
-				return "; " + node + ": " + l[j:]
+				after := ""
+				if f := strings.Fields(l); len(f) > 0 {
+					if at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(f[0], "time=")); err == nil {
+						after = fmt.Sprintf(" %.1f ms after the fault:", float64(at.Sub(since))/1e6)
+					}
+				}
+				return "; " + node + ":" + after + " " + l[j:]
 			}
 		}
 	}

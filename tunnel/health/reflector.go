@@ -54,11 +54,11 @@ type ReflectorCounters struct {
 
 // Why a datagram was not answered.
 const (
-	ReflectBadFormat = iota // not a probe request
-	ReflectBadMAC           // failed authentication: forged or another peering's key
-	ReflectWrongLane        // a probe for another lane reached this gateway
-	ReflectReplay           // a request seen before (sequence not newer)
-	ReflectWrongIface       // arrived on another interface than the lane's: relayed by another path, it proves nothing of this lane
+	ReflectBadFormat  = iota // not a probe request
+	ReflectBadMAC            // failed authentication: forged or another peering's key
+	ReflectWrongLane         // a probe for another lane reached this gateway
+	ReflectReplay            // a request seen before (sequence not newer)
+	ReflectWrongIface        // arrived on another interface than the lane's: relayed by another path, it proves nothing of this lane
 	numReflectDrops
 )
 

@@ -69,22 +69,37 @@ func Start(cfg Config) (l *Lane, err error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	// The sockets come before the TUN. A process that is killed has its
+	// files closed in the order of their numbers, and closing a TUN
+	// unregisters a network device, which takes tens of milliseconds;
+	// sockets closed first make the demux's next frames (and the peer's
+	// WireGuard packets) draw ICMP port unreachable at once, which is how
+	// they learn the gateway is gone.
+	gbind := conn.NewStdNetBind()
+	fns, _, err := gbind.Open(cfg.GenevePort)
+	if err != nil {
+		return nil, fmt.Errorf("listen geneve udp/%d: %w", cfg.GenevePort, err)
+	}
+	wb := &watchedBind{Bind: conn.NewStdNetBind(), peer: cfg.PeerEndpoint}
+	if err := wb.preopen(cfg.ListenPort); err != nil {
+		gbind.Close()
+		return nil, fmt.Errorf("listen wireguard udp/%d: %w", cfg.ListenPort, err)
+	}
 	kernel, err := tun.CreateTUN(cfg.Tun, cfg.MTU)
 	if err != nil {
+		gbind.Close()
+		wb.Bind.Close()
 		return nil, fmt.Errorf("create tun %s: %w", cfg.Tun, err)
 	}
 	defer func() {
 		if err != nil && kernel != nil {
 			kernel.Close()
+			gbind.Close()
+			wb.Bind.Close()
 		}
 	}()
 	if err := tunlink.Up(cfg.Tun, cfg.Remote); err != nil {
 		return nil, err
-	}
-	gbind := conn.NewStdNetBind()
-	fns, _, err := gbind.Open(cfg.GenevePort)
-	if err != nil {
-		return nil, fmt.Errorf("listen geneve udp/%d: %w", cfg.GenevePort, err)
 	}
 	tdev := NewDevice(kernel, fns, gbind.Close, cfg.Ingress, cfg.MTU)
 	kernel = nil // tdev owns it now
@@ -92,7 +107,6 @@ func Start(cfg Config) (l *Lane, err error) {
 		Verbosef: func(format string, args ...any) { cfg.Log.Debug(fmt.Sprintf(format, args...)) },
 		Errorf:   func(format string, args ...any) { cfg.Log.Error(fmt.Sprintf(format, args...)) },
 	}
-	wb := &watchedBind{Bind: conn.NewStdNetBind(), peer: cfg.PeerEndpoint}
 	if cfg.OnPeer != nil {
 		wb.onHeard = func() { cfg.OnPeer("") }
 	}
