@@ -12,7 +12,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 # every test (root-only tests skip without root) with the race detector,
 # and, as root, the quick runs of the benchmark harness and of bench-xdp.
 test: deps check
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-quick bench-xdp-quick; \
 	  else echo "bench-quick, bench-xdp-quick: skipped, need root (namespaces, cgroups, tc, XDP)"; fi
 

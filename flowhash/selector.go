@@ -226,6 +226,19 @@ func (s *Selector) EndSettle() bool {
 	return false
 }
 
+// EndSettleOf ends lane's settle window now, if it is the one settling
+// (the lane showed that nothing sent into it before can still arrive).
+func (s *Selector) EndSettleOf(lane LaneID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.snap.Load()
+	if cur.after == nil || cur.settleLane != lane {
+		return false
+	}
+	s.snap.Store(cur.after)
+	return true
+}
+
 // build computes the snapshot for lanes from cur.
 func (s *Selector) build(cur *Snapshot, lanes []Lane) (*Snapshot, error) {
 	var up []WeightedLane

@@ -118,7 +118,7 @@ func up(args []string) error {
 	if p.Health.On {
 		prober, err = health.NewProber(health.ProberConfig{
 			Key: health.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: d.Sources,
-			Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, Log: log,
+			Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, OnSettled: dm.LaneSettled, Log: log,
 			StartDelay: probeStartDelay(node.Side),
 		})
 		if err != nil {

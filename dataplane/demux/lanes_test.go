@@ -29,8 +29,8 @@ func (p *fakeProber) SetTargets(ts []health.Target) error {
 	p.targets = ts
 	return nil
 }
-func (p *fakeProber) Status() []health.LaneHealth   { return nil }
-func (p *fakeProber) Interval() time.Duration       { return 10 * time.Millisecond }
+func (p *fakeProber) Status() []health.LaneHealth     { return nil }
+func (p *fakeProber) Interval() time.Duration         { return 10 * time.Millisecond }
 func (p *fakeProber) SignalCounts() map[string]uint64 { return nil }
 
 func (p *fakeProber) DropCounts() map[string]uint64 { return nil }

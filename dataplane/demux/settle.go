@@ -110,6 +110,23 @@ func (d *Demux) flushHeld() {
 	q.n.Store(0)
 }
 
+// LaneSettled ends a failed lane's settle window early (the prober's
+// OnSettled: a probe sent after the failure came back through the lane,
+// so everything sent into it before has come out): its held packets
+// leave now.
+func (d *Demux) LaneSettled(lane flowhash.LaneID) {
+	if !d.cfg.Selector.EndSettleOf(lane) {
+		return
+	}
+	d.flushHeld()
+	d.lanes.mu.Lock()
+	if cb := d.lanes.cfg.OnPublish; cb != nil {
+		cb()
+	}
+	d.lanes.mu.Unlock()
+	d.cfg.Log.Info("lane settled: a probe sent after it failed came back through it; its flows' held packets leave", "lane", lane)
+}
+
 // settleTimer ends a settle window on time even if no packet comes to
 // notice it: the selector drops the settling snapshot and the held
 // packets leave.

@@ -338,8 +338,11 @@ func testBadGeneve(t *testing.T, tp *topo) {
 }
 
 // testProbes checks that both demuxes see every lane up through their
-// probes, and that forged probes and replies, made without the peering's
-// key, are refused and counted, changing nothing.
+// probes, and that forged probes and replies are refused and counted,
+// changing nothing: a "reply" from an address that is no lane's gateway
+// before any MAC is computed, a "probe" that reaches a reflector from the
+// LAN instead of out of its lane's TUN, and one made without the
+// peering's key that does come out of the TUN.
 func testProbes(t *testing.T, tp *topo) {
 	for _, d := range []string{"demux-a", "demux-b"} {
 		var st demux.Status
@@ -363,17 +366,23 @@ func testProbes(t *testing.T, tp *topo) {
 	tp.status("gw-b1", &gb0)
 	tp.sendUDP("ha", "10.1.0.2:6082", forged) // a "reply" to demux-a from its own network
 	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindRequest, Lane: 1, Seq: 1})
-	tp.sendUDP("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector
-	tp.sendUDP("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all
+	tp.sendUDP("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector from its LAN
+	tp.sendUDP("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all, from its LAN
+	tp.sendUDP("ha", "10.2.0.21:6082", forged)          // through lane 1 (or another), out of a TUN
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		var da demux.Status
 		var gb lane.Status
 		tp.status("demux-a", &da)
 		tp.status("gw-b1", &gb)
-		ok := da.Probing.Drops["bad_mac"] == da0.Probing.Drops["bad_mac"]+1 &&
-			gb.Probes.Drops["bad_mac"] == gb0.Probes.Drops["bad_mac"]+1 &&
-			gb.Probes.Drops["bad_format"] == gb0.Probes.Drops["bad_format"]+1
+		// host-a's datagram reaches gw-b1 out of lane 1's TUN only if its
+		// flow hashes to lane 1: else out of another gateway's TUN, and
+		// never to gw-b1's reflector.
+		wrongIface := gb.Probes.Drops["wrong_interface"] - gb0.Probes.Drops["wrong_interface"]
+		badMAC := gb.Probes.Drops["bad_mac"] - gb0.Probes.Drops["bad_mac"]
+		ok := da.Probing.Drops["bad_source"] == da0.Probing.Drops["bad_source"]+1 &&
+			da.Probing.Drops["bad_mac"] == da0.Probing.Drops["bad_mac"] &&
+			wrongIface >= 2 && wrongIface+badMAC == 3 && gb.Probes.Drops["bad_format"] == gb0.Probes.Drops["bad_format"]
 		if ok {
 			for i, l := range da.Lanes {
 				if l.State != "up" || l.Transitions != da0.Lanes[i].Transitions {

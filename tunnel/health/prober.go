@@ -38,6 +38,7 @@ type Change struct {
 	// flows should wait before moving (Session.Settle).
 	ByTimeout bool
 	Settle    time.Duration
+	Delivers  bool // the lane may still deliver what was sent into it (a planned stop, or judged on silence)
 }
 
 // ProberConfig configures a Prober.
@@ -57,6 +58,11 @@ type ProberConfig struct {
 	// OnChange is called (from the prober's goroutine, never concurrently)
 	// after a lane's state changed.
 	OnChange func(Change)
+	// OnSettled is called (likewise) when a lane that went down answers a
+	// probe sent after it did: the probe crossed the lane behind every
+	// packet sent into it before, so nothing of those can still overtake
+	// the flows' packets on their new lanes, and their wait may end.
+	OnSettled func(flowhash.LaneID)
 	Log      *slog.Logger
 }
 
@@ -124,6 +130,7 @@ type Prober struct {
 
 	buf, oob, frame []byte
 	changes         []Change
+	settled         []flowhash.LaneID
 }
 
 // probeSocket is one bound probe socket: replies to the probes sent from
@@ -139,6 +146,9 @@ type probeLane struct {
 	sock int // index into socks
 	s    *Session
 	next time.Time
+	// settleFrom: after the lane went down, the first probe sent since;
+	// a reply to it or a later one ends the flows' wait (0: none).
+	settleFrom uint64
 }
 
 // NewProber opens a probe socket on each of cfg.Sources at cfg.Port.
@@ -363,20 +373,38 @@ func (p *Prober) tick(now time.Time) time.Time {
 func (p *Prober) change(id flowhash.LaneID, s *Session) Change {
 	c := Change{Lane: id, Up: s.Up(), Reason: s.reason}
 	if !c.Up {
-		c.ByTimeout, c.Settle = s.ByTimeout(), s.Settle()
+		c.ByTimeout, c.Settle, c.Delivers = s.ByTimeout(), s.Settle(), s.delivers
 	}
 	return c
 }
 
-// report hands the changes found to OnChange, outside mu.
+// report hands the changes found to OnChange, outside mu. After a lane
+// went down (its flows now wait), it probes the lane at once: the reply,
+// if the lane still delivers, says when the wait can end (OnSettled).
 func (p *Prober) report() {
 	p.mu.Lock()
-	changes := p.changes
-	p.changes = nil
+	changes, settled := p.changes, p.settled
+	p.changes, p.settled = nil, nil
 	p.mu.Unlock()
 	for _, c := range changes {
 		if p.cfg.OnChange != nil {
 			p.cfg.OnChange(c)
+		}
+		if c.Up || !c.Delivers {
+			continue
+		}
+		p.mu.Lock()
+		if l := p.lanes[c.Lane]; l != nil && !l.s.Up() {
+			now := time.Now()
+			l.settleFrom = l.s.seq + 1
+			p.send(l, now)
+			l.next = now.Add(p.interval)
+		}
+		p.mu.Unlock()
+	}
+	for _, id := range settled {
+		if p.cfg.OnSettled != nil {
+			p.cfg.OnSettled(id)
 		}
 	}
 }
@@ -478,6 +506,10 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 		if l := p.lanes[m.Lane]; l != nil && (src == l.t.Far.Unmap() || src == l.t.Near.Addr().Unmap()) {
 			if m.Kind == KindReply {
 				ok = l.s.Reply(m.Seq, rx, now)
+				if ok && l.settleFrom != 0 && m.Seq >= l.settleFrom {
+					l.settleFrom = 0
+					p.settled = append(p.settled, l.t.Lane)
+				}
 			} else if ok = l.s.Recent(m.Seq); ok {
 				p.C.Signals[SignalNotice].Add(1)
 				// Only a planned stop still delivers what was sent.

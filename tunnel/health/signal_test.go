@@ -59,19 +59,20 @@ func (c *changes) wait(t *testing.T, lane flowhash.LaneID, up bool, limit time.D
 // signalRig is one lane over loopback (relay + reflector) probed with the
 // default timers, so that only a signal can take it down quickly.
 type signalRig struct {
-	p     *Prober
-	rf    *Reflector
-	relay *relay
-	ch    *changes
+	p       *Prober
+	rf      *Reflector
+	relay   *relay
+	ch      *changes
+	settled chan flowhash.LaneID
 }
 
 func newSignalRig(t *testing.T) *signalRig {
 	key := testKey(1)
 	port := freePort(t)
-	r := &signalRig{ch: &changes{ch: make(chan struct{}, 1)}}
+	r := &signalRig{ch: &changes{ch: make(chan struct{}, 1)}, settled: make(chan flowhash.LaneID, 4)}
 	var err error
 	r.p, err = NewProber(ProberConfig{Key: key, VNI: 7, Port: port, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-		Params: DefaultParams, OnChange: r.ch.add})
+		Params: DefaultParams, OnChange: r.ch.add, OnSettled: func(l flowhash.LaneID) { r.settled <- l }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,13 +334,19 @@ func TestProbePortFloodIsCheap(t *testing.T) {
 // interface than the lane's (relayed through another lane) is refused.
 func TestReflectorAnswersOnlyItsInterface(t *testing.T) {
 	key := testKey(1)
-	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "lo", nil)
-	if err != nil {
-		t.Fatal(err)
+	start := func(ifindex int) *Reflector {
+		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "lo", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ifindex != 0 {
+			rf.ifindex = ifindex // the lane's interface is another one: loopback is not it
+		}
+		go rf.Run()
+		t.Cleanup(func() { rf.Close() })
+		return rf
 	}
-	go rf.Run()
-	defer rf.Close()
-	ask := func() bool {
+	ask := func(rf *Reflector) bool {
 		c, err := net.DialUDP("udp", nil, rf.conn.LocalAddr().(*net.UDPAddr))
 		if err != nil {
 			t.Fatal(err)
@@ -352,14 +359,14 @@ func TestReflectorAnswersOnlyItsInterface(t *testing.T) {
 		_, err = c.Read(req[:])
 		return err == nil
 	}
-	if !ask() {
+	if !ask(start(0)) {
 		t.Fatal("a probe that arrived on the lane's interface was not answered")
 	}
-	rf.ifindex = 9999 // the lane's interface is another one: loopback is not it
-	if ask() {
+	other := start(9999)
+	if ask(other) {
 		t.Error("a probe from another interface was answered")
 	}
-	if rf.C.Drops[ReflectWrongIface].Load() != 1 {
-		t.Errorf("drops %v", rf.DropCounts())
+	if other.C.Drops[ReflectWrongIface].Load() != 1 {
+		t.Errorf("drops %v", other.DropCounts())
 	}
 }
