@@ -63,7 +63,7 @@ type ProberConfig struct {
 	// packet sent into it before, so nothing of those can still overtake
 	// the flows' packets on their new lanes, and their wait may end.
 	OnSettled func(flowhash.LaneID)
-	Log      *slog.Logger
+	Log       *slog.Logger
 }
 
 // ProberCounters count the prober's traffic.
