@@ -112,6 +112,8 @@ fuzz:
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/lane -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/health -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./tunnel/health -run '^$$' -fuzz '^FuzzSignals$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./dataplane/icmpwatch -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bench/iperf -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bench/profile -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 

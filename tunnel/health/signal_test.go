@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -369,4 +370,46 @@ func TestReflectorAnswersOnlyItsInterface(t *testing.T) {
 	if other.C.Drops[ReflectWrongIface].Load() != 1 {
 		t.Errorf("drops %v", other.DropCounts())
 	}
+}
+
+// FuzzSignals: whatever arrives on the probe port, in the error queue or
+// as an ICMP quote, or passes a gateway as a probe, is counted or
+// ignored, never a panic; and without the key nothing takes a lane down.
+func FuzzSignals(f *testing.F) {
+	key := testKey(1)
+	var notice [MessageLen]byte
+	NewSigner(key).Put(notice[:], Message{Kind: KindNotice, Lane: 1, Session: 1, Seq: 1, Diag: DiagAdminDown})
+	f.Add(notice[:], []byte{})
+	frame := make([]byte, geneve.HeaderLen+InnerLenV4)
+	PutInner(frame[geneve.HeaderLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), notice[:])
+	geneve.Put(frame, 7, geneve.ProtoIPv4, true)
+	f.Add(frame, extendedErr(unix.SockExtendedErr{Errno: uint32(unix.ECONNREFUSED), Origin: unix.SO_EE_ORIGIN_ICMP, Type: 3, Code: 3}, netip.MustParseAddr("127.0.0.7")))
+	p, err := NewProber(ProberConfig{Key: testKey(2), VNI: 7, Port: 0, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer p.Close()
+	near := netip.MustParseAddrPort("127.0.0.7:6081")
+	p.SetTargets([]Target{{Lane: 1, Near: near, Far: netip.MustParseAddr("127.0.0.8")}})
+	l := p.lanes[1]
+	now := time.Now()
+	for range 3 {
+		l.s.Reply(l.s.Sent(now), now, now)
+	}
+	l.s.Evaluate(now.Add(time.Millisecond))
+	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer rf.Close() // no condition: it sends nothing to the addresses the input names
+	f.Fuzz(func(t *testing.T, b, oob []byte) {
+		p.datagram(b, near.Addr(), now, now)
+		p.icmpError(b, oob, sockaddr(near))
+		p.QuotedProbe(b, near.Addr(), near.Addr(), true)
+		if !l.s.Up() {
+			t.Fatal("a lane went down without the key")
+		}
+		rf.SawProbe(b)
+		rf.answer(slices.Clone(b), netip.MustParseAddrPort("127.0.0.1:9"))
+	})
 }
