@@ -598,15 +598,6 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 				r.onLane++
 			}
 			r.blackouts = append(r.blackouts, res.OutageAround(faultAt, faultEnd))
-			if os.Getenv("FO_DEBUG") != "" {
-				var os []string
-				for _, o := range res.Outages {
-					if o.Length > 5*time.Millisecond {
-						os = append(os, fmt.Sprintf("%+dms:%v", o.Start.Sub(faultAt).Milliseconds(), o.Length.Round(100*time.Microsecond)))
-					}
-				}
-				tp.t.Logf("debug flow %d: %v", i, os)
-			}
 		}
 	}
 	var ip struct {
