@@ -38,7 +38,7 @@ func TestExampleLoads(t *testing.T) {
 	if d := p.Networks["b"].Demux; d.Tun != "cp-demux-b" || d.Metrics != DefaultMetricsAddr || d.Status != "/run/clusterpeer/example-demux-b.sock" {
 		t.Errorf("demux defaults: %+v", d)
 	}
-	if h := p.Health; !h.On || h.Params.Interval != 10*time.Millisecond || h.Params.Multiplier != 4 || h.Port != 6082 || h.DrainTimeout != DefaultDrainTime {
+	if h := p.Health; !h.On || h.Params.Interval != 10*time.Millisecond || h.Params.Multiplier != 20 || h.Port != 6082 || h.DrainTimeout != DefaultDrainTime {
 		t.Errorf("health defaults: %+v", h)
 	}
 	n, err := p.Node("gw-b2")
@@ -118,7 +118,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"no lanes", "lanes:", "lanes: []\nold_lanes:", "field old_lanes not found"},
 		{"probe interval", "interval: 10ms", "interval: 10us", "health.interval: 10µs: want 1ms..10s"},
 		{"probe interval type", "interval: 10ms", "interval: often", "health.interval (line 10): cannot unmarshal"},
-		{"multiplier", "detect_multiplier: 4", "detect_multiplier: 300", "health.detect_multiplier: 300"},
+		{"multiplier", "detect_multiplier: 20", "detect_multiplier: 300", "health.detect_multiplier: 300"},
 		{"hold down max", "port: 6082", "port: 6082\n  hold_down: 5s\n  hold_down_max: 1s", "health.hold_down_max: 1s: want 5s.."},
 		{"demux outside network", "[10.2.0.2]", "[10.9.0.2]", "networks.b.demux.addresses[0]: 10.9.0.2 is outside networks.b.prefixes"},
 		{"gateway outside network", "geneve: 10.2.0.21", "geneve: 10.7.0.21", "lanes[0].b.geneve: 10.7.0.21 is outside networks.b.prefixes"},
