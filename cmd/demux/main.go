@@ -133,11 +133,11 @@ func up(args []string) error {
 		for _, a := range d.Sources {
 			v4, v6 = v4 || a.Is4(), v6 || a.Is6()
 		}
-		stopICMP, err := dm.WatchICMP(prober, v4, v6)
-		if err != nil {
-			return fmt.Errorf("lane failure signals: %w", err)
+		if stopICMP, err := dm.WatchICMP(prober, v4, v6); err != nil {
+			log.Warn("gateways' ICMP failure signals off; a dead gateway is noticed by the probes' silence (or its notices) only", "err", err)
+		} else {
+			defer stopICMP()
 		}
-		defer stopICMP()
 	} else {
 		log.Warn("lane health checks are off (health.enabled: false): every configured lane takes traffic")
 	}

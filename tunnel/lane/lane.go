@@ -127,9 +127,11 @@ func Start(cfg Config) (l *Lane, err error) {
 		}
 	}
 	if cfg.OnPeer != nil {
+		// Without it the far demux learns of a dead peer from the
+		// probes' silence alone: slower, not wrong.
 		if l.icmp, err = startICMPWatch(wb, cfg.ListenPort, cfg.OnPeer); err != nil {
-			l.Close()
-			return nil, err
+			cfg.Log.Warn("peer failure signals off; a dead peer is noticed by the probes' silence only", "err", err)
+			err = nil
 		}
 	}
 	if cfg.OnPath != nil {
