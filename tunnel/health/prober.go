@@ -512,8 +512,12 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 				}
 			} else if ok = l.s.Recent(m.Seq); ok {
 				p.C.Signals[SignalNotice].Add(1)
-				// Only a planned stop still delivers what was sent.
-				if l.s.Signal(now, m.Seq, fmt.Sprintf("gateway %s reports: %s", src, m.Diag), m.Diag == DiagAdminDown) {
+				// A planned stop still delivers what was sent into the
+				// lane; so may a link being taken down (packets already
+				// queued on it can still leave: measured, 7 ms after the
+				// report). A gone peer or device delivers nothing more.
+				delivers := m.Diag == DiagAdminDown || m.Diag == DiagPathDown
+				if l.s.Signal(now, m.Seq, fmt.Sprintf("gateway %s reports: %s", src, m.Diag), delivers) {
 					p.changes = append(p.changes, p.change(l.t.Lane, l.s))
 				}
 			}
