@@ -86,41 +86,70 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
 	var last []Target
+	var settled flowhash.LaneID // the lane whose settle window the maps still show
+	var handover <-chan time.Time
 	for {
 		snap := cfg.Selector.Snapshot()
-		gws := cfg.Gateways()
-		targets := make([]Target, 0, len(snap.Lanes))
 		settling, _ := snap.Settling()
-		for _, l := range snap.Lanes {
-			gw, ok := gws[l.ID]
-			// A lane in its settle window has no target: the program
-			// passes its flows' packets up to the userspace demux, which
-			// holds them until the window ends.
-			if !ok || l.ID == settling {
-				continue
-			}
-			t := Resolve(l.ID, gw)
-			// Keep a lane's last resolution through a failed lookup (a
-			// netlink hiccup, a neighbour entry being re-probed): moving
-			// its packets to userspace and back could reorder a flow.
-			if i := slices.IndexFunc(last, func(o Target) bool { return o.Lane == l.ID && o.Dst == t.Dst }); t.Ifindex == 0 && i >= 0 && last[i].Ifindex != 0 {
-				t = last[i]
-			}
-			targets = append(targets, t)
+		switch {
+		case settling != 0:
+			settled, handover = settling, nil
+		case settled != 0 && handover == nil:
+			// The window is over, and the userspace demux now sends the
+			// lane's flows on their new lanes. Its packets passed up
+			// during the window may still wait in the kernel's queue to
+			// the TUN: keep passing these flows up a moment longer, so
+			// that none sent directly from here overtakes them.
+			handover = time.After(HandoverTime)
 		}
-		if snap.Version != p.Published() || !slices.EqualFunc(targets, last, sameTarget) {
-			if err := p.Publish(snap, targets); err != nil {
-				cfg.Log.Error("xdp: maps not updated", "err", err)
-			} else {
-				logResolution(cfg.Log, last, targets)
-				last = targets
-			}
+		if handover == nil || settling != 0 {
+			p.publishIfChanged(snap, cfg, &last)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-cfg.Kick:
 		case <-tick.C:
+		case <-handover:
+			settled, handover = 0, nil
+			p.publishIfChanged(cfg.Selector.Snapshot(), cfg, &last)
+		}
+	}
+}
+
+// HandoverTime is how long the maps keep passing a settled lane's flows
+// up to the userspace demux after their settle window: ample for the
+// kernel's queue to the demux's TUN, which it reads continually.
+const HandoverTime = 20 * time.Millisecond
+
+// publishIfChanged publishes snap if it or the targets changed.
+func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, last *[]Target) {
+	gws := cfg.Gateways()
+	targets := make([]Target, 0, len(snap.Lanes))
+	settling, _ := snap.Settling()
+	for _, l := range snap.Lanes {
+		gw, ok := gws[l.ID]
+		// A lane in its settle window has no target: the program
+		// passes its flows' packets up to the userspace demux, which
+		// holds them until the window ends.
+		if !ok || l.ID == settling {
+			continue
+		}
+		t := Resolve(l.ID, gw)
+		// Keep a lane's last resolution through a failed lookup (a
+		// netlink hiccup, a neighbour entry being re-probed): moving
+		// its packets to userspace and back could reorder a flow.
+		if i := slices.IndexFunc(*last, func(o Target) bool { return o.Lane == l.ID && o.Dst == t.Dst }); t.Ifindex == 0 && i >= 0 && (*last)[i].Ifindex != 0 {
+			t = (*last)[i]
+		}
+		targets = append(targets, t)
+	}
+	if snap.Version != p.Published() || !slices.EqualFunc(targets, *last, sameTarget) {
+		if err := p.Publish(snap, targets); err != nil {
+			cfg.Log.Error("xdp: maps not updated", "err", err)
+		} else {
+			logResolution(cfg.Log, *last, targets)
+			*last = targets
 		}
 	}
 }
