@@ -73,8 +73,9 @@ type Snapshot struct {
 	after       *Snapshot
 
 	// spares[i] is this snapshot with its i-th up lane down, built off
-	// the hot path after the snapshot is published, so that a failure is
-	// one pointer store (nil until built).
+	// the hot path when the snapshot is published (after a failure, in
+	// the background), so that a failure is one pointer store (nil until
+	// built).
 	spares atomic.Pointer[[]*Snapshot]
 }
 
@@ -205,9 +206,26 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 		}
 	}
 	s.snap.Store(next)
-	go s.buildSpares(final)
+	up := 0
+	for _, l := range final.Lanes {
+		if l.State == LaneUp {
+			up++
+		}
+	}
+	if failed != 0 || up > syncSpares {
+		go s.buildSpares(final) // the failure itself waits for nothing
+	} else {
+		// Ready before the next change can be a failure: a lane that
+		// comes back and fails again at once must find its spare too.
+		s.buildSpares(final)
+	}
 	return nil
 }
+
+// syncSpares: up to this many lanes up, SetLanes builds the spares before
+// it returns (a table each, about a millisecond); beyond, in the
+// background.
+const syncSpares = 32
 
 // EndSettle makes a settling lane's snapshot final once its window is
 // over (Select already treats it so; this drops the settling snapshot).

@@ -81,9 +81,10 @@ type member struct {
 // lanes is the demux's lane set: config, operator and health decide each
 // lane's selector state; every change is one new selector snapshot.
 type lanes struct {
-	mu      sync.Mutex
-	cfg     LaneConfig
-	members map[flowhash.LaneID]*member
+	mu       sync.Mutex
+	cfg      LaneConfig
+	members  map[flowhash.LaneID]*member
+	lastSwap time.Duration // the selector's part of the last health publish
 }
 
 func (m *lanes) prober() Prober {
@@ -202,8 +203,12 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 			m.cfg.Prober.SetTargets(back)
 			return err
 		}
-	} else if err := d.cfg.Selector.SetLanes(sel); err != nil {
-		return err
+	} else {
+		start := time.Now()
+		if err := d.cfg.Selector.SetLanes(sel); err != nil {
+			return err
+		}
+		m.lastSwap = time.Since(start)
 	}
 	d.SetTargets(targets)
 	if m.cfg.OnPublish != nil {
@@ -252,13 +257,14 @@ func (d *Demux) LaneHealth(c health.Change) {
 	}
 	start := time.Now()
 	err := d.publish(m.members, start, false)
-	swap := time.Since(start)
+	total := time.Since(start)
 	mb.settle = 0
 	if err != nil {
 		d.cfg.Log.Error("lane state not applied", "lane", c.Lane, "err", err)
 		return
 	}
-	args := []any{"lane", c.Lane, "gateway", mb.spec.Gateway, "reason", c.Reason, "table_swap", swap.Round(time.Microsecond)}
+	args := []any{"lane", c.Lane, "gateway", mb.spec.Gateway, "reason", c.Reason,
+		"table_swap", m.lastSwap.Round(time.Microsecond), "publish", total.Round(time.Microsecond)}
 	lvl := slog.LevelInfo
 	if !c.Up {
 		lvl = slog.LevelWarn
