@@ -76,7 +76,15 @@ type Snapshot struct {
 	// the hot path when the snapshot is published (after a failure, in
 	// the background), so that a failure is one pointer store (nil until
 	// built).
-	spares atomic.Pointer[[]*Snapshot]
+	spares atomic.Pointer[[]spare]
+}
+
+// spare is a snapshot's prebuilt failure of one lane: the snapshot with
+// the lane down, and its settling twin (the snapshot before, with the
+// lane's flows told to wait; its deadline is set when it is used).
+type spare struct {
+	lane           LaneID
+	down, settling *Snapshot
 }
 
 // Settling returns the lane whose flows wait, and until when (zero if
@@ -188,16 +196,27 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 	if cur.after != nil { // a settle in progress ends now: its lane is down
 		cur = cur.after
 	}
-	next, failed := s.spareFor(cur, lanes)
-	if next == nil {
+	sp, failed := s.spareFor(cur, lanes)
+	var next, final *Snapshot
+	settle := time.Duration(0)
+	if failed != 0 {
+		settle = lanes[slices.IndexFunc(lanes, func(l Lane) bool { return l.ID == failed })].Settle
+	}
+	switch {
+	case sp != nil && settle > 0:
+		// Prebuilt, both: the failure allocates nothing (an allocation
+		// now may be charged the garbage collector's work).
+		final, next = sp.down, sp.settling
+		next.settleUntil = int64(s.Clock() + settle)
+	case sp != nil:
+		final, next = sp.down, sp.down
+	default:
 		var err error
-		if next, err = s.build(cur, lanes); err != nil {
+		if final, err = s.build(cur, lanes); err != nil {
 			return err
 		}
-	}
-	final := next
-	if failed != 0 {
-		if settle := lanes[slices.IndexFunc(lanes, func(l Lane) bool { return l.ID == failed })].Settle; settle > 0 {
+		next = final
+		if settle > 0 {
 			// The table before the failure, the failed lane's pins still
 			// valid so its flows are recognised, and told to wait.
 			next = &Snapshot{Version: final.Version, Lanes: final.Lanes, Table: cur.Table, gens: cur.gens,
@@ -286,7 +305,7 @@ func (s *Selector) build(cur *Snapshot, lanes []Lane) (*Snapshot, error) {
 
 // spareFor returns cur's prebuilt spare for lanes if lanes are cur's with
 // exactly one up lane down (and that lane), else nil.
-func (s *Selector) spareFor(cur *Snapshot, lanes []Lane) (*Snapshot, LaneID) {
+func (s *Selector) spareFor(cur *Snapshot, lanes []Lane) (*spare, LaneID) {
 	if len(lanes) != len(cur.Lanes) {
 		return nil, 0
 	}
@@ -307,23 +326,21 @@ func (s *Selector) spareFor(cur *Snapshot, lanes []Lane) (*Snapshot, LaneID) {
 	if failed == 0 {
 		return nil, 0
 	}
-	spares := cur.spares.Load()
-	if spares == nil {
-		return nil, failed
-	}
-	for _, sp := range *spares {
-		if sp.Lanes[slices.IndexFunc(sp.Lanes, func(l Lane) bool { return l.ID == failed })].State == LaneDown {
-			// A copy: the spare's own spares are not built yet.
-			return &Snapshot{Version: sp.Version, Lanes: lanes, Table: sp.Table, gens: sp.gens}, failed
+	if spares := cur.spares.Load(); spares != nil {
+		for i := range *spares {
+			if sp := &(*spares)[i]; sp.lane == failed {
+				return sp, failed // used once: cur is never current again
+			}
 		}
 	}
 	return nil, failed
 }
 
 // buildSpares builds snap's spares: for each up lane, the snapshot with
-// it down. Pin generations are as snap's with that lane's voided.
+// it down (pin generations as snap's with that lane's voided) and the
+// settling twin that leads to it.
 func (s *Selector) buildSpares(snap *Snapshot) {
-	var spares []*Snapshot
+	var spares []spare
 	for i, l := range snap.Lanes {
 		if l.State != LaneUp {
 			continue
@@ -340,9 +357,11 @@ func (s *Selector) buildSpares(snap *Snapshot) {
 		if err != nil {
 			return
 		}
-		sp := &Snapshot{Version: snap.Version + 1, Lanes: lanes, Table: table, gens: snap.gens}
-		sp.gens[l.ID] = 0
-		spares = append(spares, sp)
+		down := &Snapshot{Version: snap.Version + 2, Lanes: lanes, Table: table, gens: snap.gens}
+		down.gens[l.ID] = 0
+		settling := &Snapshot{Version: snap.Version + 1, Lanes: lanes, Table: snap.Table, gens: snap.gens,
+			settleLane: l.ID, after: down}
+		spares = append(spares, spare{lane: l.ID, down: down, settling: settling})
 		s.spareBuilds.Add(1)
 	}
 	snap.spares.Store(&spares)

@@ -32,7 +32,7 @@ func TestFailureUsesTheSpareTable(t *testing.T) {
 	}
 	took := time.Since(start)
 	got := s.Snapshot()
-	if got.Table != spares[1].Table {
+	if got.Table != spares[1].down.Table {
 		t.Fatal("the failure built a table instead of taking the spare")
 	}
 	want := mustSelector(t, lanes...).Snapshot()
