@@ -278,13 +278,7 @@ func (s *Selector) EndSettleOf(lane LaneID) bool {
 
 // build computes the snapshot for lanes from cur.
 func (s *Selector) build(cur *Snapshot, lanes []Lane) (*Snapshot, error) {
-	var up []WeightedLane
-	for _, l := range lanes {
-		if l.State == LaneUp {
-			up = append(up, WeightedLane{l.ID, l.Weight})
-		}
-	}
-	table, err := BuildTable(up, s.tableSize, s.key)
+	table, err := BuildTable(upOf(lanes), s.tableSize, s.key)
 	if err != nil {
 		return nil, err
 	}
@@ -301,6 +295,17 @@ func (s *Selector) build(cur *Snapshot, lanes []Lane) (*Snapshot, error) {
 		next.gens[l.ID] = s.nextGen
 	}
 	return next, nil
+}
+
+// upOf lists the lanes that are up, as the Maglev table takes them.
+func upOf(lanes []Lane) []WeightedLane {
+	var up []WeightedLane
+	for _, l := range lanes {
+		if l.State == LaneUp {
+			up = append(up, WeightedLane{l.ID, l.Weight})
+		}
+	}
+	return up
 }
 
 // spareFor returns cur's prebuilt spare for lanes if lanes are cur's with
@@ -347,13 +352,7 @@ func (s *Selector) buildSpares(snap *Snapshot) {
 		}
 		lanes := slices.Clone(snap.Lanes)
 		lanes[i].State = LaneDown
-		var up []WeightedLane
-		for _, o := range lanes {
-			if o.State == LaneUp {
-				up = append(up, WeightedLane{o.ID, o.Weight})
-			}
-		}
-		table, err := BuildTable(up, s.tableSize, s.key)
+		table, err := BuildTable(upOf(lanes), s.tableSize, s.key)
 		if err != nil {
 			return
 		}

@@ -597,17 +597,14 @@ func (p *Prober) poke() {
 // quotedProbe finds the signed probe inside a quoted probe frame.
 func (p *Prober) quotedProbe(b []byte) (Message, bool) {
 	_, inner, err := geneve.Parse(b)
-	if err != nil || len(inner) < 1 {
+	if err != nil {
 		return Message{}, false
 	}
-	off := 20 + 8
-	if inner[0]>>4 == 6 {
-		off = 40 + 8
-	}
-	if len(inner) < off+MessageLen {
+	_, payload, ok := probePayload(inner)
+	if !ok {
 		return Message{}, false
 	}
-	m, err := p.signer.Parse(inner[off : off+MessageLen])
+	m, err := p.signer.Parse(payload)
 	if err != nil || m.Kind != KindRequest {
 		return Message{}, false
 	}
