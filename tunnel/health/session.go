@@ -68,6 +68,11 @@ type Session struct {
 
 	byTimeout bool // the last down was judged on silence, not signalled
 	delivers  bool // the lane that went down may still deliver what is inside it
+	// lastSignal: the last reported fault. A gateway that reports one
+	// answers every probe so, while replies may still cross the lane (a
+	// planned stop); reports lost on a busy host must not let it up: the
+	// lane stays down until none came for the detection time.
+	lastSignal time.Time
 
 	sent, received    uint64
 	rtt, srtt, rttvar time.Duration
@@ -149,7 +154,7 @@ func (s *Session) Signal(now time.Time, seq uint64, reason string, delivers bool
 
 // Fail is Signal for a fault its caller checked otherwise.
 func (s *Session) Fail(now time.Time, reason string, delivers bool) bool {
-	s.run = 0
+	s.run, s.lastSignal = 0, now
 	if !s.up {
 		return false
 	}
@@ -220,7 +225,8 @@ func (s *Session) Evaluate(now time.Time) bool {
 	if s.seq > s.lastSeq && now.Sub(s.ring[(s.lastSeq+1)%ringLen].sent) >= s.p.Detect() {
 		s.run = 0 // a probe after the last answered one is lost
 	}
-	if s.run >= s.p.UpAfter && !now.Before(s.heldUntil) && now.Sub(s.lastReply) < s.p.Detect() {
+	quiet := now.Sub(s.lastSignal) >= s.p.Detect()
+	if s.run >= s.p.UpAfter && quiet && !now.Before(s.heldUntil) && now.Sub(s.lastReply) < s.p.Detect() {
 		s.up, s.since, s.upSince = true, now, now
 		s.changes++
 		s.reason = fmt.Sprintf("%d probes answered in a row", s.run)

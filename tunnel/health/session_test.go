@@ -205,3 +205,34 @@ func TestSessionDetectTimeFollowsTheRoundTrip(t *testing.T) {
 // fastParams are the defaults with the detection time of 4 intervals
 // that the session's rules are tested at (the default is longer).
 var fastParams = func() Params { p := DefaultParams; p.Multiplier = 4; return p }()
+
+// TestSessionStaysDownWhileSignalsCome: a gateway that is stopping
+// reports it on every probe while the far side still answers them; the
+// lane must not come back on those answers, only once the reports stop.
+func TestSessionStaysDownWhileSignalsCome(t *testing.T) {
+	p := DefaultParams
+	c := newClock(t, p)
+	c.run(100*time.Millisecond, true)
+	seq := c.s.Sent(c.now)
+	if !c.s.Signal(c.now, seq, "administratively down", true) {
+		t.Fatal("signal did not take the lane down")
+	}
+	// Every probe answered, only every sixth reported on (reports lost
+	// on a busy host in between must not let the lane up either).
+	for i := range 60 {
+		seq := c.s.Sent(c.now)
+		c.now = c.now.Add(time.Millisecond)
+		if i%6 == 5 {
+			c.s.Signal(c.now, seq, "administratively down", true)
+		}
+		c.now = c.now.Add(time.Millisecond)
+		c.s.Reply(seq, c.now, c.now)
+		c.now = c.now.Add(p.Interval - 2*time.Millisecond)
+		if c.s.Evaluate(c.now) {
+			t.Fatalf("probe %d: the lane came back while its gateway still reported it down", i)
+		}
+	}
+	if ch := c.run(p.Detect()+100*time.Millisecond, true); len(ch) != 1 || !c.s.Up() {
+		t.Fatalf("after the reports stopped: changes %v, up %v", ch, c.s.Up())
+	}
+}
