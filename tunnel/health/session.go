@@ -68,6 +68,7 @@ type Session struct {
 
 	byTimeout bool // the last down was judged on silence, not signalled
 	delivers  bool // the lane that went down may still deliver what is inside it
+	slowPath  bool // ... for as long as the detection time (a link being taken down)
 	// lastSignal: the last reported fault. A gateway that reports one
 	// answers every probe so, while replies may still cross the lane (a
 	// planned stop); reports lost on a busy host must not let it up: the
@@ -159,9 +160,14 @@ func (s *Session) Fail(now time.Time, reason string, delivers bool) bool {
 		return false
 	}
 	s.goDown(now, reason)
-	s.byTimeout, s.delivers = false, delivers
+	s.byTimeout, s.delivers, s.slowPath = false, delivers, false
 	return true
 }
+
+// SlowPath marks the last down as a path being taken down, whose queued
+// packets were seen to come out 190 ms after the report: its flows wait
+// up to the detection time (or until a reply crosses the lane).
+func (s *Session) SlowPath() { s.slowPath = true }
 
 // ByTimeout reports whether the lane's last down was judged on silence
 // (false: a signal said so).
@@ -178,6 +184,9 @@ func (s *Session) ByTimeout() bool { return s.byTimeout }
 func (s *Session) Settle() time.Duration {
 	if !s.delivers {
 		return time.Millisecond
+	}
+	if s.slowPath {
+		return s.p.Detect()
 	}
 	return min(max(s.srtt+4*s.rttvar, time.Millisecond), 50*time.Millisecond)
 }
