@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,6 +69,69 @@ func TestDataPath(t *testing.T) {
 	t.Run("bad-geneve", func(t *testing.T) { testBadGeneve(t, tp) })
 	t.Run("probes", func(t *testing.T) { testProbes(t, tp) })
 	t.Run("metrics-and-show", func(t *testing.T) { testMetricsAndShow(t, tp) })
+	t.Run("close-order", func(t *testing.T) { testCloseOrder(t, tp) })
+}
+
+// testCloseOrder checks that a gateway killed outright closes its ports
+// before its TUN: a dead process's files are released newest first, and a
+// TUN's close unregisters a device (tens of milliseconds), so every UDP
+// port of the lane (GENEVE, WireGuard) must have a higher descriptor than
+// the TUN for the demux's and the peer's next packets to draw ICMP port
+// unreachable at once (docs/health.md, "Failure signals").
+func testCloseOrder(t *testing.T, tp *topo) {
+	for _, gw := range []string{"gw-a1", "gw-b2"} {
+		b, err := os.ReadFile(filepath.Join(tp.work, gw+".pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid := strings.TrimSpace(string(b))
+		tunFD, sockets := -1, map[string]int{} // socket inode: descriptor
+		fds, err := os.ReadDir("/proc/" + pid + "/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range fds {
+			fd, _ := strconv.Atoi(e.Name())
+			target, _ := os.Readlink("/proc/" + pid + "/fd/" + e.Name())
+			switch {
+			case target == "/dev/net/tun":
+				tunFD = fd
+			case strings.HasPrefix(target, "socket:["):
+				sockets[strings.Trim(target[len("socket:"):], "[]")] = fd
+			}
+		}
+		if tunFD < 0 {
+			t.Fatalf("%s: no /dev/net/tun among its descriptors", gw)
+		}
+		ports := map[int]bool{6081: false, 51820: false}
+		for _, table := range []string{"udp", "udp6"} {
+			b, err := os.ReadFile("/proc/" + pid + "/net/" + table) // the process's namespace
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(b), "\n")[1:] {
+				f := strings.Fields(line)
+				if len(f) < 10 {
+					continue
+				}
+				local := f[1]
+				port, _ := strconv.ParseInt(local[strings.LastIndexByte(local, ':')+1:], 16, 32)
+				fd, ours := sockets[f[9]]
+				if _, watched := ports[int(port)]; !watched || !ours {
+					continue
+				}
+				ports[int(port)] = true
+				if fd < tunFD {
+					t.Errorf("%s: udp port %d is descriptor %d, below the TUN's %d: killed, it would close after the TUN", gw, port, fd, tunFD)
+				}
+			}
+		}
+		for port, seen := range ports {
+			if !seen {
+				t.Errorf("%s: no socket of its own bound to udp port %d", gw, port)
+			}
+		}
+	}
 }
 
 // testWireFormat has tshark, an independent dissector, read the GENEVE

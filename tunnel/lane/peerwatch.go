@@ -28,30 +28,6 @@ type watchedBind struct {
 	next    atomic.Uint32
 	down    atomic.Bool // an ICMP error said the peer is gone; cleared when it is heard again
 	onHeard func()      // the peer is heard again after down
-
-	// Sockets opened before the device asks (see preopen), handed to its
-	// first Open of that port.
-	held     []conn.ReceiveFunc
-	heldPort uint16
-}
-
-// preopen opens the bind's sockets now, before the TUN exists; the
-// device's first Close is then skipped and its first Open of port gets
-// them.
-func (b *watchedBind) preopen(port uint16) error {
-	fns, p, err := b.Bind.Open(port)
-	if err != nil {
-		return err
-	}
-	b.held, b.heldPort = fns, p
-	return nil
-}
-
-func (b *watchedBind) Close() error {
-	if b.held != nil {
-		return nil // the device closes before its first open: keep what was opened
-	}
-	return b.Bind.Close()
 }
 
 func (b *watchedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
@@ -87,16 +63,9 @@ func (b *watchedBind) sent(idx uint32) bool {
 }
 
 func (b *watchedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
-	fns, p := b.held, b.heldPort
-	b.held = nil
-	if fns == nil || (port != 0 && port != p) {
-		if fns != nil {
-			b.Bind.Close()
-		}
-		var err error
-		if fns, p, err = b.Bind.Open(port); err != nil {
-			return nil, 0, err
-		}
+	fns, p, err := b.Bind.Open(port)
+	if err != nil {
+		return nil, 0, err
 	}
 	for i, fn := range fns {
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
