@@ -637,6 +637,15 @@ func (tp *foTopo) analyse(sc foScenario, ports []uint16, results []udpflows.Flow
 		r.tcpOnLane++
 		if ip.Error != "" || (lastBytes[c.Socket] == 0 && !sc.starves) {
 			r.tcpResets++
+			var per []string // what the stream carried, second by second
+			for _, in := range ip.Intervals {
+				for _, s := range in.Streams {
+					if s.Socket == c.Socket {
+						per = append(per, strconv.FormatFloat(s.Bytes/1e3, 'f', 0, 64))
+					}
+				}
+			}
+			r.iperfError += fmt.Sprintf("; tcp port %d carried nothing at the end (kB per second: %s)", c.LocalPort, strings.Join(per, " "))
 		}
 	}
 	if ip.Error != "" {

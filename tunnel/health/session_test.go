@@ -182,15 +182,15 @@ func TestSessionDetectTimeFollowsTheRoundTrip(t *testing.T) {
 	for i := range 50 {
 		seq := s.Sent(now)
 		rtt := 500 * time.Microsecond
-		if i == 40 {
-			rtt = 20 * time.Millisecond // one spike
+		if i == 49 {
+			rtt = 20 * time.Millisecond // one spike, the last reply
 		}
 		s.Reply(seq, now.Add(rtt), now.Add(rtt))
 		now = now.Add(p.Interval)
 	}
-	// 3 intervals + the 20 ms spike (slightly decayed).
-	if d := s.DetectTime(); d < 47*time.Millisecond || d > 50*time.Millisecond {
-		t.Errorf("after a 20 ms spike: detect %v, want ~50ms", d)
+	// 3 intervals + srtt + 4 rttvar: 30 + 3.4 + 4 x 4.9 ms.
+	if d := s.DetectTime(); d < 52*time.Millisecond || d > 54*time.Millisecond {
+		t.Errorf("after a 20 ms spike: detect %v, want ~53ms", d)
 	}
 	for range 2000 { // 20 s of quiet
 		seq := s.Sent(now)
