@@ -23,7 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -76,7 +76,7 @@ type Hash struct {
 	HashMode flowhash.Mode `yaml:"-"`
 }
 
-// Health configures the lane probes (see tunnel/health) and draining.
+// Health configures the lane probes (see tunnel/probe) and draining.
 // Both demuxes probe with it; the gateways answer on Port.
 type Health struct {
 	Enabled          *bool         `yaml:"enabled"` // default true; off: every lane counts as up
@@ -91,8 +91,8 @@ type Health struct {
 	DrainTimeout     time.Duration `yaml:"drain_timeout"` // a draining lane's pinned flows move after this
 	DrainIdle        time.Duration `yaml:"drain_idle"`    // a draining lane idle this long is done
 
-	Params health.Params `yaml:"-"`
-	On     bool          `yaml:"-"`
+	Params probe.Params `yaml:"-"`
+	On     bool         `yaml:"-"`
 }
 
 // Network is one side of the peering ("a" or "b").
@@ -325,7 +325,7 @@ func (c *checker) peering(p *Peering) {
 func (c *checker) health(p *Peering) {
 	h := &p.Health
 	h.On = h.Enabled == nil || *h.Enabled
-	d := health.DefaultParams
+	d := probe.DefaultParams
 	dur := func(field string, v *time.Duration, def, lo, hi time.Duration) {
 		if *v == 0 {
 			*v = def
@@ -354,7 +354,7 @@ func (c *checker) health(p *Peering) {
 	if h.Port == 0 {
 		h.Port = DefaultProbePort
 	}
-	h.Params = health.Params{
+	h.Params = probe.Params{
 		Interval: h.Interval, Multiplier: h.DetectMultiplier, UpAfter: h.UpAfter,
 		HoldDown: h.HoldDown, HoldDownMax: h.HoldDownMax, FlapWindow: h.FlapWindow,
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 // pktSpec describes a packet for tests. build serializes it with gopacket;
@@ -91,7 +93,7 @@ func (s *pktSpec) build() []byte {
 	if s.v6() {
 		chain := append([]uint8{}, s.ext...)
 		if s.frag != 0 || s.atomicFrag {
-			chain = append(chain, ipv6Fragment)
+			chain = append(chain, packet.IPv6Fragment)
 		}
 		next := s.proto
 		for i := len(chain) - 1; i >= 0; i-- {
@@ -176,11 +178,11 @@ func extHeader(typ, next uint8, frag int, atomic bool) []byte {
 	h := make([]byte, 8)
 	h[0] = next
 	switch typ {
-	case ipv6HopByHop, ipv6DestOpts:
+	case packet.IPv6HopByHop, packet.IPv6DestOpts:
 		h[2], h[3] = 1, 4 // PadN covering the 6 option bytes
-	case ipv6Routing:
+	case packet.IPv6Routing:
 		h[2] = 253 // experimental routing type (RFC 4727), segments left 0
-	case ipv6Fragment:
+	case packet.IPv6Fragment:
 		var off uint16
 		switch {
 		case frag == 1:
@@ -204,7 +206,7 @@ func randSpec(r *rand.Rand, quotedOK bool) *pktSpec {
 	} else {
 		s.src, s.dst = randAddr6(r), randAddr6(r)
 		for range r.IntN(4) {
-			s.ext = append(s.ext, []uint8{ipv6HopByHop, ipv6Routing, ipv6DestOpts}[r.IntN(3)])
+			s.ext = append(s.ext, []uint8{packet.IPv6HopByHop, packet.IPv6Routing, packet.IPv6DestOpts}[r.IntN(3)])
 		}
 		s.atomicFrag = r.IntN(8) == 0
 	}
@@ -296,9 +298,9 @@ func namedSpecs() []namedSpec {
 		{"ipv4-gre", &pktSpec{src: hostA4, dst: hostB4, proto: 47}},
 		{"ipv6-tcp", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoTCP, sport: 40000, dport: 5201, payload: 20}},
 		{"ipv6-udp", udp6},
-		{"ipv6-hbh-udp", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 53000, dport: 4789, ext: []uint8{ipv6HopByHop}}},
+		{"ipv6-hbh-udp", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 53000, dport: 4789, ext: []uint8{packet.IPv6HopByHop}}},
 		{"ipv6-routing-dstopts-tcp", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoTCP, sport: 40000, dport: 5201,
-			ext: []uint8{ipv6HopByHop, ipv6Routing, ipv6DestOpts}}},
+			ext: []uint8{packet.IPv6HopByHop, packet.IPv6Routing, packet.IPv6DestOpts}}},
 		{"ipv6-atomic-fragment-udp", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 53000, dport: 4789, atomicFrag: true}},
 		{"ipv6-udp-first-fragment", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 53000, dport: 4789, frag: 1, payload: 40}},
 		{"ipv6-udp-later-fragment", &pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, frag: 2, payload: 40}},

@@ -4,23 +4,17 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 // IP protocol numbers the decoder understands.
 const (
-	ProtoICMP   = 1
-	ProtoTCP    = 6
-	ProtoUDP    = 17
-	ProtoICMPv6 = 58
-	ProtoSCTP   = 132
-)
-
-// IPv6 extension headers walked by the decoder.
-const (
-	ipv6HopByHop = 0
-	ipv6Routing  = 43
-	ipv6Fragment = 44
-	ipv6DestOpts = 60
+	ProtoICMP   = packet.ProtoICMP
+	ProtoTCP    = packet.ProtoTCP
+	ProtoUDP    = packet.ProtoUDP
+	ProtoICMPv6 = packet.ProtoICMPv6
+	ProtoSCTP   = packet.ProtoSCTP
 )
 
 // MaxIPv6ExtHeaders bounds the extension-header walk. A chain longer than
@@ -65,7 +59,7 @@ func (t *Tuple) Decode(pkt []byte) Drop {
 	if len(pkt) == 0 {
 		return DropTruncated
 	}
-	switch pkt[0] >> 4 {
+	switch packet.Version(pkt) {
 	case 4:
 		return t.decodeIPv4(pkt, false)
 	case 6:
@@ -78,15 +72,16 @@ func (t *Tuple) Decode(pkt []byte) Drop {
 // an ICMP error: it is truncated by design, so its total length is not
 // checked and ICMP errors inside it are not followed.
 func (t *Tuple) decodeIPv4(p []byte, quoted bool) Drop {
-	if len(p) < 20 {
+	if len(p) < packet.IPv4MinLen {
 		return DropTruncated
 	}
-	ihl := int(p[0]&0x0f) * 4
-	if ihl < 20 {
+	ip := packet.IPv4(p)
+	ihl := ip.HeaderLen()
+	if ihl < packet.IPv4MinLen {
 		return DropBadHeader
 	}
 	if !quoted {
-		total := int(binary.BigEndian.Uint16(p[2:4]))
+		total := ip.TotalLen()
 		if total < ihl {
 			return DropBadLength
 		}
@@ -99,11 +94,11 @@ func (t *Tuple) decodeIPv4(p []byte, quoted bool) Drop {
 		return DropTruncated
 	}
 	copy(t.Src[:12], v4InV6Prefix[:])
-	copy(t.Src[12:], p[12:16])
+	copy(t.Src[12:], ip.SrcSlice())
 	copy(t.Dst[:12], v4InV6Prefix[:])
-	copy(t.Dst[12:], p[16:20])
-	t.Proto = p[9]
-	if binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 { // MF or fragment offset
+	copy(t.Dst[12:], ip.DstSlice())
+	t.Proto = ip.Protocol()
+	if ip.Fragment() {
 		t.Flags |= FlagFragment
 		return DropNone
 	}
@@ -112,22 +107,23 @@ func (t *Tuple) decodeIPv4(p []byte, quoted bool) Drop {
 
 // decodeIPv6 parses an IPv6 header and walks its extension headers.
 func (t *Tuple) decodeIPv6(p []byte, quoted bool) Drop {
-	if len(p) < 40 {
+	if len(p) < packet.IPv6Len {
 		return DropTruncated
 	}
+	ip := packet.IPv6(p)
 	if !quoted {
-		end := 40 + int(binary.BigEndian.Uint16(p[4:6]))
+		end := packet.IPv6Len + ip.PayloadLen()
 		if end > len(p) {
 			return DropTruncated // also jumbograms (payload length 0): not supported
 		}
 		p = p[:end]
 	}
-	copy(t.Src[:], p[8:24])
-	copy(t.Dst[:], p[24:40])
-	next, off := p[6], 40
+	copy(t.Src[:], ip.SrcSlice())
+	copy(t.Dst[:], ip.DstSlice())
+	next, off := ip.NextHeader(), packet.IPv6Len
 	for n := 0; ; n++ {
 		switch next {
-		case ipv6HopByHop, ipv6Routing, ipv6DestOpts, ipv6Fragment:
+		case packet.IPv6HopByHop, packet.IPv6Routing, packet.IPv6DestOpts, packet.IPv6Fragment:
 		default:
 			t.Proto = next
 			return t.decodeTransport(p[off:], true, quoted)
@@ -138,7 +134,7 @@ func (t *Tuple) decodeIPv6(p []byte, quoted bool) Drop {
 		if len(p) < off+8 {
 			return DropTruncated
 		}
-		if next == ipv6Fragment {
+		if next == packet.IPv6Fragment {
 			fragOff := binary.BigEndian.Uint16(p[off+2 : off+4])
 			next = p[off]
 			if fragOff&0xfff9 != 0 { // offset or M flag: a real fragment
@@ -195,7 +191,7 @@ func (t *Tuple) decodeTransport(l4 []byte, v6, quoted bool) Drop {
 // (the quoted packet went from our host outward; the error comes back).
 func (t *Tuple) decodeQuoted(p []byte, v6 bool) Drop {
 	var q Tuple
-	if len(p) == 0 || (p[0]>>4 == 6) != v6 || (p[0]>>4 != 4 && p[0]>>4 != 6) {
+	if ver := packet.Version(p); (ver == 6) != v6 || (ver != 4 && ver != 6) {
 		return DropBadICMPError
 	}
 	var d Drop

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 func TestDecodeNamedPackets(t *testing.T) {
@@ -171,10 +173,10 @@ func TestDecodeMalformed(t *testing.T) {
 		{"total length cuts ports", edit(tcp4, func(b []byte) { binary.BigEndian.PutUint16(b[2:], 22) }), DropTruncated},
 		{"ipv6 payload length beyond packet", edit(udp6, func(b []byte) { binary.BigEndian.PutUint16(b[4:], 9000) }), DropTruncated},
 		{"ipv6 jumbogram", edit(udp6, func(b []byte) { binary.BigEndian.PutUint16(b[4:], 0) }), DropTruncated},
-		{"ipv6 8 extension headers", chain(8, ipv6DestOpts), DropNone},
-		{"ipv6 9 extension headers", chain(9, ipv6DestOpts), DropExtChain},
-		{"ipv6 60 extension headers", chain(60, ipv6HopByHop), DropExtChain},
-		{"ipv6 extension length beyond packet", edit(chain(1, ipv6Routing), func(b []byte) { b[41] = 200 }), DropTruncated},
+		{"ipv6 8 extension headers", chain(8, packet.IPv6DestOpts), DropNone},
+		{"ipv6 9 extension headers", chain(9, packet.IPv6DestOpts), DropExtChain},
+		{"ipv6 60 extension headers", chain(60, packet.IPv6HopByHop), DropExtChain},
+		{"ipv6 extension length beyond packet", edit(chain(1, packet.IPv6Routing), func(b []byte) { b[41] = 200 }), DropTruncated},
 		{"icmp error quoting nothing", cut(frError, 20+8), DropBadICMPError},
 		{"icmp error quoting ipv6 in ipv4", edit(frError, func(b []byte) { b[28] = 0x65 }), DropBadICMPError},
 		{"icmp error quoting bad ihl", edit(frError, func(b []byte) { b[28] = 0x43 }), DropBadICMPError},

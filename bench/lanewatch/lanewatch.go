@@ -9,7 +9,6 @@ package lanewatch
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -83,7 +83,7 @@ func (w *Watcher) Run(ctx context.Context) {
 	buf := make([]byte, 1<<16)
 	for ctx.Err() == nil {
 		n, from, err := unix.Recvfrom(w.fd, buf, 0)
-		if err != nil || n < 14 {
+		if err != nil || n < packet.EthernetLen {
 			continue
 		}
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
@@ -94,17 +94,17 @@ func (w *Watcher) Run(ctx context.Context) {
 }
 
 func (w *Watcher) add(frame []byte, at time.Time) {
-	et := binary.BigEndian.Uint16(frame[12:14])
-	if et != 0x0800 && et != 0x86dd {
+	eth := packet.Ethernet(frame)
+	if et := eth.EtherType(); et != packet.EtherTypeIPv4 && et != packet.EtherTypeIPv6 {
 		return
 	}
-	lane, ok := w.lanes[[6]byte(frame[6:12])]
+	lane, ok := w.lanes[eth.Src()]
 	if !ok {
 		w.other++
 		return
 	}
 	var t flowhash.Tuple
-	pkt := frame[14:]
+	pkt := eth.Payload()
 	if t.Decode(pkt) != flowhash.DropNone {
 		return
 	}

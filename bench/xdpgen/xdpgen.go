@@ -12,7 +12,6 @@
 package xdpgen
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -21,7 +20,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 // DiscardPort is the frames' destination port (RFC 863): the bench's sink
@@ -48,24 +47,10 @@ func (f Frame) Bytes() ([]byte, error) {
 	if f.Size < 28 || f.Size > 9000 {
 		return nil, fmt.Errorf("xdpgen: packet size %d: want 28 to 9000 bytes", f.Size)
 	}
-	b := make([]byte, 14+f.Size)
-	copy(b[0:6], f.DstMAC)
-	copy(b[6:12], f.SrcMAC)
-	binary.BigEndian.PutUint16(b[12:14], unix.ETH_P_IP)
-	ip := b[14:34]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:4], uint16(f.Size))
-	ip[6] = 0x40 // DF
-	ip[8] = 64
-	ip[9] = unix.IPPROTO_UDP
-	src, dst := f.Src.As4(), f.Dst.As4()
-	copy(ip[12:16], src[:])
-	copy(ip[16:20], dst[:])
-	binary.BigEndian.PutUint16(ip[10:12], inetsum.Checksum(ip, 0))
-	udp := b[34:42]
-	binary.BigEndian.PutUint16(udp[0:2], 10000)
-	binary.BigEndian.PutUint16(udp[2:4], DiscardPort)
-	binary.BigEndian.PutUint16(udp[4:6], uint16(f.Size-20))
+	b := make([]byte, packet.EthernetLen+f.Size)
+	packet.PutEthernet(b, [6]byte(f.DstMAC), [6]byte(f.SrcMAC), packet.EtherTypeIPv4)
+	packet.PutIPv4(b[packet.EthernetLen:], packet.IPv4Fields{TotalLen: f.Size, DF: true, Protocol: packet.ProtoUDP, Src: f.Src, Dst: f.Dst})
+	packet.PutUDP(b[packet.EthernetLen+packet.IPv4MinLen:], 10000, DiscardPort, f.Size-packet.IPv4MinLen)
 	return b, nil
 }
 

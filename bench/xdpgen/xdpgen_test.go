@@ -19,7 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 )
 
@@ -46,7 +46,7 @@ func TestFrameBytes(t *testing.T) {
 	if ip[0] != 0x45 || binary.BigEndian.Uint16(ip[2:4]) != 64 || ip[9] != 17 || ip[8] != 64 {
 		t.Fatalf("IPv4 header % x", ip)
 	}
-	if inetsum.Checksum(ip, 0) != 0 {
+	if packet.Checksum(ip, 0) != 0 {
 		t.Fatalf("IPv4 header checksum does not verify: % x", ip)
 	}
 	if binary.BigEndian.Uint16(b[36:38]) != DiscardPort || binary.BigEndian.Uint16(b[38:40]) != 44 {

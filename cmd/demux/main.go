@@ -37,7 +37,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 func main() {
@@ -114,10 +114,10 @@ func up(args []string) error {
 	if fp != nil {
 		fp.lanes(&lc)
 	}
-	var prober *health.Prober
+	var prober *probe.Prober
 	if p.Health.On {
-		prober, err = health.NewProber(health.ProberConfig{
-			Key: health.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: d.Sources,
+		prober, err = probe.NewProber(probe.ProberConfig{
+			Key: probe.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: d.Sources,
 			Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, OnSettled: dm.LaneSettled, Log: log,
 			StartDelay: probeStartDelay(node.Side),
 		})
@@ -245,7 +245,7 @@ func up(args []string) error {
 }
 
 // probeStartDelay: side b lets side a's probes open the WireGuard sessions
-// of lanes that start together (see health.ProberConfig.StartDelay). A
+// of lanes that start together (see probe.ProberConfig.StartDelay). A
 // second covers a first packet held up by neighbour discovery (100 ms on
 // this project's IPv6 underlay) with room to spare.
 func probeStartDelay(side string) time.Duration {

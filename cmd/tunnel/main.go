@@ -33,8 +33,8 @@ import (
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
-	"github.com/clusterpeer/clusterpeer/tunnel/lane"
+	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -105,14 +105,14 @@ func up(args []string) error {
 	// The reflector (started once the TUN it listens behind exists) is
 	// also how the gateway tells its demuxes that the lane cannot work.
 	cond := &conditions{log: log}
-	ingress := lane.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, node)}
+	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, node)}
 	var onPeer, onPath func(string)
 	if p.Health.On {
 		ingress.OnProbe = cond.sawProbe
-		onPeer = func(m string) { cond.set(health.DiagNeighborDown, m) }
-		onPath = func(m string) { cond.set(health.DiagPathDown, m) }
+		onPeer = func(m string) { cond.set(probe.DiagNeighborDown, m) }
+		onPath = func(m string) { cond.set(probe.DiagPathDown, m) }
 	}
-	l, err := lane.Start(lane.Config{
+	l, err := gateway.Start(gateway.Config{
 		Tun:          self.Tun,
 		MTU:          p.MTU,
 		GenevePort:   self.GeneveAddr.Port(),
@@ -148,7 +148,7 @@ func up(args []string) error {
 	for _, a := range p.Networks[node.Side].DemuxSources() {
 		demuxes = append(demuxes, a.String())
 	}
-	identity := lane.Status{
+	identity := gateway.Status{
 		Node: self.Name, Peering: p.Name, Side: node.Side, Lane: node.Lane.ID, Tun: self.Tun, MTU: p.MTU,
 		PublicKey: self.PublicKey, ListenPort: self.EndpointAddr.Port(), GenevePort: self.GeneveAddr.Port(),
 		Demuxes: demuxes, PeerName: peer.Name,
@@ -184,7 +184,7 @@ func up(args []string) error {
 			log.Info("tunnel stopping")
 			return nil
 		case <-l.Wait():
-			cond.set(health.DiagForwardingDown, "wireguard device stopped")
+			cond.set(probe.DiagForwardingDown, "wireguard device stopped")
 			return errors.New("wireguard device stopped")
 		case <-hup:
 			log.Info("SIGHUP: a gateway does not reload; restart it to apply a changed config (demuxes reload lanes live)")
@@ -196,14 +196,14 @@ func up(args []string) error {
 // diagnostic the reflector reports (the most telling one first).
 type conditions struct {
 	mu   sync.Mutex
-	rf   atomic.Pointer[health.Reflector]
+	rf   atomic.Pointer[probe.Reflector]
 	log  *slog.Logger
-	have map[health.Diag]string
-	top  health.Diag
+	have map[probe.Diag]string
+	top  probe.Diag
 }
 
 // attach starts reporting through rf.
-func (c *conditions) attach(rf *health.Reflector) {
+func (c *conditions) attach(rf *probe.Reflector) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rf.Store(rf)
@@ -217,15 +217,15 @@ func (c *conditions) sawProbe(inner []byte) {
 	}
 }
 
-var diagOrder = []health.Diag{health.DiagAdminDown, health.DiagForwardingDown, health.DiagPathDown, health.DiagNeighborDown}
+var diagOrder = []probe.Diag{probe.DiagAdminDown, probe.DiagForwardingDown, probe.DiagPathDown, probe.DiagNeighborDown}
 
 // set records that d holds for the reason missing, or with "" that it
 // no longer does.
-func (c *conditions) set(d health.Diag, missing string) {
+func (c *conditions) set(d probe.Diag, missing string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.have == nil {
-		c.have = map[health.Diag]string{}
+		c.have = map[probe.Diag]string{}
 	}
 	if _, had := c.have[d]; had == (missing != "") && c.have[d] == missing {
 		return
@@ -237,7 +237,7 @@ func (c *conditions) set(d health.Diag, missing string) {
 		c.have[d] = missing
 		c.log.Warn("lane cannot work; telling the demuxes", "diag", d.String(), "reason", missing)
 	}
-	c.top = health.DiagNone
+	c.top = probe.DiagNone
 	for _, o := range diagOrder {
 		if _, ok := c.have[o]; ok {
 			c.top = o
@@ -260,11 +260,11 @@ const (
 // drainBeforeStop is a planned stop: "administratively down" to both
 // demuxes (the near one directly, the far one through the lane), then
 // forwarding goes on until the lane is quiet, so nothing is lost.
-func drainBeforeStop(l *lane.Lane, cond *conditions, log *slog.Logger) {
+func drainBeforeStop(l *gateway.Lane, cond *conditions, log *slog.Logger) {
 	if cond.rf.Load() == nil {
 		return // no probes: nobody to tell
 	}
-	cond.set(health.DiagAdminDown, "stopping (SIGTERM)")
+	cond.set(probe.DiagAdminDown, "stopping (SIGTERM)")
 	start := time.Now()
 	// Data packets only: the demuxes go on probing the lane.
 	rf := cond.rf.Load()
@@ -296,12 +296,12 @@ func peerProbe(p *config.Peering, node config.Node) netip.AddrPort {
 // startReflector answers the far demux's probes on this gateway's own
 // address, those that come out of iface (the lane's TUN; "" any), nil
 // when health checks are off.
-func startReflector(p *config.Peering, node config.Node, iface string, log *slog.Logger) (*health.Reflector, error) {
+func startReflector(p *config.Peering, node config.Node, iface string, log *slog.Logger) (*probe.Reflector, error) {
 	if !p.Health.On {
 		return nil, nil
 	}
 	addr := netip.AddrPortFrom(node.Self.GeneveAddr.Addr(), p.Health.Port)
-	rf, err := health.NewReflector(addr, flowhash.LaneID(node.Lane.ID), health.DeriveKey(p.Hash.Key[:]), iface, log)
+	rf, err := probe.NewReflector(addr, flowhash.LaneID(node.Lane.ID), probe.DeriveKey(p.Hash.Key[:]), iface, log)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +336,7 @@ func reflect(args []string) error {
 }
 
 func show(args []string) error {
-	var st lane.Status
+	var st gateway.Status
 	text, err := cli.Show(args, func(n config.Node) (string, error) {
 		if n.Lane == nil {
 			return "", errors.New("a demux; use `demux show`")

@@ -25,9 +25,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/clusterpeer/clusterpeer/dataplane/icmperr"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // Headroom is the space kept in front of each packet read from the TUN:
@@ -126,7 +125,7 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 	d.sizes = make([]int, len(d.bufs))
 	d.icmpBufs = make([][]byte, len(d.bufs))
 	for i := range d.icmpBufs {
-		d.icmpBufs[i] = make([]byte, Headroom+icmperr.BufLen)
+		d.icmpBufs[i] = make([]byte, Headroom+packet.TooBigBufLen)
 	}
 	d.icmpOut = make([][]byte, 0, len(d.bufs))
 	d.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
@@ -206,12 +205,12 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 			d.tooBig(pkt, now)
 			continue
 		}
-		proto := uint16(geneve.ProtoIPv4)
-		if pkt[0]>>4 == 6 {
-			proto = geneve.ProtoIPv6
+		proto := uint16(packet.ProtoIPv4)
+		if packet.Version(pkt) == 6 {
+			proto = packet.ProtoIPv6
 		}
-		frame := b[Headroom-geneve.HeaderLen : Headroom+size]
-		geneve.Put(frame, d.cfg.VNI, proto, false)
+		frame := b[Headroom-packet.GeneveLen : Headroom+size]
+		packet.PutGeneve(frame, d.cfg.VNI, proto, false)
 		if len(d.pending[lane]) == 0 {
 			d.used = append(d.used, lane)
 		}
@@ -243,19 +242,11 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 // MLD reports, router solicitations), never for a lane. Packets too short
 // to tell pass, for Select to drop with its reason.
 func (d *Demux) toRemote(pkt []byte) bool {
-	if len(d.cfg.Remote) == 0 || len(pkt) < 20 {
+	if len(d.cfg.Remote) == 0 {
 		return true
 	}
-	var dst netip.Addr
-	switch pkt[0] >> 4 {
-	case 4:
-		dst = netip.AddrFrom4([4]byte(pkt[16:20]))
-	case 6:
-		if len(pkt) < 40 {
-			return true
-		}
-		dst = netip.AddrFrom16([16]byte(pkt[24:40]))
-	default:
+	dst, ok := packet.Dst(pkt)
+	if !ok {
 		return true
 	}
 	for _, p := range d.cfg.Remote {
@@ -270,7 +261,7 @@ func (d *Demux) toRemote(pkt []byte) bool {
 func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 	var bytes uint64
 	for _, f := range frames {
-		bytes += uint64(len(f) - geneve.HeaderLen)
+		bytes += uint64(len(f) - packet.GeneveLen)
 	}
 	c := &d.C.Lanes[t.ID]
 	var failed uint64
@@ -280,7 +271,7 @@ func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 		if err := d.bind.Send(chunk, t.Endpoint); err != nil {
 			failed += uint64(len(chunk))
 			for _, f := range chunk {
-				bytes -= uint64(len(f) - geneve.HeaderLen)
+				bytes -= uint64(len(f) - packet.GeneveLen)
 			}
 		}
 	}
@@ -305,11 +296,11 @@ func (d *Demux) tooBig(pkt []byte, now uint32) {
 		return
 	}
 	src := d.cfg.ICMPv4
-	if pkt[0]>>4 == 6 {
+	if packet.Version(pkt) == 6 {
 		src = d.cfg.ICMPv6
 	}
 	buf := d.icmpBufs[len(d.icmpOut)]
-	n := icmperr.TooBig(buf[Headroom:], pkt, d.cfg.MTU, src)
+	n := packet.PutTooBig(buf[Headroom:], pkt, d.cfg.MTU, src)
 	if n == 0 {
 		return
 	}

@@ -15,8 +15,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // fakeTUN hands out queued batches and records what is written back.
@@ -153,8 +153,8 @@ func TestForwardEncapsulates(t *testing.T) {
 	for dst, frames := range bind.sent {
 		for _, f := range frames {
 			total++
-			h, inner, err := geneve.Parse(f)
-			if err != nil || h.VNI() != testVNI || h.Protocol() != geneve.ProtoIPv4 || h.OAM() {
+			h, inner, err := packet.ParseGeneve(f)
+			if err != nil || h.VNI() != testVNI || h.Protocol() != packet.ProtoIPv4 || h.OAM() {
 				t.Fatalf("frame to %s: %v vni %d proto %#x", dst, err, h.VNI(), h.Protocol())
 			}
 			sport := binary.BigEndian.Uint16(inner[20:22])

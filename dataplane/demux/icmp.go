@@ -4,8 +4,8 @@ import (
 	"net/netip"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/icmpwatch"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // ICMPSink takes the ICMP errors about the demux's lanes: the prober.
@@ -58,7 +58,7 @@ func (d *Demux) icmpError(sink ICMPSink, q icmpwatch.Quote) {
 	if t == nil {
 		return // not about a lane
 	}
-	h, inner, err := geneve.Parse(q.Payload)
+	h, inner, err := packet.ParseGeneve(q.Payload)
 	if err != nil || h.VNI() != d.cfg.VNI {
 		d.C.ICMPUnmatched.Add(1)
 		return

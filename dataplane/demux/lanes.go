@@ -12,7 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // LaneSpec is a lane as the config describes it.
@@ -39,10 +39,10 @@ var adminNames = [...]string{"active", "draining", "drained", "removing"}
 
 func (a Admin) String() string { return adminNames[a] }
 
-// Prober is the lane health checker (tunnel/health.Prober).
+// Prober is the lane health checker (tunnel/probe.Prober).
 type Prober interface {
-	SetTargets([]health.Target) error
-	Status() []health.LaneHealth
+	SetTargets([]probe.Target) error
+	Status() []probe.LaneHealth
 	Interval() time.Duration
 	DropCounts() map[string]uint64
 	SignalCounts() map[string]uint64
@@ -173,7 +173,7 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 	slices.Sort(ids)
 	sel := make([]flowhash.Lane, 0, len(ids))
 	targets := make([]Target, 0, len(ids))
-	probeTargets := make([]health.Target, 0, len(ids))
+	probeTargets := make([]probe.Target, 0, len(ids))
 	for _, id := range ids {
 		mb := next[id]
 		st := flowhash.LaneDown
@@ -185,7 +185,7 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 		}
 		sel = append(sel, flowhash.Lane{ID: id, Weight: mb.spec.Weight, State: st, Settle: mb.settle})
 		targets = append(targets, Target{ID: id, Name: mb.spec.Gateway, Endpoint: mb.spec.Endpoint, Addr: mb.spec.Near})
-		probeTargets = append(probeTargets, health.Target{Lane: id, Near: mb.spec.Near, Far: mb.spec.Far})
+		probeTargets = append(probeTargets, probe.Target{Lane: id, Near: mb.spec.Near, Far: mb.spec.Far})
 	}
 	if probes && m.cfg.Prober != nil {
 		old := m.cfg.Prober.Status()
@@ -194,10 +194,10 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 		}
 		if err := d.cfg.Selector.SetLanes(sel); err != nil {
 			// Put the prober's lanes back as they were.
-			var back []health.Target
+			var back []probe.Target
 			for _, h := range old {
 				if mb := m.members[h.Lane]; mb != nil {
-					back = append(back, health.Target{Lane: h.Lane, Near: mb.spec.Near, Far: mb.spec.Far})
+					back = append(back, probe.Target{Lane: h.Lane, Near: mb.spec.Near, Far: mb.spec.Far})
 				}
 			}
 			m.cfg.Prober.SetTargets(back)
@@ -242,7 +242,7 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 // the lane's settle window, during which their packets are held; no
 // other flow moves. A lane that comes back rejoins; flows pinned
 // elsewhere stay there.
-func (d *Demux) LaneHealth(c health.Change) {
+func (d *Demux) LaneHealth(c probe.Change) {
 	m := &d.lanes
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -376,7 +376,7 @@ func (d *Demux) TickLanes(now time.Time) {
 // laneStatus fills the admin and health part of each lane's status.
 func (d *Demux) laneStatus(out []LaneStatus) []LaneStatus {
 	m := &d.lanes
-	var probes []health.LaneHealth
+	var probes []probe.LaneHealth
 	if m.cfg.Prober != nil {
 		probes = m.cfg.Prober.Status()
 	}

@@ -10,17 +10,17 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // fakeProber records the lanes it is asked to probe.
 type fakeProber struct {
 	mu      sync.Mutex
-	targets []health.Target
+	targets []probe.Target
 	fail    bool
 }
 
-func (p *fakeProber) SetTargets(ts []health.Target) error {
+func (p *fakeProber) SetTargets(ts []probe.Target) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.fail {
@@ -29,7 +29,7 @@ func (p *fakeProber) SetTargets(ts []health.Target) error {
 	p.targets = ts
 	return nil
 }
-func (p *fakeProber) Status() []health.LaneHealth     { return nil }
+func (p *fakeProber) Status() []probe.LaneHealth      { return nil }
 func (p *fakeProber) Interval() time.Duration         { return 10 * time.Millisecond }
 func (p *fakeProber) SignalCounts() map[string]uint64 { return nil }
 
@@ -110,7 +110,7 @@ func TestLanesJoinOnlyWhenHealthy(t *testing.T) {
 		t.Fatalf("a flow took lane %d before any lane was up", l[0])
 	}
 	for id := flowhash.LaneID(1); id <= 3; id++ {
-		d.LaneHealth(health.Change{Lane: id, Up: true, Reason: "3 probes answered in a row"})
+		d.LaneHealth(probe.Change{Lane: id, Up: true, Reason: "3 probes answered in a row"})
 	}
 	if got := states(d); got[1] != "up" || got[2] != "up" || got[3] != "up" {
 		t.Fatalf("after probes: %v", got)
@@ -123,10 +123,10 @@ func TestLaneDeathMovesOnlyItsFlows(t *testing.T) {
 	d := managedDemux(t, &fakeProber{})
 	d.ApplyLanes(specs(1, 2, 3))
 	for id := flowhash.LaneID(1); id <= 3; id++ {
-		d.LaneHealth(health.Change{Lane: id, Up: true, Reason: "up"})
+		d.LaneHealth(probe.Change{Lane: id, Up: true, Reason: "up"})
 	}
 	before := flowsOn(t, d, 300)
-	d.LaneHealth(health.Change{Lane: 2, Up: false, Reason: "3 probes unanswered"})
+	d.LaneHealth(probe.Change{Lane: 2, Up: false, Reason: "3 probes unanswered"})
 	if s := selectorState(d, 2); s != flowhash.LaneDown {
 		t.Fatalf("selector state of the dead lane: %v", s)
 	}
@@ -145,7 +145,7 @@ func TestLaneDeathMovesOnlyItsFlows(t *testing.T) {
 	if moved == 0 {
 		t.Fatal("no flow was on lane 2")
 	}
-	d.LaneHealth(health.Change{Lane: 2, Up: true, Reason: "back"})
+	d.LaneHealth(probe.Change{Lane: 2, Up: true, Reason: "back"})
 	after := flowsOn(t, d, 300)
 	for i := range during {
 		if after[i] != during[i] {
@@ -230,15 +230,15 @@ func TestApplyLanesAddsAndRemoves(t *testing.T) {
 	p := &fakeProber{}
 	d := managedDemux(t, p)
 	d.ApplyLanes(specs(1, 2))
-	d.LaneHealth(health.Change{Lane: 1, Up: true, Reason: "up"})
-	d.LaneHealth(health.Change{Lane: 2, Up: true, Reason: "up"})
+	d.LaneHealth(probe.Change{Lane: 1, Up: true, Reason: "up"})
+	d.LaneHealth(probe.Change{Lane: 2, Up: true, Reason: "up"})
 	before := flowsOn(t, d, 200)
 
 	// Adding lane 3 moves no established flow, before or after it is up.
 	if err := d.ApplyLanes(specs(1, 2, 3)); err != nil {
 		t.Fatal(err)
 	}
-	d.LaneHealth(health.Change{Lane: 3, Up: true, Reason: "up"})
+	d.LaneHealth(probe.Change{Lane: 3, Up: true, Reason: "up"})
 	after := flowsOn(t, d, 200)
 	for i := range before {
 		if after[i] != before[i] {

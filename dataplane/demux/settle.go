@@ -5,8 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // HoldPackets is how many packets of a failed lane's flows the demux holds
@@ -90,12 +90,12 @@ func (d *Demux) flushHeld() {
 			d.C.Drops[drop].Add(1)
 			continue
 		}
-		proto := uint16(geneve.ProtoIPv4)
-		if pkt[0]>>4 == 6 {
-			proto = geneve.ProtoIPv6
+		proto := uint16(packet.ProtoIPv4)
+		if packet.Version(pkt) == 6 {
+			proto = packet.ProtoIPv6
 		}
-		frame := q.bufs[i][Headroom-geneve.HeaderLen : Headroom+q.sizes[i]]
-		geneve.Put(frame, d.cfg.VNI, proto, false)
+		frame := q.bufs[i][Headroom-packet.GeneveLen : Headroom+q.sizes[i]]
+		packet.PutGeneve(frame, d.cfg.VNI, proto, false)
 		if len(q.out[lane]) == 0 {
 			q.used = append(q.used, lane)
 		}

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // TestSettleHoldsAndReleasesInOrder: while a failed lane settles, its
@@ -26,7 +26,7 @@ func TestSettleHoldsAndReleasesInOrder(t *testing.T) {
 	send(0)
 	lane2 := map[uint16]bool{}
 	for _, f := range bind.sent["10.1.0.22:6081"] {
-		_, inner, _ := geneve.Parse(f)
+		_, inner, _ := packet.ParseGeneve(f)
 		lane2[binary.BigEndian.Uint16(inner[20:22])] = true
 	}
 	if len(lane2) == 0 {
@@ -47,7 +47,7 @@ func TestSettleHoldsAndReleasesInOrder(t *testing.T) {
 	}
 	for dst, frames := range bind.sent {
 		for _, f := range frames {
-			_, inner, _ := geneve.Parse(f)
+			_, inner, _ := packet.ParseGeneve(f)
 			if lane2[binary.BigEndian.Uint16(inner[20:22])] {
 				t.Fatalf("a flow of the failed lane left for %s during its window", dst)
 			}
@@ -61,7 +61,7 @@ func TestSettleHoldsAndReleasesInOrder(t *testing.T) {
 	}
 	for dst, frames := range bind.sent {
 		for _, f := range frames {
-			_, inner, _ := geneve.Parse(f)
+			_, inner, _ := packet.ParseGeneve(f)
 			port, seq := binary.BigEndian.Uint16(inner[20:22]), binary.BigEndian.Uint32(inner[28:32])
 			if !lane2[port] {
 				continue

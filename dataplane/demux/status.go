@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // Status is the demux's state as `demux show` prints it.
@@ -45,22 +45,22 @@ type Probing struct {
 
 // LaneStatus is one lane as the demux sees it.
 type LaneStatus struct {
-	ID            flowhash.LaneID       `json:"id"`
-	State         string                `json:"state"` // up, down, draining, drained, removing
-	Admin         string                `json:"admin"`
-	Healthy       bool                  `json:"healthy"` // the probes' verdict
-	Weight        uint32                `json:"weight"`
-	Gateway       string                `json:"gateway"`
-	Address       string                `json:"address"`
-	Since         time.Time             `json:"since"` // of the last transition
-	Transitions   uint64                `json:"transitions"`
-	Failovers     uint64                `json:"failovers"` // times it left the table because it died
-	Reason        string                `json:"reason"`    // of the last change
-	DrainDeadline time.Time             `json:"drain_deadline,omitzero"`
-	Probes        *health.SessionStatus `json:"probes,omitempty"`
-	Packets       uint64                `json:"packets"`
-	Bytes         uint64                `json:"bytes"`
-	SendErrors    uint64                `json:"send_errors"`
+	ID            flowhash.LaneID      `json:"id"`
+	State         string               `json:"state"` // up, down, draining, drained, removing
+	Admin         string               `json:"admin"`
+	Healthy       bool                 `json:"healthy"` // the probes' verdict
+	Weight        uint32               `json:"weight"`
+	Gateway       string               `json:"gateway"`
+	Address       string               `json:"address"`
+	Since         time.Time            `json:"since"` // of the last transition
+	Transitions   uint64               `json:"transitions"`
+	Failovers     uint64               `json:"failovers"` // times it left the table because it died
+	Reason        string               `json:"reason"`    // of the last change
+	DrainDeadline time.Time            `json:"drain_deadline,omitzero"`
+	Probes        *probe.SessionStatus `json:"probes,omitempty"`
+	Packets       uint64               `json:"packets"`
+	Bytes         uint64               `json:"bytes"`
+	SendErrors    uint64               `json:"send_errors"`
 }
 
 // Status fills the counters and lanes into st (whose identity fields the

@@ -21,10 +21,9 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
-	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
-	"github.com/clusterpeer/clusterpeer/tunnel/lane"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 const lanes = 3
@@ -346,15 +345,15 @@ func testTooBig(t *testing.T, tp *topo) {
 func testBadGeneve(t *testing.T, tp *topo) {
 	inner := tp.pingPacket()
 	valid := func(vni uint32, proto uint16, oam bool) []byte {
-		b := make([]byte, geneve.HeaderLen+len(inner))
-		geneve.Put(b, vni, proto, oam)
-		copy(b[geneve.HeaderLen:], inner)
+		b := make([]byte, packet.GeneveLen+len(inner))
+		packet.PutGeneve(b, vni, proto, oam)
+		copy(b[packet.GeneveLen:], inner)
 		return b
 	}
-	badVersion := valid(4242, geneve.ProtoIPv4, false)
+	badVersion := valid(4242, packet.ProtoIPv4, false)
 	badVersion[0] |= 0x40
 	critical := make([]byte, 0, 64)
-	critical = append(critical, valid(4242, geneve.ProtoIPv4, false)[:geneve.HeaderLen]...)
+	critical = append(critical, valid(4242, packet.ProtoIPv4, false)[:packet.GeneveLen]...)
 	critical[0] |= 1 // one 4-byte option
 	critical[1] |= 0x40
 	critical = append(critical, 0x01, 0x02, 0x80, 0x00) // class 0x0102, type 0x80 (critical), len 0
@@ -364,16 +363,16 @@ func testBadGeneve(t *testing.T, tp *topo) {
 		pkt    []byte
 		reason string
 	}{
-		{"ha", valid(4242, geneve.ProtoIPv4, false), "unknown_source"},
+		{"ha", valid(4242, packet.ProtoIPv4, false), "unknown_source"},
 		{"da", []byte{0, 0, 8}, "truncated"},
 		{"da", badVersion, "bad_version"},
-		{"da", valid(7, geneve.ProtoIPv4, false), "wrong_vni"},
+		{"da", valid(7, packet.ProtoIPv4, false), "wrong_vni"},
 		{"da", valid(4242, 0x1234, false), "bad_protocol"},
-		{"da", valid(4242, geneve.ProtoIPv6, false), "bad_protocol"},
-		{"da", valid(4242, geneve.ProtoIPv4, true), "oam"},
+		{"da", valid(4242, packet.ProtoIPv6, false), "bad_protocol"},
+		{"da", valid(4242, packet.ProtoIPv4, true), "oam"},
 		{"da", critical, "critical_option"},
 	}
-	var before lane.Status
+	var before gateway.Status
 	tp.status("gw-a1", &before)
 	want := map[string]uint64{}
 	for _, c := range cases {
@@ -382,7 +381,7 @@ func testBadGeneve(t *testing.T, tp *topo) {
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		var after lane.Status
+		var after gateway.Status
 		tp.status("gw-a1", &after)
 		missing := ""
 		for reason, n := range want {
@@ -420,23 +419,23 @@ func testProbes(t *testing.T, tp *topo) {
 			}
 		}
 	}
-	var wrongKey health.Key
+	var wrongKey probe.Key
 	rand.Read(wrongKey[:])
-	forged := make([]byte, health.MessageLen)
-	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindReply, Lane: 1, Seq: 1})
+	forged := make([]byte, probe.MessageLen)
+	probe.NewSigner(wrongKey).Put(forged, probe.Message{Kind: probe.KindReply, Lane: 1, Seq: 1})
 	var da0 demux.Status
-	var gb0 lane.Status
+	var gb0 gateway.Status
 	tp.status("demux-a", &da0)
 	tp.status("gw-b1", &gb0)
 	tp.sendUDP("ha", "10.1.0.2:6082", forged) // a "reply" to demux-a from its own network
-	health.NewSigner(wrongKey).Put(forged, health.Message{Kind: health.KindRequest, Lane: 1, Seq: 1})
+	probe.NewSigner(wrongKey).Put(forged, probe.Message{Kind: probe.KindRequest, Lane: 1, Seq: 1})
 	tp.sendUDP("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector from its LAN
 	tp.sendUDP("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all, from its LAN
 	tp.sendUDP("ha", "10.2.0.21:6082", forged)          // through lane 1 (or another), out of a TUN
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		var da demux.Status
-		var gb lane.Status
+		var gb gateway.Status
 		tp.status("demux-a", &da)
 		tp.status("gw-b1", &gb)
 		// host-a's datagram reaches gw-b1 out of lane 1's TUN only if its
@@ -469,9 +468,9 @@ func (tp *topo) pingPacket() []byte {
 	p[0], p[2], p[3], p[8], p[9] = 0x45, 0, 28, 64, 1
 	copy(p[12:16], []byte{10, 1, 0, 10})
 	copy(p[16:20], []byte{10, 2, 0, 10})
-	binary.BigEndian.PutUint16(p[10:12], inetsum.Checksum(p[:20], 0))
+	binary.BigEndian.PutUint16(p[10:12], packet.Checksum(p[:20], 0))
 	p[20] = 8
-	binary.BigEndian.PutUint16(p[22:24], inetsum.Checksum(p[20:], 0))
+	binary.BigEndian.PutUint16(p[22:24], packet.Checksum(p[20:], 0))
 	return p
 }
 
@@ -558,7 +557,7 @@ func TestIPv6Underlay(t *testing.T) {
 	t.Logf("iperf3 4 streams: %.2f Gbit/s", r.End.SumReceived.BitsPerSecond/1e9)
 	var accepted uint64
 	for _, gw := range []string{"gw-a1", "gw-a2"} {
-		var st lane.Status
+		var st gateway.Status
 		tp.status(gw, &st)
 		accepted += st.GenevePackets
 		if st.Drops["unknown_source"] != 0 {

@@ -13,7 +13,6 @@
 package icmpwatch
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +20,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 // Quote is an ICMP error about a UDP datagram this host sent.
@@ -44,30 +45,40 @@ func (q Quote) Reason() string {
 // Parse reads an ICMP (or ICMPv6) message, from its type on, sent by from.
 // ok is false for anything but port or host unreachable quoting UDP.
 func Parse(msg []byte, from netip.Addr, v6 bool) (q Quote, ok bool) {
-	if len(msg) < 8 {
+	if len(msg) < packet.ICMPLen {
 		return q, false
 	}
-	typ, code, quoted := msg[0], msg[1], msg[8:]
+	h, quoted := packet.ICMP(msg), msg[packet.ICMPLen:]
 	var udp []byte
 	if !v6 {
-		if typ != 3 || (code != 1 && code != 3) || len(quoted) < 20 || quoted[0]>>4 != 4 || quoted[9] != unix.IPPROTO_UDP {
+		// Codes 1 and 3: host and port unreachable.
+		if h.Type() != packet.ICMPv4Unreachable || (h.Code() != 1 && h.Code() != 3) ||
+			len(quoted) < packet.IPv4MinLen || packet.Version(quoted) != 4 {
 			return q, false
 		}
-		ihl := int(quoted[0]&0x0f) * 4
-		if ihl < 20 || len(quoted) < ihl+8 {
+		ip := packet.IPv4(quoted)
+		ihl := ip.HeaderLen()
+		if ip.Protocol() != packet.ProtoUDP || ihl < packet.IPv4MinLen || len(quoted) < ihl+packet.UDPLen {
 			return q, false
 		}
-		q.Dst, udp, q.Port = netip.AddrPortFrom(netip.AddrFrom4([4]byte(quoted[16:20])), 0), quoted[ihl:], code == 3
+		q.Dst, udp, q.Port = netip.AddrPortFrom(ip.Dst(), 0), quoted[ihl:], h.Code() == 3
 	} else {
-		if typ != 1 || (code != 3 && code != 4) || len(quoted) < 48 || quoted[0]>>4 != 6 || quoted[6] != unix.IPPROTO_UDP {
+		// Codes 3 and 4: address and port unreachable.
+		if h.Type() != packet.ICMPv6Unreachable || (h.Code() != 3 && h.Code() != 4) ||
+			len(quoted) < packet.IPv6Len+packet.UDPLen || packet.Version(quoted) != 6 {
 			return q, false
 		}
-		q.Dst, udp, q.Port = netip.AddrPortFrom(netip.AddrFrom16([16]byte(quoted[24:40])).Unmap(), 0), quoted[40:], code == 4
+		ip := packet.IPv6(quoted)
+		if ip.NextHeader() != packet.ProtoUDP {
+			return q, false
+		}
+		q.Dst, udp, q.Port = netip.AddrPortFrom(ip.Dst().Unmap(), 0), quoted[packet.IPv6Len:], h.Code() == 4
 	}
+	u := packet.UDP(udp)
 	q.From = from.Unmap()
-	q.Dst = netip.AddrPortFrom(q.Dst.Addr(), binary.BigEndian.Uint16(udp[2:4]))
-	q.SrcPort = binary.BigEndian.Uint16(udp[0:2])
-	q.Payload = udp[8:]
+	q.Dst = netip.AddrPortFrom(q.Dst.Addr(), u.DstPort())
+	q.SrcPort = u.SrcPort()
+	q.Payload = udp[packet.UDPLen:]
 	return q, true
 }
 

@@ -11,7 +11,8 @@ import (
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
-// reasonNames are demux.c's enum reason, in order.
+// reasonNames are demux.c's enum reason, in order (a test holds them
+// to it).
 var reasonNames = [...]string{
 	"tx", "redirect", "not_ip", "not_ours", "not_remote", "malformed",
 	"ip_options", "fragment", "ipv6_ext", "icmp_error", "proto", "ttl",

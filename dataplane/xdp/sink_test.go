@@ -8,7 +8,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 const xdpDrop = 1
@@ -25,7 +25,7 @@ func geneveFrame(inner []byte, optlen int) []byte {
 	binary.BigEndian.PutUint16(outer[20:22], 0xc123)
 	binary.BigEndian.PutUint16(outer[22:24], 6081)
 	binary.BigEndian.PutUint16(outer[24:26], uint16(len(outer)-20+len(inner)))
-	if _, err := geneve.PutWithOptions(outer[28:], testVNI, 0x0800, false, make([]byte, 4*optlen)); err != nil {
+	if _, err := packet.PutGeneveWithOptions(outer[28:], testVNI, 0x0800, false, make([]byte, 4*optlen)); err != nil {
 		panic(err) // options of zero-length TLVs always encode
 	}
 	return eth(append(outer, inner...))

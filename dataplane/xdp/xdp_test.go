@@ -15,7 +15,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
-	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -134,7 +134,7 @@ func withTTL(pkt []byte, ttl uint8) []byte {
 	}
 	p[8] = ttl
 	binary.BigEndian.PutUint16(p[10:12], 0)
-	binary.BigEndian.PutUint16(p[10:12], inetsum.Checksum(p[:20], 0))
+	binary.BigEndian.PutUint16(p[10:12], packet.Checksum(p[:20], 0))
 	return p
 }
 
@@ -295,7 +295,7 @@ func checkEncap(t testing.TB, out, inner []byte, goTo netip.AddrPort, goFrame []
 		e.ip.IHL != 5 || e.ip.Protocol != layers.IPProtocolUDP || int(e.ip.Length) != len(out)-14 {
 		t.Errorf("outer IPv4 %+v", e.ip)
 	}
-	if inetsum.Checksum(out[14:34], 0) != 0 {
+	if packet.Checksum(out[14:34], 0) != 0 {
 		t.Errorf("outer IPv4 checksum %#04x is wrong", e.ip.Checksum)
 	}
 	var tu flowhash.Tuple

@@ -1,4 +1,4 @@
-package lane
+package gateway
 
 import (
 	"fmt"

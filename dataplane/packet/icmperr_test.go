@@ -1,4 +1,4 @@
-package icmperr
+package packet
 
 import (
 	"net"
@@ -7,8 +7,6 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
-
-	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
 )
 
 func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
@@ -40,8 +38,8 @@ func bigUDP6(t *testing.T, size int) []byte {
 // checksums included.
 func TestTooBig4(t *testing.T) {
 	pkt := bigUDP4(t, 1500)
-	out := make([]byte, BufLen)
-	n := TooBig(out, pkt, 1420, netip.MustParseAddr("10.1.0.2"))
+	out := make([]byte, TooBigBufLen)
+	n := PutTooBig(out, pkt, 1420, netip.MustParseAddr("10.1.0.2"))
 	if n != 576 {
 		t.Fatalf("length %d, want 576 (RFC 1812 quote limit)", n)
 	}
@@ -70,8 +68,8 @@ func TestTooBig4(t *testing.T) {
 
 func TestTooBig6(t *testing.T) {
 	pkt := bigUDP6(t, 1500)
-	out := make([]byte, BufLen)
-	n := TooBig(out, pkt, 1420, netip.MustParseAddr("fd00:a::2"))
+	out := make([]byte, TooBigBufLen)
+	n := PutTooBig(out, pkt, 1420, netip.MustParseAddr("fd00:a::2"))
 	if n != 1280 {
 		t.Fatalf("length %d, want 1280 (RFC 4443 quote limit)", n)
 	}
@@ -99,7 +97,7 @@ func TestTooBig6(t *testing.T) {
 // TestSilent: no error about an error, a later fragment, or toward a
 // source that cannot take one; none with a source of the wrong family.
 func TestSilent(t *testing.T) {
-	out := make([]byte, BufLen)
+	out := make([]byte, TooBigBufLen)
 	src4, src6 := netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("fd00:a::2")
 
 	frag := bigUDP4(t, 1500)
@@ -123,19 +121,19 @@ func TestSilent(t *testing.T) {
 		"empty":             {nil, src4},
 	}
 	for name, c := range cases {
-		if n := TooBig(out, c.pkt, 1420, c.src); n != 0 {
+		if n := PutTooBig(out, c.pkt, 1420, c.src); n != 0 {
 			t.Errorf("%s: wrote %d bytes, want silence", name, n)
 		}
 	}
 }
 
-func checksumOf(b []byte) uint16 { return inetsum.Fold(inetsum.Add(b, 0)) }
+func checksumOf(b []byte) uint16 { return ChecksumFold(ChecksumAdd(b, 0)) }
 
 func TestTooBigAllocs(t *testing.T) {
 	pkt := bigUDP4(t, 1500)
-	out := make([]byte, BufLen)
+	out := make([]byte, TooBigBufLen)
 	src := netip.MustParseAddr("10.1.0.2")
-	if a := testing.AllocsPerRun(100, func() { TooBig(out, pkt, 1420, src) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { PutTooBig(out, pkt, 1420, src) }); a != 0 {
 		t.Errorf("%v allocs", a)
 	}
 }

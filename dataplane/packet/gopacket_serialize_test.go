@@ -1,4 +1,4 @@
-package geneve
+package packet
 
 import (
 	"bytes"
@@ -34,7 +34,7 @@ func TestWeDecodeWhatGopacketWrites(t *testing.T) {
 			if err := gp.SerializeLayers(buf, gp.SerializeOptions{FixLengths: true}, g, gp.Payload(inner)); err != nil {
 				t.Fatal(err)
 			}
-			h, payload, err := Parse(buf.Bytes())
+			h, payload, err := ParseGeneve(buf.Bytes())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -43,7 +43,7 @@ func TestWeDecodeWhatGopacketWrites(t *testing.T) {
 			}
 			opts := h.Options()
 			for i, want := range c.options {
-				o, rest, err := NextOption(opts)
+				o, rest, err := NextGeneveOption(opts)
 				if err != nil {
 					t.Fatalf("option %d: %v", i, err)
 				}

@@ -1,4 +1,4 @@
-package health
+package probe
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/rxtime"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // Target is one lane as the demux probes it.
@@ -169,7 +169,7 @@ func NewProber(cfg ProberConfig) (*Prober, error) {
 		cfg: cfg, signer: NewSigner(cfg.Key), done: make(chan struct{}),
 		lanes: map[flowhash.LaneID]*probeLane{}, interval: cfg.Params.Interval,
 		buf: make([]byte, 2048), oob: make([]byte, 512),
-		frame: make([]byte, geneve.HeaderLen+InnerLenV6),
+		frame: make([]byte, packet.GeneveLen+InnerLenV6),
 	}
 	var err error
 	if p.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
@@ -413,14 +413,14 @@ func (p *Prober) send(l *probeLane, now time.Time) {
 	seq := l.s.Sent(now)
 	var msg [MessageLen]byte
 	p.signer.Put(msg[:], Message{Kind: KindRequest, Lane: l.t.Lane, Session: p.session, Seq: seq, Sent: now.UnixNano()})
-	inner := p.frame[geneve.HeaderLen:]
+	inner := p.frame[packet.GeneveLen:]
 	n := PutInner(inner, l.src, netip.AddrPortFrom(l.t.Far, p.cfg.Port), msg[:])
-	proto := uint16(geneve.ProtoIPv4)
+	proto := uint16(packet.ProtoIPv4)
 	if l.src.Addr().Is6() {
-		proto = geneve.ProtoIPv6
+		proto = packet.ProtoIPv6
 	}
-	geneve.Put(p.frame, p.cfg.VNI, proto, true)
-	if err := unix.Sendto(p.socks[l.sock].fd, p.frame[:geneve.HeaderLen+n], unix.MSG_DONTWAIT, sockaddr(l.t.Near)); err != nil {
+	packet.PutGeneve(p.frame, p.cfg.VNI, proto, true)
+	if err := unix.Sendto(p.socks[l.sock].fd, p.frame[:packet.GeneveLen+n], unix.MSG_DONTWAIT, sockaddr(l.t.Near)); err != nil {
 		p.C.SendErrors.Add(1)
 		return
 	}
@@ -599,7 +599,7 @@ func (p *Prober) poke() {
 
 // quotedProbe finds the signed probe inside a quoted probe frame.
 func (p *Prober) quotedProbe(b []byte) (Message, bool) {
-	_, inner, err := geneve.Parse(b)
+	_, inner, err := packet.ParseGeneve(b)
 	if err != nil {
 		return Message{}, false
 	}

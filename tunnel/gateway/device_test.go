@@ -1,4 +1,4 @@
-package lane
+package gateway
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -61,9 +61,9 @@ func TestDeviceSources(t *testing.T) {
 	d := NewDevice(kernel.TUN(), []conn.ReceiveFunc{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420)
 
 	for seq := range byte(5) {
-		g.in <- datagram{demuxAddr, frame(4242, geneve.ProtoIPv4, false, ping(seq))}
+		g.in <- datagram{demuxAddr, frame(4242, packet.ProtoIPv4, false, ping(seq))}
 	}
-	g.in <- datagram{netip.MustParseAddr("10.9.9.9"), frame(4242, geneve.ProtoIPv4, false, ping(99))}
+	g.in <- datagram{netip.MustParseAddr("10.9.9.9"), frame(4242, packet.ProtoIPv4, false, ping(99))}
 	bufs := make([][]byte, d.BatchSize())
 	for i := range bufs {
 		bufs[i] = make([]byte, 2048)
@@ -155,7 +155,7 @@ func TestLaneThroughWireGuard(t *testing.T) {
 		}
 	}
 	for seq := range byte(3) {
-		s[0].g.in <- datagram{demuxAddr, frame(4242, geneve.ProtoIPv4, false, ping(seq))}
+		s[0].g.in <- datagram{demuxAddr, frame(4242, packet.ProtoIPv4, false, ping(seq))}
 		select {
 		case got := <-s[1].kernel.Inbound:
 			if !bytes.Equal(got, ping(seq)) {

@@ -1,4 +1,4 @@
-package health
+package probe
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // changes records a prober's Change reports.
@@ -183,10 +183,10 @@ func TestICMPErrorsMustQuoteARecentProbe(t *testing.T) {
 	frame := func(k Key, m Message) []byte {
 		var msg [MessageLen]byte
 		NewSigner(k).Put(msg[:], m)
-		b := make([]byte, geneve.HeaderLen+InnerLenV4)
-		n := PutInner(b[geneve.HeaderLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), msg[:])
-		geneve.Put(b, 7, geneve.ProtoIPv4, true)
-		return b[:geneve.HeaderLen+n]
+		b := make([]byte, packet.GeneveLen+InnerLenV4)
+		n := PutInner(b[packet.GeneveLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), msg[:])
+		packet.PutGeneve(b, 7, packet.ProtoIPv4, true)
+		return b[:packet.GeneveLen+n]
 	}
 	portUnreach := extendedErr(unix.SockExtendedErr{Errno: uint32(unix.ECONNREFUSED), Origin: unix.SO_EE_ORIGIN_ICMP, Type: 3, Code: 3}, near.Addr())
 	to := sockaddr(near)
@@ -380,9 +380,9 @@ func FuzzSignals(f *testing.F) {
 	var notice [MessageLen]byte
 	NewSigner(key).Put(notice[:], Message{Kind: KindNotice, Lane: 1, Session: 1, Seq: 1, Diag: DiagAdminDown})
 	f.Add(notice[:], []byte{})
-	frame := make([]byte, geneve.HeaderLen+InnerLenV4)
-	PutInner(frame[geneve.HeaderLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), notice[:])
-	geneve.Put(frame, 7, geneve.ProtoIPv4, true)
+	frame := make([]byte, packet.GeneveLen+InnerLenV4)
+	PutInner(frame[packet.GeneveLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), notice[:])
+	packet.PutGeneve(frame, 7, packet.ProtoIPv4, true)
 	f.Add(frame, extendedErr(unix.SockExtendedErr{Errno: uint32(unix.ECONNREFUSED), Origin: unix.SO_EE_ORIGIN_ICMP, Type: 3, Code: 3}, netip.MustParseAddr("127.0.0.7")))
 	p, err := NewProber(ProberConfig{Key: testKey(2), VNI: 7, Port: 0, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
 	if err != nil {

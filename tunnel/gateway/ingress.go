@@ -1,11 +1,11 @@
-package lane
+package gateway
 
 import (
 	"errors"
 	"net/netip"
 
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // Drop is why the gateway refused a packet.
@@ -39,7 +39,7 @@ func (d Drop) String() string {
 // Ingress decides which GENEVE datagrams a gateway accepts: from one of
 // its demuxes, for its peering's VNI, carrying an IP packet. A frame with
 // the OAM bit is a control message: the only one a gateway acts on is a
-// lane probe (tunnel/health), which it forwards into the lane to its
+// lane probe (tunnel/probe), which it forwards into the lane to its
 // peer's reflector; every other is dropped.
 type Ingress struct {
 	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
@@ -47,7 +47,7 @@ type Ingress struct {
 	Probe   netip.AddrPort // the peer's reflector; invalid: no probes
 	// OnProbe sees each probe forwarded (the inner packet), so that the
 	// gateway can answer it with a notice while its lane cannot work
-	// (health.Reflector.SawProbe).
+	// (probe.Reflector.SawProbe).
 	OnProbe func(inner []byte)
 }
 
@@ -65,14 +65,14 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 	if !known {
 		return nil, DropUnknownSource
 	}
-	h, inner, err := geneve.Parse(payload)
+	h, inner, err := packet.ParseGeneve(payload)
 	switch {
 	case err == nil:
-	case errors.Is(err, geneve.ErrTruncated):
+	case errors.Is(err, packet.ErrGeneveTruncated):
 		return nil, DropTruncated
-	case errors.Is(err, geneve.ErrVersion):
+	case errors.Is(err, packet.ErrGeneveVersion):
 		return nil, DropBadVersion
-	case errors.Is(err, geneve.ErrCriticalOption):
+	case errors.Is(err, packet.ErrGeneveCriticalOption):
 		return nil, DropCriticalOption
 	default:
 		return nil, DropBadOptions
@@ -80,23 +80,23 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 	if h.VNI() != in.VNI {
 		return nil, DropWrongVNI
 	}
-	if len(inner) < 20 {
+	if len(inner) < packet.IPv4MinLen {
 		return nil, DropTruncated
 	}
 	switch h.Protocol() {
-	case geneve.ProtoIPv4:
-		if inner[0]>>4 != 4 {
+	case packet.ProtoIPv4:
+		if packet.Version(inner) != 4 {
 			return nil, DropBadProtocol
 		}
-	case geneve.ProtoIPv6:
-		if inner[0]>>4 != 6 || len(inner) < 40 {
+	case packet.ProtoIPv6:
+		if packet.Version(inner) != 6 || len(inner) < packet.IPv6Len {
 			return nil, DropBadProtocol
 		}
 	default:
 		return nil, DropBadProtocol
 	}
 	if h.OAM() {
-		if !health.IsProbeFor(inner, in.Probe) {
+		if !probe.IsProbeFor(inner, in.Probe) {
 			return nil, DropOAM
 		}
 		if in.OnProbe != nil {

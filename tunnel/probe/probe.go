@@ -18,7 +18,7 @@
 // hash key every node reads), so nobody on the networks can make a dead
 // lane look alive; the Prober accepts a reply only for a probe it sent and
 // has not seen answered.
-package health
+package probe
 
 import (
 	"crypto/hmac"
@@ -30,7 +30,7 @@ import (
 	"hash"
 	"net/netip"
 
-	"github.com/clusterpeer/clusterpeer/dataplane/inetsum"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -195,84 +195,64 @@ const (
 // b and returns its length (0 if b is short or the families differ).
 // Checksums are complete: the far gateway's kernel checks them.
 func PutInner(b []byte, src, dst netip.AddrPort, payload []byte) int {
-	udpLen := 8 + len(payload)
-	var ip, udp []byte
-	var pseudo uint64
+	udpLen := packet.UDPLen + len(payload)
+	var ipLen int
 	switch {
 	case src.Addr().Is4() && dst.Addr().Is4():
-		n := 20 + udpLen
-		if len(b) < n {
+		ipLen = packet.IPv4MinLen
+		if len(b) < ipLen+udpLen {
 			return 0
 		}
-		ip, udp = b[:20], b[20:n]
-		ip[0], ip[1] = 0x45, 0xc0 // DSCP CS6: network control
-		binary.BigEndian.PutUint16(ip[2:4], uint16(n))
-		binary.BigEndian.PutUint32(ip[4:8], 0x4000) // DF
-		ip[8], ip[9] = 64, 17
-		ip[10], ip[11] = 0, 0
-		s, d := src.Addr().As4(), dst.Addr().As4()
-		copy(ip[12:16], s[:])
-		copy(ip[16:20], d[:])
-		binary.BigEndian.PutUint16(ip[10:12], inetsum.Checksum(ip, 0))
-		pseudo = inetsum.Add(ip[12:20], uint64(17+udpLen))
+		packet.PutIPv4(b, packet.IPv4Fields{TOS: packet.DSCPNetworkControl, TotalLen: ipLen + udpLen, DF: true,
+			Protocol: packet.ProtoUDP, Src: src.Addr(), Dst: dst.Addr()})
 	case src.Addr().Is6() && dst.Addr().Is6():
-		n := 40 + udpLen
-		if len(b) < n {
+		ipLen = packet.IPv6Len
+		if len(b) < ipLen+udpLen {
 			return 0
 		}
-		ip, udp = b[:40], b[40:n]
-		binary.BigEndian.PutUint32(ip[0:4], 6<<28|0xc0<<20)
-		binary.BigEndian.PutUint16(ip[4:6], uint16(udpLen))
-		ip[6], ip[7] = 17, 64
-		s, d := src.Addr().As16(), dst.Addr().As16()
-		copy(ip[8:24], s[:])
-		copy(ip[24:40], d[:])
-		pseudo = inetsum.Add(ip[8:40], uint64(17+udpLen))
+		packet.PutIPv6(b, packet.IPv6Fields{TrafficClass: packet.DSCPNetworkControl, PayloadLen: udpLen,
+			NextHeader: packet.ProtoUDP, Src: src.Addr(), Dst: dst.Addr()})
 	default:
 		return 0
 	}
-	binary.BigEndian.PutUint16(udp[0:2], src.Port())
-	binary.BigEndian.PutUint16(udp[2:4], dst.Port())
-	binary.BigEndian.PutUint16(udp[4:6], uint16(udpLen))
-	udp[6], udp[7] = 0, 0
-	copy(udp[8:], payload)
-	c := inetsum.Checksum(udp, pseudo)
-	if c == 0 {
-		c = 0xffff // RFC 768: a computed zero is sent as all ones
-	}
-	binary.BigEndian.PutUint16(udp[6:8], c)
-	return len(ip) + udpLen
+	d := b[ipLen : ipLen+udpLen]
+	udp := packet.PutUDP(d, src.Port(), dst.Port(), udpLen)
+	copy(d[packet.UDPLen:], payload)
+	udp.SetChecksum(d, packet.PseudoHeaderSum(src.Addr(), dst.Addr(), packet.ProtoUDP, udpLen))
+	return ipLen + udpLen
 }
 
 // IsProbeFor reports whether pkt, an inner packet of an OAM frame, is a
 // UDP packet to dst: what a gateway forwards into its lane for its peer's
 // reflector. Anything else with the OAM bit is not ours to forward.
 func IsProbeFor(pkt []byte, dst netip.AddrPort) bool {
-	if !dst.IsValid() || len(pkt) < 20 {
+	if !dst.IsValid() {
 		return false
 	}
 	var udp []byte
-	switch pkt[0] >> 4 {
+	switch packet.Version(pkt) {
 	case 4:
-		ihl := int(pkt[0]&0x0f) * 4
-		if ihl < 20 || len(pkt) < ihl+8 || pkt[9] != 17 || !dst.Addr().Is4() ||
-			binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // a fragment
+		if len(pkt) < packet.IPv4MinLen || !dst.Addr().Is4() {
 			return false
 		}
-		if netip.AddrFrom4([4]byte(pkt[16:20])) != dst.Addr() {
+		ip := packet.IPv4(pkt)
+		ihl := ip.HeaderLen()
+		if ihl < packet.IPv4MinLen || len(pkt) < ihl+packet.UDPLen || ip.Protocol() != packet.ProtoUDP ||
+			ip.Fragment() || ip.Dst() != dst.Addr() {
 			return false
 		}
 		udp = pkt[ihl:]
 	case 6:
-		if len(pkt) < 48 || pkt[6] != 17 || !dst.Addr().Is6() {
+		if len(pkt) < packet.IPv6Len+packet.UDPLen || !dst.Addr().Is6() {
 			return false
 		}
-		if netip.AddrFrom16([16]byte(pkt[24:40])) != dst.Addr() {
+		ip := packet.IPv6(pkt)
+		if ip.NextHeader() != packet.ProtoUDP || ip.Dst() != dst.Addr() {
 			return false
 		}
-		udp = pkt[40:]
+		udp = pkt[packet.IPv6Len:]
 	default:
 		return false
 	}
-	return binary.BigEndian.Uint16(udp[2:4]) == dst.Port()
+	return packet.UDP(udp).DstPort() == dst.Port()
 }

@@ -1,11 +1,11 @@
-package lane
+package gateway
 
 import (
 	"net/netip"
 	"testing"
 
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 var (
@@ -14,26 +14,26 @@ var (
 )
 
 func frame(vni uint32, proto uint16, oam bool, inner []byte) []byte {
-	b := make([]byte, geneve.HeaderLen+len(inner))
-	geneve.Put(b, vni, proto, oam)
-	copy(b[geneve.HeaderLen:], inner)
+	b := make([]byte, packet.GeneveLen+len(inner))
+	packet.PutGeneve(b, vni, proto, oam)
+	copy(b[packet.GeneveLen:], inner)
 	return b
 }
 
 func TestIngressCheck(t *testing.T) {
 	peerProbe := netip.MustParseAddrPort("10.2.0.21:6082")
 	in := Ingress{Sources: []netip.Addr{demuxAddr, netip.MustParseAddr("fd00:a::2")}, VNI: 4242, Probe: peerProbe}
-	probe := make([]byte, health.InnerLenV4)
-	health.PutInner(probe, netip.MustParseAddrPort("10.1.0.2:6082"), peerProbe, make([]byte, health.MessageLen))
-	otherProbe := make([]byte, health.InnerLenV4)
-	health.PutInner(otherProbe, netip.MustParseAddrPort("10.1.0.2:6082"), netip.MustParseAddrPort("10.2.0.22:6082"), make([]byte, health.MessageLen))
+	pkt := make([]byte, probe.InnerLenV4)
+	probe.PutInner(pkt, netip.MustParseAddrPort("10.1.0.2:6082"), peerProbe, make([]byte, probe.MessageLen))
+	otherProbe := make([]byte, probe.InnerLenV4)
+	probe.PutInner(otherProbe, netip.MustParseAddrPort("10.1.0.2:6082"), netip.MustParseAddrPort("10.2.0.22:6082"), make([]byte, probe.MessageLen))
 	ipv6 := make([]byte, 40)
 	ipv6[0] = 0x60
-	badVersion := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
+	badVersion := frame(4242, packet.ProtoIPv4, false, ipv4Ping)
 	badVersion[0] |= 0x80
-	overrun := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
+	overrun := frame(4242, packet.ProtoIPv4, false, ipv4Ping)
 	overrun[0] |= 0x3f
-	crit := append(frame(4242, geneve.ProtoIPv4, false, nil), 0, 1, 0x80, 0)
+	crit := append(frame(4242, packet.ProtoIPv4, false, nil), 0, 1, 0x80, 0)
 	crit[0] |= 1
 	crit = append(crit, ipv4Ping...)
 	cases := []struct {
@@ -42,31 +42,31 @@ func TestIngressCheck(t *testing.T) {
 		pkt  []byte
 		want Drop
 	}{
-		{"ipv4", demuxAddr, frame(4242, geneve.ProtoIPv4, false, ipv4Ping), DropNone},
-		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, geneve.ProtoIPv4, false, ipv4Ping), DropNone},
-		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, geneve.ProtoIPv6, false, ipv6), DropNone},
-		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, geneve.ProtoIPv4, false, ipv4Ping), DropUnknownSource},
+		{"ipv4", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone},
+		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone},
+		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, packet.ProtoIPv6, false, ipv6), DropNone},
+		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource},
 		{"empty", demuxAddr, nil, DropTruncated},
 		{"short header", demuxAddr, []byte{0, 0, 8, 0}, DropTruncated},
-		{"short inner", demuxAddr, frame(4242, geneve.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated},
+		{"short inner", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated},
 		{"version", demuxAddr, badVersion, DropBadVersion},
 		{"options overrun", demuxAddr, overrun, DropTruncated},
 		{"critical option", demuxAddr, crit, DropCriticalOption},
-		{"vni", demuxAddr, frame(4243, geneve.ProtoIPv4, false, ipv4Ping), DropWrongVNI},
-		{"oam, not a probe", demuxAddr, frame(4242, geneve.ProtoIPv4, true, ipv4Ping), DropOAM},
-		{"oam, probe for the peer", demuxAddr, frame(4242, geneve.ProtoIPv4, true, probe), DropNone},
-		{"oam, probe for another gateway", demuxAddr, frame(4242, geneve.ProtoIPv4, true, otherProbe), DropOAM},
-		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, geneve.ProtoIPv4, true, probe), DropUnknownSource},
+		{"vni", demuxAddr, frame(4243, packet.ProtoIPv4, false, ipv4Ping), DropWrongVNI},
+		{"oam, not a probe", demuxAddr, frame(4242, packet.ProtoIPv4, true, ipv4Ping), DropOAM},
+		{"oam, probe for the peer", demuxAddr, frame(4242, packet.ProtoIPv4, true, pkt), DropNone},
+		{"oam, probe for another gateway", demuxAddr, frame(4242, packet.ProtoIPv4, true, otherProbe), DropOAM},
+		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, true, pkt), DropUnknownSource},
 		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol},
-		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, geneve.ProtoIPv6, false, ipv4Ping), DropBadProtocol},
-		{"ipv6 too short", demuxAddr, frame(4242, geneve.ProtoIPv6, false, ipv6[:30]), DropBadProtocol},
+		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv4Ping), DropBadProtocol},
+		{"ipv6 too short", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv6[:30]), DropBadProtocol},
 	}
 	for _, c := range cases {
 		inner, drop := in.Check(c.src, c.pkt)
 		if drop != c.want {
 			t.Errorf("%s: drop %v, want %v", c.name, drop, c.want)
 		}
-		if drop == DropNone && len(inner) != len(c.pkt)-geneve.HeaderLen {
+		if drop == DropNone && len(inner) != len(c.pkt)-packet.GeneveLen {
 			t.Errorf("%s: inner length %d", c.name, len(inner))
 		}
 	}
@@ -79,7 +79,7 @@ func TestIngressCheck(t *testing.T) {
 
 func TestIngressAllocs(t *testing.T) {
 	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}
-	pkt := frame(4242, geneve.ProtoIPv4, false, ipv4Ping)
+	pkt := frame(4242, packet.ProtoIPv4, false, ipv4Ping)
 	if a := testing.AllocsPerRun(100, func() { in.Check(demuxAddr, pkt) }); a != 0 {
 		t.Errorf("%v allocs per check", a)
 	}
@@ -104,13 +104,13 @@ func TestParsePeer(t *testing.T) {
 // FuzzCheck: any datagram is accepted or dropped with a reason, never a
 // panic; an accepted one carries an IP packet of the labelled version.
 func FuzzCheck(f *testing.F) {
-	f.Add(frame(4242, geneve.ProtoIPv4, false, ipv4Ping))
-	f.Add(frame(4242, geneve.ProtoIPv6, true, make([]byte, 40)))
+	f.Add(frame(4242, packet.ProtoIPv4, false, ipv4Ping))
+	f.Add(frame(4242, packet.ProtoIPv6, true, make([]byte, 40)))
 	f.Add([]byte{0x3f, 0x40, 0x08, 0x00, 0, 0x10, 0x92, 0})
 	peer := netip.MustParseAddrPort("10.2.0.21:6082")
-	probe := make([]byte, health.InnerLenV4)
-	health.PutInner(probe, netip.MustParseAddrPort("10.1.0.2:6082"), peer, make([]byte, health.MessageLen))
-	f.Add(frame(4242, geneve.ProtoIPv4, true, probe))
+	pkt := make([]byte, probe.InnerLenV4)
+	probe.PutInner(pkt, netip.MustParseAddrPort("10.1.0.2:6082"), peer, make([]byte, probe.MessageLen))
+	f.Add(frame(4242, packet.ProtoIPv4, true, pkt))
 	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242, Probe: peer}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		inner, drop := in.Check(demuxAddr, pkt)
@@ -120,11 +120,11 @@ func FuzzCheck(f *testing.F) {
 		if drop != DropNone {
 			return
 		}
-		h := geneve.Header(pkt)
-		if len(inner) < 20 || (h.Protocol() == geneve.ProtoIPv4) != (inner[0]>>4 == 4) {
+		h := packet.Geneve(pkt)
+		if len(inner) < 20 || (h.Protocol() == packet.ProtoIPv4) != (inner[0]>>4 == 4) {
 			t.Fatalf("accepted %x", pkt)
 		}
-		if h.OAM() && !health.IsProbeFor(inner, peer) {
+		if h.OAM() && !probe.IsProbeFor(inner, peer) {
 			t.Fatalf("forwarded an OAM frame that is no probe for the peer: %x", pkt)
 		}
 	})

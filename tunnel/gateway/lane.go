@@ -9,7 +9,7 @@
 // The WireGuard side is the stock protocol: the far end may be any
 // WireGuard peer (Debian's wireguard-go, the kernel module). The device's
 // UAPI socket is opened as wireguard-go's own is, so `wg show <tun>` works.
-package lane
+package gateway
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-package health
+package probe
 
 import (
 	"encoding/binary"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -232,27 +233,28 @@ func (r *Reflector) SawProbe(inner []byte) {
 // probePayload returns the source and UDP payload of an inner probe
 // packet (IPv4 or IPv6, as PutInner writes them).
 func probePayload(pkt []byte) (netip.AddrPort, []byte, bool) {
-	if len(pkt) < 20 {
-		return netip.AddrPort{}, nil, false
-	}
 	var src netip.Addr
 	var udp []byte
-	switch pkt[0] >> 4 {
+	switch packet.Version(pkt) {
 	case 4:
-		ihl := int(pkt[0]&0x0f) * 4
-		if ihl < 20 || len(pkt) < ihl+8+MessageLen {
+		if len(pkt) < packet.IPv4MinLen {
 			return netip.AddrPort{}, nil, false
 		}
-		src, udp = netip.AddrFrom4([4]byte(pkt[12:16])), pkt[ihl:]
+		ip := packet.IPv4(pkt)
+		ihl := ip.HeaderLen()
+		if ihl < packet.IPv4MinLen || len(pkt) < ihl+packet.UDPLen+MessageLen {
+			return netip.AddrPort{}, nil, false
+		}
+		src, udp = ip.Src(), pkt[ihl:]
 	case 6:
-		if len(pkt) < 40+8+MessageLen {
+		if len(pkt) < packet.IPv6Len+packet.UDPLen+MessageLen {
 			return netip.AddrPort{}, nil, false
 		}
-		src, udp = netip.AddrFrom16([16]byte(pkt[8:24])), pkt[40:]
+		src, udp = packet.IPv6(pkt).Src(), pkt[packet.IPv6Len:]
 	default:
 		return netip.AddrPort{}, nil, false
 	}
-	return netip.AddrPortFrom(src, binary.BigEndian.Uint16(udp[0:2])), udp[8 : 8+MessageLen], true
+	return netip.AddrPortFrom(src, packet.UDP(udp).SrcPort()), udp[packet.UDPLen : packet.UDPLen+MessageLen], true
 }
 
 // sendNotice answers probe m of the demux at to with diag (mu held).

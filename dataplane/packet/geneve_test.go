@@ -1,4 +1,4 @@
-package geneve
+package packet
 
 import (
 	"bytes"
@@ -28,10 +28,10 @@ func innerIPv4(t testing.TB) []byte {
 func TestPutParseRoundTrip(t *testing.T) {
 	inner := innerIPv4(t)
 	for _, oam := range []bool{false, true} {
-		pkt := make([]byte, HeaderLen+len(inner))
-		copy(pkt[HeaderLen:], inner)
-		Put(pkt, 0xabcdef, ProtoIPv4, oam)
-		h, payload, err := Parse(pkt)
+		pkt := make([]byte, GeneveLen+len(inner))
+		copy(pkt[GeneveLen:], inner)
+		PutGeneve(pkt, 0xabcdef, ProtoIPv4, oam)
+		h, payload, err := ParseGeneve(pkt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,7 +42,7 @@ func TestPutParseRoundTrip(t *testing.T) {
 			t.Fatal("payload differs")
 		}
 	}
-	if h := Put(make([]byte, 8), 1<<24|5, ProtoIPv6, false); h.VNI() != 5 {
+	if h := PutGeneve(make([]byte, 8), 1<<24|5, ProtoIPv6, false); h.VNI() != 5 {
 		t.Fatalf("VNI beyond 24 bits leaked: %x", h.VNI())
 	}
 }
@@ -54,10 +54,10 @@ func TestPutParseRoundTrip(t *testing.T) {
 func TestGopacketDecodesWhatWeWrite(t *testing.T) {
 	inner := innerIPv4(t)
 	var opts []byte
-	opts, _ = AppendOption(opts, Option{Class: 0x0104, Type: 0x01, Data: []byte{1, 2, 3, 4}})
-	opts, _ = AppendOption(opts, Option{Class: 0xffff, Type: 0x7f, Data: bytes.Repeat([]byte{9}, 12)})
-	pkt := make([]byte, HeaderLen+len(opts)+len(inner))
-	h, err := PutWithOptions(pkt, 4242, ProtoIPv4, true, opts)
+	opts, _ = AppendGeneveOption(opts, GeneveOption{Class: 0x0104, Type: 0x01, Data: []byte{1, 2, 3, 4}})
+	opts, _ = AppendGeneveOption(opts, GeneveOption{Class: 0xffff, Type: 0x7f, Data: bytes.Repeat([]byte{9}, 12)})
+	pkt := make([]byte, GeneveLen+len(opts)+len(inner))
+	h, err := PutGeneveWithOptions(pkt, 4242, ProtoIPv4, true, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,34 +92,34 @@ func TestParseRFCLayout(t *testing.T) {
 		0xde, 0xad, 0xbe, 0xef,
 		0x60, // inner packet starts
 	}
-	h, payload, err := Parse(b)
+	h, payload, err := ParseGeneve(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if h.VNI() != 0x123456 || h.Protocol() != ProtoIPv6 || h.OAM() || h.Len() != 16 || !bytes.Equal(payload, []byte{0x60}) {
 		t.Fatalf("parsed vni %x proto %x len %d payload %x", h.VNI(), h.Protocol(), h.Len(), payload)
 	}
-	o, rest, err := NextOption(h.Options())
+	o, rest, err := NextGeneveOption(h.Options())
 	if err != nil || o.Class != 0x0102 || o.Type != 3 || !bytes.Equal(o.Data, []byte{0xde, 0xad, 0xbe, 0xef}) || len(rest) != 0 {
 		t.Fatalf("option %+v rest %x err %v", o, rest, err)
 	}
-	// Option length uses 5 bits (RFC 8926 3.5): 31 words of data.
-	long, _ := AppendOption(nil, Option{Class: 1, Type: 2, Data: make([]byte, 124)})
+	// GeneveOption length uses 5 bits (RFC 8926 3.5): 31 words of data.
+	long, _ := AppendGeneveOption(nil, GeneveOption{Class: 1, Type: 2, Data: make([]byte, 124)})
 	if long[3] != 31 {
 		t.Fatalf("length byte %#x", long[3])
 	}
-	if o, _, err := NextOption(long); err != nil || len(o.Data) != 124 {
+	if o, _, err := NextGeneveOption(long); err != nil || len(o.Data) != 124 {
 		t.Fatalf("31-word option: %d bytes, %v", len(o.Data), err)
 	}
 }
 
 func TestParseRejects(t *testing.T) {
-	crit, _ := AppendOption(nil, Option{Class: 1, Type: 0x80, Data: []byte{0, 0, 0, 0}})
-	withCrit := make([]byte, HeaderLen+len(crit)+20)
-	if _, err := PutWithOptions(withCrit, 1, ProtoIPv4, false, crit); err != nil {
+	crit, _ := AppendGeneveOption(nil, GeneveOption{Class: 1, Type: 0x80, Data: []byte{0, 0, 0, 0}})
+	withCrit := make([]byte, GeneveLen+len(crit)+20)
+	if _, err := PutGeneveWithOptions(withCrit, 1, ProtoIPv4, false, crit); err != nil {
 		t.Fatal(err)
 	}
-	if !Header(withCrit).Critical() {
+	if !Geneve(withCrit).Critical() {
 		t.Fatal("C bit not set for a critical option")
 	}
 	for _, tc := range []struct {
@@ -127,30 +127,30 @@ func TestParseRejects(t *testing.T) {
 		b    []byte
 		want error
 	}{
-		{"empty", nil, ErrTruncated},
-		{"7 bytes", make([]byte, 7), ErrTruncated},
-		{"version 1", []byte{0x40, 0, 8, 0, 0, 0, 1, 0}, ErrVersion},
-		{"options beyond packet", []byte{0x03, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0}, ErrTruncated},
-		{"option beyond options", []byte{0x01, 0, 8, 0, 0, 0, 1, 0, 0, 1, 2, 0x05}, ErrOptions},
-		{"unknown critical option", withCrit, ErrCriticalOption},
+		{"empty", nil, ErrGeneveTruncated},
+		{"7 bytes", make([]byte, 7), ErrGeneveTruncated},
+		{"version 1", []byte{0x40, 0, 8, 0, 0, 0, 1, 0}, ErrGeneveVersion},
+		{"options beyond packet", []byte{0x03, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0}, ErrGeneveTruncated},
+		{"option beyond options", []byte{0x01, 0, 8, 0, 0, 0, 1, 0, 0, 1, 2, 0x05}, ErrGeneveOptions},
+		{"unknown critical option", withCrit, ErrGeneveCriticalOption},
 	} {
-		if _, _, err := Parse(tc.b); !errors.Is(err, tc.want) {
+		if _, _, err := ParseGeneve(tc.b); !errors.Is(err, tc.want) {
 			t.Errorf("%s: err = %v, want %v", tc.name, err, tc.want)
 		}
 	}
-	if _, err := AppendOption(nil, Option{Data: make([]byte, 3)}); err == nil {
-		t.Error("AppendOption accepted 3 bytes of data")
+	if _, err := AppendGeneveOption(nil, GeneveOption{Data: make([]byte, 3)}); err == nil {
+		t.Error("AppendGeneveOption accepted 3 bytes of data")
 	}
-	if _, err := PutWithOptions(make([]byte, 8), 1, ProtoIPv4, false, make([]byte, 4)); err == nil {
-		t.Error("PutWithOptions wrote past the buffer")
+	if _, err := PutGeneveWithOptions(make([]byte, 8), 1, ProtoIPv4, false, make([]byte, 4)); err == nil {
+		t.Error("PutGeneveWithOptions wrote past the buffer")
 	}
 }
 
 func TestPutParseDoNotAllocate(t *testing.T) {
-	pkt := make([]byte, HeaderLen+100)
+	pkt := make([]byte, GeneveLen+100)
 	if a := testing.AllocsPerRun(1000, func() {
-		Put(pkt, 7, ProtoIPv4, false)
-		if _, _, err := Parse(pkt); err != nil {
+		PutGeneve(pkt, 7, ProtoIPv4, false)
+		if _, _, err := ParseGeneve(pkt); err != nil {
 			t.Fatal(err)
 		}
 	}); a != 0 {
@@ -158,12 +158,12 @@ func TestPutParseDoNotAllocate(t *testing.T) {
 	}
 }
 
-func FuzzParse(f *testing.F) {
+func FuzzParseGeneve(f *testing.F) {
 	f.Add([]byte{0x02, 0x00, 0x86, 0xdd, 0x12, 0x34, 0x56, 0x00, 0x01, 0x02, 0x03, 0x01, 0xde, 0xad, 0xbe, 0xef, 0x60})
 	f.Add([]byte{0, 0, 8, 0, 0, 0, 1, 0, 0x45})
 	f.Add([]byte{0x01, 0, 8, 0, 0, 0, 1, 0, 0, 1, 0x80, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, payload, err := Parse(b)
+		h, payload, err := ParseGeneve(b)
 		if err != nil {
 			return
 		}

@@ -1,13 +1,13 @@
-// Package inetsum is the Internet checksum (RFC 1071) that IPv4 headers,
-// ICMP, ICMPv6 and UDP carry, for the few packets clusterpeer writes
-// itself (ICMP errors, lane probes). It never allocates.
-package inetsum
+// The Internet checksum (RFC 1071) that IPv4 headers, ICMP, ICMPv6 and
+// UDP carry, for the few packets clusterpeer writes itself.
+
+package packet
 
 import "encoding/binary"
 
-// Add adds b as big-endian 16-bit words to the one's-complement
+// ChecksumAdd adds b as big-endian 16-bit words to the one's-complement
 // accumulator c; an odd last byte is padded with zero.
-func Add(b []byte, c uint64) uint64 {
+func ChecksumAdd(b []byte, c uint64) uint64 {
 	for len(b) >= 2 {
 		c += uint64(binary.BigEndian.Uint16(b))
 		b = b[2:]
@@ -18,8 +18,8 @@ func Add(b []byte, c uint64) uint64 {
 	return c
 }
 
-// Fold reduces an accumulator to 16 bits.
-func Fold(c uint64) uint16 {
+// ChecksumFold reduces an accumulator to 16 bits.
+func ChecksumFold(c uint64) uint16 {
 	for c > 0xffff {
 		c = c>>16 + c&0xffff
 	}
@@ -29,4 +29,4 @@ func Fold(c uint64) uint16 {
 // Checksum is the value to store in a header's checksum field: the
 // complement of the folded sum of b on top of c (0 for a plain header; a
 // pseudo-header's sum for UDP and ICMPv6).
-func Checksum(b []byte, c uint64) uint16 { return ^Fold(Add(b, c)) }
+func Checksum(b []byte, c uint64) uint16 { return ^ChecksumFold(ChecksumAdd(b, c)) }

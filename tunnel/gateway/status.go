@@ -1,9 +1,9 @@
-package lane
+package gateway
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/clusterpeer/clusterpeer/tunnel/health"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // Status is a gateway's state as `tunnel show` prints it. It holds public
@@ -29,7 +29,7 @@ type Status struct {
 	Drops            map[string]uint64 `json:"drops"`
 	// Probes is the reflector answering the far demux's lane probes (nil:
 	// health checks off).
-	Probes *health.ReflectorStatus `json:"probes,omitempty"`
+	Probes *probe.ReflectorStatus `json:"probes,omitempty"`
 }
 
 // Status fills in the counters and the peer's state.

@@ -1,4 +1,4 @@
-package health
+package probe
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
-	"github.com/clusterpeer/clusterpeer/tunnel/geneve"
 )
 
 // relay stands in for a lane on loopback: the near gateway's GENEVE port,
@@ -50,7 +50,7 @@ func (r *relay) run() {
 		if err != nil {
 			return
 		}
-		h, inner, err := geneve.Parse(buf[:n])
+		h, inner, err := packet.ParseGeneve(buf[:n])
 		if err != nil || !h.OAM() || !IsProbeFor(inner, r.far) || r.cut.Load() {
 			r.notProbe.Add(1)
 			continue
