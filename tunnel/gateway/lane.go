@@ -1,4 +1,4 @@
-// Package lane runs one end of a lane in a gateway: GENEVE from the local
+// Package gateway runs one end of a lane in a gateway: GENEVE from the local
 // demux in, WireGuard (golang.zx2c4.com/wireguard's device, embedded) to
 // the paired gateway, decrypted packets out to the local network through a
 // kernel TUN.

@@ -1,4 +1,4 @@
-// Package health checks lanes end to end, as BFD (RFC 5880) checks a
+// Package probe checks lanes end to end, as BFD (RFC 5880) checks a
 // forwarding path, and decides when a lane is up.
 //
 // A probe travels the whole lane and back:
