@@ -58,7 +58,7 @@ type Peering struct {
 	MTU      int                `yaml:"mtu"`
 	Hash     Hash               `yaml:"hash"`
 	Health   Health             `yaml:"health"`
-	Networks map[string]Network `yaml:"networks"`
+	Networks map[Side]Network `yaml:"networks"`
 	Lanes    []Lane             `yaml:"lanes"`
 
 	Path string `yaml:"-"` // the file it came from, for messages
@@ -142,20 +142,28 @@ type Gateway struct {
 	Public       wgkey.Key      `yaml:"-"`
 }
 
-// Sides are the two network names, in the order lanes list them.
-var Sides = [2]string{"a", "b"}
+// Side names one of the two networks of a peering.
+type Side string
 
-// Other returns the side facing side.
-func Other(side string) string {
-	if side == "a" {
-		return "b"
+const (
+	SideA Side = "a"
+	SideB Side = "b"
+)
+
+// Sides are the two sides, in the order lanes list them.
+var Sides = [2]Side{SideA, SideB}
+
+// Other returns the side facing s.
+func (s Side) Other() Side {
+	if s == SideA {
+		return SideB
 	}
-	return "a"
+	return SideA
 }
 
 // End returns the lane's gateway on side.
-func (l *Lane) End(side string) *Gateway {
-	if side == "a" {
+func (l *Lane) End(side Side) *Gateway {
+	if side == SideA {
 		return &l.A
 	}
 	return &l.B
@@ -291,15 +299,15 @@ func (c *checker) peering(p *Peering) {
 	}
 	c.hash(&p.Hash, len(p.Lanes))
 	for k := range p.Networks {
-		if k != "a" && k != "b" {
-			c.errf("networks."+k, "unknown network; the two sides are named a and b")
+		if k != SideA && k != SideB {
+			c.errf("networks."+string(k), "unknown network; the two sides are named a and b")
 		}
 	}
 	var all []netip.Prefix
 	var allField []string
 	for _, side := range Sides {
 		n, ok := p.Networks[side]
-		f := "networks." + side
+		f := "networks." + string(side)
 		if !ok {
 			c.errf(f, "missing")
 			continue
@@ -389,7 +397,7 @@ func (c *checker) health(p *Peering) {
 			if !contains(p.Networks[side].Parsed, g.GeneveAddr.Addr()) {
 				c.errf(f, "%s is outside networks.%s.prefixes: the far demux probes this gateway through the lane at this address (or set health.enabled: false)", g.GeneveAddr.Addr(), side)
 			}
-			for _, far := range p.Networks[Other(side)].Demuxes() {
+			for _, far := range p.Networks[side.Other()].Demuxes() {
 				if !slices.ContainsFunc(far.Sources, func(a netip.Addr) bool { return a.Is4() == g.GeneveAddr.Addr().Is4() }) {
 					c.errf(f, "%s: demux %s has no address of this family to probe it from", g.GeneveAddr.Addr(), far.Name)
 				}
@@ -552,7 +560,7 @@ func (c *checker) lanes(p *Peering) {
 		}
 		for _, side := range Sides {
 			g := l.End(side)
-			gf := f + "." + side
+			gf := f + "." + string(side)
 			c.gateway(gf, p.Name, g)
 			for _, ap := range []netip.AddrPort{g.GeneveAddr, g.EndpointAddr} {
 				if !ap.IsValid() {
@@ -611,7 +619,7 @@ func (c *checker) addrPort(field, s string, defPort uint16) netip.AddrPort {
 
 // Node is what one process runs: a demux or one end of a lane.
 type Node struct {
-	Side  string
+	Side  Side
 	Demux *Demux   // set for a demux (the side's demux or its standby)
 	Lane  *Lane    // set for a gateway
 	Self  *Gateway // this end of Lane
@@ -634,7 +642,7 @@ func (p *Peering) Node(name string) (Node, error) {
 		l := &p.Lanes[i]
 		for _, side := range Sides {
 			if l.End(side).Name == name {
-				return Node{Side: side, Lane: l, Self: l.End(side), Peer: l.End(Other(side))}, nil
+				return Node{Side: side, Lane: l, Self: l.End(side), Peer: l.End(side.Other())}, nil
 			}
 		}
 	}

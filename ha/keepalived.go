@@ -52,8 +52,8 @@ func Keepalived(p *config.Peering, node string, paths Paths) ([]byte, error) {
 	}
 	h := nw.HA
 	v := view{
-		Peering: p.Name, Side: n.Side, Node: node, Config: paths.Config, Demux: paths.Demux,
-		Instance: "clusterpeer_" + strings.ReplaceAll(p.Name, "-", "_") + "_" + n.Side,
+		Peering: p.Name, Side: string(n.Side), Node: node, Config: paths.Config, Demux: paths.Demux,
+		Instance: "clusterpeer_" + strings.ReplaceAll(p.Name, "-", "_") + "_" + string(n.Side),
 		HA:       h, Priority: nw.Priority(node), Tun: n.Demux.Tun,
 		Advert: seconds(h.AdvertInterval), Check: int(h.CheckInterval / time.Second),
 	}

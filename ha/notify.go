@@ -50,12 +50,12 @@ func Hook(ctx context.Context, p *config.Peering, node, state string) ([]byte, e
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", nw.HA.Notify+` "$@"`, "clusterpeer-notify", state, node)
 	cmd.Env = append(os.Environ(),
 		"CLUSTERPEER_PEERING="+p.Name,
-		"CLUSTERPEER_SIDE="+n.Side,
+		"CLUSTERPEER_SIDE="+string(n.Side),
 		"CLUSTERPEER_NODE="+node,
 		"CLUSTERPEER_STATE="+state,
 		"CLUSTERPEER_ADDRESSES="+join(n.Demux.Sources),
 		"CLUSTERPEER_VIPS="+join(nw.HA.Addrs),
-		"CLUSTERPEER_REMOTE_PREFIXES="+strings.Join(p.Networks[config.Other(n.Side)].Prefixes, ","),
+		"CLUSTERPEER_REMOTE_PREFIXES="+strings.Join(p.Networks[n.Side.Other()].Prefixes, ","),
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

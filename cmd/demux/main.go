@@ -74,7 +74,7 @@ func up(args []string) error {
 		return fmt.Errorf("create tun %s: %w", d.Tun, err)
 	}
 	defer t.Close()
-	if err := tunlink.Up(d.Tun, p.Networks[config.Other(node.Side)].Parsed); err != nil {
+	if err := tunlink.Up(d.Tun, p.Networks[node.Side.Other()].Parsed); err != nil {
 		return err
 	}
 	// The ICMP errors the demux writes back into the TUN come from this
@@ -89,7 +89,7 @@ func up(args []string) error {
 	}
 	defer bind.Close()
 
-	remote := p.Networks[config.Other(node.Side)].Parsed
+	remote := p.Networks[node.Side.Other()].Parsed
 	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Remote: remote, Log: log}
 	for _, a := range d.Sources {
 		if a.Is4() && !cfg.ICMPv4.IsValid() {
@@ -158,7 +158,7 @@ func up(args []string) error {
 		reg.MustRegister(fp.prog)
 	}
 	identity := demux.Status{
-		Node: d.Name, Peering: p.Name, Side: node.Side, Tun: d.Tun, MTU: p.MTU, VNI: p.VNI,
+		Node: d.Name, Peering: p.Name, Side: string(node.Side), Tun: d.Tun, MTU: p.MTU, VNI: p.VNI,
 		Hash: hashName(p.Hash),
 	}
 	if prober != nil {
@@ -248,8 +248,8 @@ func up(args []string) error {
 // of lanes that start together (see probe.ProberConfig.StartDelay). A
 // second covers a first packet held up by neighbour discovery (100 ms on
 // this project's IPv6 underlay) with room to spare.
-func probeStartDelay(side string) time.Duration {
-	if side == "b" {
+func probeStartDelay(side config.Side) time.Duration {
+	if side == config.SideB {
 		return time.Second
 	}
 	return 0

@@ -17,10 +17,10 @@ import (
 )
 
 // laneSpecs is the demux's view of the configured lanes.
-func laneSpecs(p *config.Peering, side string, bind conn.Bind) ([]demux.LaneSpec, error) {
+func laneSpecs(p *config.Peering, side config.Side, bind conn.Bind) ([]demux.LaneSpec, error) {
 	var specs []demux.LaneSpec
 	for _, l := range p.Lanes {
-		g, far := l.End(side), l.End(config.Other(side))
+		g, far := l.End(side), l.End(side.Other())
 		ep, err := bind.ParseEndpoint(g.GeneveAddr.String())
 		if err != nil {
 			return nil, fmt.Errorf("lane %d gateway %s: %w", l.ID, g.GeneveAddr, err)

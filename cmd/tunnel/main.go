@@ -123,7 +123,7 @@ func up(args []string) error {
 		ListenPort:   self.EndpointAddr.Port(),
 		Peer:         peer.Public,
 		PeerEndpoint: peer.EndpointAddr,
-		Remote:       p.Networks[config.Other(node.Side)].Parsed,
+		Remote:       p.Networks[node.Side.Other()].Parsed,
 		UAPI:         true,
 		Log:          log,
 	})
@@ -149,7 +149,7 @@ func up(args []string) error {
 		demuxes = append(demuxes, a.String())
 	}
 	identity := gateway.Status{
-		Node: self.Name, Peering: p.Name, Side: node.Side, Lane: node.Lane.ID, Tun: self.Tun, MTU: p.MTU,
+		Node: self.Name, Peering: p.Name, Side: string(node.Side), Lane: node.Lane.ID, Tun: self.Tun, MTU: p.MTU,
 		PublicKey: self.PublicKey, ListenPort: self.EndpointAddr.Port(), GenevePort: self.GeneveAddr.Port(),
 		Demuxes: demuxes, PeerName: peer.Name,
 	}

@@ -39,6 +39,30 @@ var adminNames = [...]string{"active", "draining", "drained", "removing"}
 
 func (a Admin) String() string { return adminNames[a] }
 
+// LaneState is a lane as status and metrics show it: an active lane is
+// up or down by its health; otherwise its admin state names it.
+type LaneState string
+
+const (
+	LaneUp       LaneState = "up"
+	LaneDown     LaneState = "down"
+	LaneDraining LaneState = "draining"
+	LaneDrained  LaneState = "drained"
+	LaneRemoving LaneState = "removing"
+)
+
+var laneStates = []LaneState{LaneUp, LaneDown, LaneDraining, LaneDrained, LaneRemoving}
+
+func (mb *member) shown() LaneState {
+	switch {
+	case mb.admin == AdminActive && mb.healthy:
+		return LaneUp
+	case mb.admin == AdminActive:
+		return LaneDown
+	}
+	return LaneState(mb.admin.String())
+}
+
 // Prober is the lane health checker (tunnel/probe.Prober).
 type Prober interface {
 	SetTargets([]probe.Target) error
@@ -70,7 +94,7 @@ type member struct {
 	packets  uint64    // the lane's packet counter when last looked at
 	idle     time.Time // since when it has carried nothing
 
-	state       string // as shown: up, down, draining, drained, removing
+	state       LaneState // as shown
 	since       time.Time
 	transitions uint64
 	failovers   uint64 // times it left the table because it died
@@ -216,18 +240,12 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 	}
 	for _, id := range ids {
 		mb := next[id]
-		state := mb.admin.String()
-		switch {
-		case mb.admin == AdminActive && mb.healthy:
-			state = "up"
-		case mb.admin == AdminActive:
-			state = "down"
-		}
+		state := mb.shown()
 		if state != mb.state {
 			if mb.state != "" {
 				mb.transitions++
 			}
-			if mb.state == "up" && state == "down" {
+			if mb.state == LaneUp && state == LaneDown {
 				mb.failovers++
 			}
 			mb.state, mb.since = state, now
@@ -251,7 +269,7 @@ func (d *Demux) LaneHealth(c probe.Change) {
 		return
 	}
 	mb.healthy, mb.reason = c.Up, c.Reason
-	wasUp := mb.state == "up"
+	wasUp := mb.state == LaneUp
 	if !c.Up && wasUp {
 		mb.settle = c.Settle
 	}
@@ -278,7 +296,7 @@ func (d *Demux) LaneHealth(c probe.Change) {
 			d.settleTimer(c.Settle)
 		}
 	}
-	d.cfg.Log.Log(context.Background(), lvl, "lane "+mb.state, args...)
+	d.cfg.Log.Log(context.Background(), lvl, "lane "+string(mb.state), args...)
 }
 
 // Drain stops new flows to lane id; its pinned flows stay until the lane

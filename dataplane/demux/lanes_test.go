@@ -62,8 +62,8 @@ func managedDemux(t *testing.T, p Prober) *Demux {
 	return d
 }
 
-func states(d *Demux) map[flowhash.LaneID]string {
-	m := map[flowhash.LaneID]string{}
+func states(d *Demux) map[flowhash.LaneID]LaneState {
+	m := map[flowhash.LaneID]LaneState{}
 	for _, l := range d.Status(Status{}).Lanes {
 		m[l.ID] = l.State
 	}

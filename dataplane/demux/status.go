@@ -46,7 +46,7 @@ type Probing struct {
 // LaneStatus is one lane as the demux sees it.
 type LaneStatus struct {
 	ID            flowhash.LaneID      `json:"id"`
-	State         string               `json:"state"` // up, down, draining, drained, removing
+	State         LaneState            `json:"state"`
 	Admin         string               `json:"admin"`
 	Healthy       bool                 `json:"healthy"` // the probes' verdict
 	Weight        uint32               `json:"weight"`
@@ -84,7 +84,7 @@ func (d *Demux) Status(st Status) Status {
 		// Lanes set on the selector directly (no ApplyLanes).
 		targets := d.targets.Load()
 		for _, l := range d.cfg.Selector.Snapshot().Lanes {
-			ls := LaneStatus{ID: l.ID, State: l.State.String(), Healthy: l.State == flowhash.LaneUp, Weight: l.Weight}
+			ls := LaneStatus{ID: l.ID, State: LaneState(l.State.String()), Healthy: l.State == flowhash.LaneUp, Weight: l.Weight}
 			if t := targets[l.ID]; t != nil {
 				ls.Gateway, ls.Address = t.Name, t.Addr.String()
 			}
@@ -130,8 +130,6 @@ var (
 	descReplyDrop = prometheus.NewDesc("clusterpeer_demux_probe_reply_drops_total", "Datagrams on the probe port not counted as replies, by reason.", []string{"reason"}, nil)
 )
 
-var laneStates = []string{"up", "down", "draining", "drained", "removing"}
-
 // Describe implements prometheus.Collector.
 func (d *Demux) Describe(ch chan<- *prometheus.Desc) {
 	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descPinned, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
@@ -164,13 +162,13 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLaneBytes, counter, float64(l.Bytes), id, l.Gateway)
 		ch <- prometheus.MustNewConstMetric(descLaneDrops, counter, float64(l.SendErrors), id, l.Gateway, DropSendError)
 		up := 0.0
-		if l.State == flowhash.LaneUp.String() {
+		if l.State == LaneUp {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descLaneUp, prometheus.GaugeValue, up, id, l.Gateway)
 		ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolValue(l.Healthy), id, l.Gateway)
 		for _, s := range laneStates {
-			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, boolValue(s == l.State), id, l.Gateway, s)
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, boolValue(s == l.State), id, l.Gateway, string(s))
 		}
 		ch <- prometheus.MustNewConstMetric(descTrans, counter, float64(l.Transitions), id, l.Gateway)
 		ch <- prometheus.MustNewConstMetric(descFailovers, counter, float64(l.Failovers), id, l.Gateway)

@@ -757,7 +757,7 @@ func (tp *foTopo) waitLanes(want map[int]string) {
 			}
 			states := map[int]string{}
 			for _, l := range st.Lanes {
-				states[int(l.ID)] = l.State
+				states[int(l.ID)] = string(l.State)
 				got = append(got, fmt.Sprintf("%s/%d=%s", d, l.ID, l.State))
 			}
 			for id, s := range want {

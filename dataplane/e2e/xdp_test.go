@@ -90,7 +90,7 @@ func TestXDPFastPath(t *testing.T) {
 func laneState(st demux.Status, id flowhash.LaneID) string {
 	for _, l := range st.Lanes {
 		if l.ID == id {
-			return l.State
+			return string(l.State)
 		}
 	}
 	return "absent"

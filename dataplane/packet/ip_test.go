@@ -59,7 +59,7 @@ func TestPutMatchesGopacket(t *testing.T) {
 func TestViewsReadGopacket(t *testing.T) {
 	buf := gopacket.NewSerializeBuffer()
 	ip := &layers.IPv4{Version: 4, IHL: 6, TOS: 0x10, TTL: 9, Flags: layers.IPv4MoreFragments, FragOffset: 0,
-		Options: []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}},
+		Options:  []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}},
 		Protocol: layers.IPProtocolUDP, SrcIP: net.IP{10, 1, 0, 5}, DstIP: net.IP{10, 2, 0, 9}}
 	udp := &layers.UDP{SrcPort: 1234, DstPort: 5678}
 	udp.SetNetworkLayerForChecksum(ip)
