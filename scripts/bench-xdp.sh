@@ -12,7 +12,7 @@
 # src sends to 10.2.0.10 through the demux. The demux sends each flow inside
 # GENEVE to one of three "gateways" (addresses of sink) over the wan link
 # (XDP_REDIRECT through a devmap), or, for kernel-forward, routes the plain
-# packet to sink. sink strips GENEVE in XDP (`demux xdp-pass --geneve-sink`)
+# packet to sink. sink strips GENEVE in XDP (`bench sink`)
 # and answers over the back link; UDP to the discard port (the generator's)
 # it counts and drops there, and those counts are the UDP figures.
 #
@@ -66,7 +66,7 @@ nsx sink ip route add 10.8.0.0/24 via 10.7.0.1 src 10.2.0.10
 # XDP program (here one that also strips GENEVE, standing in for the
 # gateways: this kernel has no geneve module); a native program cannot
 # finish partial checksums.
-ip netns exec "$(ns sink)" "$bin/demux" xdp-pass --dev wan0 --geneve-sink
+ip netns exec "$(ns sink)" "$bin/bench" sink --dev wan0
 nsx src ethtool -K lan0 tx off >/dev/null
 for d in 10.9.0.2 10.9.0.21 10.9.0.22 10.9.0.23; do nsx demux ping -c1 -W2 -q $d >/dev/null; done
 nsx src ping -c1 -W2 -q 10.8.0.2 >/dev/null

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/bench/xdpgen"
+	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 )
 
 // blast sends UDP frames to the discard port out of one interface with
@@ -100,4 +101,22 @@ func firstIPv4(ifc *net.Interface) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("%s has no IPv4 address: give --src", ifc.Name)
+}
+
+// sink attaches (or with --off removes) the stand-in gateway's XDP
+// program: GENEVE stripped, the generator's frames counted and dropped.
+func sink(args []string) error {
+	fs := flag.NewFlagSet("bench sink", flag.ContinueOnError)
+	dev := fs.String("dev", "", "the stand-in gateway's interface (required)")
+	off := fs.Bool("off", false, "remove it instead")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dev == "" {
+		return errors.New("bench sink: --dev is required")
+	}
+	if *off {
+		return xdp.DetachPass(*dev)
+	}
+	return xdpgen.AttachGeneveSink(*dev)
 }

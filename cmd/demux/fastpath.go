@@ -108,7 +108,6 @@ func xdpPass(args []string) error {
 	fs := flag.NewFlagSet("xdp-pass", flag.ContinueOnError)
 	dev := fs.String("dev", "", "the interface (the demux LAN veth's peer)")
 	off := fs.Bool("off", false, "remove it instead")
-	sink := fs.Bool("geneve-sink", false, "also strip GENEVE, as a stand-in gateway for benchmarks")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,9 +116,6 @@ func xdpPass(args []string) error {
 	}
 	if *off {
 		return xdp.DetachPass(*dev)
-	}
-	if *sink {
-		return xdp.AttachGeneveSink(*dev)
 	}
 	return xdp.AttachPass(*dev)
 }

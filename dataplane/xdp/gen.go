@@ -5,6 +5,3 @@ package xdp
 // CI checks that doing so changes nothing. Little-endian only: the hash
 // words are the packet's bytes read as little-endian words.
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel demux demux.c -- -I/usr/include/x86_64-linux-gnu
-
-// The benchmark's GENEVE sink (sink.c), not part of the data path.
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel sink sink.c -- -I/usr/include/x86_64-linux-gnu

@@ -197,22 +197,13 @@ func AttachPass(ifname string) error {
 		return fmt.Errorf("xdp: load pass program: %w", err)
 	}
 	defer prog.Close()
-	return attachKept(ifname, prog)
+	return AttachKept(ifname, prog)
 }
 
-// AttachGeneveSink is AttachPass for the benchmark's stand-in gateway: it
-// also strips GENEVE (UDP 6081, no options) so the kernel takes the inner
-// packet, as a gateway's decapsulation would.
-func AttachGeneveSink(ifname string) error {
-	var objs sinkObjects
-	if err := loadSinkObjects(&objs, nil); err != nil {
-		return fmt.Errorf("xdp: load sink program: %w", err)
-	}
-	defer objs.Close()
-	return attachKept(ifname, objs.XdpGeneveSink)
-}
-
-func attachKept(ifname string, prog *ebpf.Program) error {
+// AttachKept attaches prog to ifname in native mode through netlink, so
+// that it stays after this process exits (until the interface goes or
+// DetachPass).
+func AttachKept(ifname string, prog *ebpf.Program) error {
 	l, err := netlink.LinkByName(ifname)
 	if err != nil {
 		return fmt.Errorf("xdp: interface %s: %w", ifname, err)
