@@ -62,10 +62,7 @@ func up(args []string) error {
 		return err
 	}
 	d := node.Demux
-	sel, err := flowhash.New(flowhash.Config{
-		Key: p.Hash.Key, Mode: p.Hash.HashMode, Symmetric: p.Hash.Symmetric,
-		TableSize: p.Hash.TableSize, Pins: flowhash.PinConfig{Capacity: p.Hash.PinFlows},
-	})
+	sel, err := flowhash.New(selectorConfig(p))
 	if err != nil {
 		return err
 	}
@@ -89,16 +86,8 @@ func up(args []string) error {
 	}
 	defer bind.Close()
 
-	remote := p.Networks[node.Side.Other()].Parsed
-	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Remote: remote, Log: log}
-	for _, a := range d.Sources {
-		if a.Is4() && !cfg.ICMPv4.IsValid() {
-			cfg.ICMPv4 = a
-		}
-		if a.Is6() && !cfg.ICMPv6.IsValid() {
-			cfg.ICMPv6 = a
-		}
-	}
+	cfg := demuxConfig(p, node, sel, log)
+	remote := cfg.Remote
 	dm, err := demux.New(t, bind, cfg)
 	if err != nil {
 		return err
@@ -116,11 +105,7 @@ func up(args []string) error {
 	}
 	var prober *probe.Prober
 	if p.Health.On {
-		prober, err = probe.NewProber(probe.ProberConfig{
-			Key: probe.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: d.Sources,
-			Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, OnSettled: dm.LaneSettled, Log: log,
-			StartDelay: probeStartDelay(node.Side),
-		})
+		prober, err = probe.NewProber(proberConfig(p, node, dm, log))
 		if err != nil {
 			return err
 		}
@@ -129,10 +114,7 @@ func up(args []string) error {
 		warnStrictRPFilter(log)
 		// ICMP errors for the frames sent to the gateways: a gateway
 		// that is gone says so within a millisecond.
-		v4, v6 := false, false
-		for _, a := range d.Sources {
-			v4, v6 = v4 || a.Is4(), v6 || a.Is6()
-		}
+		v4, v6 := families(d.Sources)
 		if stopICMP, err := dm.WatchICMP(prober, v4, v6); err != nil {
 			log.Warn("gateways' ICMP failure signals off; a dead gateway is noticed by the probes' silence (or its notices) only", "err", err)
 		} else {
@@ -157,13 +139,7 @@ func up(args []string) error {
 	if fp != nil {
 		reg.MustRegister(fp.prog)
 	}
-	identity := demux.Status{
-		Node: d.Name, Peering: p.Name, Side: string(node.Side), Tun: d.Tun, MTU: p.MTU, VNI: p.VNI,
-		Hash: hashName(p.Hash),
-	}
-	if prober != nil {
-		identity.Probing = &demux.Probing{Multiplier: p.Health.DetectMultiplier, UpAfter: p.Health.UpAfter}
-	}
+	identity := identityOf(p, node)
 	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any {
 		st := status{Status: dm.Status(identity), HA: role.status()}
 		if fp != nil {
@@ -176,34 +152,9 @@ func up(args []string) error {
 	}
 	defer srv.Close()
 	r := &reloader{running: p, node: d.Name, bind: bind, dm: dm, log: log}
-	srv.Handle("reload", func(url.Values) (string, error) { return r.reload() })
-	srv.Handle("ha", func(q url.Values) (string, error) { return role.set(q, log) })
-	srv.Handle("drain", func(q url.Values) (string, error) {
-		id, err := laneArg(q)
-		if err != nil {
-			return "", err
-		}
-		var deadline time.Duration
-		if s := q.Get("deadline"); s != "" {
-			if deadline, err = time.ParseDuration(s); err != nil || deadline <= 0 {
-				return "", fmt.Errorf("--deadline %q: want a positive duration such as 30s", s)
-			}
-		}
-		if err := dm.Drain(id, deadline); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("lane %d draining: no new flows; pinned flows stay until idle or the deadline", id), nil
-	})
-	srv.Handle("undrain", func(q url.Values) (string, error) {
-		id, err := laneArg(q)
-		if err != nil {
-			return "", err
-		}
-		if err := dm.Undrain(id); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("lane %d back in service", id), nil
-	})
+	for name, act := range adminActions(dm, r.reload, role, log) {
+		srv.Handle(name, act)
+	}
 
 	ctx, stop := cli.SignalContext()
 	defer stop()
@@ -244,17 +195,6 @@ func up(args []string) error {
 	}
 }
 
-// probeStartDelay: side b lets side a's probes open the WireGuard sessions
-// of lanes that start together (see probe.ProberConfig.StartDelay). A
-// second covers a first packet held up by neighbour discovery (100 ms on
-// this project's IPv6 underlay) with room to spare.
-func probeStartDelay(side config.Side) time.Duration {
-	if side == config.SideB {
-		return time.Second
-	}
-	return 0
-}
-
 // warnStrictRPFilter: probe replies come from the remote network but
 // arrive on the LAN, while this host routes the remote network into the
 // demux's TUN; strict reverse-path filtering drops them.
@@ -262,14 +202,6 @@ func warnStrictRPFilter(log *slog.Logger) {
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter"); err == nil && strings.TrimSpace(string(b)) == "1" {
 		log.Warn("net.ipv4.conf.all.rp_filter=1 (strict) drops lane probe replies, which arrive on the LAN from the remote network; set it to 2 (loose) or every lane stays down")
 	}
-}
-
-func laneArg(q url.Values) (flowhash.LaneID, error) {
-	n, err := strconv.Atoi(q.Get("lane"))
-	if err != nil || n < 1 || n > flowhash.MaxLaneID {
-		return 0, fmt.Errorf("--lane %q: want a lane id (1..%d)", q.Get("lane"), flowhash.MaxLaneID)
-	}
-	return flowhash.LaneID(n), nil
 }
 
 // action is a subcommand that asks the running demux to do something.
@@ -310,14 +242,6 @@ func action(name string, withLane bool) func([]string) error {
 		fmt.Println(msg)
 		return nil
 	}
-}
-
-func hashName(h config.Hash) string {
-	s := h.HashMode.String()
-	if h.Symmetric {
-		s += " symmetric"
-	}
-	return s
 }
 
 // status is what `demux show` reads: the demux's, and the fast path's.

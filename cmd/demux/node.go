@@ -1,0 +1,145 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
+)
+
+// What `demux up` builds from the peering file, apart from the devices
+// and sockets it opens: plain values, so they are tested without root.
+
+func selectorConfig(p *config.Peering) flowhash.Config {
+	return flowhash.Config{
+		Key: p.Hash.Key, Mode: p.Hash.HashMode, Symmetric: p.Hash.Symmetric,
+		TableSize: p.Hash.TableSize, Pins: flowhash.PinConfig{Capacity: p.Hash.PinFlows},
+	}
+}
+
+// demuxConfig: the remote network is the other side's; the ICMP errors
+// the demux writes come from its first address of each family.
+func demuxConfig(p *config.Peering, node config.Node, sel *flowhash.Selector, log *slog.Logger) demux.Config {
+	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Remote: p.Networks[node.Side.Other()].Parsed, Log: log}
+	for _, a := range node.Demux.Sources {
+		if a.Is4() && !cfg.ICMPv4.IsValid() {
+			cfg.ICMPv4 = a
+		}
+		if a.Is6() && !cfg.ICMPv6.IsValid() {
+			cfg.ICMPv6 = a
+		}
+	}
+	return cfg
+}
+
+// laneHealth is what the prober tells (a *demux.Demux).
+type laneHealth interface {
+	LaneHealth(probe.Change)
+	LaneSettled(flowhash.LaneID)
+}
+
+func proberConfig(p *config.Peering, node config.Node, dm laneHealth, log *slog.Logger) probe.ProberConfig {
+	return probe.ProberConfig{
+		Key: probe.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: node.Demux.Sources,
+		Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, OnSettled: dm.LaneSettled, Log: log,
+		StartDelay: probeStartDelay(node.Side),
+	}
+}
+
+// probeStartDelay: side b lets side a's probes open the WireGuard sessions
+// of lanes that start together (see probe.ProberConfig.StartDelay). A
+// second covers a first packet held up by neighbour discovery (100 ms on
+// this project's IPv6 underlay) with room to spare.
+func probeStartDelay(side config.Side) time.Duration {
+	if side == config.SideB {
+		return time.Second
+	}
+	return 0
+}
+
+// families says which address families addrs hold.
+func families(addrs []netip.Addr) (v4, v6 bool) {
+	for _, a := range addrs {
+		v4, v6 = v4 || a.Is4(), v6 || a.Is6()
+	}
+	return v4, v6
+}
+
+// identityOf is the part of the status that says which node this is.
+func identityOf(p *config.Peering, node config.Node) demux.Status {
+	d := node.Demux
+	id := demux.Status{
+		Node: d.Name, Peering: p.Name, Side: string(node.Side), Tun: d.Tun, MTU: p.MTU, VNI: p.VNI,
+		Hash: hashName(p.Hash),
+	}
+	if p.Health.On {
+		id.Probing = &demux.Probing{Multiplier: p.Health.DetectMultiplier, UpAfter: p.Health.UpAfter}
+	}
+	return id
+}
+
+func hashName(h config.Hash) string {
+	s := h.HashMode.String()
+	if h.Symmetric {
+		s += " symmetric"
+	}
+	return s
+}
+
+// laneControl is what the operator's lane commands change (a *demux.Demux).
+type laneControl interface {
+	Drain(id flowhash.LaneID, deadline time.Duration) error
+	Undrain(id flowhash.LaneID) error
+}
+
+// adminActions are the status socket's commands: reload, ha, drain,
+// undrain. Their arguments come from the command line of another
+// process, so each is checked with an error that names the flag.
+func adminActions(lanes laneControl, reload func() (string, error), role *haRole, log *slog.Logger) map[string]admin.Action {
+	return map[string]admin.Action{
+		"reload": func(url.Values) (string, error) { return reload() },
+		"ha":     func(q url.Values) (string, error) { return role.set(q, log) },
+		"drain": func(q url.Values) (string, error) {
+			id, err := laneArg(q)
+			if err != nil {
+				return "", err
+			}
+			var deadline time.Duration
+			if s := q.Get("deadline"); s != "" {
+				if deadline, err = time.ParseDuration(s); err != nil || deadline <= 0 {
+					return "", fmt.Errorf("--deadline %q: want a positive duration such as 30s", s)
+				}
+			}
+			if err := lanes.Drain(id, deadline); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("lane %d draining: no new flows; pinned flows stay until idle or the deadline", id), nil
+		},
+		"undrain": func(q url.Values) (string, error) {
+			id, err := laneArg(q)
+			if err != nil {
+				return "", err
+			}
+			if err := lanes.Undrain(id); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("lane %d back in service", id), nil
+		},
+	}
+}
+
+func laneArg(q url.Values) (flowhash.LaneID, error) {
+	n, err := strconv.Atoi(q.Get("lane"))
+	if err != nil || n < 1 || n > flowhash.MaxLaneID {
+		return 0, fmt.Errorf("--lane %q: want a lane id (1..%d)", q.Get("lane"), flowhash.MaxLaneID)
+	}
+	return flowhash.LaneID(n), nil
+}
