@@ -146,26 +146,15 @@ udp() {
     return
   fi
   echo "bench-xdp: $path udp $pkt B: $out received=$((after - before))" >&2
-  python3 -c '
-import sys
-got, secs, pkt = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-print("%.4f %.4f" % (got / secs / 1e6, got * pkt * 8 / secs / 1e9))
-' "$((after - before))" "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$pkt"
+  awk -v got="$((after - before))" -v pkt="$pkt" -v secs="$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" \
+    'BEGIN { if (secs > 0) printf "%.4f %.4f\n", got / secs / 1e6, got * pkt * 8 / secs / 1e9; else print "0 0" }'
 }
 
 # tcp: iperf3, 4 streams, through the path; prints "mpps gbps" received.
 tcp() {
   local out
   out=$(nsx src timeout $((secs + 15)) iperf3 -c 10.2.0.10 -t "$secs" -P 4 -J 2>/dev/null || true)
-  python3 -c '
-import json,sys
-try:
-    d=json.loads(sys.stdin.read()); bps=d["end"]["sum_received"]["bits_per_second"]
-    print("%.4f %.4f" % (bps/8/1420/1e6, bps/1e9))
-except Exception as e:
-    print("bench-xdp: tcp: no result (%s)" % e, file=sys.stderr)
-    print("0 0")
-' <<<"$out"
+  "$bin/bench" iperf-rate <<<"$out"
 }
 
 # measure PATH: prints "udp64 udp1400 tcp" results, one "mpps gbps" per line.
@@ -196,22 +185,4 @@ for r in $(seq "$runs"); do
   done
 done
 
-python3 - "$results" <<'EOF'
-import sys, statistics
-rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-med = {}
-print("bench-xdp: pkt=64 and pkt=1400 are UDP (bench blast, 256 flows), pkt=1420 is TCP (iperf3, 4 streams of MTU-sized segments)")
-for path in ("xdp", "userspace", "kernel-forward"):
-    for size in ("64", "1400", "tcp"):
-        vals = [(float(r[2]), float(r[3])) for r in rows if r[0] == path and r[1] == size]
-        m = (statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals))
-        med[path, size] = m
-        pkt = "1420" if size == "tcp" else size
-        print(f"xdp: path={path} pkt={pkt} mpps={m[0]:.2f} gbps={m[1]:.2f}")
-for size in ("64", "1400", "tcp"):
-    x, u, k = med["xdp", size][0], med["userspace", size][0], med["kernel-forward", size][0]
-    print(f"xdp: ratio {size}: xdp/kernel-forward={x / k if k else 0:.2f} xdp/userspace={x / u if u else 0:.2f}")
-missing = [f"{path} {size}" for (path, size), m in med.items() if m[0] <= 0]
-if missing:
-    sys.exit("bench-xdp: no result for " + ", ".join(missing) + " (the lines above the summary say why)")
-EOF
+"$bin/bench" xdp-summary "$results"

@@ -45,11 +45,13 @@ import (
 
 func main() {
 	cli.Main("bench", map[string]cli.Command{
-		"run":    {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
-		"check":  {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
-		"render": {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
-		"blast":  {Usage: "blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]", Help: "send UDP frames out of IF with the XDP live-frames generator (bench-xdp's UDP load)", Run: blast},
-		"sink":   {Usage: "sink --dev IF [--off]", Help: "attach the stand-in gateway's XDP program to IF: strips GENEVE, counts and drops the generator's frames", Run: sink},
+		"run":         {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
+		"check":       {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
+		"render":      {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
+		"blast":       {Usage: "blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]", Help: "send UDP frames out of IF with the XDP live-frames generator (bench-xdp's UDP load)", Run: blast},
+		"xdp-summary": {Usage: "xdp-summary RESULTS", Help: "medians and ratios of bench-xdp's runs (lines PATH LOAD MPPS GBPS)", Run: xdpSummary},
+		"iperf-rate":  {Usage: "iperf-rate < REPORT.json", Help: "what an iperf3 -J run delivered, as MPPS GBPS of 1420-byte packets", Run: iperfRate},
+		"sink":        {Usage: "sink --dev IF [--off]", Help: "attach the stand-in gateway's XDP program to IF: strips GENEVE, counts and drops the generator's frames", Run: sink},
 	})
 }
 
