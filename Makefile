@@ -89,7 +89,7 @@ bench-xdp-quick: deps build
 
 # iperf3 single stream through demux + 1 lane vs plain upstream
 # wireguard-go, alternating in one run (root).
-compare: deps build
+compare: deps build bench-tools
 	@scripts/lane-vs-wgo.sh $(RUNS) $(SECONDS)
 
 # Chaos scenarios (kill a gateway on either side, pull an underlay link,
