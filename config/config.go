@@ -53,13 +53,13 @@ const (
 
 // Peering is the whole file.
 type Peering struct {
-	Name     string             `yaml:"name"`
-	VNI      uint32             `yaml:"vni"`
-	MTU      int                `yaml:"mtu"`
-	Hash     Hash               `yaml:"hash"`
-	Health   Health             `yaml:"health"`
+	Name     string           `yaml:"name"`
+	VNI      uint32           `yaml:"vni"`
+	MTU      int              `yaml:"mtu"`
+	Hash     Hash             `yaml:"hash"`
+	Health   Health           `yaml:"health"`
 	Networks map[Side]Network `yaml:"networks"`
-	Lanes    []Lane             `yaml:"lanes"`
+	Lanes    []Lane           `yaml:"lanes"`
 
 	Path string `yaml:"-"` // the file it came from, for messages
 }
