@@ -23,10 +23,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/bench/cgroup"
 	"github.com/clusterpeer/clusterpeer/bench/iperf"
 	"github.com/clusterpeer/clusterpeer/bench/profile"
 	"github.com/clusterpeer/clusterpeer/bench/report"
+	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 )
 
 // Options configure a run.
@@ -357,13 +360,26 @@ func waitListen(ctx context.Context, ns string, port int) error {
 	return fmt.Errorf("iperf3 server in %s did not listen on %d", ns, port)
 }
 
-// noteLaneDowns records lanes that the demuxes took down during the runs:
-// a gateway throttled so hard that its probes were late.
+// noteLaneDowns records lanes that the demuxes took down during the runs
+// (a gateway throttled so hard that its probes were late), as their
+// status sockets count them.
 func (h *harness) noteLaneDowns(dir string, t topo) {
-	n := 0
-	for _, d := range []string{"demux-a", "demux-b"} {
-		data, _ := os.ReadFile(filepath.Join(dir, d+".log"))
-		n += strings.Count(string(data), `msg="lane down"`)
+	p, err := config.Load(filepath.Join(dir, "peering.yaml"))
+	if err != nil {
+		h.rep.Notes = append(h.rep.Notes, fmt.Sprintf("%s with %d lane(s): lane downs not counted: %v", t.path, t.lanes, err))
+		return
+	}
+	var n uint64
+	for _, side := range config.Sides {
+		d := p.Networks[side].Demux
+		var st demux.Status
+		if err := admin.Fetch(d.Status, &st); err != nil {
+			h.rep.Notes = append(h.rep.Notes, fmt.Sprintf("%s with %d lane(s): lane downs not counted: %s: %v", t.path, t.lanes, d.Name, err))
+			continue
+		}
+		for _, l := range st.Lanes {
+			n += l.Failovers
+		}
 	}
 	if n > 0 {
 		h.rep.Notes = append(h.rep.Notes, fmt.Sprintf("%s with %d lane(s): the demuxes took a lane down %d time(s) "+
