@@ -417,6 +417,17 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	r := tp.analyse(sc, send.Ports(), results, rep, out, faultAt, faultDone.Add(50*time.Millisecond))
 	if sc.failing {
 		r.detected = tp.lastLogLine("demux-a", `msg="lane down"`, faultAt)
+		if sc.detect == "signal" && strings.Contains(r.detected, "detected=timeout") {
+			// Which signals demux-a saw and refused, and the ICMP counters
+			// of the gateway's namespace (its rate limits).
+			var st demux.Status
+			tp.status("demux-a", &st)
+			r.detected += fmt.Sprintf("; demux-a: icmp_unmatched=%d", st.ICMPUnmatched)
+			if st.Probing != nil {
+				r.detected += fmt.Sprintf(" signals=%v probe_drops=%v", st.Probing.Signals, st.Probing.Drops)
+			}
+			r.detected += "; ga2: " + strings.Join(strings.Fields(tp.run("ga2", "nstat", "-az", "IcmpOutDestUnreachs", "IcmpOutRateLimitHost", "IcmpOutRateLimitGlobal")), " ")
+		}
 	}
 	if r.lost > 0 {
 		// Where did they go? The receiving host's socket, or the path.
