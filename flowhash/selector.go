@@ -341,6 +341,17 @@ func (s *Selector) spareFor(cur *Snapshot, lanes []Lane) (*spare, LaneID) {
 	return nil, failed
 }
 
+// SparesReady reports whether the tables that each single-lane failure
+// of the current lane set would need are built (after a failure they are
+// built in the background; until then a further failure builds its own).
+func (s *Selector) SparesReady() bool {
+	snap := s.snap.Load()
+	if snap.after != nil {
+		snap = snap.after
+	}
+	return snap.spares.Load() != nil
+}
+
 // buildSpares builds snap's spares: for each up lane, the snapshot with
 // it down (pin generations as snap's with that lane's voided) and the
 // settling twin that leads to it.

@@ -95,6 +95,13 @@ func TestForwardAllocsNothingWhileSettling(t *testing.T) {
 	bufs, sizes := load(d, pkts)
 	d.Forward(bufs, sizes, 0)
 	d.cfg.Selector.SetLanes([]flowhash.Lane{{ID: 1}, {ID: 2, State: flowhash.LaneDown, Settle: time.Hour}, {ID: 3}})
+	// The failure's spares are built in the background; AllocsPerRun
+	// counts every goroutine's allocations.
+	for deadline := time.Now().Add(10 * time.Second); !d.cfg.Selector.SparesReady(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("spares not built in 10 s")
+		}
+	}
 	if n := testing.AllocsPerRun(50, func() {
 		bufs, sizes := load(d, pkts)
 		d.Forward(bufs, sizes, 0)
