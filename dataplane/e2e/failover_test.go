@@ -383,7 +383,7 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 			}
 		}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	tp.waitListen("hb", 5299)
 	iperfOut := make(chan []byte, 1)
 	go func() {
 		cmd := exec.Command("ip", "netns", "exec", tp.ns("ha"), "iperf3", "-J", "-c", "10.2.0.10", "-p", "5299",

@@ -201,6 +201,21 @@ func (tp *topo) sendUDP(node, to string, b []byte) {
 
 // iperf3 runs a client in from against a one-shot server in to and returns
 // the parsed JSON result.
+// waitListen waits until something in node listens on TCP port (an
+// iperf3 daemon writes its pidfile before it listens, and on a busy
+// host forks and binds hundreds of milliseconds late).
+func (tp *topo) waitListen(node string, port int) {
+	tp.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if out, _ := tp.try(node, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)); strings.TrimSpace(out) != "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tp.t.Fatalf("nothing listens on tcp port %d in %s after 5 s", port, node)
+		}
+	}
+}
+
 func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 	tp.t.Helper()
 	pidfile := filepath.Join(tp.work, fmt.Sprintf("iperf3-%s-%d.pid", to, time.Now().UnixNano()))
@@ -212,7 +227,7 @@ func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // the daemon writes its pidfile just before listening
+	tp.waitListen(to, 5201)
 	tp.t.Cleanup(func() {
 		if b, err := os.ReadFile(pidfile); err == nil {
 			exec.Command("kill", strings.TrimSpace(string(b))).Run()
