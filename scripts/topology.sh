@@ -82,6 +82,9 @@ down() {
     ip netns del "$n" 2>/dev/null || true
   done
   rm -f /run/clusterpeer/"$P"-*.sock
+  # A gateway killed outright leaves its UAPI socket (`wg show` would
+  # list a dead interface); the TUNs are named ${P:0:9}-gXN.
+  rm -f /var/run/wireguard/"${P:0:9}"-g[ab][0-9]*.sock
 }
 
 lan_join() { # node side
