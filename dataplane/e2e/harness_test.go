@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -216,6 +217,18 @@ func (tp *topo) waitListen(node string, port int) {
 	}
 }
 
+// counter reads one of a node's kernel SNMP counters (nstat, absolute).
+func (tp *topo) counter(node, name string) float64 {
+	f := strings.Fields(tp.run(node, "nstat", "-az", name))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == name {
+			v, _ := strconv.ParseFloat(f[i+1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
 func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 	tp.t.Helper()
 	pidfile := filepath.Join(tp.work, fmt.Sprintf("iperf3-%s-%d.pid", to, time.Now().UnixNano()))
@@ -264,6 +277,7 @@ type iperfResult struct {
 			Bytes         float64 `json:"bytes"`
 			BitsPerSecond float64 `json:"bits_per_second"`
 			LostPercent   float64 `json:"lost_percent"`
+			LostPackets   float64 `json:"lost_packets"`
 			Packets       float64 `json:"packets"`
 		} `json:"sum"`
 	} `json:"end"`
