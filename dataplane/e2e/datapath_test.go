@@ -55,13 +55,8 @@ func TestDataPath(t *testing.T) {
 				t.Errorf("%s: nothing received", c.name)
 			}
 		}
-		// Loss is judged on the path: what host-b's own socket buffer
-		// dropped while the machine stalled iperf3 is host-b's, and
-		// counted apart.
-		rcvbuf := tp.counter("hb", "UdpRcvbufErrors")
-		r := tp.iperf3("ha", "hb", "10.2.0.10", "-u", "-b", "40M", "-l", "1200", "-P", "2", "-t", "2")
-		atHost := tp.counter("hb", "UdpRcvbufErrors") - rcvbuf
-		pathLost := max(r.End.Sum.LostPackets-atHost, 0)
+		// Loss is judged on the path (udpLoss).
+		r, atHost, pathLost := tp.udpLoss("ha", "hb", "10.2.0.10", "-b", "40M", "-l", "1200", "-P", "2", "-t", "2")
 		t.Logf("udp: %.0f packets, %.0f lost (%.2f%%): %.0f at host-b's socket, %.0f on the path",
 			r.End.Sum.Packets, r.End.Sum.LostPackets, r.End.Sum.LostPercent, atHost, pathLost)
 		if r.End.Sum.Bytes <= 0 || r.End.Sum.Packets <= 0 || pathLost > 0.2*r.End.Sum.Packets {

@@ -229,6 +229,17 @@ func (tp *topo) counter(node, name string) float64 {
 	return 0
 }
 
+// udpLoss runs a UDP iperf3 test and splits its loss: what the receiving
+// host's own socket buffer dropped (the busy machine stalled iperf3; not
+// the path's doing) and the rest, lost on the path.
+func (tp *topo) udpLoss(from, to, dst string, args ...string) (r iperfResult, atHost, onPath float64) {
+	tp.t.Helper()
+	before := tp.counter(to, "UdpRcvbufErrors")
+	r = tp.iperf3(from, to, dst, append([]string{"-u"}, args...)...)
+	atHost = tp.counter(to, "UdpRcvbufErrors") - before
+	return r, atHost, max(r.End.Sum.LostPackets-atHost, 0)
+}
+
 func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 	tp.t.Helper()
 	pidfile := filepath.Join(tp.work, fmt.Sprintf("iperf3-%s-%d.pid", to, time.Now().UnixNano()))
