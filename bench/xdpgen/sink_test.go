@@ -22,12 +22,13 @@ var (
 	sinkDemux, sinkGW    = netip.MustParseAddr("10.9.0.1"), netip.MustParseAddr("10.9.0.21")
 )
 
-// ipPacket is an IPv4 packet of proto from a to b whose payload starts
-// with the ports sport and dport (UDP's header; TCP's starts alike).
-func ipPacket(proto uint8, a, b netip.Addr, sport, dport uint16, n int) []byte {
-	p := make([]byte, packet.IPv4MinLen+packet.UDPLen+n)
+// ipPacket is an IPv4 packet of proto from a to b: a UDP header (TCP's
+// starts alike, with the ports) and payload.
+func ipPacket(proto uint8, a, b netip.Addr, sport, dport uint16, payload []byte) []byte {
+	p := make([]byte, packet.IPv4MinLen+packet.UDPLen+len(payload))
 	packet.PutIPv4(p, packet.IPv4Fields{TotalLen: len(p), Protocol: proto, Src: a, Dst: b})
 	d := p[packet.IPv4MinLen:]
+	copy(d[packet.UDPLen:], payload)
 	packet.PutUDP(d, sport, dport, len(d)).SetChecksum(d, packet.PseudoHeaderSum(a, b, proto, len(d)))
 	return p
 }
@@ -39,11 +40,7 @@ func geneveFrame(inner []byte, optWords int) []byte {
 	if _, err := packet.PutGeneveWithOptions(g, 4242, packet.ProtoIPv4, false, make([]byte, 4*optWords)); err != nil {
 		panic(err) // zero-length TLVs always encode
 	}
-	outer := ipPacket(packet.ProtoUDP, sinkDemux, sinkGW, 0xc123, packet.GenevePort, 0)
-	outer = append(outer[:packet.IPv4MinLen+packet.UDPLen], append(g, inner...)...)
-	packet.PutIPv4(outer, packet.IPv4Fields{TotalLen: len(outer), Protocol: packet.ProtoUDP, Src: sinkDemux, Dst: sinkGW})
-	packet.PutUDP(outer[packet.IPv4MinLen:], 0xc123, packet.GenevePort, len(outer)-packet.IPv4MinLen)
-	return ethFrame(outer)
+	return ethFrame(ipPacket(packet.ProtoUDP, sinkDemux, sinkGW, 0xc123, packet.GenevePort, append(g, inner...)))
 }
 
 // ethFrame puts an Ethernet header in front of an IPv4 packet, padded to
@@ -71,9 +68,9 @@ func TestGeneveSink(t *testing.T) {
 		t.Fatalf("load sink: %v", err)
 	}
 	t.Cleanup(func() { objs.Close() })
-	iperf := ipPacket(packet.ProtoUDP, sinkHostA, sinkHostB, 40000, 5201, 100)
-	discard := ipPacket(packet.ProtoUDP, sinkHostA, sinkHostB, 40000, DiscardPort, 22)
-	tcp9 := ipPacket(packet.ProtoTCP, sinkHostA, sinkHostB, 40000, DiscardPort, 22)
+	iperf := ipPacket(packet.ProtoUDP, sinkHostA, sinkHostB, 40000, 5201, make([]byte, 100))
+	discard := ipPacket(packet.ProtoUDP, sinkHostA, sinkHostB, 40000, DiscardPort, make([]byte, 22))
+	tcp9 := ipPacket(packet.ProtoTCP, sinkHostA, sinkHostB, 40000, DiscardPort, make([]byte, 22))
 	for _, c := range []struct {
 		name    string
 		frame   []byte

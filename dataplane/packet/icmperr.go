@@ -62,7 +62,7 @@ func tooBig4(out, pkt []byte, mtu int, src netip.Addr) int {
 	}
 	PutIPv4(out, IPv4Fields{TOS: DSCPNetworkControl, TotalLen: n, Protocol: ProtoICMP, Src: src, Dst: in.Src()})
 	m := out[IPv4MinLen:n]
-	h := PutICMP(m, ICMPv4Unreachable, 4, uint32(min(mtu, 0xffff))) // 4: fragmentation needed
+	h := PutICMP(m, ICMPv4Unreachable, ICMPv4FragNeeded, uint32(min(mtu, 0xffff)))
 	copy(m[ICMPLen:], pkt[:quote])
 	h.SetChecksum(m, 0)
 	return n

@@ -245,6 +245,7 @@ const (
 	icmpRest     = 4
 
 	ICMPv4Unreachable  = 3 // codes: 1 host, 3 port, 4 fragmentation needed
+	ICMPv4FragNeeded   = 4 // the code of ICMPv4Unreachable that carries a next-hop MTU
 	ICMPv4TimeExceeded = 11
 	ICMPv6Unreachable  = 1 // codes: 3 address, 4 port
 	ICMPv6TooBig       = 2
