@@ -73,7 +73,7 @@ bench-tools:
 # ip_forward; UDP from bench blast, TCP from iperf3, through namespaces
 # (root; about 3 minutes).
 bench-xdp: deps build
-	@scripts/bench-xdp.sh $(CURDIR)/bin $(SECONDS) 3
+	@bin/bench xdp --duration $(SECONDS)s --runs 3
 
 # bench-xdp once, 2 s per figure: every path and size gives a figure (no
 # performance threshold) and the run leaves no namespace. Part of make test.
@@ -81,8 +81,8 @@ bench-xdp-quick: deps build
 	@out=$$(mktemp -d); trap 'rm -rf $$out' EXIT; \
 	  ours() { ip netns list | awk '/^cpbx[0-9]+-/{print $$1}' | sort; }; \
 	  ours > $$out/before; \
-	  scripts/bench-xdp.sh $(CURDIR)/bin 2 1 > $$out/log 2>&1; rc=$$?; \
-	  grep -v '^  ' $$out/log; [ $$rc = 0 ] || exit $$rc; \
+	  bin/bench xdp --duration 2s --runs 1 > $$out/log 2>&1; rc=$$?; \
+	  cat $$out/log; [ $$rc = 0 ] || exit $$rc; \
 	  left=$$(ours | comm -13 $$out/before -); \
 	  if [ -n "$$left" ]; then echo "bench-xdp-quick: left behind:"; echo "$$left"; exit 1; fi; \
 	  echo "bench-xdp-quick: no namespace left behind"

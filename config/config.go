@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"regexp"
@@ -55,9 +56,9 @@ const (
 type Peering struct {
 	Name     string           `yaml:"name"`
 	VNI      uint32           `yaml:"vni"`
-	MTU      int              `yaml:"mtu"`
+	MTU      int              `yaml:"mtu,omitempty"`
 	Hash     Hash             `yaml:"hash"`
-	Health   Health           `yaml:"health"`
+	Health   Health           `yaml:"health,omitempty"`
 	Networks map[Side]Network `yaml:"networks"`
 	Lanes    []Lane           `yaml:"lanes"`
 
@@ -68,9 +69,9 @@ type Peering struct {
 type Hash struct {
 	KeyFile   string `yaml:"key_file"`
 	Mode      string `yaml:"mode"`
-	Symmetric bool   `yaml:"symmetric"`
-	TableSize uint32 `yaml:"table_size"`
-	PinFlows  int    `yaml:"pin_flows"`
+	Symmetric bool   `yaml:"symmetric,omitempty"`
+	TableSize uint32 `yaml:"table_size,omitempty"`
+	PinFlows  int    `yaml:"pin_flows,omitempty"`
 
 	Key      flowhash.Key  `yaml:"-"`
 	HashMode flowhash.Mode `yaml:"-"`
@@ -79,17 +80,17 @@ type Hash struct {
 // Health configures the lane probes (see tunnel/probe) and draining.
 // Both demuxes probe with it; the gateways answer on Port.
 type Health struct {
-	Enabled          *bool         `yaml:"enabled"` // default true; off: every lane counts as up
-	Interval         time.Duration `yaml:"interval"`
-	DetectMultiplier int           `yaml:"detect_multiplier"`
-	UpAfter          int           `yaml:"up_after"`
-	HoldDown         time.Duration `yaml:"hold_down"`
-	HoldDownMax      time.Duration `yaml:"hold_down_max"`
-	FlapWindow       time.Duration `yaml:"flap_window"`
-	MaxProbeRate     int           `yaml:"max_probe_rate"` // per demux, all lanes together
-	Port             uint16        `yaml:"port"`
-	DrainTimeout     time.Duration `yaml:"drain_timeout"` // a draining lane's pinned flows move after this
-	DrainIdle        time.Duration `yaml:"drain_idle"`    // a draining lane idle this long is done
+	Enabled          *bool         `yaml:"enabled,omitempty"` // default true; off: every lane counts as up
+	Interval         time.Duration `yaml:"interval,omitempty"`
+	DetectMultiplier int           `yaml:"detect_multiplier,omitempty"`
+	UpAfter          int           `yaml:"up_after,omitempty"`
+	HoldDown         time.Duration `yaml:"hold_down,omitempty"`
+	HoldDownMax      time.Duration `yaml:"hold_down_max,omitempty"`
+	FlapWindow       time.Duration `yaml:"flap_window,omitempty"`
+	MaxProbeRate     int           `yaml:"max_probe_rate,omitempty"` // per demux, all lanes together
+	Port             uint16        `yaml:"port,omitempty"`
+	DrainTimeout     time.Duration `yaml:"drain_timeout,omitempty"` // a draining lane's pinned flows move after this
+	DrainIdle        time.Duration `yaml:"drain_idle,omitempty"`    // a draining lane idle this long is done
 
 	Params probe.Params `yaml:"-"`
 	On     bool         `yaml:"-"`
@@ -101,8 +102,8 @@ type Network struct {
 	Demux    Demux    `yaml:"demux"`
 	// Standby is a second demux of this side, warm, that keepalived makes
 	// active when Demux fails (see HA); nil without one.
-	Standby *Demux `yaml:"standby"`
-	HA      *HA    `yaml:"ha"`
+	Standby *Demux `yaml:"standby,omitempty"`
+	HA      *HA    `yaml:"ha,omitempty"`
 
 	Parsed []netip.Prefix `yaml:"-"`
 }
@@ -111,9 +112,9 @@ type Network struct {
 type Demux struct {
 	Name      string   `yaml:"name"`
 	Addresses []string `yaml:"addresses"` // GENEVE sources this side's gateways accept
-	Tun       string   `yaml:"tun"`
-	Metrics   string   `yaml:"metrics"`
-	Status    string   `yaml:"status"`
+	Tun       string   `yaml:"tun,omitempty"`
+	Metrics   string   `yaml:"metrics,omitempty"`
+	Status    string   `yaml:"status,omitempty"`
 
 	Sources []netip.Addr `yaml:"-"`
 }
@@ -121,7 +122,7 @@ type Demux struct {
 // Lane is a gateway pair and the WireGuard tunnel between them.
 type Lane struct {
 	ID     int     `yaml:"id"`
-	Weight uint32  `yaml:"weight"`
+	Weight uint32  `yaml:"weight,omitempty"`
 	A      Gateway `yaml:"a"`
 	B      Gateway `yaml:"b"`
 }
@@ -132,10 +133,10 @@ type Gateway struct {
 	Geneve         string `yaml:"geneve"`   // where its demux sends GENEVE
 	Endpoint       string `yaml:"endpoint"` // its WireGuard address, as its peer dials it
 	PublicKey      string `yaml:"public_key"`
-	PrivateKeyFile string `yaml:"private_key_file"`
-	Tun            string `yaml:"tun"`
-	Metrics        string `yaml:"metrics"`
-	Status         string `yaml:"status"`
+	PrivateKeyFile string `yaml:"private_key_file,omitempty"`
+	Tun            string `yaml:"tun,omitempty"`
+	Metrics        string `yaml:"metrics,omitempty"`
+	Status         string `yaml:"status,omitempty"`
 
 	GeneveAddr   netip.AddrPort `yaml:"-"`
 	EndpointAddr netip.AddrPort `yaml:"-"`
@@ -662,4 +663,17 @@ func (p *Peering) NodeNames() []string {
 	}
 	sort.Strings(s)
 	return s
+}
+
+// ParseHealth reads a health section on its own ("{interval: 20ms}"), as
+// commands that build a peering take it on their command line. Defaults
+// are filled in when the peering it goes into is checked.
+func ParseHealth(s string) (Health, error) {
+	var h Health
+	dec := yaml.NewDecoder(strings.NewReader(s))
+	dec.KnownFields(true)
+	if err := dec.Decode(&h); err != nil && !errors.Is(err, io.EOF) {
+		return Health{}, fmt.Errorf("health %q: %w", s, YAMLErrors([]byte(s), err))
+	}
+	return h, nil
 }

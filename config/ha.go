@@ -25,11 +25,11 @@ type HA struct {
 	VIPs           []string      `yaml:"vips"`            // hosts route the remote prefixes via these
 	Interface      string        `yaml:"interface"`       // where the VIPs live, on both demux hosts
 	RouterID       int           `yaml:"router_id"`       // VRRP virtual_router_id, unique on the LAN
-	AdvertInterval time.Duration `yaml:"advert_interval"` // VRRPv3, in centiseconds
-	CheckInterval  time.Duration `yaml:"check_interval"`  // how often keepalived runs `demux health`
-	Preempt        bool          `yaml:"preempt"`         // the demux takes the VIPs back when it returns
-	Unicast        bool          `yaml:"unicast"`         // adverts to the other demux, where multicast is blocked (VPCs)
-	Notify         string        `yaml:"notify"`          // run on every change of role (cloud mode)
+	AdvertInterval time.Duration `yaml:"advert_interval,omitempty"` // VRRPv3, in centiseconds
+	CheckInterval  time.Duration `yaml:"check_interval,omitempty"`  // how often keepalived runs `demux health`
+	Preempt        bool          `yaml:"preempt,omitempty"`         // the demux takes the VIPs back when it returns
+	Unicast        bool          `yaml:"unicast,omitempty"`         // adverts to the other demux, where multicast is blocked (VPCs)
+	Notify         string        `yaml:"notify,omitempty"`          // run on every change of role (cloud mode)
 
 	Addrs []netip.Addr `yaml:"-"`
 }

@@ -17,7 +17,7 @@ cleanup() {
   for p in "${extra_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$W/iperf3.pid" ] && kill "$(cat "$W/iperf3.pid")" 2>/dev/null || true
   echo "removing namespaces and processes ..."
-  scripts/topology.sh down $P "$W"
+  "$BIN/bench" topology down --prefix $P --work "$W"
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -38,7 +38,7 @@ with a WireGuard tunnel each), all in network namespaces on this machine.
 PIC
 start=$(date +%s%N)
 echo "setting up namespaces, keys, config ($W/peering.yaml) and 8 processes ..."
-scripts/topology.sh up $P $LANES "$BIN" "$W"
+"$BIN/bench" topology up --prefix $P --lanes $LANES --bin "$BIN" --work "$W"
 printf "up in %.1f s\n\n" "$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e9}')"
 
 for pair in "ha 10.2.0.10" "ha fd00:b::10" "hb 10.1.0.10" "hb fd00:a::10"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # iperf3 TCP single-stream throughput through demux + 1 lane, and through
 # one plain wireguard-go tunnel over the same kind of links (the bench
-# harness's baseline: topology.sh BASELINE=wgo), in the same run,
+# harness's baseline: bench topology --baseline wgo), in the same run,
 # alternating, RUNS times each; prints each run and medians.
 #
 #   scripts/lane-vs-wgo.sh [RUNS] [SECONDS]     (root; `make compare`)
@@ -18,15 +18,15 @@ SECS=${2:-5}
 W=$(mktemp -d /tmp/clusterpeer-compare.XXXXXX)
 cleanup() {
   [ -f "$W/iperf.pid" ] && kill "$(cat "$W/iperf.pid")" 2>/dev/null || true
-  scripts/topology.sh down cpcmp "$W/lane" 2>/dev/null || true
-  scripts/topology.sh down cpcmw "$W/wgo" 2>/dev/null || true
+  bin/bench topology down --prefix cpcmp --work "$W/lane"
+  bin/bench topology down --prefix cpcmw --work "$W/wgo"
   rm -rf "$W"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-scripts/topology.sh up cpcmp 1 "$PWD/bin" "$W/lane"
-BASELINE=wgo WGO="$PWD/bin/wireguard-go" scripts/topology.sh up cpcmw 1 "$PWD/bin" "$W/wgo"
+bin/bench topology up --prefix cpcmp --lanes 1 --work "$W/lane"
+bin/bench topology up --prefix cpcmw --lanes 1 --baseline wgo --work "$W/wgo"
 
 gbps() { # PREFIX: host-a to host-b
   ip netns exec "$1-hb" iperf3 -s -1 -D --pidfile "$W/iperf.pid" >/dev/null

@@ -14,15 +14,15 @@ P=cpload
 W=$(mktemp -d /tmp/clusterpeer-load.XXXXXX)
 cleanup() {
   [ -f "$W/iperf3.pid" ] && kill "$(cat "$W/iperf3.pid")" 2>/dev/null || true
-  scripts/topology.sh down $P "$W"
+  bin/bench topology down --prefix $P --work "$W"
   rm -rf "$W"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 go build -o bin/ ./cmd/...
 for run in $(seq "$RUNS"); do
-  scripts/topology.sh down $P "$W"
-  HEALTH=$HEALTH scripts/topology.sh up $P 3 "$PWD/bin" "$W"
+  bin/bench topology down --prefix $P --work "$W"
+  bin/bench topology up --prefix $P --lanes 3 --health "$HEALTH" --work "$W"
   ip netns exec $P-hb iperf3 -s -D --pidfile "$W/iperf3.pid"
   sleep 0.3
   a=$(ip netns exec $P-ha timeout 30 iperf3 -c 10.2.0.10 -P 8 -t 10 -f g | awk '/SUM.*receiver/ {print $6}')

@@ -1,5 +1,5 @@
 // Package harness runs the benchmark: it builds the peering in network
-// namespaces with the demo's own builder (scripts/topology.sh), emulates an
+// namespaces with the tests' own builder (bench/topology), emulates an
 // instance profile on every gateway (a cgroup CPU quota on its process, a
 // tc rate on its links), runs iperf3 across for each number of lanes and
 // each profile, beside the two baselines over the same links (the kernel
@@ -28,6 +28,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/iperf"
 	"github.com/clusterpeer/clusterpeer/bench/profile"
 	"github.com/clusterpeer/clusterpeer/bench/report"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 )
@@ -43,9 +44,8 @@ type Options struct {
 	Reps      int
 	Streams   int
 	Bin       string // directory holding demux and tunnel
-	Topology  string // scripts/topology.sh
 	WGO       string // upstream wireguard-go binary for the baseline
-	Health    string // the peering's health section (topology.sh HEALTH)
+	Health    config.Health
 	// UDP's offered rate: UDPOfTCP > 0 offers that share of the same
 	// cell's TCP median (so TCP runs first); else UDPRate bits/s; else
 	// min(line rate, lanes x the profile's link rate).
@@ -106,6 +106,7 @@ type harness struct {
 	topsLeft int
 	groups   map[string]*cgroup.Group // by process name: gw-a1, demux-a, iperf3-server, ...
 	seq      int                      // topologies built so far, names their cgroups
+	p        *topology.Peering        // the topology being measured
 }
 
 func (h *harness) ns(node string) string { return h.prefix + "-" + node }
@@ -114,65 +115,59 @@ func (h *harness) ns(node string) string { return h.prefix + "-" + node }
 // removes it.
 func (h *harness) measure(ctx context.Context, t topo) (err error) {
 	h.seq++
-	dir := filepath.Join(h.work, fmt.Sprintf("%s-%d", t.path, t.lanes))
+	o := topology.Options{
+		Prefix: h.prefix, Lanes: t.lanes, Bin: h.o.Bin, Health: h.o.Health,
+		Work: filepath.Join(h.work, fmt.Sprintf("%s-%d", t.path, t.lanes)),
+	}
+	switch t.path {
+	case report.Kernel:
+		o.Baseline = topology.Kernel
+	case report.WireGuardGo:
+		o.Baseline, o.WireGuardGo = topology.WireGuardGo, h.o.WGO
+	}
 	h.progress("building %s with %d lane(s)", t.path, t.lanes)
+	p, err := topology.Up(o)
+	if err != nil {
+		return fmt.Errorf("building %s with %d lanes: %w", t.path, t.lanes, err)
+	}
 	defer func() {
+		p.Close()
 		// Not ctx: the namespaces go also when the run is cancelled.
-		if derr := h.script(context.Background(), nil, "down", h.prefix, dir); derr != nil && err == nil {
+		if derr := topology.Down(o.Prefix, o.Work); derr != nil && err == nil {
 			err = derr
 		}
 	}()
-	env := []string{"XDP=off", "HEALTH=" + h.o.Health}
-	switch t.path {
-	case report.Kernel:
-		env = append(env, "BASELINE=kernel")
-	case report.WireGuardGo:
-		env = append(env, "BASELINE=wgo", "WGO="+h.o.WGO)
-	}
-	if err := h.script(ctx, env, "up", h.prefix, strconv.Itoa(t.lanes), h.o.Bin, dir); err != nil {
-		return fmt.Errorf("building %s with %d lanes: %w", t.path, t.lanes, err)
-	}
-	if err := h.place(dir, t); err != nil {
+	h.p = p
+	if err := h.place(p, t); err != nil {
 		return err
 	}
-	for _, p := range h.o.Selected {
-		if err := h.apply(ctx, t, p); err != nil {
+	for _, pr := range h.o.Selected {
+		if err := h.apply(ctx, t, pr); err != nil {
 			return err
 		}
 		for _, test := range h.o.Tests {
-			c := &report.Cell{Path: t.path, Lanes: t.lanes, Profile: p.Name, Test: test}
+			c := &report.Cell{Path: t.path, Lanes: t.lanes, Profile: pr.Name, Test: test}
 			h.rep.Cells = append(h.rep.Cells, c)
-			if err := h.cell(ctx, t, p, c); err != nil {
+			if err := h.cell(ctx, t, pr, c); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
 				c.Error = err.Error()
-				h.progress("%s, %d lane(s), %s, %s: %v", t.path, t.lanes, p.Name, test, err)
+				h.progress("%s, %d lane(s), %s, %s: %v", t.path, t.lanes, pr.Name, test, err)
 			}
 			c.Finish()
 			h.done++
 		}
 	}
 	if t.path == report.Clusterpeer {
-		h.noteLaneDowns(dir, t)
-	}
-	return nil
-}
-
-func (h *harness) script(ctx context.Context, env []string, args ...string) error {
-	cmd := exec.CommandContext(ctx, "bash", append([]string{h.o.Topology}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.WaitDelay = 30 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v\n%s", filepath.Base(h.o.Topology), args[0], err, strings.TrimSpace(string(out)))
+		h.noteLaneDowns(p, t)
 	}
 	return nil
 }
 
 // place puts the topology's processes into cgroups of their own: each
 // gateway (to limit it) and each demux (to account it).
-func (h *harness) place(dir string, t topo) error {
+func (h *harness) place(p *topology.Peering, t topo) error {
 	h.groups = map[string]*cgroup.Group{}
 	var names []string
 	switch t.path {
@@ -185,11 +180,7 @@ func (h *harness) place(dir string, t topo) error {
 		names = append(names, "demux-a", "demux-b")
 	}
 	for _, n := range names {
-		data, err := os.ReadFile(filepath.Join(dir, n+".pid"))
-		if err != nil {
-			return fmt.Errorf("%s's pid: %w", n, err)
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		pid, err := p.PID(n)
 		if err != nil {
 			return fmt.Errorf("%s's pid: %w", n, err)
 		}
@@ -324,7 +315,7 @@ func (h *harness) run(ctx context.Context, test iperf.Test) (report.Run, error) 
 		}
 	}
 	h.groups["iperf3-server"].Add(srv.Process.Pid)
-	if err := waitListen(ctx, h.ns("hb"), 5201); err != nil {
+	if err := h.p.WaitListen(ctx, "hb", 5201, 2*time.Second); err != nil {
 		return report.Run{}, err
 	}
 	before, err := h.snapshot()
@@ -344,34 +335,13 @@ func (h *harness) run(ctx context.Context, test iperf.Test) (report.Run, error) 
 	return run, nil
 }
 
-// waitListen waits until a TCP port listens in ns (iperf3's server takes
-// a moment to start).
-func waitListen(ctx context.Context, ns string, port int) error {
-	for i := 0; i < 100; i++ {
-		out, _ := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "ss", "-Htln", fmt.Sprintf("sport = :%d", port)).Output()
-		if len(strings.TrimSpace(string(out))) > 0 {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("iperf3 server in %s did not listen on %d", ns, port)
-}
-
 // noteLaneDowns records lanes that the demuxes took down during the runs
 // (a gateway throttled so hard that its probes were late), as their
 // status sockets count them.
-func (h *harness) noteLaneDowns(dir string, t topo) {
-	p, err := config.Load(filepath.Join(dir, "peering.yaml"))
-	if err != nil {
-		h.rep.Notes = append(h.rep.Notes, fmt.Sprintf("%s with %d lane(s): lane downs not counted: %v", t.path, t.lanes, err))
-		return
-	}
+func (h *harness) noteLaneDowns(p *topology.Peering, t topo) {
 	var n uint64
 	for _, side := range config.Sides {
-		d := p.Networks[side].Demux
+		d := p.Config.Networks[side].Demux
 		var st demux.Status
 		if err := admin.Fetch(d.Status, &st); err != nil {
 			h.rep.Notes = append(h.rep.Notes, fmt.Sprintf("%s with %d lane(s): lane downs not counted: %s: %v", t.path, t.lanes, d.Name, err))
@@ -409,9 +379,6 @@ func Check(o Options) error {
 		if st, err := os.Stat(f); err != nil || st.Mode()&0o111 == 0 {
 			errs = append(errs, fmt.Errorf("%w: %s (make build; the wireguard-go baseline: make bench-tools)", ErrNoBinary, f))
 		}
-	}
-	if _, err := os.Stat(o.Topology); err != nil {
-		errs = append(errs, fmt.Errorf("topology builder: %w", err))
 	}
 	for _, tool := range []string{"iperf3", "tc", "ip", "ss", "wg"} {
 		if _, err := exec.LookPath(tool); err != nil {

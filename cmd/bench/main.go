@@ -7,6 +7,8 @@
 //	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams 8] [--out DIR]
 //	bench check REPORT.json
 //	bench render REPORT.json
+//	bench xdp [--duration 5s] [--runs 3]
+//	bench topology up|down --prefix P --work DIR [--lanes 3] [...]
 //	bench blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]
 //
 // run writes DIR/report.json, report.md and chart.png, shows progress on
@@ -17,7 +19,9 @@
 // check is what CI runs on a quick run's report: every cell measured,
 // every figure positive. render redraws the Markdown and the chart from
 // the JSON (after a change to either, or to a report copied elsewhere).
-// blast is scripts/bench-xdp.sh's packet generator (bench/xdpgen).
+// xdp measures the demux's forwarding paths (bench/xdpbench; blast and
+// sink are its generator and stand-in gateway, bench/xdpgen). topology
+// builds a peering as the tests do, for the demo and scripts.
 package main
 
 import (
@@ -41,17 +45,18 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/profile"
 	"github.com/clusterpeer/clusterpeer/bench/report"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
+	"github.com/clusterpeer/clusterpeer/config"
 )
 
 func main() {
 	cli.Main("bench", map[string]cli.Command{
-		"run":         {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
-		"check":       {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
-		"render":      {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
-		"blast":       {Usage: "blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]", Help: "send UDP frames out of IF with the XDP live-frames generator (bench-xdp's UDP load)", Run: blast},
-		"xdp-summary": {Usage: "xdp-summary RESULTS", Help: "medians and ratios of bench-xdp's runs (lines PATH LOAD MPPS GBPS)", Run: xdpSummary},
-		"iperf-rate":  {Usage: "iperf-rate < REPORT.json", Help: "what an iperf3 -J run delivered, as MPPS GBPS of 1420-byte packets", Run: iperfRate},
-		"sink":        {Usage: "sink --dev IF [--off]", Help: "attach the stand-in gateway's XDP program to IF: strips GENEVE, counts and drops the generator's frames", Run: sink},
+		"run":      {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
+		"check":    {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
+		"render":   {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
+		"blast":    {Usage: "blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]", Help: "send UDP frames out of IF with the XDP live-frames generator (bench-xdp's UDP load)", Run: blast},
+		"xdp":      {Usage: "xdp [--duration 5s] [--runs 3] [--bin bin]", Help: "the demux's forwarding paths (XDP, userspace, kernel ip_forward) on one topology, medians and ratios", Run: xdpCmd},
+		"topology": {Usage: "topology up|down --prefix P --work DIR [--lanes 3] [flags]", Help: "build or remove a peering in network namespaces (the tests' builder), for the demo and load scripts", Run: topologyCmd},
+		"sink":     {Usage: "sink --dev IF [--off]", Help: "attach the stand-in gateway's XDP program to IF: strips GENEVE, counts and drops the generator's frames", Run: sink},
 	})
 }
 
@@ -68,7 +73,6 @@ func run(args []string) error {
 	out := fs.String("out", "bench/results", "directory for report.json, report.md and chart.png")
 	bin := fs.String("bin", "bin", "directory with the demux and tunnel binaries")
 	wgo := fs.String("wgo", "bin/wireguard-go", "upstream wireguard-go binary for the baseline (make bench-tools)")
-	topology := fs.String("topology", "scripts/topology.sh", "the namespace topology builder")
 	health := fs.String("health", "{interval: 20ms, detect_multiplier: 250}",
 		"the peering's health section: a gateway at its CPU quota queues and drops probes like data, "+
 			"and late replies: the default judges a lane over 5 s, not the production 40 ms (docs/bench.md)")
@@ -128,11 +132,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	hs, err := config.ParseHealth(*health)
+	if err != nil {
+		return fmt.Errorf("--health: %w", err)
+	}
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	o := harness.Options{
 		Profiles: pf, Selected: profiles, Emulation: emu, Lanes: lanes, Tests: testList,
 		Duration: *duration, Reps: *reps, Streams: *streams,
-		Bin: abs(*bin), Topology: abs(*topology), WGO: abs(*wgo), Health: *health, UDPOfTCP: udpOfTCP, UDPRate: udpBps, Progress: os.Stderr,
+		Bin: abs(*bin), WGO: abs(*wgo), Health: hs, UDPOfTCP: udpOfTCP, UDPRate: udpBps, Progress: os.Stderr,
 	}
 	if err := harness.Check(o); err != nil {
 		return err

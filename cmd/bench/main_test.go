@@ -1,10 +1,7 @@
 package main
 
 import (
-	"fmt"
-	"io"
 	"slices"
-	"strings"
 	"testing"
 )
 
@@ -31,39 +28,5 @@ func TestParseRate(t *testing.T) {
 		if _, err := parseRate(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
-	}
-}
-
-// TestSummarizeXDP: medians per path and load, the ratios, and a failure
-// naming what measured nothing.
-func TestSummarizeXDP(t *testing.T) {
-	var lines []string
-	for _, path := range xdpPaths {
-		for r, f := range []float64{1, 3, 2} { // median 2
-			for _, load := range xdpLoads {
-				scale := map[string]float64{"xdp": 3, "userspace": 1, "kernel-forward": 2}[path]
-				lines = append(lines, fmt.Sprintf("%s %s %.4f %.4f", path, load, f*scale, float64(r)))
-			}
-		}
-	}
-	var out strings.Builder
-	if err := summarizeXDP(strings.NewReader(strings.Join(lines, "\n")), &out); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
-		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00",
-		"xdp: path=userspace pkt=1420 mpps=2.00",
-		"xdp: ratio tcp: xdp/kernel-forward=1.50 xdp/userspace=3.00",
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("summary lacks %q:\n%s", want, out.String())
-		}
-	}
-	err := summarizeXDP(strings.NewReader("xdp 64 1 1\nxdp tcp 0 0\n"), io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "xdp tcp") || !strings.Contains(err.Error(), "userspace 64") {
-		t.Errorf("missing results: %v", err)
-	}
-	if err := summarizeXDP(strings.NewReader("xdp 64 one 1\n"), io.Discard); err == nil || !strings.Contains(err.Error(), "line 1") {
-		t.Errorf("a bad line: %v", err)
 	}
 }

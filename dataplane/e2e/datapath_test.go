@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
@@ -31,7 +32,7 @@ const lanes = 3
 // TestDataPath builds the demo's peering once and checks what crosses it.
 func TestDataPath(t *testing.T) {
 	needs(t, "iperf3", "ping")
-	tp := up(t, "cpe2e", lanes)
+	tp := up(t, topology.Options{Prefix: "cpe2e", Lanes: lanes})
 
 	t.Run("ping", func(t *testing.T) {
 		for _, c := range [][2]string{{"ha", "10.2.0.10"}, {"ha", "fd00:b::10"}, {"hb", "10.1.0.10"}, {"hb", "fd00:a::10"}} {
@@ -532,7 +533,7 @@ func testMetricsAndShow(t *testing.T, tp *topo) {
 // configured with wg, and sends traffic both ways through it.
 func TestInteropStockWireGuard(t *testing.T) {
 	needs(t, "iperf3", "ping", "wireguard-go", "wg")
-	tp := up(t, "cpwg", 1, "STOCK_B1=1")
+	tp := up(t, topology.Options{Prefix: "cpwg", Lanes: 1, StockB1: true})
 	for _, c := range [][2]string{{"ha", "10.2.0.10"}, {"ha", "fd00:b::10"}, {"hb", "10.1.0.10"}, {"hb", "fd00:a::10"}} {
 		tp.run(c[0], "ping", "-c", "3", "-i", "0.2", "-W", "2", c[1])
 	}
@@ -553,7 +554,7 @@ func TestInteropStockWireGuard(t *testing.T) {
 // VPC); IPv4 and IPv6 inner traffic cross both ways.
 func TestIPv6Underlay(t *testing.T) {
 	needs(t, "iperf3", "ping")
-	tp := up(t, "cpv6", 2, "UNDERLAY6=1")
+	tp := up(t, topology.Options{Prefix: "cpv6", Lanes: 2, Underlay6: true})
 	for _, c := range [][2]string{{"ha", "10.2.0.10"}, {"ha", "fd00:b::10"}, {"hb", "10.1.0.10"}, {"hb", "fd00:a::10"}} {
 		tp.run(c[0], "ping", "-c", "3", "-i", "0.2", "-W", "2", c[1])
 	}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
@@ -31,7 +33,7 @@ var failoverRuns = flag.Int("failover.runs", 2, "runs per failover scenario")
 // foHealth keeps the defaults for detection but lets a lane that a run
 // restored be failed again soon: the flap back-off is for real flapping,
 // not for a test that kills the same gateway every few seconds.
-const foHealth = "HEALTH={flap_window: 100ms, hold_down: 10ms, hold_down_max: 20ms, drain_idle: 500ms}"
+var foHealth = config.Health{FlapWindow: 100 * time.Millisecond, HoldDown: 10 * time.Millisecond, HoldDownMax: 20 * time.Millisecond, DrainIdle: 500 * time.Millisecond}
 
 const (
 	foLane      = 2 // the lane each scenario fails (or adds: 4)
@@ -88,7 +90,7 @@ type foResult struct {
 
 func TestFailover(t *testing.T) {
 	needs(t, "iperf3", "nft")
-	tp := &foTopo{topo: up(t, "cpfo", 4, foHealth, "DEMUX_LANES=3")}
+	tp := &foTopo{topo: up(t, topology.Options{Prefix: "cpfo", Lanes: 4, Health: foHealth, DemuxLanes: 3})}
 	tp.full, tp.three = tp.config(), filepath.Join(tp.work, "demux.yaml")
 	b, _ := os.ReadFile(tp.three)
 	tp.three = filepath.Join(tp.work, "demux-3.yaml")
@@ -711,26 +713,12 @@ func (tp *foTopo) restart(node string) {
 	tp.start("g"+strings.TrimPrefix(node, "gw-"), "tunnel", node, tp.full)
 }
 
-// start runs a node's binary in its namespace as topology.sh does: log,
-// pid file, and the pid where topology down finds it.
+// start runs a node's binary in its namespace as the topology did (its
+// log, pid file, and the pid where topology.Down finds it).
 func (tp *foTopo) start(ns, binary, node, config string, extra ...string) {
-	log, err := os.OpenFile(filepath.Join(tp.work, node+".log"), os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
-	if err != nil {
+	if err := tp.p.Start(ns, binary, node, config, extra...); err != nil {
 		tp.t.Fatal(err)
 	}
-	args := append([]string{"netns", "exec", tp.ns(ns), filepath.Join(tp.bin, binary), "up", "--config", config, "--node", node}, extra...)
-	cmd := exec.Command("ip", args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		tp.t.Fatal(err)
-	}
-	log.Close()
-	go cmd.Wait()
-	pid := strconv.Itoa(cmd.Process.Pid)
-	os.WriteFile(filepath.Join(tp.work, node+".pid"), []byte(pid+"\n"), 0o600)
-	f, _ := os.OpenFile(filepath.Join(tp.work, "pids"), os.O_APPEND|os.O_WRONLY, 0o600)
-	fmt.Fprintln(f, pid) // topology down stops it
-	f.Close()
 }
 
 // setDemuxConfig replaces the demuxes' config file and reloads both.

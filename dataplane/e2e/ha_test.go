@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 )
 
 // haTopo is the failover topology with an HA pair on side a: demux-a and
-// its standby demux-a2, keepalived beside each (HA=1 in topology.sh).
+// its standby demux-a2, keepalived beside each (topology.Options.HA).
 type haTopo struct{ *foTopo }
 
 var haDemuxNS = map[string]string{"demux-a": "da", "demux-a2": "da2"}
@@ -37,7 +39,7 @@ func TestDemuxHA(t *testing.T) {
 	needs(t, "iperf3", "keepalived", "bridge")
 	// Lanes judged over 200 ms: what moves here is the demux, and a lane
 	// that flaps on a busy machine would move flows of its own.
-	tp := haTopo{&foTopo{topo: up(t, "cpha", 3, "HEALTH={detect_multiplier: 20}", "HA=1")}}
+	tp := haTopo{&foTopo{topo: up(t, topology.Options{Prefix: "cpha", Lanes: 3, Health: config.Health{DetectMultiplier: 20}, HA: true})}}
 	tp.full = tp.config()
 	tp.three = tp.full
 	tp.waitLanes(map[int]string{1: "up", 2: "up", 3: "up"})
@@ -165,7 +167,7 @@ func TestDemuxHA(t *testing.T) {
 	})
 
 	t.Run("notify-hook", func(t *testing.T) {
-		// The operator's hook (topology.sh's recording script) ran for
+		// The operator's hook (the topology's recording script) ran for
 		// every change of role on both demuxes.
 		b, err := os.ReadFile(filepath.Join(tp.work, "ha-notify.log"))
 		if err != nil {

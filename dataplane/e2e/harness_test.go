@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,9 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
 )
 
 // needs skips the test unless it runs as root with the given programs.
@@ -29,7 +29,7 @@ func needs(t *testing.T, progs ...string) {
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skip("needs /dev/net/tun")
 	}
-	for _, p := range append([]string{"ip", "openssl"}, progs...) {
+	for _, p := range append([]string{"ip"}, progs...) {
 		if _, err := exec.LookPath(p); err != nil {
 			t.Skipf("needs %s (make deps installs it)", p)
 		}
@@ -71,27 +71,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// topo is a peering built by scripts/topology.sh.
+// topo is a peering built by bench/topology, with the test's helpers.
 type topo struct {
 	t      *testing.T
+	p      *topology.Peering
 	prefix string
 	work   string
 	bin    string
 }
 
-func script() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "scripts", "topology.sh")
-}
-
-// up builds a peering with lanes lanes; it is removed when the test ends.
-func up(t *testing.T, prefix string, lanes int, env ...string) *topo {
+// up builds the peering o describes (Work and Bin are the test's); it is
+// removed when the test ends.
+func up(t *testing.T, o topology.Options) *topo {
 	t.Helper()
-	tp := &topo{t: t, prefix: prefix, work: t.TempDir(), bin: binaries(t)}
+	o.Work, o.Bin = t.TempDir(), binaries(t)
+	// XDP=native|generic and RPS=1 in the environment run any test's
+	// peering that way (docs/xdp.md: the failover scenarios with XDP).
+	if x := os.Getenv("XDP"); x != "" && o.XDP == "" {
+		o.XDP = x
+	}
+	o.RPS = o.RPS || os.Getenv("RPS") == "1"
+	tp := &topo{t: t, prefix: o.Prefix, work: o.Work, bin: o.Bin}
 	down := func() {
-		out, err := exec.Command(script(), "down", prefix, tp.work).CombinedOutput()
-		if err != nil {
-			t.Logf("topology down: %v\n%s", err, out)
+		if err := topology.Down(o.Prefix, o.Work); err != nil {
+			t.Logf("topology down: %v", err)
 		}
 	}
 	down() // leftovers of an interrupted run
@@ -99,13 +102,16 @@ func up(t *testing.T, prefix string, lanes int, env ...string) *topo {
 		if t.Failed() {
 			tp.dumpLogs()
 		}
+		if tp.p != nil {
+			tp.p.Close()
+		}
 		down()
 	})
-	cmd := exec.Command(script(), "up", prefix, fmt.Sprint(lanes), tp.bin, tp.work)
-	cmd.Env = append(os.Environ(), env...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("topology up: %v\n%s", err, out)
+	p, err := topology.Up(o)
+	if err != nil {
+		t.Fatalf("topology up: %v", err)
 	}
+	tp.p = p
 	return tp
 }
 
@@ -135,7 +141,7 @@ func (tp *topo) run(node string, args ...string) string {
 
 func (tp *topo) try(node string, args ...string) (string, error) {
 	var out bytes.Buffer
-	cmd := exec.Command("ip", append([]string{"netns", "exec", tp.ns(node)}, args...)...)
+	cmd := tp.p.Command(node, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
@@ -143,9 +149,7 @@ func (tp *topo) try(node string, args ...string) (string, error) {
 
 func (tp *topo) config() string { return filepath.Join(tp.work, "peering.yaml") }
 
-func (tp *topo) socket(node string) string {
-	return fmt.Sprintf("/run/clusterpeer/%s-%s.sock", tp.prefix, node)
-}
+func (tp *topo) socket(node string) string { return tp.p.Socket(node) }
 
 // status reads a node's status document.
 func (tp *topo) status(node string, v any) {
@@ -159,29 +163,7 @@ func (tp *topo) status(node string, v any) {
 // opens stay in that namespace.
 func (tp *topo) inNS(node string, fn func()) {
 	tp.t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(tp.ns(node))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		fn()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	if err := tp.p.InNS(node, func() error { fn(); return nil }); err != nil {
 		tp.t.Fatalf("enter %s: %v", node, err)
 	}
 }
@@ -200,20 +182,10 @@ func (tp *topo) sendUDP(node, to string, b []byte) {
 	})
 }
 
-// iperf3 runs a client in from against a one-shot server in to and returns
-// the parsed JSON result.
-// waitListen waits until something in node listens on TCP port (an
-// iperf3 daemon writes its pidfile before it listens, and on a busy
-// host forks and binds hundreds of milliseconds late).
 func (tp *topo) waitListen(node string, port int) {
 	tp.t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if out, _ := tp.try(node, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port)); strings.TrimSpace(out) != "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			tp.t.Fatalf("nothing listens on tcp port %d in %s after 5 s", port, node)
-		}
+	if err := tp.p.WaitListen(context.Background(), node, port, 5*time.Second); err != nil {
+		tp.t.Fatal(err)
 	}
 }
 
@@ -240,6 +212,8 @@ func (tp *topo) udpLoss(from, to, dst string, args ...string) (r iperfResult, at
 	return r, atHost, max(r.End.Sum.LostPackets-atHost, 0)
 }
 
+// iperf3 runs a client in from against a one-shot server in to and returns
+// the parsed JSON result.
 func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 	tp.t.Helper()
 	pidfile := filepath.Join(tp.work, fmt.Sprintf("iperf3-%s-%d.pid", to, time.Now().UnixNano()))

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 	"github.com/clusterpeer/clusterpeer/flowhash"
@@ -26,7 +27,7 @@ type demuxStatus struct {
 // updates the program's maps so traffic moves to the surviving lanes.
 func TestXDPFastPath(t *testing.T) {
 	needs(t, "iperf3", "ping", "ethtool")
-	tp := up(t, "cpxdp", lanes, "XDP=native")
+	tp := up(t, topology.Options{Prefix: "cpxdp", Lanes: lanes, XDP: "native"})
 	var s0, s1 demuxStatus
 	tp.status("demux-a", &s0)
 	if s0.XDP == nil || s0.XDP.Mode != xdp.Native || s0.XDP.Interface != "lan0" {

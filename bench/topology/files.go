@@ -1,0 +1,114 @@
+package topology
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+)
+
+// writeFiles makes the keys (fresh for every peering) and the peering
+// file, and loads that file back as every node will.
+func (p *Peering) writeFiles() error {
+	hashKey := make([]byte, 16)
+	rand.Read(hashKey)
+	if err := os.WriteFile(filepath.Join(p.Work, "hash.key"), []byte(hex.EncodeToString(hashKey)+"\n"), 0o600); err != nil {
+		return err
+	}
+	keys := map[string]wgkey.Key{}
+	for i := 1; i <= p.Lanes; i++ {
+		for _, s := range config.Sides {
+			k, err := wgkey.Generate()
+			if err != nil {
+				return err
+			}
+			name := GatewayName(s, i)
+			keys[name] = k
+			if err := os.WriteFile(filepath.Join(p.Work, name+".key"), []byte(k.Base64()+"\n"), 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	if p.HA {
+		// The HA pair's notify hook: records each call (cloud mode would
+		// repoint a route table here).
+		hook := "#!/bin/sh\n" + `echo "$(date +%s.%N) $1 $2 $CLUSTERPEER_NODE $CLUSTERPEER_STATE vips=$CLUSTERPEER_VIPS remote=$CLUSTERPEER_REMOTE_PREFIXES" >>"$(dirname "$0")/ha-notify.log"` + "\n"
+		if err := os.WriteFile(filepath.Join(p.Work, "ha-notify.sh"), []byte(hook), 0o700); err != nil {
+			return err
+		}
+	}
+	if err := p.writeConfig(p.ConfigPath(), p.Lanes, keys); err != nil {
+		return err
+	}
+	if p.DemuxLanes > 0 {
+		// The demuxes start with fewer lanes than there are gateways; the
+		// rest join by reload (the add-lane scenario).
+		if err := p.writeConfig(p.DemuxConfigPath(), p.DemuxLanes, keys); err != nil {
+			return err
+		}
+	}
+	var err error
+	p.Config, err = config.Load(p.ConfigPath())
+	return err
+}
+
+// File is the peering file for lanes 1..lanes, in config's own types.
+func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
+	f := &config.Peering{
+		Name: p.Options.Prefix, VNI: 4242, MTU: 1420,
+		Hash:     config.Hash{KeyFile: "hash.key", Mode: "5-tuple", Symmetric: true},
+		Health:   p.Health,
+		Networks: map[config.Side]config.Network{},
+	}
+	for _, s := range config.Sides {
+		n := netNum(s)
+		nw := config.Network{
+			Prefixes: []string{fmt.Sprintf("10.%d.0.0/16", n), fmt.Sprintf("fd00:%s::/64", s)},
+			Demux:    config.Demux{Name: "demux-" + string(s), Addresses: []string{fmt.Sprintf("10.%d.0.2", n), fmt.Sprintf("fd00:%s::2", s)}, Tun: "cpdemux"},
+		}
+		if s == config.SideA && p.HA {
+			nw.Standby = &config.Demux{Name: "demux-a2", Addresses: []string{"10.1.0.3", "fd00:a::3"}, Tun: "cpdemux"}
+			nw.HA = &config.HA{VIPs: []string{"10.1.0.1", "fd00:a::1"}, Interface: "lan0", RouterID: 42, Notify: filepath.Join(p.Work, "ha-notify.sh")}
+		}
+		f.Networks[s] = nw
+	}
+	for i := 1; i <= lanes; i++ {
+		l := config.Lane{ID: i}
+		for _, s := range config.Sides {
+			name, host := GatewayName(s, i), 1
+			if s == config.SideB {
+				host = 2
+			}
+			g := l.End(s)
+			*g = config.Gateway{
+				Name:           name,
+				Geneve:         fmt.Sprintf("10.%d.0.%d:6081", netNum(s), 20+i),
+				Endpoint:       fmt.Sprintf("198.18.%d.%d:51820", i, host),
+				PublicKey:      keys[name].Public().Base64(),
+				PrivateKeyFile: name + ".key",
+				Tun:            fmt.Sprintf("%s-g%s%d", p.Options.Prefix, s, i),
+			}
+			if p.Underlay6 {
+				g.Geneve = fmt.Sprintf("[fd00:%s::%d]:6081", s, 20+i)
+				g.Endpoint = fmt.Sprintf("[fd00:1:%d::%d]:51820", i, host)
+			}
+		}
+		f.Lanes = append(f.Lanes, l)
+	}
+	return f
+}
+
+func (p *Peering) writeConfig(path string, lanes int, keys map[string]wgkey.Key) error {
+	b, err := yaml.Marshal(p.File(lanes, keys))
+	if err != nil {
+		return err
+	}
+	head := fmt.Sprintf("# Written by bench/topology for the namespaces %s-*.\n", p.Options.Prefix)
+	return os.WriteFile(path, append([]byte(head), b...), 0o600)
+}

@@ -1,0 +1,57 @@
+package xdpbench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/clusterpeer/clusterpeer/bench/report"
+)
+
+// Summarize prints the medians per path and load and the fast path's
+// ratios; it fails, naming them, if a path measured nothing under a load.
+func Summarize(results []Result, out io.Writer) error {
+	type key struct{ path, load string }
+	runs := map[key][2][]float64{}
+	for _, r := range results {
+		k := key{r.Path, r.Load}
+		x := runs[k]
+		x[0], x[1] = append(x[0], r.Mpps), append(x[1], r.Gbps)
+		runs[k] = x
+	}
+	fmt.Fprintln(out, "bench-xdp: pkt=64 and pkt=1400 are UDP (bench blast, 256 flows), pkt=1420 is TCP (iperf3, 4 streams of MTU-sized segments)")
+	med := map[key]float64{}
+	var missing []string
+	for _, path := range Paths {
+		for _, load := range Loads {
+			k := key{path, load}
+			var mpps, gbps float64
+			if len(runs[k][0]) > 0 {
+				mpps, gbps = report.Median(runs[k][0]), report.Median(runs[k][1])
+			}
+			med[k] = mpps
+			pkt := load
+			if load == "tcp" {
+				pkt = fmt.Sprint(tcpBytes)
+			}
+			fmt.Fprintf(out, "xdp: path=%s pkt=%s mpps=%.2f gbps=%.2f\n", path, pkt, mpps, gbps)
+			if !(mpps > 0) {
+				missing = append(missing, path+" "+load)
+			}
+		}
+	}
+	ratio := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	for _, load := range Loads {
+		x, u, k := med[key{"xdp", load}], med[key{"userspace", load}], med[key{"kernel-forward", load}]
+		fmt.Fprintf(out, "xdp: ratio %s: xdp/kernel-forward=%.2f xdp/userspace=%.2f\n", load, ratio(x, k), ratio(x, u))
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("bench-xdp: no result for %s (the lines above the summary say why)", strings.Join(missing, ", "))
+	}
+	return nil
+}

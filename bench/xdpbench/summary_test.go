@@ -1,0 +1,38 @@
+package xdpbench
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+// Medians per path and load, the ratios, and a failure naming what
+// measured nothing.
+func TestSummarize(t *testing.T) {
+	var results []Result
+	for _, path := range Paths {
+		for r, f := range []float64{1, 3, 2} { // median 2
+			for _, load := range Loads {
+				scale := map[string]float64{"xdp": 3, "userspace": 1, "kernel-forward": 2}[path]
+				results = append(results, Result{Path: path, Load: load, Mpps: f * scale, Gbps: float64(r)})
+			}
+		}
+	}
+	var out strings.Builder
+	if err := Summarize(results, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00",
+		"xdp: path=userspace pkt=1420 mpps=2.00",
+		"xdp: ratio tcp: xdp/kernel-forward=1.50 xdp/userspace=3.00",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+	err := Summarize([]Result{{Path: "xdp", Load: "64", Mpps: 1, Gbps: 1}, {Path: "xdp", Load: "tcp"}}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "xdp tcp") || !strings.Contains(err.Error(), "userspace 64") {
+		t.Errorf("missing results: %v", err)
+	}
+}
