@@ -9,12 +9,12 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -67,14 +67,13 @@ type Peering struct {
 
 // Hash configures the flow hash; both demuxes must agree on all of it.
 type Hash struct {
-	KeyFile   string `yaml:"key_file"`
-	Mode      string `yaml:"mode"`
-	Symmetric bool   `yaml:"symmetric,omitempty"`
-	TableSize uint32 `yaml:"table_size,omitempty"`
-	PinFlows  int    `yaml:"pin_flows,omitempty"`
+	KeyFile   string        `yaml:"key_file"`
+	Mode      flowhash.Mode `yaml:"mode"`
+	Symmetric bool          `yaml:"symmetric,omitempty"`
+	TableSize uint32        `yaml:"table_size,omitempty"`
+	PinFlows  int           `yaml:"pin_flows,omitempty"`
 
-	Key      flowhash.Key  `yaml:"-"`
-	HashMode flowhash.Mode `yaml:"-"`
+	Key flowhash.Key `yaml:"-"` // read from KeyFile
 }
 
 // Health configures the lane probes (see tunnel/probe) and draining.
@@ -98,25 +97,21 @@ type Health struct {
 
 // Network is one side of the peering ("a" or "b").
 type Network struct {
-	Prefixes []string `yaml:"prefixes"`
-	Demux    Demux    `yaml:"demux"`
+	Prefixes []netip.Prefix `yaml:"prefixes"`
+	Demux    Demux          `yaml:"demux"`
 	// Standby is a second demux of this side, warm, that keepalived makes
 	// active when Demux fails (see HA); nil without one.
 	Standby *Demux `yaml:"standby,omitempty"`
 	HA      *HA    `yaml:"ha,omitempty"`
-
-	Parsed []netip.Prefix `yaml:"-"`
 }
 
 // Demux is the demux node of one side.
 type Demux struct {
-	Name      string   `yaml:"name"`
-	Addresses []string `yaml:"addresses"` // GENEVE sources this side's gateways accept
-	Tun       string   `yaml:"tun,omitempty"`
-	Metrics   string   `yaml:"metrics,omitempty"`
-	Status    string   `yaml:"status,omitempty"`
-
-	Sources []netip.Addr `yaml:"-"`
+	Name      string       `yaml:"name"`
+	Addresses []netip.Addr `yaml:"addresses"` // GENEVE sources this side's gateways accept
+	Tun       string       `yaml:"tun,omitempty"`
+	Metrics   string       `yaml:"metrics,omitempty"`
+	Status    string       `yaml:"status,omitempty"`
 }
 
 // Lane is a gateway pair and the WireGuard tunnel between them.
@@ -129,18 +124,19 @@ type Lane struct {
 
 // Gateway is one end of a lane: a tunnel node.
 type Gateway struct {
-	Name           string `yaml:"name"`
-	Geneve         string `yaml:"geneve"`   // where its demux sends GENEVE
-	Endpoint       string `yaml:"endpoint"` // its WireGuard address, as its peer dials it
-	PublicKey      string `yaml:"public_key"`
-	PrivateKeyFile string `yaml:"private_key_file,omitempty"`
-	Tun            string `yaml:"tun,omitempty"`
-	Metrics        string `yaml:"metrics,omitempty"`
-	Status         string `yaml:"status,omitempty"`
+	Name           string   `yaml:"name"`
+	Geneve         HostPort `yaml:"geneve"`   // where its demux sends GENEVE
+	Endpoint       HostPort `yaml:"endpoint"` // its WireGuard address, as its peer dials it
+	PublicKey      string   `yaml:"public_key"`
+	PrivateKeyFile string   `yaml:"private_key_file,omitempty"`
+	Tun            string   `yaml:"tun,omitempty"`
+	Metrics        string   `yaml:"metrics,omitempty"`
+	Status         string   `yaml:"status,omitempty"`
 
-	GeneveAddr   netip.AddrPort `yaml:"-"`
-	EndpointAddr netip.AddrPort `yaml:"-"`
-	Public       wgkey.Key      `yaml:"-"`
+	// Public is PublicKey parsed. The key stays a string in the file's
+	// struct: a wgkey.Key that marshalled itself to text would let
+	// private keys out through any encoder.
+	Public wgkey.Key `yaml:"-"`
 }
 
 // Side names one of the two networks of a peering.
@@ -206,13 +202,18 @@ func dirOf(path string) string {
 // Parse checks a peering file's contents; relative key file paths are taken
 // relative to dir.
 func Parse(data []byte, dir string) (*Peering, error) {
-	var p Peering
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&p); err != nil {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, YAMLErrors(data, err)
 	}
+	var p Peering
 	c := checker{dir: dir}
+	if root.Kind != 0 {
+		c.bad = checkTree(&root, reflect.TypeFor[Peering](), "", &c.errs)
+		if err := root.Decode(&p); err != nil {
+			c.errs = append(c.errs, YAMLErrors(data, err)...)
+		}
+	}
 	c.peering(&p)
 	if len(c.errs) > 0 {
 		return nil, c.errs
@@ -273,9 +274,18 @@ type checker struct {
 	dir   string
 	errs  Errors
 	names map[string]string // node name -> field that defined it
+	bad   []string          // fields whose value did not parse (reported while decoding)
 }
 
+// errf reports a problem of field, unless it follows from a value there
+// that did not parse (an address list whose one address was bad is not
+// also "missing").
 func (c *checker) errf(field, format string, args ...any) {
+	for _, b := range c.bad {
+		if b == field || strings.HasPrefix(b, field+"[") || strings.HasPrefix(b, field+".") {
+			return
+		}
+	}
 	c.errs = append(c.errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 }
 
@@ -315,7 +325,7 @@ func (c *checker) peering(p *Peering) {
 		}
 		c.network(f, p.Name, &n)
 		p.Networks[side] = n
-		for i, pr := range n.Parsed {
+		for i, pr := range n.Prefixes {
 			all = append(all, pr)
 			allField = append(allField, fmt.Sprintf("%s.prefixes[%d]", f, i))
 		}
@@ -367,8 +377,8 @@ func (c *checker) health(p *Peering) {
 		Interval: h.Interval, Multiplier: h.DetectMultiplier, UpAfter: h.UpAfter,
 		HoldDown: h.HoldDown, HoldDownMax: h.HoldDownMax, FlapWindow: h.FlapWindow,
 	}
-	if !h.On {
-		return
+	if !h.On || len(c.bad) > 0 {
+		return // with values that did not parse, these would report them again
 	}
 	// A probe's reply is routed back through the lane to the demux, so
 	// every address on the way must be one the lanes carry.
@@ -379,8 +389,8 @@ func (c *checker) health(p *Peering) {
 			if d.Name != n.Demux.Name {
 				role = "standby"
 			}
-			for i, a := range d.Sources {
-				if !contains(n.Parsed, a) {
+			for i, a := range d.Addresses {
+				if !contains(n.Prefixes, a) {
 					c.errf(fmt.Sprintf("networks.%s.%s.addresses[%d]", side, role, i),
 						"%s is outside networks.%s.prefixes: lane probes answer to it through the lanes (or set health.enabled: false)", a, side)
 				}
@@ -391,16 +401,16 @@ func (c *checker) health(p *Peering) {
 		l := &p.Lanes[i]
 		for _, side := range Sides {
 			g := l.End(side)
-			if !g.GeneveAddr.IsValid() {
+			if !g.Geneve.IsValid() {
 				continue
 			}
 			f := fmt.Sprintf("lanes[%d].%s.geneve", i, side)
-			if !contains(p.Networks[side].Parsed, g.GeneveAddr.Addr()) {
-				c.errf(f, "%s is outside networks.%s.prefixes: the far demux probes this gateway through the lane at this address (or set health.enabled: false)", g.GeneveAddr.Addr(), side)
+			if !contains(p.Networks[side].Prefixes, g.Geneve.Addr()) {
+				c.errf(f, "%s is outside networks.%s.prefixes: the far demux probes this gateway through the lane at this address (or set health.enabled: false)", g.Geneve.Addr(), side)
 			}
 			for _, far := range p.Networks[side.Other()].Demuxes() {
-				if !slices.ContainsFunc(far.Sources, func(a netip.Addr) bool { return a.Is4() == g.GeneveAddr.Addr().Is4() }) {
-					c.errf(f, "%s: demux %s has no address of this family to probe it from", g.GeneveAddr.Addr(), far.Name)
+				if !slices.ContainsFunc(far.Addresses, func(a netip.Addr) bool { return a.Is4() == g.Geneve.Addr().Is4() }) {
+					c.errf(f, "%s: demux %s has no address of this family to probe it from", g.Geneve.Addr(), far.Name)
 				}
 			}
 		}
@@ -412,10 +422,6 @@ func contains(prefixes []netip.Prefix, a netip.Addr) bool {
 }
 
 func (c *checker) hash(h *Hash, lanes int) {
-	var err error
-	if h.HashMode, err = flowhash.ParseMode(h.Mode); err != nil {
-		c.errf("hash.mode", "%v", err)
-	}
 	if h.TableSize == 0 {
 		h.TableSize = flowhash.DefaultTableSize
 	}
@@ -465,18 +471,13 @@ func (c *checker) network(f, peering string, n *Network) {
 	if len(n.Prefixes) == 0 {
 		c.errf(f+".prefixes", "missing: the address ranges of this network that the other side may reach")
 	}
-	for i, s := range n.Prefixes {
-		pr, err := netip.ParsePrefix(s)
-		if err != nil {
-			c.errf(fmt.Sprintf("%s.prefixes[%d]", f, i), "%q is not a prefix like 10.1.0.0/16 or fd00:a::/64", s)
-			continue
-		}
-		if pr != pr.Masked() {
+	for i, pr := range n.Prefixes {
+		if pr.IsValid() && pr != pr.Masked() {
 			c.errf(fmt.Sprintf("%s.prefixes[%d]", f, i), "%s has host bits set; did you mean %s?", pr, pr.Masked())
-			continue
 		}
-		n.Parsed = append(n.Parsed, pr)
 	}
+	// Bad ones were reported while decoding; the checks below see the rest.
+	n.Prefixes = slices.DeleteFunc(n.Prefixes, func(p netip.Prefix) bool { return !p.IsValid() || p != p.Masked() })
 	c.demux(f+".demux", peering, &n.Demux)
 	if n.Standby != nil {
 		c.demux(f+".standby", peering, n.Standby)
@@ -489,14 +490,7 @@ func (c *checker) demux(df, peering string, d *Demux) {
 	if len(d.Addresses) == 0 {
 		c.errf(df+".addresses", "missing: the source addresses of this side's GENEVE (its gateways accept only these)")
 	}
-	for i, s := range d.Addresses {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			c.errf(fmt.Sprintf("%s.addresses[%d]", df, i), "%q is not an IP address", s)
-			continue
-		}
-		d.Sources = append(d.Sources, a.Unmap())
-	}
+	d.Addresses = unmapped(d.Addresses) // bad ones were reported while decoding
 	if d.Tun == "" {
 		d.Tun = "cp-" + truncate(d.Name, 12)
 	}
@@ -563,7 +557,7 @@ func (c *checker) lanes(p *Peering) {
 			g := l.End(side)
 			gf := f + "." + string(side)
 			c.gateway(gf, p.Name, g)
-			for _, ap := range []netip.AddrPort{g.GeneveAddr, g.EndpointAddr} {
+			for _, ap := range []netip.AddrPort{g.Geneve.AddrPort, g.Endpoint.AddrPort} {
 				if !ap.IsValid() {
 					continue
 				}
@@ -581,8 +575,8 @@ func (c *checker) lanes(p *Peering) {
 
 func (c *checker) gateway(f, peering string, g *Gateway) {
 	c.name(f+".name", g.Name)
-	g.GeneveAddr = c.addrPort(f+".geneve", g.Geneve, DefaultGenevePort)
-	g.EndpointAddr = c.addrPort(f+".endpoint", g.Endpoint, DefaultWGPort)
+	c.addrPort(f+".geneve", &g.Geneve, DefaultGenevePort)
+	c.addrPort(f+".endpoint", &g.Endpoint, DefaultWGPort)
 	if g.PublicKey == "" {
 		c.errf(f+".public_key", "missing: the gateway's WireGuard public key (`tunnel pubkey < private.key`)")
 	} else if k, err := wgkey.Parse(g.PublicKey); err != nil {
@@ -598,24 +592,27 @@ func (c *checker) gateway(f, peering string, g *Gateway) {
 	c.node(f, peering, g.Name, &g.Metrics, &g.Status)
 }
 
-func (c *checker) addrPort(field, s string, defPort uint16) netip.AddrPort {
-	if s == "" {
+// addrPort fills in the default port of a bare address; a bad one was
+// reported while decoding.
+func (c *checker) addrPort(field string, h *HostPort, defPort uint16) {
+	switch {
+	case !h.IsValid():
 		c.errf(field, "missing: ip:port")
-		return netip.AddrPort{}
+	case h.Port() == 0:
+		h.AddrPort = netip.AddrPortFrom(h.Addr(), defPort)
 	}
-	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-		return netip.AddrPortFrom(a.Unmap(), defPort)
+}
+
+// unmapped drops invalid addresses (reported while decoding) and turns
+// IPv4-mapped IPv6 ones into IPv4.
+func unmapped(as []netip.Addr) []netip.Addr {
+	out := as[:0]
+	for _, a := range as {
+		if a.IsValid() {
+			out = append(out, a.Unmap())
+		}
 	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil || ap.Addr().Zone() != "" {
-		c.errf(field, "%q: want ip:port, e.g. 10.1.0.11:%d or [fd00::11]:%d", s, defPort, defPort)
-		return netip.AddrPort{}
-	}
-	if ap.Port() == 0 {
-		c.errf(field, "%q: port 0", s)
-		return netip.AddrPort{}
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return out
 }
 
 // Node is what one process runs: a demux or one end of a lane.

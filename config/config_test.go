@@ -26,7 +26,7 @@ func TestExampleLoads(t *testing.T) {
 	if p.MTU != 1420 || p.Hash.TableSize == 0 || p.Hash.Key[0] != 0x00 || p.Hash.Key[15] != 0xff {
 		t.Errorf("defaults/key: mtu %d table %d key %x", p.MTU, p.Hash.TableSize, p.Hash.Key)
 	}
-	if got := p.Lanes[0].B.GeneveAddr.String(); got != "10.2.0.21:6081" {
+	if got := p.Lanes[0].B.Geneve.String(); got != "10.2.0.21:6081" {
 		t.Errorf("geneve default port: %s", got)
 	}
 	if p.Lanes[1].Weight != 2 || p.Lanes[0].Weight != 1 {
@@ -73,7 +73,7 @@ func TestHAPair(t *testing.T) {
 		t.Error("the demux must outrank its standby")
 	}
 	h := a.HA
-	if fmt.Sprint(h.Addrs) != "[10.1.0.1 fd00:a::1]" || h.RouterID != 51 || h.AdvertInterval != 50*time.Millisecond || h.CheckInterval != time.Second || h.Preempt {
+	if fmt.Sprint(h.VIPs) != "[10.1.0.1 fd00:a::1]" || h.RouterID != 51 || h.AdvertInterval != 50*time.Millisecond || h.CheckInterval != time.Second || h.Preempt {
 		t.Errorf("ha: %+v", h)
 	}
 	if got := strings.Join(p.NodeNames(), " "); !strings.Contains(got, "demux-a demux-a2 demux-b") {
@@ -151,14 +151,30 @@ func TestBrokenConfigs(t *testing.T) {
 	}
 }
 
-// TestAllErrorsAtOnce: an operator fixes a file in one pass.
+// TestAllErrorsAtOnce: an operator fixes a file in one pass, also when
+// some values do not even parse as their type.
 func TestAllErrorsAtOnce(t *testing.T) {
 	dir := t.TempDir()
-	s := example(t, dir, "vni: 4242", "vni: 16777216", "mtu: 1420", "mtu: 100", "  - id: 2", "  - id: 9999")
-	_, err := Parse([]byte(s), dir+"/")
-	errs, ok := err.(Errors)
-	if !ok || len(errs) != 3 {
-		t.Fatalf("want 3 errors, got %v", err)
+	for _, c := range []struct {
+		edits []string
+		want  []string
+	}{
+		{[]string{"vni: 4242", "vni: 16777216", "mtu: 1420", "mtu: 100", "  - id: 2", "  - id: 9999"}, []string{"vni:", "mtu:", "lanes[1].id:"}},
+		{[]string{"mode: 5-tuple", "mode: 4-tuple", "geneve: 10.1.0.22:6081", "geneve: 10.1.0.22:99999",
+			"[10.2.0.2]", "[10.2.0.300]", "vni: 4242", "vni: 16777216", "mtu: 1420", "mtu: 1420\nmtus: 1"},
+			[]string{"hash.mode:", "lanes[1].a.geneve:", "networks.b.demux.addresses[0]:", "vni:", "mtus (line"}},
+	} {
+		_, err := Parse([]byte(example(t, dir, c.edits...)), dir+"/")
+		errs, ok := err.(Errors)
+		if !ok || len(errs) != len(c.want) {
+			t.Errorf("want %d errors, got %v", len(c.want), err)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("no error for %s in:\n%v", w, err)
+			}
+		}
 	}
 }
 

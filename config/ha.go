@@ -22,16 +22,14 @@ const (
 // moves them to the standby when the active fails. Both demuxes run all the
 // time with the same lanes, so they build the same tables.
 type HA struct {
-	VIPs           []string      `yaml:"vips"`            // hosts route the remote prefixes via these
-	Interface      string        `yaml:"interface"`       // where the VIPs live, on both demux hosts
-	RouterID       int           `yaml:"router_id"`       // VRRP virtual_router_id, unique on the LAN
+	VIPs           []netip.Addr  `yaml:"vips"`                      // hosts route the remote prefixes via these
+	Interface      string        `yaml:"interface"`                 // where the VIPs live, on both demux hosts
+	RouterID       int           `yaml:"router_id"`                 // VRRP virtual_router_id, unique on the LAN
 	AdvertInterval time.Duration `yaml:"advert_interval,omitempty"` // VRRPv3, in centiseconds
 	CheckInterval  time.Duration `yaml:"check_interval,omitempty"`  // how often keepalived runs `demux health`
 	Preempt        bool          `yaml:"preempt,omitempty"`         // the demux takes the VIPs back when it returns
 	Unicast        bool          `yaml:"unicast,omitempty"`         // adverts to the other demux, where multicast is blocked (VPCs)
 	Notify         string        `yaml:"notify,omitempty"`          // run on every change of role (cloud mode)
-
-	Addrs []netip.Addr `yaml:"-"`
 }
 
 // Demuxes returns the side's demux and, where there is one, its standby.
@@ -47,7 +45,7 @@ func (n Network) Demuxes() []Demux {
 func (n Network) DemuxSources() []netip.Addr {
 	var s []netip.Addr
 	for _, d := range n.Demuxes() {
-		s = append(s, d.Sources...)
+		s = append(s, d.Addresses...)
 	}
 	return s
 }
@@ -93,23 +91,19 @@ func (c *checker) ha(f string, n *Network) {
 	}
 	own := map[netip.Addr]bool{}
 	for _, d := range n.Demuxes() {
-		for _, a := range d.Sources {
+		for _, a := range d.Addresses {
 			own[a] = true
 		}
 	}
-	for i, s := range h.VIPs {
-		a, err := netip.ParseAddr(s)
+	h.VIPs = unmapped(h.VIPs) // bad ones were reported while decoding
+	for i, a := range h.VIPs {
 		vf := fmt.Sprintf("%s.vips[%d]", hf, i)
 		switch {
-		case err != nil || a.Zone() != "":
-			c.errf(vf, "%q is not an IP address (no prefix length: keepalived adds it as /32 or /128)", s)
-			continue
-		case own[a.Unmap()]:
+		case own[a]:
 			c.errf(vf, "%s is a demux's own address; a VIP must be one that neither demux holds", a)
 		case a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified():
 			c.errf(vf, "%s: want a unicast address of this network", a)
 		}
-		h.Addrs = append(h.Addrs, a.Unmap())
 	}
 	if h.Interface == "" {
 		c.errf(hf+".interface", "missing: the LAN interface the VIPs live on (the same name on both demux hosts)")
@@ -131,10 +125,10 @@ func (c *checker) ha(f string, n *Network) {
 	if h.CheckInterval < time.Second || h.CheckInterval > time.Hour || h.CheckInterval%time.Second != 0 {
 		c.errf(hf+".check_interval", "%s: want whole seconds, 1s..1h (keepalived runs scripts at most once a second)", h.CheckInterval)
 	}
-	if h.Unicast && n.Standby != nil && len(h.Addrs) > 0 {
+	if h.Unicast && n.Standby != nil && len(h.VIPs) > 0 {
 		// The adverts are of the first VIP's family; each demux sends from
 		// its first address of that family to the other's.
-		v4 := h.Addrs[0].Is4()
+		v4 := h.VIPs[0].Is4()
 		for _, d := range n.Demuxes() {
 			if !d.hasFamily(v4) {
 				c.errf(hf+".unicast", "demux %s has no %s address to send VRRP adverts from", d.Name, family(v4))
@@ -153,7 +147,7 @@ func (d *Demux) hasFamily(v4 bool) bool {
 
 // FirstOf returns the demux's first address of a family.
 func (d *Demux) FirstOf(v4 bool) (netip.Addr, bool) {
-	for _, a := range d.Sources {
+	for _, a := range d.Addresses {
 		if a.Is4() == v4 {
 			return a, true
 		}

@@ -195,3 +195,14 @@ func sipRound(v0, v1, v2, v3 uint64) (uint64, uint64, uint64, uint64) {
 	v2 = bits.RotateLeft64(v2, 32)
 	return v0, v1, v2, v3
 }
+
+// UnmarshalText reads a mode as ParseMode does (config files hold it so).
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	if err == nil {
+		*m = v
+	}
+	return err
+}
+
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }

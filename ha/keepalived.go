@@ -57,15 +57,15 @@ func Keepalived(p *config.Peering, node string, paths Paths) ([]byte, error) {
 		HA:       h, Priority: nw.Priority(node), Tun: n.Demux.Tun,
 		Advert: seconds(h.AdvertInterval), Check: int(h.CheckInterval / time.Second),
 	}
-	for _, a := range h.Addrs {
-		if a.Is4() == h.Addrs[0].Is4() {
+	for _, a := range h.VIPs {
+		if a.Is4() == h.VIPs[0].Is4() {
 			v.VIPs = append(v.VIPs, a)
 		} else {
 			v.OtherVIPs = append(v.OtherVIPs, a)
 		}
 	}
 	if h.Unicast {
-		v4 := h.Addrs[0].Is4()
+		v4 := h.VIPs[0].Is4()
 		v.UnicastSrc, _ = n.Demux.FirstOf(v4)
 		v.UnicastPeer, _ = nw.Pair(node).FirstOf(v4)
 	}

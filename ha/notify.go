@@ -3,7 +3,6 @@ package ha
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
@@ -53,9 +52,9 @@ func Hook(ctx context.Context, p *config.Peering, node, state string) ([]byte, e
 		"CLUSTERPEER_SIDE="+string(n.Side),
 		"CLUSTERPEER_NODE="+node,
 		"CLUSTERPEER_STATE="+state,
-		"CLUSTERPEER_ADDRESSES="+join(n.Demux.Sources),
-		"CLUSTERPEER_VIPS="+join(nw.HA.Addrs),
-		"CLUSTERPEER_REMOTE_PREFIXES="+strings.Join(p.Networks[n.Side.Other()].Prefixes, ","),
+		"CLUSTERPEER_ADDRESSES="+Join(n.Demux.Addresses),
+		"CLUSTERPEER_VIPS="+Join(nw.HA.VIPs),
+		"CLUSTERPEER_REMOTE_PREFIXES="+Join(p.Networks[n.Side.Other()].Prefixes),
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -64,10 +63,12 @@ func Hook(ctx context.Context, p *config.Peering, node, state string) ([]byte, e
 	return out, nil
 }
 
-func join(as []netip.Addr) string {
-	s := make([]string, len(as))
-	for i, a := range as {
-		s[i] = a.String()
+// Join lists addresses or prefixes as the hook's variables and the
+// status show them: comma-separated.
+func Join[T fmt.Stringer](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = x.String()
 	}
 	return strings.Join(s, ",")
 }

@@ -4,12 +4,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -62,19 +64,19 @@ func (p *Peering) writeFiles() error {
 func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 	f := &config.Peering{
 		Name: p.Options.Prefix, VNI: 4242, MTU: 1420,
-		Hash:     config.Hash{KeyFile: "hash.key", Mode: "5-tuple", Symmetric: true},
+		Hash:     config.Hash{KeyFile: "hash.key", Mode: flowhash.Mode5Tuple, Symmetric: true},
 		Health:   p.Health,
 		Networks: map[config.Side]config.Network{},
 	}
 	for _, s := range config.Sides {
 		n := netNum(s)
 		nw := config.Network{
-			Prefixes: []string{fmt.Sprintf("10.%d.0.0/16", n), fmt.Sprintf("fd00:%s::/64", s)},
-			Demux:    config.Demux{Name: "demux-" + string(s), Addresses: []string{fmt.Sprintf("10.%d.0.2", n), fmt.Sprintf("fd00:%s::2", s)}, Tun: "cpdemux"},
+			Prefixes: []netip.Prefix{parse(netip.ParsePrefix, "10.%d.0.0/16", n), parse(netip.ParsePrefix, "fd00:%s::/64", s)},
+			Demux:    config.Demux{Name: "demux-" + string(s), Addresses: []netip.Addr{parse(netip.ParseAddr, "10.%d.0.2", n), parse(netip.ParseAddr, "fd00:%s::2", s)}, Tun: "cpdemux"},
 		}
 		if s == config.SideA && p.HA {
-			nw.Standby = &config.Demux{Name: "demux-a2", Addresses: []string{"10.1.0.3", "fd00:a::3"}, Tun: "cpdemux"}
-			nw.HA = &config.HA{VIPs: []string{"10.1.0.1", "fd00:a::1"}, Interface: "lan0", RouterID: 42, Notify: filepath.Join(p.Work, "ha-notify.sh")}
+			nw.Standby = &config.Demux{Name: "demux-a2", Addresses: []netip.Addr{parse(netip.ParseAddr, "10.1.0.3"), parse(netip.ParseAddr, "fd00:a::3")}, Tun: "cpdemux"}
+			nw.HA = &config.HA{VIPs: []netip.Addr{parse(netip.ParseAddr, "10.1.0.1"), parse(netip.ParseAddr, "fd00:a::1")}, Interface: "lan0", RouterID: 42, Notify: filepath.Join(p.Work, "ha-notify.sh")}
 		}
 		f.Networks[s] = nw
 	}
@@ -88,15 +90,15 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 			g := l.End(s)
 			*g = config.Gateway{
 				Name:           name,
-				Geneve:         fmt.Sprintf("10.%d.0.%d:6081", netNum(s), 20+i),
-				Endpoint:       fmt.Sprintf("198.18.%d.%d:51820", i, host),
+				Geneve:         hostPort("10.%d.0.%d:6081", netNum(s), 20+i),
+				Endpoint:       hostPort("198.18.%d.%d:51820", i, host),
 				PublicKey:      keys[name].Public().Base64(),
 				PrivateKeyFile: name + ".key",
 				Tun:            fmt.Sprintf("%s-g%s%d", p.Options.Prefix, s, i),
 			}
 			if p.Underlay6 {
-				g.Geneve = fmt.Sprintf("[fd00:%s::%d]:6081", s, 20+i)
-				g.Endpoint = fmt.Sprintf("[fd00:1:%d::%d]:51820", i, host)
+				g.Geneve = hostPort("[fd00:%s::%d]:6081", s, 20+i)
+				g.Endpoint = hostPort("[fd00:1:%d::%d]:51820", i, host)
 			}
 		}
 		f.Lanes = append(f.Lanes, l)
@@ -111,4 +113,18 @@ func (p *Peering) writeConfig(path string, lanes int, keys map[string]wgkey.Key)
 	}
 	head := fmt.Sprintf("# Written by bench/topology for the namespaces %s-*.\n", p.Options.Prefix)
 	return os.WriteFile(path, append([]byte(head), b...), 0o600)
+}
+
+// parse formats an address of the topology's plan and parses it; the plan
+// is fixed, so a failure is a bug here.
+func parse[T any](parse func(string) (T, error), format string, args ...any) T {
+	v, err := parse(fmt.Sprintf(format, args...))
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func hostPort(format string, args ...any) config.HostPort {
+	return config.HostPort{AddrPort: parse(netip.ParseAddrPort, format, args...)}
 }

@@ -32,7 +32,7 @@ func (p *Peering) stockGateway(s config.Side, wgo string) error {
 	}
 	peer := p.Config.Lanes[0].End(o)
 	if _, err := p.Run(ns, "wg", "set", ifname, "private-key", filepath.Join(p.Work, name+".key"), "listen-port", "51820",
-		"peer", peer.PublicKey, "endpoint", peer.Endpoint,
+		"peer", peer.PublicKey, "endpoint", peer.Endpoint.String(),
 		"allowed-ips", fmt.Sprintf("10.%d.0.0/16,fd00:%s::/64", netNum(o), o)); err != nil {
 		return err
 	}

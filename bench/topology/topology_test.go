@@ -38,8 +38,8 @@ func TestFileLoads(t *testing.T) {
 		if o.Underlay6 {
 			wantGeneve = fmt.Sprintf("[fd00:b::%d]:6081", 20+o.Lanes)
 		}
-		if g.Self.GeneveAddr.String() != wantGeneve || g.Self.Tun != fmt.Sprintf("cpf-gb%d", o.Lanes) {
-			t.Errorf("gw-b%d: geneve %s tun %s; want %s cpf-gb%d", o.Lanes, g.Self.GeneveAddr, g.Self.Tun, wantGeneve, o.Lanes)
+		if g.Self.Geneve.AddrPort.String() != wantGeneve || g.Self.Tun != fmt.Sprintf("cpf-gb%d", o.Lanes) {
+			t.Errorf("gw-b%d: geneve %s tun %s; want %s cpf-gb%d", o.Lanes, g.Self.Geneve.AddrPort, g.Self.Tun, wantGeneve, o.Lanes)
 		}
 		// Each public key is the one of the private key file beside it.
 		b, err := os.ReadFile(g.Self.PrivateKeyFile)

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -41,6 +42,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
+	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -191,11 +193,11 @@ func (b *bench) writeConfig() error {
 	off := false
 	p := config.Peering{
 		Name: "benchxdp", VNI: 4242, MTU: 1420,
-		Hash:   config.Hash{KeyFile: "hash.key", Mode: "5-tuple", Symmetric: true},
+		Hash:   config.Hash{KeyFile: "hash.key", Mode: flowhash.Mode5Tuple, Symmetric: true},
 		Health: config.Health{Enabled: &off},
 		Networks: map[config.Side]config.Network{
-			config.SideA: {Prefixes: []string{"10.8.0.0/16"}, Demux: config.Demux{Name: "demux-a", Addresses: []string{"10.8.0.2"}, Tun: "cpbench"}},
-			config.SideB: {Prefixes: []string{"10.2.0.0/16"}, Demux: config.Demux{Name: "demux-b", Addresses: []string{"10.2.0.2"}, Tun: "cpbench"}},
+			config.SideA: {Prefixes: []netip.Prefix{netip.MustParsePrefix("10.8.0.0/16")}, Demux: config.Demux{Name: "demux-a", Addresses: []netip.Addr{netip.MustParseAddr("10.8.0.2")}, Tun: "cpbench"}},
+			config.SideB: {Prefixes: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, Demux: config.Demux{Name: "demux-b", Addresses: []netip.Addr{netip.MustParseAddr("10.2.0.2")}, Tun: "cpbench"}},
 		},
 	}
 	for i := 1; i <= 3; i++ {
@@ -213,7 +215,7 @@ func (b *bench) writeConfig() error {
 			if s == config.SideB {
 				geneve, host = fmt.Sprintf("10.2.0.2%d:6081", i), 2
 			}
-			*l.End(s) = config.Gateway{Name: name, Geneve: geneve, Endpoint: fmt.Sprintf("198.18.%d.%d:51820", i, host),
+			*l.End(s) = config.Gateway{Name: name, Geneve: hostPort(geneve), Endpoint: hostPort(fmt.Sprintf("198.18.%d.%d:51820", i, host)),
 				PublicKey: k.Public().Base64(), PrivateKeyFile: name + ".key", Tun: fmt.Sprintf("cpbg%s%d", s, i)}
 		}
 		p.Lanes = append(p.Lanes, l)
@@ -405,3 +407,5 @@ func (b *bench) tcp(ctx context.Context) Result {
 	}
 	return Result{Mpps: r.Bps / 8 / tcpBytes / 1e6, Gbps: r.Bps / 1e9}
 }
+
+func hostPort(s string) config.HostPort { return config.HostPort{AddrPort: netip.MustParseAddrPort(s)} }

@@ -44,10 +44,10 @@ func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip
 	dev := f.dev
 	var mac []byte
 	if dev == "" {
-		if len(d.Sources) == 0 {
+		if len(d.Addresses) == 0 {
 			return nil, fmt.Errorf("--xdp: the demux has no address to find its interface by; give --xdp-dev")
 		}
-		ifc, err := xdp.InterfaceOf(d.Sources[0])
+		ifc, err := xdp.InterfaceOf(d.Addresses[0])
 		if err != nil {
 			return nil, fmt.Errorf("--xdp: %w (give --xdp-dev, or --xdp=off)", err)
 		}
@@ -60,7 +60,7 @@ func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip
 		mac = ifc.HardwareAddr
 	}
 	prog, err := xdp.Load(xdp.Config{
-		Key: p.Hash.Key, HashMode: p.Hash.HashMode, Symmetric: p.Hash.Symmetric,
+		Key: p.Hash.Key, HashMode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
 		TableSize: p.Hash.TableSize, PinFlows: p.Hash.PinFlows,
 		MTU: p.MTU, VNI: p.VNI, Remote: remote, IngressMAC: mac,
 	})

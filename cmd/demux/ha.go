@@ -131,7 +131,11 @@ func newHARole(nw config.Network, node string) *haRole {
 	if nw.HA == nil {
 		return nil
 	}
-	return &haRole{now: haStatus{VIPs: nw.HA.VIPs, Pair: nw.Pair(node).Name}}
+	vips := make([]string, len(nw.HA.VIPs))
+	for i, v := range nw.HA.VIPs {
+		vips[i] = v.String()
+	}
+	return &haRole{now: haStatus{VIPs: vips, Pair: nw.Pair(node).Name}}
 }
 
 func (r *haRole) status() *haStatus {

@@ -71,7 +71,7 @@ func up(args []string) error {
 		return fmt.Errorf("create tun %s: %w", d.Tun, err)
 	}
 	defer t.Close()
-	if err := tunlink.Up(d.Tun, p.Networks[node.Side.Other()].Parsed); err != nil {
+	if err := tunlink.Up(d.Tun, p.Networks[node.Side.Other()].Prefixes); err != nil {
 		return err
 	}
 	// The ICMP errors the demux writes back into the TUN come from this
@@ -114,7 +114,7 @@ func up(args []string) error {
 		warnStrictRPFilter(log)
 		// ICMP errors for the frames sent to the gateways: a gateway
 		// that is gone says so within a millisecond.
-		v4, v6 := families(d.Sources)
+		v4, v6 := families(d.Addresses)
 		if stopICMP, err := dm.WatchICMP(prober, v4, v6); err != nil {
 			log.Warn("gateways' ICMP failure signals off; a dead gateway is noticed by the probes' silence (or its notices) only", "err", err)
 		} else {

@@ -20,7 +20,7 @@ import (
 
 func selectorConfig(p *config.Peering) flowhash.Config {
 	return flowhash.Config{
-		Key: p.Hash.Key, Mode: p.Hash.HashMode, Symmetric: p.Hash.Symmetric,
+		Key: p.Hash.Key, Mode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
 		TableSize: p.Hash.TableSize, Pins: flowhash.PinConfig{Capacity: p.Hash.PinFlows},
 	}
 }
@@ -28,8 +28,8 @@ func selectorConfig(p *config.Peering) flowhash.Config {
 // demuxConfig: the remote network is the other side's; the ICMP errors
 // the demux writes come from its first address of each family.
 func demuxConfig(p *config.Peering, node config.Node, sel *flowhash.Selector, log *slog.Logger) demux.Config {
-	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Remote: p.Networks[node.Side.Other()].Parsed, Log: log}
-	for _, a := range node.Demux.Sources {
+	cfg := demux.Config{Selector: sel, VNI: p.VNI, MTU: p.MTU, Remote: p.Networks[node.Side.Other()].Prefixes, Log: log}
+	for _, a := range node.Demux.Addresses {
 		if a.Is4() && !cfg.ICMPv4.IsValid() {
 			cfg.ICMPv4 = a
 		}
@@ -48,7 +48,7 @@ type laneHealth interface {
 
 func proberConfig(p *config.Peering, node config.Node, dm laneHealth, log *slog.Logger) probe.ProberConfig {
 	return probe.ProberConfig{
-		Key: probe.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: node.Demux.Sources,
+		Key: probe.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: node.Demux.Addresses,
 		Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, OnSettled: dm.LaneSettled, Log: log,
 		StartDelay: probeStartDelay(node.Side),
 	}
@@ -87,7 +87,7 @@ func identityOf(p *config.Peering, node config.Node) demux.Status {
 }
 
 func hashName(h config.Hash) string {
-	s := h.HashMode.String()
+	s := h.Mode.String()
 	if h.Symmetric {
 		s += " symmetric"
 	}

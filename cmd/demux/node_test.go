@@ -54,8 +54,8 @@ func TestNodeConfigs(t *testing.T) {
 	if cb := demuxConfig(p, b, nil, nil); cb.ICMPv6.IsValid() || cb.ICMPv4 != netip.MustParseAddr("10.2.0.2") {
 		t.Errorf("demux-b (IPv4 only) ICMP sources: %v %v", cb.ICMPv4, cb.ICMPv6)
 	}
-	if v4, v6 := families(b.Demux.Sources); !v4 || v6 {
-		t.Errorf("families of %v: %v %v", b.Demux.Sources, v4, v6)
+	if v4, v6 := families(b.Demux.Addresses); !v4 || v6 {
+		t.Errorf("families of %v: %v %v", b.Demux.Addresses, v4, v6)
 	}
 
 	var rec recorder

@@ -21,13 +21,13 @@ func laneSpecs(p *config.Peering, side config.Side, bind conn.Bind) ([]demux.Lan
 	var specs []demux.LaneSpec
 	for _, l := range p.Lanes {
 		g, far := l.End(side), l.End(side.Other())
-		ep, err := bind.ParseEndpoint(g.GeneveAddr.String())
+		ep, err := bind.ParseEndpoint(g.Geneve.AddrPort.String())
 		if err != nil {
-			return nil, fmt.Errorf("lane %d gateway %s: %w", l.ID, g.GeneveAddr, err)
+			return nil, fmt.Errorf("lane %d gateway %s: %w", l.ID, g.Geneve.AddrPort, err)
 		}
 		specs = append(specs, demux.LaneSpec{
 			ID: flowhash.LaneID(l.ID), Weight: l.Weight, Gateway: g.Name,
-			Near: g.GeneveAddr, Endpoint: ep, Far: far.GeneveAddr.Addr(),
+			Near: g.Geneve.AddrPort, Endpoint: ep, Far: far.Geneve.AddrPort.Addr(),
 		})
 	}
 	return specs, nil

@@ -115,15 +115,15 @@ func up(args []string) error {
 	l, err := gateway.Start(gateway.Config{
 		Tun:          self.Tun,
 		MTU:          p.MTU,
-		GenevePort:   self.GeneveAddr.Port(),
+		GenevePort:   self.Geneve.AddrPort.Port(),
 		Ingress:      ingress,
 		OnPeer:       onPeer,
 		OnPath:       onPath,
 		PrivateKey:   priv,
-		ListenPort:   self.EndpointAddr.Port(),
+		ListenPort:   self.Endpoint.AddrPort.Port(),
 		Peer:         peer.Public,
-		PeerEndpoint: peer.EndpointAddr,
-		Remote:       p.Networks[node.Side.Other()].Parsed,
+		PeerEndpoint: peer.Endpoint.AddrPort,
+		Remote:       p.Networks[node.Side.Other()].Prefixes,
 		UAPI:         true,
 		Log:          log,
 	})
@@ -150,7 +150,7 @@ func up(args []string) error {
 	}
 	identity := gateway.Status{
 		Node: self.Name, Peering: p.Name, Side: string(node.Side), Lane: node.Lane.ID, Tun: self.Tun, MTU: p.MTU,
-		PublicKey: self.PublicKey, ListenPort: self.EndpointAddr.Port(), GenevePort: self.GeneveAddr.Port(),
+		PublicKey: self.PublicKey, ListenPort: self.Endpoint.AddrPort.Port(), GenevePort: self.Geneve.AddrPort.Port(),
 		Demuxes: demuxes, PeerName: peer.Name,
 	}
 	status := func() any {
@@ -167,8 +167,8 @@ func up(args []string) error {
 	}
 	defer srv.Close()
 
-	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.GeneveAddr,
-		"listen", self.EndpointAddr.Port(), "peer", peer.Name, "peer_endpoint", peer.EndpointAddr,
+	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.Geneve.AddrPort,
+		"listen", self.Endpoint.AddrPort.Port(), "peer", peer.Name, "peer_endpoint", peer.Endpoint.AddrPort,
 		"metrics", self.Metrics, "status", self.Status)
 	ctx, stop := cli.SignalContext()
 	defer stop()
@@ -290,7 +290,7 @@ func peerProbe(p *config.Peering, node config.Node) netip.AddrPort {
 	if !p.Health.On {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(node.Peer.GeneveAddr.Addr(), p.Health.Port)
+	return netip.AddrPortFrom(node.Peer.Geneve.AddrPort.Addr(), p.Health.Port)
 }
 
 // startReflector answers the far demux's probes on this gateway's own
@@ -300,7 +300,7 @@ func startReflector(p *config.Peering, node config.Node, iface string, log *slog
 	if !p.Health.On {
 		return nil, nil
 	}
-	addr := netip.AddrPortFrom(node.Self.GeneveAddr.Addr(), p.Health.Port)
+	addr := netip.AddrPortFrom(node.Self.Geneve.AddrPort.Addr(), p.Health.Port)
 	rf, err := probe.NewReflector(addr, flowhash.LaneID(node.Lane.ID), probe.DeriveKey(p.Hash.Key[:]), iface, log)
 	if err != nil {
 		return nil, err
