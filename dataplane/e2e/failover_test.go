@@ -19,10 +19,10 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
-	"github.com/clusterpeer/clusterpeer/bench/topology"
-	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 )
 
