@@ -14,6 +14,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -103,25 +104,13 @@ func up(args []string) error {
 	if fp != nil {
 		fp.lanes(&lc)
 	}
-	var prober *probe.Prober
-	if p.Health.On {
-		prober, err = probe.NewProber(proberConfig(p, node, dm, log))
-		if err != nil {
-			return err
-		}
-		defer prober.Close()
+	prober, stopHealth, err := startHealth(p, node, dm, log)
+	if err != nil {
+		return err
+	}
+	defer stopHealth()
+	if prober != nil { // a nil *Prober in the interface would be a prober
 		lc.Prober = prober
-		warnStrictRPFilter(log)
-		// ICMP errors for the frames sent to the gateways: a gateway
-		// that is gone says so within a millisecond.
-		v4, v6 := families(d.Addresses)
-		if stopICMP, err := dm.WatchICMP(prober, v4, v6); err != nil {
-			log.Warn("gateways' ICMP failure signals off; a dead gateway is noticed by the probes' silence (or its notices) only", "err", err)
-		} else {
-			defer stopICMP()
-		}
-	} else {
-		log.Warn("lane health checks are off (health.enabled: false): every configured lane takes traffic")
 	}
 	dm.UseLanes(lc)
 	specs, err := laneSpecs(p, node.Side, bind)
@@ -168,14 +157,42 @@ func up(args []string) error {
 			return err
 		}
 	}
+	log.Info("demux up", "peering", p.Name, "side", node.Side, "tun", d.Tun, "mtu", p.MTU,
+		"lanes", len(p.Lanes), "hash", identity.Hash, "metrics", d.Metrics, "status", d.Status,
+		"probe_interval", p.Health.Interval, "detect_multiplier", p.Health.DetectMultiplier)
+	return serve(ctx, t, dm, done, r, log)
+}
+
+// startHealth opens the lane prober (none with health.enabled: false) and
+// the ICMP watch over the frames sent to the gateways: a gateway that is
+// gone says so within a millisecond. stop closes both.
+func startHealth(p *config.Peering, node config.Node, dm *demux.Demux, log *slog.Logger) (*probe.Prober, func(), error) {
+	if !p.Health.On {
+		log.Warn("lane health checks are off (health.enabled: false): every configured lane takes traffic")
+		return nil, func() {}, nil
+	}
+	prober, err := probe.NewProber(proberConfig(p, node, dm, log))
+	if err != nil {
+		return nil, nil, err
+	}
+	warnStrictRPFilter(log)
+	v4, v6 := families(node.Demux.Addresses)
+	stopICMP, err := dm.WatchICMP(prober, v4, v6)
+	if err != nil {
+		log.Warn("gateways' ICMP failure signals off; a dead gateway is noticed by the probes' silence (or its notices) only", "err", err)
+		stopICMP = func() {}
+	}
+	return prober, func() { stopICMP(); prober.Close() }, nil
+}
+
+// serve runs until a signal ends the demux or its data path fails: SIGHUP
+// reloads, and the lanes' timers tick.
+func serve(ctx context.Context, t tun.Device, dm *demux.Demux, done <-chan error, r *reloader, log *slog.Logger) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	log.Info("demux up", "peering", p.Name, "side", node.Side, "tun", d.Tun, "mtu", p.MTU,
-		"lanes", len(p.Lanes), "hash", identity.Hash, "metrics", d.Metrics, "status", d.Status,
-		"probe_interval", p.Health.Interval, "detect_multiplier", p.Health.DetectMultiplier)
 	for {
 		select {
 		case <-ctx.Done():
