@@ -38,7 +38,7 @@ with a WireGuard tunnel each), all in network namespaces on this machine.
 PIC
 start=$(date +%s%N)
 echo "setting up namespaces, keys, config ($W/peering.yaml) and 8 processes ..."
-"$BIN/bench" topology up --prefix $P --lanes $LANES --bin "$BIN" --work "$W"
+"$BIN/bench" topology up --prefix $P --lanes $LANES --bin "$BIN" --work "$W" --xdp "${XDP:-off}"
 printf "up in %.1f s\n\n" "$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e9}')"
 
 for pair in "ha 10.2.0.10" "ha fd00:b::10" "hb 10.1.0.10" "hb fd00:a::10"; do
