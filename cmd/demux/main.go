@@ -177,10 +177,12 @@ func startHealth(p *config.Peering, node config.Node, dm *demux.Demux, log *slog
 	}
 	warnStrictRPFilter(log)
 	v4, v6 := families(node.Demux.Addresses)
-	stopICMP, err := dm.WatchICMP(prober, v4, v6)
+	drainICMP, stopICMP, err := dm.WatchICMP(prober, v4, v6)
 	if err != nil {
 		log.Warn("gateways' ICMP failure signals off; a dead gateway is noticed by the probes' silence (or its notices) only", "err", err)
 		stopICMP = func() {}
+	} else {
+		prober.BeforeJudging(drainICMP)
 	}
 	return prober, func() { stopICMP(); prober.Close() }, nil
 }

@@ -25,12 +25,19 @@ type ICMPSink interface {
 // lane's gateway and carried a packet of a flow on that lane (its pin,
 // or where the keyed table sends it), or a probe the prober sent there
 // lately; port unreachable must come from the gateway's own host. It
-// returns a function that stops the watch.
-func (d *Demux) WatchICMP(sink ICMPSink, v4, v6 bool) (stop func(), err error) {
+// returns a function that stops the watch, and one that acts on the
+// errors already queued on the caller's goroutine (the prober's, before it
+// judges a lane by silence).
+func (d *Demux) WatchICMP(sink ICMPSink, v4, v6 bool) (drain, stop func(), err error) {
 	var ws []*icmpwatch.Watch
 	stop = func() {
 		for _, w := range ws {
 			w.Close()
+		}
+	}
+	drain = func() {
+		for _, w := range ws {
+			w.Drain()
 		}
 	}
 	for _, fam := range []struct{ on, v6 bool }{{v4, false}, {v6, true}} {
@@ -40,11 +47,11 @@ func (d *Demux) WatchICMP(sink ICMPSink, v4, v6 bool) (stop func(), err error) {
 		w, err := icmpwatch.Listen(fam.v6, func(q icmpwatch.Quote) { d.icmpError(sink, q) })
 		if err != nil {
 			stop()
-			return nil, err
+			return nil, nil, err
 		}
 		ws = append(ws, w)
 	}
-	return stop, nil
+	return drain, stop, nil
 }
 
 func (d *Demux) icmpError(sink ICMPSink, q icmpwatch.Quote) {

@@ -405,6 +405,7 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	time.Sleep(300 * time.Millisecond) // TCP streams connected and pinned first
 	go func() { sent <- send.Run(ctx) }()
 	time.Sleep(foFaultAt)
+	icmpBefore := tp.icmpOut("ga2")
 	faultAt := time.Now()
 	sc.fault(tp)
 	faultDone := time.Now() // an nft or a sleep takes a while
@@ -428,7 +429,9 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 			if st.Probing != nil {
 				r.detected += fmt.Sprintf(" signals=%v probe_drops=%v", st.Probing.Signals, st.Probing.Drops)
 			}
-			r.detected += "; ga2: " + strings.Join(strings.Fields(tp.run("ga2", "nstat", "-az", "IcmpOutDestUnreachs", "IcmpOutRateLimitHost", "IcmpOutRateLimitGlobal")), " ")
+			after := tp.icmpOut("ga2")
+			r.detected += fmt.Sprintf("; ga2 during the run: %.0f ICMP unreachable sent, %.0f held back by the per-host limit, %.0f by the global one",
+				after[0]-icmpBefore[0], after[1]-icmpBefore[1], after[2]-icmpBefore[2])
 		}
 	}
 	if r.lost > 0 {
@@ -453,6 +456,12 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	sc.restore(tp)
 	time.Sleep(150 * time.Millisecond) // past the flap window
 	return r
+}
+
+// icmpOut reads a node's ICMP unreachable counters: sent, and held back
+// by the per-host and the global rate limits.
+func (tp *foTopo) icmpOut(node string) [3]float64 {
+	return [3]float64{tp.counter(node, "IcmpOutDestUnreachs"), tp.counter(node, "IcmpOutRateLimitHost"), tp.counter(node, "IcmpOutRateLimitGlobal")}
 }
 
 // laneDowns returns each demux's log lines so far of a lane found dead

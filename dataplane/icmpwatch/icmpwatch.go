@@ -83,11 +83,21 @@ func Parse(msg []byte, from netip.Addr, v6 bool) (q Quote, ok bool) {
 }
 
 // Watch reads ICMP errors of one family until Close, handing each
-// destination-unreachable Quote to fn (from its own goroutine; the
-// payload is valid only during the call).
+// destination-unreachable Quote to fn (from its own goroutine, or from
+// Drain's caller: fn must be safe for both at once; the payload is valid
+// only during the call).
 type Watch struct {
 	conn *net.IPConn
+	v6   bool
+	fn   func(Quote)
 	wg   sync.WaitGroup
+
+	// Drain reads the socket itself, not through conn: conn's reads take
+	// a lock the goroutine holds while it waits for the next error.
+	mu     sync.Mutex // fd, closed, buf
+	fd     int
+	closed bool
+	buf    []byte
 }
 
 // Listen opens the raw socket (CAP_NET_RAW) for IPv4 or IPv6.
@@ -100,9 +110,11 @@ func Listen(v6 bool, fn func(Quote)) (*Watch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("icmp socket %s (needs CAP_NET_RAW): %w", network, err)
 	}
+	w := &Watch{conn: c, v6: v6, fn: fn, fd: -1, buf: make([]byte, 1500)}
 	// Let only destination unreachable through to the socket.
 	if raw, err := c.SyscallConn(); err == nil {
 		raw.Control(func(fd uintptr) {
+			w.fd = int(fd)
 			if !v6 {
 				unix.SetsockoptInt(int(fd), unix.SOL_RAW, 1 /* ICMP_FILTER */, ^(1 << 3))
 				return
@@ -115,7 +127,6 @@ func Listen(v6 bool, fn func(Quote)) (*Watch, error) {
 			unix.SetsockoptICMPv6Filter(int(fd), unix.SOL_ICMPV6, unix.ICMPV6_FILTER, &f)
 		})
 	}
-	w := &Watch{conn: c}
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -137,8 +148,47 @@ func Listen(v6 bool, fn func(Quote)) (*Watch, error) {
 	return w, nil
 }
 
+// Drain hands fn the errors already queued, on the caller's goroutine,
+// at most 64: a caller about to judge by silence lets the errors that
+// arrived while it waited for a CPU count first (after a stall, the
+// watch's own goroutine may run only after the judgement).
+func (w *Watch) Drain() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for range 64 {
+		if w.closed || w.fd < 0 {
+			return
+		}
+		n, from, err := unix.Recvfrom(w.fd, w.buf, unix.MSG_DONTWAIT) // never waits
+		if err != nil {
+			return
+		}
+		msg := w.buf[:n]
+		var src netip.Addr
+		switch sa := from.(type) {
+		case *unix.SockaddrInet4:
+			// An IPv4 raw socket hands the IP header too.
+			src = netip.AddrFrom4(sa.Addr)
+			if len(msg) < packet.IPv4MinLen || len(msg) < packet.IPv4(msg).HeaderLen() {
+				continue
+			}
+			msg = msg[packet.IPv4(msg).HeaderLen():]
+		case *unix.SockaddrInet6:
+			src = netip.AddrFrom16(sa.Addr)
+		default:
+			continue
+		}
+		if q, ok := Parse(msg, src, w.v6); ok {
+			w.fn(q)
+		}
+	}
+}
+
 // Close stops the watch.
 func (w *Watch) Close() {
+	w.mu.Lock()
+	w.closed = true // the fd number may be reused once conn is closed
+	w.mu.Unlock()
 	w.conn.Close()
 	w.wg.Wait()
 }

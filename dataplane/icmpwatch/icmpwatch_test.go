@@ -2,8 +2,13 @@ package icmpwatch
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // portUnreachable is an ICMPv4 port unreachable (from its type on)
@@ -59,4 +64,82 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("payload %d bytes from %d", len(q.Payload), len(b))
 		}
 	})
+}
+
+// TestDrain: errors queued while the watch's goroutine is busy reach fn
+// through Drain on the caller's goroutine, with the IP header stripped as
+// the goroutine's reads strip it.
+func TestDrain(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a raw ICMP socket (CAP_NET_RAW; CI runs it as root)")
+	}
+	// A port nothing listens on: bind one, note it, close it.
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	probe.Close()
+
+	var mu sync.Mutex
+	var got []Quote
+	var calls atomic.Int32
+	release := make(chan struct{})
+	w, err := Listen(false, func(q Quote) {
+		if q.Dst.Port() != closed.Port() {
+			return // someone else's
+		}
+		if calls.Add(1) == 1 {
+			<-release // the watch's goroutine stays busy with the first
+		}
+		mu.Lock()
+		got = append(got, Quote{From: q.From, Dst: q.Dst, Port: q.Port, Payload: append([]byte(nil), q.Payload...)})
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { close(release); w.Close() }()
+	// With nothing queued, and the goroutine waiting in its read, Drain
+	// returns at once.
+	time.Sleep(50 * time.Millisecond)
+	drained := make(chan struct{})
+	go func() { w.Drain(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(time.Second):
+		t.Fatal("Drain blocked while the watch's goroutine waited for an error")
+	}
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}) // unconnected: no error comes back to it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	to := net.UDPAddrFromAddrPort(closed)
+	c.WriteToUDP([]byte("first"), to)
+	for deadline := time.Now().Add(2 * time.Second); calls.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no ICMP error for the first datagram")
+		}
+	}
+	c.WriteToUDP([]byte("second"), to)
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		w.Drain()
+		mu.Lock()
+		n := len(got)
+		var q Quote
+		if n > 0 {
+			q = got[0]
+		}
+		mu.Unlock()
+		if n > 0 {
+			if string(q.Payload) != "second" || !q.Port || q.Dst != closed || q.From != closed.Addr() {
+				t.Errorf("drained %+v; want port unreachable from %s for %s quoting \"second\"", q, closed.Addr(), closed)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Drain handed over nothing while the watch's goroutine was busy")
+		}
+	}
 }

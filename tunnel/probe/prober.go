@@ -118,8 +118,10 @@ type Prober struct {
 	session uint64
 	closed  atomic.Bool
 	running atomic.Bool
-	done    chan struct{}
-	once    sync.Once
+
+	beforeJudging atomic.Pointer[func()] // see BeforeJudging
+	done          chan struct{}
+	once          sync.Once
 
 	mu       sync.Mutex // guards lanes, sources and interval against Status and SetTargets
 	lanes    map[flowhash.LaneID]*probeLane
@@ -308,6 +310,9 @@ func (p *Prober) Run(ctx context.Context) {
 	}
 	fds[len(p.socks)] = unix.PollFd{Fd: int32(p.wake), Events: unix.POLLIN}
 	for !p.closed.Load() {
+		if f := p.beforeJudging.Load(); f != nil {
+			(*f)()
+		}
 		wake := p.tick(time.Now())
 		ts := unix.NsecToTimespec(max(time.Until(wake), 0).Nanoseconds())
 		if _, err := unix.Ppoll(fds, &ts, nil); err != nil && !errors.Is(err, unix.EINTR) {
@@ -589,6 +594,12 @@ func (p *Prober) Fail(lane flowhash.LaneID, reason string) {
 	p.mu.Unlock()
 	p.poke()
 }
+
+// BeforeJudging has Run call f before every judgement of the lanes: f
+// hands over failure signals that wait in other queues (the demux's ICMP
+// watch), so that after a stall a signal that arrived first counts first,
+// as the probe sockets' replies do. f may call Fail.
+func (p *Prober) BeforeJudging(f func()) { p.beforeJudging.Store(&f) }
 
 // poke wakes Run.
 func (p *Prober) poke() {

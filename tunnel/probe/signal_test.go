@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -412,4 +413,50 @@ func FuzzSignals(f *testing.F) {
 		rf.SawProbe(b)
 		rf.answer(slices.Clone(b), netip.MustParseAddrPort("127.0.0.1:9"))
 	})
+}
+
+// TestSignalsQueuedElsewhereCountBeforeSilence: after a stall in which a
+// lane's detection time ran out and its gateway's ICMP error arrived, the
+// error (handed over by the BeforeJudging hook) decides, not the silence.
+func TestSignalsQueuedElsewhereCountBeforeSilence(t *testing.T) {
+	changes := make(chan Change, 4)
+	p, err := NewProber(ProberConfig{Key: testKey(3), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Params: fastParams, OnChange: func(c Change) { changes <- c }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.SetTargets([]Target{{Lane: 1, Near: netip.MustParseAddrPort("127.0.0.7:6081"), Far: netip.MustParseAddr("127.0.0.8")}}); err != nil {
+		t.Fatal(err)
+	}
+	// Up a second ago, then silent for far longer than the detection time:
+	// what a prober finds when it runs again after a stall.
+	l := p.lanes[1]
+	then := time.Now().Add(-time.Second)
+	for range 3 {
+		l.s.Reply(l.s.Sent(then), then, then)
+	}
+	if !l.s.Evaluate(then.Add(time.Millisecond)) || !l.s.Up() {
+		t.Fatal("lane not up")
+	}
+	for range 2 * fastParams.Multiplier {
+		l.s.Sent(then.Add(2 * time.Millisecond))
+	}
+	var calls atomic.Int32
+	p.BeforeJudging(func() {
+		if calls.Add(1) == 1 {
+			p.Fail(1, "ICMP port unreachable from 127.0.0.7: gateway gone")
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	select {
+	case c := <-changes:
+		if c.Up || c.ByTimeout || !strings.Contains(c.Reason, "ICMP") {
+			t.Errorf("first change %+v; want down by the ICMP error", c)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no change")
+	}
 }
