@@ -90,15 +90,15 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 			g := l.End(s)
 			*g = config.Gateway{
 				Name:           name,
-				Geneve:         hostPort("10.%d.0.%d:6081", netNum(s), 20+i),
-				Endpoint:       hostPort("198.18.%d.%d:51820", i, host),
+				Geneve:         HostPort("10.%d.0.%d:6081", netNum(s), 20+i),
+				Endpoint:       HostPort("198.18.%d.%d:51820", i, host),
 				PublicKey:      keys[name].Public().Base64(),
 				PrivateKeyFile: name + ".key",
 				Tun:            fmt.Sprintf("%s-g%s%d", p.Options.Prefix, s, i),
 			}
 			if p.Underlay6 {
-				g.Geneve = hostPort("[fd00:%s::%d]:6081", s, 20+i)
-				g.Endpoint = hostPort("[fd00:1:%d::%d]:51820", i, host)
+				g.Geneve = HostPort("[fd00:%s::%d]:6081", s, 20+i)
+				g.Endpoint = HostPort("[fd00:1:%d::%d]:51820", i, host)
 			}
 		}
 		f.Lanes = append(f.Lanes, l)
@@ -125,6 +125,7 @@ func parse[T any](parse func(string) (T, error), format string, args ...any) T {
 	return v
 }
 
-func hostPort(format string, args ...any) config.HostPort {
+// HostPort is a config address of a topology's plan ("10.%d.0.%d:6081").
+func HostPort(format string, args ...any) config.HostPort {
 	return config.HostPort{AddrPort: parse(netip.ParseAddrPort, format, args...)}
 }

@@ -215,7 +215,7 @@ func (b *bench) writeConfig() error {
 			if s == config.SideB {
 				geneve, host = fmt.Sprintf("10.2.0.2%d:6081", i), 2
 			}
-			*l.End(s) = config.Gateway{Name: name, Geneve: hostPort(geneve), Endpoint: hostPort(fmt.Sprintf("198.18.%d.%d:51820", i, host)),
+			*l.End(s) = config.Gateway{Name: name, Geneve: topology.HostPort("%s", geneve), Endpoint: topology.HostPort("198.18.%d.%d:51820", i, host),
 				PublicKey: k.Public().Base64(), PrivateKeyFile: name + ".key", Tun: fmt.Sprintf("cpbg%s%d", s, i)}
 		}
 		p.Lanes = append(p.Lanes, l)
@@ -407,5 +407,3 @@ func (b *bench) tcp(ctx context.Context) Result {
 	}
 	return Result{Mpps: r.Bps / 8 / tcpBytes / 1e6, Gbps: r.Bps / 1e9}
 }
-
-func hostPort(s string) config.HostPort { return config.HostPort{AddrPort: netip.MustParseAddrPort(s)} }
