@@ -60,7 +60,9 @@ type Peering struct {
 	Hash     Hash             `yaml:"hash"`
 	Health   Health           `yaml:"health,omitempty"`
 	Networks map[Side]Network `yaml:"networks"`
-	Lanes    []Lane           `yaml:"lanes"`
+	Lanes    []Lane           `yaml:"lanes,omitempty"`
+	// Discovery says whether gateways may also join through a store.
+	Discovery Discovery `yaml:"discovery,omitempty"`
 
 	Path string `yaml:"-"` // the file it came from, for messages
 }
@@ -338,6 +340,7 @@ func (c *checker) peering(p *Peering) {
 		}
 	}
 	c.lanes(p)
+	c.discovery(p)
 	c.health(p)
 }
 
@@ -529,9 +532,6 @@ func truncate(s string, n int) string {
 }
 
 func (c *checker) lanes(p *Peering) {
-	if len(p.Lanes) == 0 {
-		c.errf("lanes", "missing: at least one lane (a gateway pair)")
-	}
 	if len(p.Lanes) > 1024 {
 		c.errf("lanes", "%d lanes: at most 1024", len(p.Lanes))
 	}

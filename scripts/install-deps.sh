@@ -15,6 +15,7 @@ pkgs=(
   tshark          # an independent decoder checks our GENEVE on the wire (tests)
   keepalived      # VRRP for the active/standby demux pair (HA tests, make failover)
   nftables        # fault injection: one-way loss and blackholes in the failover scenarios
+  etcd-server     # the membership store (discovery: etcd) in tests and make membership
 )
 
 missing=()
