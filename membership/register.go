@@ -161,6 +161,7 @@ func retry(ctx context.Context, call func(context.Context) error) error {
 
 // put writes the record (a new serial each time) under the lease.
 func (r *Registration) put(ctx context.Context) error {
+	r.rec.Issued = time.Now().UTC().Truncate(time.Millisecond)
 	val, err := Seal(r.rec, r.s.sign)
 	if err != nil {
 		return err

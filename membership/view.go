@@ -298,3 +298,46 @@ func (v *View) Lanes() []config.Lane {
 	slices.SortFunc(out, func(x, y config.Lane) int { return cmp.Compare(x.ID, y.ID) })
 	return out
 }
+
+// Listing is one stored value under the peering's registrations, as a
+// reader judges it: the record, or why it is refused.
+type Listing struct {
+	Key     string        `json:"key"`
+	Record  *Record       `json:"record,omitempty"`
+	TTL     time.Duration `json:"ttl_ns"` // left on its lease (0: none, or expired)
+	Refused string        `json:"refused,omitempty"`
+}
+
+// List reads every registration once, verified as a view would (without
+// the history a view keeps, so an old record replayed under its own
+// lease is not told apart here).
+func (s *Store) List(ctx context.Context, p *config.Peering) ([]Listing, error) {
+	resp, err := s.cli.Get(ctx, s.keys.Gateways(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	v := s.View(p, nil)
+	var out []Listing
+	for _, kv := range resp.Kvs {
+		l := Listing{Key: string(kv.Key)}
+		r, err := Open(kv.Value, s.verify)
+		if err == nil {
+			err = s.keys.Check(l.Key, kv.Lease, r)
+		}
+		if err == nil && v.fileSlots[r.Slot] {
+			err = reject(RejectFileSlot, "slot %d is a lane of the file", r.Slot)
+		}
+		if err != nil {
+			l.Refused = err.Error()
+		} else {
+			l.Record = &r
+		}
+		if kv.Lease != 0 {
+			if ttl, err := s.cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease)); err == nil && ttl.TTL > 0 {
+				l.TTL = time.Duration(ttl.TTL) * time.Second
+			}
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}

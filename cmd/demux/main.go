@@ -11,6 +11,7 @@
 //	demux keepalived --config peering.yaml --node demux-a   (an HA pair's keepalived.conf)
 //	demux health  --config peering.yaml --node demux-a      (keepalived's track_script)
 //	demux notify  --config peering.yaml --node demux-a ...  (keepalived's notify)
+//	demux members --config peering.yaml                     (the store's registrations)
 package main
 
 import (
@@ -38,6 +39,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/membership"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
@@ -53,6 +55,7 @@ func main() {
 		"health":     {Usage: "health --config FILE --node NAME", Help: "exit 0 if the demux runs, its TUN is up and a lane is up (keepalived's check)", Run: healthCheck},
 		"notify":     {Usage: "notify --config FILE --node NAME INSTANCE NAME STATE [PRIO]", Help: "keepalived's notify: tell the demux its role, run ha.notify", Run: notify},
 		"undrain":    {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
+		"members":    {Usage: "members --config FILE [--json]", Help: "list the store's registrations, verified (discovery: etcd)", Run: cli.Members},
 	})
 }
 
@@ -113,12 +116,23 @@ func up(args []string) error {
 		lc.Prober = prober
 	}
 	dm.UseLanes(lc)
-	specs, err := laneSpecs(p, node.Side, bind)
+	specs, err := laneSpecs(p, nil, node.Side, bind)
 	if err != nil {
 		return err
 	}
 	if err := dm.ApplyLanes(specs); err != nil {
 		return err
+	}
+
+	r := &reloader{running: p, node: d.Name, bind: bind, dm: dm, log: log}
+	r.note(specs)
+	var store *membership.Store
+	if p.Discovery.Mode == config.DiscoveryEtcd {
+		if store, err = membership.Dial(p, log); err != nil {
+			return err
+		}
+		defer store.Close()
+		r.view = store.View(p, r.storeChanged)
 	}
 
 	role := newHARole(p.Networks[node.Side], d.Name)
@@ -128,11 +142,17 @@ func up(args []string) error {
 	if fp != nil {
 		reg.MustRegister(fp.prog)
 	}
+	if r.view != nil {
+		reg.MustRegister(r.view.Collector(d.Name))
+	}
 	identity := identityOf(p, node)
 	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any {
 		st := status{Status: dm.Status(identity), HA: role.status()}
 		if fp != nil {
 			st.XDP = fp.prog.Status()
+		}
+		if store != nil {
+			st.Store = storeStatusOf(store, r.view)
 		}
 		return st
 	}, log)
@@ -140,7 +160,6 @@ func up(args []string) error {
 		return err
 	}
 	defer srv.Close()
-	r := &reloader{running: p, node: d.Name, bind: bind, dm: dm, log: log}
 	for name, act := range adminActions(dm, r.reload, role, log) {
 		srv.Handle(name, act)
 	}
@@ -151,6 +170,9 @@ func up(args []string) error {
 	go func() { done <- dm.Run() }()
 	if prober != nil {
 		go prober.Run(ctx)
+	}
+	if r.view != nil {
+		go r.view.Run(ctx)
 	}
 	if fp != nil {
 		if err := fp.start(ctx, sel, dm, log); err != nil {
@@ -210,6 +232,7 @@ func serve(ctx context.Context, t tun.Device, dm *demux.Demux, done <-chan error
 			}
 		case now := <-tick.C:
 			dm.TickLanes(now)
+			r.forgetLost()
 		}
 	}
 }
@@ -266,8 +289,56 @@ func action(name string, withLane bool) func([]string) error {
 // status is what `demux show` reads: the demux's, and the fast path's.
 type status struct {
 	demux.Status
-	XDP *xdp.Status `json:"xdp,omitempty"`
-	HA  *haStatus   `json:"ha,omitempty"`
+	XDP   *xdp.Status  `json:"xdp,omitempty"`
+	HA    *haStatus    `json:"ha,omitempty"`
+	Store *storeStatus `json:"store,omitempty"`
+}
+
+// storeStatus is the membership store as this demux sees it.
+type storeStatus struct {
+	membership.Health
+	Members  []membership.Member          `json:"members"`
+	Rejected map[membership.Reject]uint64 `json:"rejected"`
+}
+
+func storeStatusOf(s *membership.Store, v *membership.View) *storeStatus {
+	st := &storeStatus{Health: s.Health(), Members: v.Members(), Rejected: map[membership.Reject]uint64{}}
+	for r, n := range v.Rejected() {
+		if n > 0 {
+			st.Rejected[r] = n
+		}
+	}
+	return st
+}
+
+// printStore says where the store is, whether it answers and since when,
+// and what it holds.
+func printStore(s *storeStatus) {
+	if s == nil {
+		return
+	}
+	state := "reachable"
+	if !s.Up {
+		state = "UNREACHABLE (lanes stay as last known): " + s.Error
+	}
+	fmt.Printf("  store: etcd %s, %s since %s (%s ago)\n", strings.Join(s.Endpoints, ", "), state,
+		s.Since.Format("15:04:05"), time.Since(s.Since).Round(time.Second))
+	lost := 0
+	for _, m := range s.Members {
+		if m.Lost {
+			lost++
+		}
+	}
+	fmt.Printf("    registrations: %d", len(s.Members))
+	if lost > 0 {
+		fmt.Printf(" (%d lost: lease ended, kept while their lanes answer)", lost)
+	}
+	fmt.Println()
+	counts := map[string]uint64{}
+	for r, n := range s.Rejected {
+		counts[string(r)] = n
+	}
+	cli.PrintCounts("records refused", counts)
 }
 
 func show(args []string) error {
@@ -304,6 +375,7 @@ func printStatus(full status) {
 	cli.PrintDrops(st.Drops)
 	printXDP(full.XDP)
 	printHA(full.HA)
+	printStore(full.Store)
 	if st.Probing != nil {
 		cli.PrintCounts("probe replies refused", st.Probing.Drops)
 		cli.PrintCounts("failure signals", st.Probing.Signals)
@@ -323,7 +395,7 @@ func printStatus(full status) {
 		if !l.DrainDeadline.IsZero() {
 			fmt.Printf("  drain deadline: in %s\n", time.Until(l.DrainDeadline).Round(time.Second))
 		}
-		fmt.Printf("  gateway: %s (%s)  weight: %d\n", l.Gateway, l.Address, l.Weight)
+		fmt.Printf("  gateway: %s (%s)  weight: %d  from: %s\n", l.Gateway, l.Address, l.Weight, l.Source)
 		if p := l.Probes; p != nil {
 			fmt.Printf("  probes: rtt %s (smoothed %s)  detect %s  loss %.1f%%  %d sent, %d answered",
 				ms(p.RTT), ms(p.SmoothedRTT), ms(p.DetectTime), 100*p.Loss, p.Sent, p.Received)

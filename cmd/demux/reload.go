@@ -14,21 +14,31 @@ import (
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/membership"
 )
 
-// laneSpecs is the demux's view of the configured lanes.
-func laneSpecs(p *config.Peering, side config.Side, bind conn.Bind) ([]demux.LaneSpec, error) {
+// laneSpecs is the demux's view of the lanes: the file's, then the
+// store's (which never take a slot of the file's).
+func laneSpecs(p *config.Peering, stored []config.Lane, side config.Side, bind conn.Bind) ([]demux.LaneSpec, error) {
 	var specs []demux.LaneSpec
-	for _, l := range p.Lanes {
+	file := len(p.Lanes)
+	for i, l := range append(slices.Clip(p.Lanes), stored...) {
 		g, far := l.End(side), l.End(side.Other())
 		ep, err := bind.ParseEndpoint(g.Geneve.AddrPort.String())
 		if err != nil {
 			return nil, fmt.Errorf("lane %d gateway %s: %w", l.ID, g.Geneve.AddrPort, err)
 		}
+		source := "file"
+		if i >= file {
+			source = "store"
+		}
 		specs = append(specs, demux.LaneSpec{
 			ID: flowhash.LaneID(l.ID), Weight: l.Weight, Gateway: g.Name,
-			Near: g.Geneve.AddrPort, Endpoint: ep, Far: far.Geneve.AddrPort.Addr(),
+			Near: g.Geneve.AddrPort, Endpoint: ep, Far: far.Geneve.AddrPort.Addr(), Source: source,
 		})
+	}
+	if err := flowhash.CheckTableSize(p.Hash.TableSize, max(len(specs), 1)); err != nil {
+		return nil, err
 	}
 	return specs, nil
 }
@@ -42,7 +52,83 @@ type reloader struct {
 	node    string
 	bind    conn.Bind
 	dm      *demux.Demux
+	view    *membership.View // nil: static discovery
+	applied []int            // the lane ids last applied
 	log     *slog.Logger
+}
+
+// stored is the store's lanes (none with static discovery).
+func (r *reloader) stored() []config.Lane {
+	if r.view == nil {
+		return nil
+	}
+	return r.view.Lanes()
+}
+
+// storeChanged applies the store's registrations with the running file:
+// a lane joins once its probes answer, one that leaves drains, a new
+// gateway in a slot (a replacement) takes its lane at once.
+func (r *reloader) storeChanged() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	node, _ := r.running.Node(r.node)
+	specs, err := laneSpecs(r.running, r.stored(), node.Side, r.bind)
+	if err == nil {
+		err = r.dm.ApplyLanes(specs)
+	}
+	if err != nil {
+		r.log.Error("store's lanes not applied; the lanes stay as they were", "err", err)
+		return
+	}
+	if msg, changed := r.note(specs); changed {
+		r.log.Info("lanes changed by the store", "lanes", msg)
+	}
+}
+
+// forgetLost drops the registrations whose lease ended without a planned
+// stop once their lane is no longer up (or at once without probes).
+func (r *reloader) forgetLost() {
+	if r.view == nil {
+		return
+	}
+	states := r.dm.LaneStates()
+	for _, m := range r.view.Members() {
+		if m.Lost && (!r.running.Health.On || states[flowhash.LaneID(m.Slot)] != demux.LaneUp) {
+			r.view.Forget(membership.Slot{Side: m.Side, Slot: m.Slot})
+		}
+	}
+}
+
+// note records the lane ids of specs and says what changed since the
+// last time.
+func (r *reloader) note(specs []demux.LaneSpec) (string, bool) {
+	before := map[int]bool{}
+	for _, id := range r.applied {
+		before[id] = true
+	}
+	var ids, added, removed []string
+	r.applied = r.applied[:0]
+	for _, sp := range specs {
+		id := int(sp.ID)
+		r.applied = append(r.applied, id)
+		ids = append(ids, strconv.Itoa(id))
+		if !before[id] {
+			added = append(added, strconv.Itoa(id))
+		}
+		delete(before, id)
+	}
+	for id := range before {
+		removed = append(removed, strconv.Itoa(id))
+	}
+	slices.Sort(removed)
+	msg := "lanes " + strings.Join(ids, " ")
+	if len(added) > 0 {
+		msg += "; added " + strings.Join(added, " ") + " (joining once their probes answer)"
+	}
+	if len(removed) > 0 {
+		msg += "; removing " + strings.Join(removed, " ") + " (draining first)"
+	}
+	return msg, len(added)+len(removed) > 0
 }
 
 func (r *reloader) reload() (string, error) {
@@ -73,7 +159,7 @@ func (r *reloader) apply() (string, error) {
 	if diff := restartFields(old, p); len(diff) > 0 {
 		return "", fmt.Errorf("%s changed; these apply only on restart (lanes are what reload changes)", strings.Join(diff, ", "))
 	}
-	specs, err := laneSpecs(p, node.Side, r.bind)
+	specs, err := laneSpecs(p, r.stored(), node.Side, r.bind)
 	if err != nil {
 		return "", err
 	}
@@ -81,29 +167,7 @@ func (r *reloader) apply() (string, error) {
 		return "", err
 	}
 	r.running = p
-	before := map[int]bool{}
-	for _, l := range old.Lanes {
-		before[l.ID] = true
-	}
-	var ids, added, removed []string
-	for _, l := range p.Lanes {
-		ids = append(ids, strconv.Itoa(l.ID))
-		if !before[l.ID] {
-			added = append(added, strconv.Itoa(l.ID))
-		}
-		delete(before, l.ID)
-	}
-	for id := range before {
-		removed = append(removed, strconv.Itoa(id))
-	}
-	slices.Sort(removed)
-	msg := "lanes " + strings.Join(ids, " ")
-	if len(added) > 0 {
-		msg += "; added " + strings.Join(added, " ") + " (joining once their probes answer)"
-	}
-	if len(removed) > 0 {
-		msg += "; removing " + strings.Join(removed, " ") + " (draining first)"
-	}
+	msg, _ := r.note(specs)
 	return msg, nil
 }
 
@@ -127,6 +191,9 @@ func restartFields(a, b *config.Peering) []string {
 	}
 	if !reflect.DeepEqual(a.Networks, b.Networks) {
 		d = append(d, "networks")
+	}
+	if !reflect.DeepEqual(a.Discovery, b.Discovery) {
+		d = append(d, "discovery")
 	}
 	return d
 }

@@ -8,6 +8,9 @@
 //	tunnel pubkey < gw-a1.key
 //	tunnel check  --config peering.yaml
 //	tunnel reflect --config peering.yaml --node gw-b1   (beside a stock WireGuard peer)
+//	tunnel join   --config peering.yaml --node gw-a7 --side a --geneve 10.1.0.27 --endpoint 198.18.7.1 --private-key gw-a7.key
+//	tunnel members --config peering.yaml              (the store's registrations)
+//	tunnel enrolkey > enrolment.key; tunnel enrolpub < enrolment.key
 package main
 
 import (
@@ -33,6 +36,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/membership"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
@@ -46,6 +50,11 @@ func main() {
 		"pubkey":  {Usage: "pubkey", Help: "read a private key on stdin, print its public key", Run: pubkey},
 		"check":   {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
 		"reflect": {Usage: "reflect --config FILE --node NAME [--dev IFACE]", Help: "answer lane probes only, beside a stock WireGuard peer", Run: reflect},
+		"join": {Usage: "join --config FILE --node NAME --side a|b --geneve IP[:PORT] --endpoint IP[:PORT] --private-key FILE [--slot N] [--weight W]",
+			Help: "run a gateway that is in no file: register in the store (discovery: etcd), take the peer from there", Run: join},
+		"members":  {Usage: "members --config FILE [--json]", Help: "list the store's registrations, verified", Run: cli.Members},
+		"enrolkey": {Usage: "enrolkey", Help: "print a new enrolment key (signs the store's registrations; owner-only file)", Run: enrolkey},
+		"enrolpub": {Usage: "enrolpub", Help: "read an enrolment key on stdin, print its public key", Run: enrolpub},
 	})
 }
 
@@ -85,27 +94,41 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	self, peer := node.Self, node.Peer
+	self := node.Self
 	if self.PrivateKeyFile == "" {
 		return fmt.Errorf("%s: private_key_file is not set for this gateway", p.Path)
 	}
-	s, err := config.ReadSecretFile(self.PrivateKeyFile)
+	priv, err := readPrivateKey(self.PrivateKeyFile)
 	if err != nil {
-		return fmt.Errorf("private key: %w", err)
-	}
-	priv, err := wgkey.Parse(s)
-	if err != nil {
-		return fmt.Errorf("private key %s: %w", self.PrivateKeyFile, err)
+		return err
 	}
 	if priv.Public() != self.Public {
 		return fmt.Errorf("private key %s does not belong to public_key of %s in %s (its public key is %s)",
 			self.PrivateKeyFile, self.Name, p.Path, priv.Public().Base64())
 	}
-	log = log.With("lane", node.Lane.ID)
+	return run(log, p, node, priv, nil)
+}
+
+func readPrivateKey(path string) (wgkey.Key, error) {
+	s, err := config.ReadSecretFile(path)
+	if err != nil {
+		return wgkey.Key{}, fmt.Errorf("private key: %w", err)
+	}
+	priv, err := wgkey.Parse(s)
+	if err != nil {
+		return wgkey.Key{}, fmt.Errorf("private key %s: %w", path, err)
+	}
+	return priv, nil
+}
+
+// run is a gateway, of the file (up) or joining through the store (join:
+// then node's lane id and peer come from the store once registered).
+func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, j *joined) error {
+	self, peer := node.Self, node.Peer
 	// The reflector (started once the TUN it listens behind exists) is
 	// also how the gateway tells its demuxes that the lane cannot work.
 	cond := &conditions{log: log}
-	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, node)}
+	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, peer)}
 	var onPeer, onPath func(string)
 	if p.Health.On {
 		ingress.OnProbe = cond.sawProbe
@@ -131,10 +154,23 @@ func up(args []string) error {
 		return err
 	}
 	defer l.Close()
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	if j != nil {
+		if err := j.register(ctx, p, &node, l, log); err != nil {
+			return err
+		}
+		defer j.close()
+		peer = j.peerGateway()
+	}
+	log = log.With("lane", node.Lane.ID)
 
 	id := strconv.Itoa(node.Lane.ID)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(l.Collector(id, self.Name))
+	if j != nil {
+		reg.MustRegister(j.view.Collector(self.Name))
+	}
 	rf, err := startReflector(p, node, self.Tun, log)
 	if err != nil {
 		return err
@@ -154,10 +190,15 @@ func up(args []string) error {
 		Demuxes: demuxes, PeerName: peer.Name,
 	}
 	status := func() any {
-		st := l.Status(identity)
+		st := status{Status: l.Status(identity), Source: "file"}
 		if rf != nil {
 			rs := rf.Status()
 			st.Probes = &rs
+		}
+		if j != nil {
+			st.Source, st.PeerName = "store", j.peerName()
+			h := j.store.Health()
+			st.Store = &h
 		}
 		return st
 	}
@@ -170,19 +211,27 @@ func up(args []string) error {
 	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.Geneve.AddrPort,
 		"listen", self.Endpoint.AddrPort.Port(), "peer", peer.Name, "peer_endpoint", peer.Endpoint.AddrPort,
 		"metrics", self.Metrics, "status", self.Status)
-	ctx, stop := cli.SignalContext()
-	defer stop()
 	// SIGHUP reloads demuxes; sent to a whole fleet it must not stop a
-	// gateway, whose settings (keys, addresses, peer) apply on restart.
+	// gateway, whose settings (keys, addresses) apply on restart (a
+	// joined gateway's peer changes live, through the store).
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	var displaced <-chan string
+	if j != nil {
+		displaced = j.displaced
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			if j != nil {
+				j.leave(log)
+			}
 			drainBeforeStop(l, cond, log)
 			log.Info("tunnel stopping")
 			return nil
+		case by := <-displaced:
+			return fmt.Errorf("slot %d of side %s was taken over by %s (a newer registration of this slot); this gateway stops", node.Lane.ID, node.Side, by)
 		case <-l.Wait():
 			cond.set(probe.DiagForwardingDown, "wireguard device stopped")
 			return errors.New("wireguard device stopped")
@@ -190,6 +239,14 @@ func up(args []string) error {
 			log.Info("SIGHUP: a gateway does not reload; restart it to apply a changed config (demuxes reload lanes live)")
 		}
 	}
+}
+
+// status is what `tunnel show` reads: the gateway's, where its lane came
+// from, and the store as it last answered (joined gateways).
+type status struct {
+	gateway.Status
+	Source string             `json:"source"` // file or store
+	Store  *membership.Health `json:"store,omitempty"`
 }
 
 // conditions combines what keeps the lane from working into the one
@@ -286,11 +343,11 @@ func drainBeforeStop(l *gateway.Lane, cond *conditions, log *slog.Logger) {
 
 // peerProbe is where the far demux's probes for this lane go: the peer
 // gateway's reflector. OAM frames for anywhere else are dropped.
-func peerProbe(p *config.Peering, node config.Node) netip.AddrPort {
-	if !p.Health.On {
+func peerProbe(p *config.Peering, peer *config.Gateway) netip.AddrPort {
+	if !p.Health.On || !peer.Geneve.IsValid() {
 		return netip.AddrPort{}
 	}
-	return netip.AddrPortFrom(node.Peer.Geneve.AddrPort.Addr(), p.Health.Port)
+	return netip.AddrPortFrom(peer.Geneve.AddrPort.Addr(), p.Health.Port)
 }
 
 // startReflector answers the far demux's probes on this gateway's own
@@ -336,7 +393,7 @@ func reflect(args []string) error {
 }
 
 func show(args []string) error {
-	var st gateway.Status
+	var st status
 	text, err := cli.Show(args, func(n config.Node) (string, error) {
 		if n.Lane == nil {
 			return "", errors.New("a demux; use `demux show`")

@@ -23,6 +23,7 @@ type LaneSpec struct {
 	Near     netip.AddrPort // its GENEVE address
 	Endpoint conn.Endpoint  // the same, for the bind
 	Far      netip.Addr     // the remote gateway's address: its probe reflector
+	Source   string         // where the lane came from ("file", "store"), for operators
 }
 
 // Admin is what the operator asked of a lane.
@@ -391,6 +392,19 @@ func (d *Demux) TickLanes(now time.Time) {
 	}
 }
 
+// LaneStates is each lane's state, as Status shows it (cheaply: no
+// counters).
+func (d *Demux) LaneStates() map[flowhash.LaneID]LaneState {
+	m := &d.lanes
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[flowhash.LaneID]LaneState, len(m.members))
+	for id, mb := range m.members {
+		out[id] = mb.state
+	}
+	return out
+}
+
 // laneStatus fills the admin and health part of each lane's status.
 func (d *Demux) laneStatus(out []LaneStatus) []LaneStatus {
 	m := &d.lanes
@@ -409,7 +423,7 @@ func (d *Demux) laneStatus(out []LaneStatus) []LaneStatus {
 		mb := m.members[id]
 		ls := LaneStatus{
 			ID: id, State: mb.state, Admin: mb.admin.String(), Healthy: mb.healthy, Weight: mb.spec.Weight,
-			Gateway: mb.spec.Gateway, Address: mb.spec.Near.String(),
+			Gateway: mb.spec.Gateway, Address: mb.spec.Near.String(), Source: mb.spec.Source,
 			Since: mb.since, Transitions: mb.transitions, Failovers: mb.failovers, Reason: mb.reason,
 		}
 		if mb.admin == AdminDraining || mb.admin == AdminRemoving {

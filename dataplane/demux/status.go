@@ -51,6 +51,7 @@ type LaneStatus struct {
 	Healthy       bool                 `json:"healthy"` // the probes' verdict
 	Weight        uint32               `json:"weight"`
 	Gateway       string               `json:"gateway"`
+	Source        string               `json:"source,omitempty"` // file or store
 	Address       string               `json:"address"`
 	Since         time.Time            `json:"since"` // of the last transition
 	Transitions   uint64               `json:"transitions"`

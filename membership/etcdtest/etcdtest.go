@@ -6,6 +6,7 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -27,6 +28,7 @@ const Binary = "/usr/bin/etcd"
 // Cluster is a running etcd cluster.
 type Cluster struct {
 	dir     string
+	detach  bool
 	members []*member
 	TLS     *TLSFiles // nil: plain unix sockets
 }
@@ -38,10 +40,13 @@ type member struct {
 	log                *os.File
 }
 
-// Options: how many members (1 or 3), and TLS on loopback TCP.
+// Options: how many members (1 or 3), TLS on loopback TCP, and whether
+// the servers outlive the process that started them (Detach: a topology
+// left running by `bench topology up`; its Down stops them by pid).
 type Options struct {
 	Members int
 	TLS     bool
+	Detach  bool
 }
 
 // Skip skips t where etcd is not installed.
@@ -57,18 +62,43 @@ func Skip(t testing.TB) {
 func Start(t testing.TB, dir string, o Options) *Cluster {
 	t.Helper()
 	Skip(t)
+	c, err := Run(dir, o)
+	if c != nil {
+		t.Cleanup(c.Stop)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Run starts a cluster in dir and waits until it serves. On error the
+// members it started are stopped again.
+func Run(dir string, o Options) (_ *Cluster, err error) {
 	if o.Members == 0 {
 		o.Members = 1
 	}
-	c := &Cluster{dir: dir}
+	c := &Cluster{dir: dir, detach: o.Detach}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
 	if o.TLS {
-		c.TLS = writeTLS(t, dir)
+		if c.TLS, err = writeTLS(dir); err != nil {
+			return nil, err
+		}
 	}
 	var initial []string
 	for i := range o.Members {
 		m := &member{name: fmt.Sprintf("m%d", i+1)}
 		if o.TLS {
-			m.client, m.peer = "https://"+freePort(t), "http://"+freePort(t)
+			cp, err1 := freePort()
+			pp, err2 := freePort()
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, err
+			}
+			m.client, m.peer = "https://"+cp, "http://"+pp
 		} else {
 			// etcd takes unix://name:port and makes a socket of that
 			// name in its working directory, the cluster's.
@@ -93,21 +123,20 @@ func Start(t testing.TB, dir string, o Options) *Cluster {
 				"--trusted-ca-file", c.TLS.CA, "--client-cert-auth")
 		}
 	}
-	t.Cleanup(c.Stop)
 	for i := range c.members {
 		if err := c.start(i); err != nil {
-			t.Fatal(err)
+			return c, err
 		}
 	}
 	for i := range c.members {
 		if err := c.waitServing(i, 10*time.Second); err != nil {
-			t.Fatal(err)
+			return c, err
 		}
 		if err := c.waitQuorum(i, 10*time.Second); err != nil {
-			t.Fatal(err)
+			return c, err
 		}
 	}
-	return c
+	return c, nil
 }
 
 // Endpoints are the client URLs, as a peering's discovery.etcd.endpoints.
@@ -138,6 +167,9 @@ func (c *Cluster) start(i int) error {
 	m.cmd.Dir = c.dir
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if c.detach {
+		m.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := m.cmd.Start(); err != nil {
 		m.log.Close()
 		return fmt.Errorf("start etcd %s: %w", m.name, err)
@@ -171,7 +203,7 @@ func (c *Cluster) waitServing(i int, timeout time.Duration) error {
 // back with its data.
 func (c *Cluster) Kill(i int) {
 	m := c.members[i]
-	if m.cmd == nil {
+	if m == nil || m.cmd == nil {
 		return
 	}
 	m.cmd.Process.Kill()
@@ -249,13 +281,13 @@ func (c *Cluster) Stop() {
 	}
 }
 
-func freePort(t testing.TB) string {
+func freePort() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
 func tail(b []byte, n int) string {

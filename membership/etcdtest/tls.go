@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 )
 
@@ -21,30 +20,37 @@ type TLSFiles struct {
 	CA, ServerCert, ServerKey, ClientCert, ClientKey string
 }
 
-func writeTLS(t testing.TB, dir string) *TLSFiles {
-	t.Helper()
+func writeTLS(dir string) (_ *TLSFiles, err error) {
+	// The certificate steps fail only if the system's random source
+	// does; the first error is returned.
+	fail := func(e error) bool {
+		if e != nil && err == nil {
+			err = e
+		}
+		return e != nil
+	}
 	f := &TLSFiles{
 		CA: filepath.Join(dir, "ca.pem"), ServerCert: filepath.Join(dir, "server.pem"), ServerKey: filepath.Join(dir, "server-key.pem"),
 		ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client-key.pem"),
 	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	caKey, kerr := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if fail(kerr) {
+		return nil, err
 	}
 	ca := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "clusterpeer test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
+	caDER, cerr := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if fail(cerr) {
+		return nil, err
 	}
-	writePEM(t, f.CA, "CERTIFICATE", caDER)
+	fail(writePEM(f.CA, "CERTIFICATE", caDER))
 	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage, certPath, keyPath string) {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
+		k, kerr := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if fail(kerr) {
+			return
 		}
 		c := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
@@ -52,26 +58,26 @@ func writeTLS(t testing.TB, dir string) *TLSFiles {
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
 			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		}
-		der, err := x509.CreateCertificate(rand.Reader, c, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
+		der, cerr := x509.CreateCertificate(rand.Reader, c, ca, &k.PublicKey, caKey)
+		if fail(cerr) {
+			return
 		}
-		writePEM(t, certPath, "CERTIFICATE", der)
-		kb, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
+		fail(writePEM(certPath, "CERTIFICATE", der))
+		kb, merr := x509.MarshalECPrivateKey(k)
+		if fail(merr) {
+			return
 		}
-		writePEM(t, keyPath, "EC PRIVATE KEY", kb)
+		fail(writePEM(keyPath, "EC PRIVATE KEY", kb))
 	}
 	// The server certificate serves peers too (etcd checks both usages).
 	leaf(2, "etcd", x509.ExtKeyUsageServerAuth, f.ServerCert, f.ServerKey)
 	leaf(3, "clusterpeer", x509.ExtKeyUsageClientAuth, f.ClientCert, f.ClientKey)
-	return f
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+func writePEM(path, typ string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -24,7 +25,7 @@ import (
 // its order, so a flow (always from one demux) is never reordered here.
 type Device struct {
 	kernel    tun.Device
-	ingress   Ingress
+	ingress   atomic.Pointer[Ingress] // replaced whole when the peer changes (SetProbe)
 	mtu       int
 	batchSize int
 
@@ -73,7 +74,6 @@ func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() 
 	}
 	d := &Device{
 		kernel:    kernel,
-		ingress:   ingress,
 		mtu:       mtu,
 		batchSize: batchSize,
 		free:      make(chan *batch, sources+2),
@@ -94,6 +94,7 @@ func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() 
 		}
 		d.free <- b
 	}
+	d.ingress.Store(&ingress)
 	d.events <- tun.EventUp
 	d.wg.Add(sources)
 	for _, fn := range geneve {
@@ -102,6 +103,14 @@ func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() 
 	go d.readKernel()
 	go d.drainKernelEvents()
 	return d
+}
+
+// SetProbe changes where the far demux's probes may go (the peer
+// gateway's reflector): a new peer took the lane's other end.
+func (d *Device) SetProbe(ap netip.AddrPort) {
+	in := *d.ingress.Load()
+	in.Probe = ap
+	d.ingress.Store(&in)
 }
 
 func (d *Device) take() (*batch, bool) {
@@ -123,11 +132,12 @@ func (d *Device) readGeneve(fn conn.ReceiveFunc) {
 		}
 		n, err := fn(b.bufs, b.sizes, b.eps)
 		var bytes uint64
+		in := d.ingress.Load() // once per batch
 		for i := range n {
 			if b.sizes[i] == 0 {
 				continue
 			}
-			inner, drop := d.ingress.Check(b.eps[i].DstIP(), b.bufs[i][:b.sizes[i]])
+			inner, drop := in.Check(b.eps[i].DstIP(), b.bufs[i][:b.sizes[i]])
 			b.eps[i] = nil
 			if drop != DropNone {
 				d.C.Drops[drop].Add(1)

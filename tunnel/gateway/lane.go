@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -55,12 +56,16 @@ type Config struct {
 
 // Lane is a running gateway.
 type Lane struct {
-	cfg   Config
-	dev   *device.Device
-	tdev  *Device
-	uapi  net.Listener
-	icmp  *icmpWatch
-	watch chan struct{} // closed to stop the path watch
+	dev  *device.Device
+	tdev *Device
+	wb   *watchedBind
+	uapi net.Listener
+
+	mu     sync.Mutex // over the peer's part: cfg, icmp, watch
+	cfg    Config
+	icmp   *icmpWatch
+	watch  chan struct{} // closed to stop the path watch
+	closed bool
 }
 
 // Start creates the TUN, binds the GENEVE and WireGuard ports and brings
@@ -92,7 +97,8 @@ func Start(cfg Config) (l *Lane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen geneve udp/%d: %w", cfg.GenevePort, err)
 	}
-	wb := &watchedBind{Bind: conn.NewStdNetBind(), peer: cfg.PeerEndpoint}
+	wb := &watchedBind{Bind: conn.NewStdNetBind()}
+	wb.peer.Store(&cfg.PeerEndpoint)
 	if err := tunlink.Up(cfg.Tun, cfg.Remote); err != nil {
 		return nil, err
 	}
@@ -106,7 +112,7 @@ func Start(cfg Config) (l *Lane, err error) {
 		wb.onHeard = func() { cfg.OnPeer("") }
 	}
 	dev := device.NewDevice(tdev, wb, logger)
-	l = &Lane{cfg: cfg, dev: dev, tdev: tdev, watch: make(chan struct{})}
+	l = &Lane{cfg: cfg, dev: dev, tdev: tdev, wb: wb, watch: make(chan struct{})}
 	if err := dev.IpcSet(cfg.uapiConfig()); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("configure wireguard: %w", err)
@@ -121,29 +127,101 @@ func Start(cfg Config) (l *Lane, err error) {
 			return nil, err
 		}
 	}
-	if cfg.OnPeer != nil {
-		// Without it the far demux learns of a dead peer from the
-		// probes' silence alone: slower, not wrong.
-		if l.icmp, err = startICMPWatch(wb, cfg.ListenPort, cfg.OnPeer); err != nil {
-			cfg.Log.Warn("peer failure signals off; a dead peer is noticed by the probes' silence only", "err", err)
-			err = nil
-		}
-	}
-	if cfg.OnPath != nil {
-		if err := watchPath(cfg.PeerEndpoint.Addr(), l.watch, cfg.OnPath); err != nil {
-			l.Close()
-			return nil, err
-		}
+	if err := l.watchPeer(); err != nil {
+		l.Close()
+		return nil, err
 	}
 	return l, nil
 }
 
+// watchPeer starts the ICMP and path watches towards the peer's endpoint
+// (none while the lane has no peer yet). Called with mu held, or before
+// the lane is shared.
+func (l *Lane) watchPeer() error {
+	cfg := &l.cfg
+	if !cfg.PeerEndpoint.IsValid() {
+		return nil
+	}
+	if cfg.OnPeer != nil {
+		// Without it the far demux learns of a dead peer from the
+		// probes' silence alone: slower, not wrong.
+		var err error
+		if l.icmp, err = startICMPWatch(l.wb, cfg.ListenPort, cfg.OnPeer); err != nil {
+			cfg.Log.Warn("peer failure signals off; a dead peer is noticed by the probes' silence only", "err", err)
+		}
+	}
+	if cfg.OnPath != nil {
+		if err := watchPath(cfg.PeerEndpoint.Addr(), l.watch, cfg.OnPath); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetPeer makes another gateway the lane's far end, live: its WireGuard
+// public key and endpoint, and the address its demux probes through the
+// lane (probe). The same key with a new endpoint keeps the session (as a
+// roaming WireGuard peer does); a new key replaces the peer, and the two
+// handshake afresh.
+func (l *Lane) SetPeer(key wgkey.Key, endpoint, probe netip.AddrPort) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("lane closed")
+	}
+	old := l.cfg
+	l.cfg.Peer, l.cfg.PeerEndpoint = key, endpoint
+	var uapi string
+	if key == old.Peer {
+		uapi = fmt.Sprintf("public_key=%s\nendpoint=%s\n", key.UAPIHex(), endpoint)
+	} else {
+		uapi = l.cfg.peerConfig(true)
+	}
+	if err := l.dev.IpcSet(uapi); err != nil {
+		l.cfg = old
+		return fmt.Errorf("set wireguard peer: %w", err)
+	}
+	l.tdev.SetProbe(probe)
+	l.wb.peer.Store(&endpoint)
+	l.wb.down.Store(false)
+	if endpoint.Addr() != old.PeerEndpoint.Addr() || !old.PeerEndpoint.IsValid() {
+		close(l.watch)
+		l.watch = make(chan struct{})
+		if l.icmp != nil {
+			l.icmp.Close()
+			l.icmp = nil
+		}
+		if l.cfg.OnPeer != nil {
+			l.cfg.OnPeer("") // what was said of the old peer is not said of this one
+		}
+		return l.watchPeer()
+	}
+	return nil
+}
+
 // uapiConfig is the device's configuration in wireguard-go's UAPI form.
 // It carries the private key, so it is never logged.
+// A lane without a peer yet (a joining gateway whose far end has not
+// registered) has none in it.
 func (c *Config) uapiConfig() string {
+	return fmt.Sprintf("private_key=%s\nlisten_port=%d\n", c.PrivateKey.UAPIHex(), c.ListenPort) + c.peerConfig(true)
+}
+
+// peerConfig is the peer's part of the UAPI configuration; replace:
+// the peer replaces any other.
+func (c *Config) peerConfig(replace bool) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "private_key=%s\nlisten_port=%d\nreplace_peers=true\n", c.PrivateKey.UAPIHex(), c.ListenPort)
-	fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", c.Peer.UAPIHex(), c.PeerEndpoint)
+	if replace {
+		b.WriteString("replace_peers=true\n")
+	}
+	if c.Peer == (wgkey.Key{}) {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "public_key=%s\n", c.Peer.UAPIHex())
+	if c.PeerEndpoint.IsValid() {
+		fmt.Fprintf(&b, "endpoint=%s\n", c.PeerEndpoint)
+	}
+	b.WriteString("replace_allowed_ips=true\n")
 	for _, p := range c.Remote {
 		fmt.Fprintf(&b, "allowed_ip=%s\n", p)
 	}
@@ -175,10 +253,13 @@ func (l *Lane) listenUAPI() error {
 
 // Close stops the lane and removes its TUN (and with it the routes).
 func (l *Lane) Close() {
+	l.mu.Lock()
+	l.closed = true
 	close(l.watch)
 	if l.icmp != nil {
 		l.icmp.Close()
 	}
+	l.mu.Unlock()
 	if l.uapi != nil {
 		l.uapi.Close()
 		// wireguard-go's listener does not unlink its socket; `wg show`

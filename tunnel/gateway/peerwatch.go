@@ -23,11 +23,18 @@ import (
 // hears from the peer.
 type watchedBind struct {
 	conn.Bind
-	peer    netip.AddrPort
-	indexes [8]atomic.Uint32 // session indexes lately sent (bytes 4..8 of every message type)
+	peer    atomic.Pointer[netip.AddrPort] // the peer's endpoint; changes with SetPeer
+	indexes [8]atomic.Uint32               // session indexes lately sent (bytes 4..8 of every message type)
 	next    atomic.Uint32
 	down    atomic.Bool // an ICMP error said the peer is gone; cleared when it is heard again
 	onHeard func()      // the peer is heard again after down
+}
+
+func (b *watchedBind) peerAddr() netip.AddrPort {
+	if p := b.peer.Load(); p != nil {
+		return *p
+	}
+	return netip.AddrPort{}
 }
 
 func (b *watchedBind) Send(bufs [][]byte, ep conn.Endpoint) error {
@@ -70,7 +77,7 @@ func (b *watchedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	for i, fn := range fns {
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			n, err := fn(bufs, sizes, eps)
-			if n > 0 && b.down.Load() && eps[0] != nil && eps[0].DstIP() == b.peer.Addr() {
+			if n > 0 && b.down.Load() && eps[0] != nil && eps[0].DstIP() == b.peerAddr().Addr() {
 				b.down.Store(false)
 				if b.onHeard != nil {
 					b.onHeard()
@@ -94,7 +101,7 @@ type icmpWatch struct {
 
 func startICMPWatch(b *watchedBind, listenPort uint16, gone func(string)) (*icmpWatch, error) {
 	iw := &icmpWatch{bind: b, lport: listenPort, gone: gone}
-	w, err := icmpwatch.Listen(b.peer.Addr().Is6(), iw.handle)
+	w, err := icmpwatch.Listen(b.peerAddr().Addr().Is6(), iw.handle)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +110,7 @@ func startICMPWatch(b *watchedBind, listenPort uint16, gone func(string)) (*icmp
 }
 
 func (w *icmpWatch) handle(q icmpwatch.Quote) {
-	if q.Dst != w.bind.peer || q.SrcPort != w.lport {
+	if q.Dst != w.bind.peerAddr() || q.SrcPort != w.lport {
 		return // not about our WireGuard datagrams
 	}
 	// Port unreachable comes from the peer's host itself; and the quote

@@ -6,17 +6,21 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/membership"
 )
 
 // Command is one subcommand.
@@ -179,7 +183,13 @@ func Show(args []string, socket func(config.Node) (string, error), v any) (text 
 	if err := f.Parse("show", args, true); err != nil {
 		return false, err
 	}
-	_, node, err := f.Load()
+	p, node, err := f.Load()
+	if errors.Is(err, config.ErrUnknownNode) && p != nil && p.Discovery.Mode == config.DiscoveryEtcd {
+		// A gateway that joined through the store is in no file: its
+		// socket has the default name (tunnel join --status otherwise).
+		g := &config.Gateway{Status: config.DefaultStatusDir + "/" + p.Name + "-" + f.Node + ".sock"}
+		node, err = config.Node{Lane: &config.Lane{}, Self: g, Peer: &config.Gateway{}}, nil
+	}
 	if err != nil {
 		return false, err
 	}
@@ -225,4 +235,48 @@ func UpWith(args []string, wantDemux bool, extra func(*flag.FlagSet)) (*slog.Log
 		return nil, nil, node, fmt.Errorf("node %q is a demux; run it with `demux up`", f.Node)
 	}
 	return log, p, node, nil
+}
+
+// Members is `demux members` and `tunnel members`: the store's
+// registrations, each verified as the demuxes verify them.
+func Members(args []string) error {
+	var f NodeFlags
+	if err := f.Parse("members", args, true); err != nil {
+		return err
+	}
+	p, err := config.Load(f.Config)
+	if err != nil {
+		return err
+	}
+	s, err := membership.Dial(p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), p.Discovery.Etcd.DialTimeout+3*time.Second)
+	defer cancel()
+	ls, err := s.List(ctx, p)
+	if err != nil {
+		return fmt.Errorf("etcd %v: %w", p.Discovery.Etcd.Endpoints, err)
+	}
+	if f.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ls)
+	}
+	fmt.Printf("store: %s (prefix %s)\n", strings.Join(p.Discovery.Etcd.Endpoints, ", "), s.Keys().Gateways())
+	if len(ls) == 0 {
+		fmt.Println("  no registrations")
+	}
+	for _, l := range ls {
+		if l.Record == nil {
+			fmt.Printf("\n%s: REFUSED (%s)\n", l.Key, l.Refused)
+			continue
+		}
+		r := l.Record
+		fmt.Printf("\nside %s slot %d: %s (%s)\n", r.Side, r.Slot, r.Name, r.State)
+		fmt.Printf("  public key: %s\n  endpoint: %s  geneve: %s  weight: %d\n", r.PublicKey, r.Endpoint, r.Geneve, r.Weight)
+		fmt.Printf("  registered: %s  lease: %x, %s left\n", r.Issued.Format(time.RFC3339), r.Lease, l.TTL)
+	}
+	return nil
 }
