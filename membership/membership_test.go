@@ -321,12 +321,16 @@ func TestReplaceInSlot(t *testing.T) {
 	old.Close() // killed: its lease is still alive for up to the TTL
 	repl := joining(t, p, config.SideA, 33, 3)
 	start := time.Now()
-	register(t, s, p, repl)
+	rr := register(t, s, p, repl)
 	eventually(t, 2*time.Second, "replacement seen", func() bool {
 		ls := v.Lanes()
 		return len(ls) == 1 && ls[0].A.Public == repl.Gateway.Public && ls[0].A.Endpoint == repl.Gateway.Endpoint
 	})
 	t.Logf("replacement in lane 3 after %s", time.Since(start).Round(time.Millisecond))
+	m, _ := v.Member(Slot{config.SideA, 3})
+	if old.Mine(m) || !rr.Mine(m) {
+		t.Fatalf("the replacement's record: old instance says mine=%v, replacement mine=%v; want false, true", old.Mine(m), rr.Mine(m))
+	}
 	time.Sleep(4 * time.Second) // the old lease's end must not remove the replacement
 	if m, ok := v.Member(Slot{config.SideA, 3}); !ok || m.Lost || m.Name != repl.Gateway.Name {
 		t.Fatalf("after the old lease's TTL: %+v", m)
@@ -424,6 +428,9 @@ func TestClusterMemberDown(t *testing.T) {
 		register(t, s, p, joining(t, p, config.SideB, 10+i, 0))
 		eventually(t, 5*time.Second, fmt.Sprintf("lane formed with member %d down", i+1), func() bool { return len(v.Lanes()) == 2+i })
 		if err := c.Restart(i); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitQuorum(i); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -243,11 +243,14 @@ func (r *Registration) Record() Record {
 	return r.rec
 }
 
-// Mine says whether m is this registration (its current lease).
+// Mine says whether m is this gateway's registration: its public key,
+// under whichever lease (while it registers again after the store was
+// gone, the view may still hold the record of its previous lease). A
+// replacement instance has a key of its own.
 func (r *Registration) Mine(m Member) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return m.Lease == int64(r.lease) || (r.lease == 0 && m.PublicKey == r.rec.PublicKey)
+	return m.PublicKey == r.rec.PublicKey
 }
 
 // Leave is a planned stop: the record says "leaving" first (the demuxes

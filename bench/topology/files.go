@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -45,7 +46,12 @@ func (p *Peering) writeFiles() error {
 			return err
 		}
 	}
-	if err := p.writeConfig(p.ConfigPath(), p.Lanes, keys); err != nil {
+	if p.Etcd > 0 {
+		if err := p.writeEnrolmentKey(); err != nil {
+			return err
+		}
+	}
+	if err := p.writeConfig(p.ConfigPath(), p.FileLanes(), keys); err != nil {
 		return err
 	}
 	if p.DemuxLanes > 0 {
@@ -102,6 +108,11 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 			}
 		}
 		f.Lanes = append(f.Lanes, l)
+	}
+	if p.Options.Etcd > 0 {
+		f.Discovery = config.Discovery{Mode: config.DiscoveryEtcd, Etcd: &config.Etcd{
+			Endpoints: p.etcdEndpoints(), EnrolmentKeyFile: "enrolment.key", LeaseTTL: 3 * time.Second,
+		}}
 	}
 	return f
 }

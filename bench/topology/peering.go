@@ -44,6 +44,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/membership/etcdtest"
 )
 
 // Baseline replaces the demuxes and lanes with one of the benchmark's
@@ -90,13 +91,20 @@ type Options struct {
 	RPS         bool
 	Baseline    Baseline // with Lanes 1
 	WireGuardGo string   // the wireguard-go binary for Baseline WireGuardGo
+	// Etcd > 0: discovery through etcd, a cluster of that many members
+	// (1 or 3) on unix sockets in Work/etcd (reachable from every
+	// namespace). The last Joined lanes are in no file: their gateways
+	// run `tunnel join --slot N`; the last Spare of those are not started
+	// (StartJoined starts them).
+	Etcd, Joined, Spare int
 }
 
 // Peering is a built peering.
 type Peering struct {
 	Options
 	*Lab
-	Config *config.Peering // Work/peering.yaml, as the nodes read it
+	Config *config.Peering   // Work/peering.yaml, as the nodes read it
+	Store  *etcdtest.Cluster // the etcd servers, with Options.Etcd
 
 	mu     sync.Mutex               // the pids file, exited
 	exited map[string]chan struct{} // closed when the node's process ended
@@ -132,6 +140,11 @@ func Up(o Options) (_ *Peering, err error) {
 	if err := p.writeFiles(); err != nil {
 		return nil, err
 	}
+	if o.Etcd > 0 {
+		if err := p.startEtcd(); err != nil {
+			return nil, err
+		}
+	}
 	if o.Baseline != "" {
 		return p, p.baseline()
 	}
@@ -161,6 +174,16 @@ func (o *Options) check() error {
 	}
 	if o.DemuxLanes > o.Lanes {
 		errs = append(errs, fmt.Errorf("demux lanes %d: more than the %d lanes", o.DemuxLanes, o.Lanes))
+	}
+	switch {
+	case o.Etcd != 0 && o.Etcd != 1 && o.Etcd != 3:
+		errs = append(errs, fmt.Errorf("etcd %d: want 0 (static discovery), 1 or 3 members", o.Etcd))
+	case o.Etcd == 0 && o.Joined+o.Spare > 0:
+		errs = append(errs, errors.New("joined and spare lanes need etcd"))
+	case o.Joined < 0 || o.Spare < 0 || o.Spare > o.Joined || o.Joined >= o.Lanes:
+		errs = append(errs, fmt.Errorf("joined %d, spare %d of %d lanes: want spare <= joined < lanes (lane 1 is the file's)", o.Joined, o.Spare, o.Lanes))
+	case o.Etcd > 0 && (o.DemuxLanes > 0 || o.StockB1 || o.Baseline != ""):
+		errs = append(errs, errors.New("etcd: not with demux lanes, a stock peer or a baseline"))
 	}
 	switch o.XDP {
 	case "":
@@ -418,8 +441,17 @@ func (p *Peering) startNodes() error {
 				}
 				continue
 			}
-			if err := p.Start(GatewayNS(s, i), "tunnel", name, p.ConfigPath()); err != nil {
-				return err
+			switch {
+			case i > p.Lanes-p.Spare:
+				continue
+			case i > p.FileLanes():
+				if err := p.startJoined(s, i, p.joinArgs(s, i)...); err != nil {
+					return err
+				}
+			default:
+				if err := p.Start(GatewayNS(s, i), "tunnel", name, p.ConfigPath()); err != nil {
+					return err
+				}
 			}
 			gateways = append(gateways, name)
 		}
@@ -446,7 +478,7 @@ func (p *Peering) startNodes() error {
 	// And when each demux's lanes are up: their probes crossed both
 	// gateways and the tunnel. (demux-b never sees lane 1 up beside a
 	// stock gw-b1, which takes no GENEVE; host-b bypasses demux-b then.)
-	want := p.Lanes
+	want := p.Lanes - p.Spare
 	if p.DemuxLanes > 0 {
 		want = p.DemuxLanes
 	}

@@ -32,6 +32,9 @@ func topologyCmd(args []string) error {
 	fs.BoolVar(&o.StockB1, "stock-b1", false, "gw-b1 is Debian's stock wireguard-go (interop)")
 	fs.BoolVar(&o.Underlay6, "underlay6", false, "GENEVE and WireGuard over IPv6")
 	fs.BoolVar(&o.RPS, "rps", false, "steer each flow to one CPU on every interface")
+	fs.IntVar(&o.Etcd, "etcd", 0, "discovery through etcd: a cluster of 1 or 3 members (0: the file only)")
+	fs.IntVar(&o.Joined, "joined", 0, "with --etcd: the last N lanes are in no file; their gateways run `tunnel join`")
+	fs.IntVar(&o.Spare, "spare", 0, "of the joined lanes, the last N are not started")
 	baseline := fs.String("baseline", "", "kernel or wgo: one of the benchmark's baselines instead of the demuxes (1 lane)")
 	fs.StringVar(&o.WireGuardGo, "wgo", "bin/wireguard-go", "the wireguard-go binary for --baseline wgo")
 	if err := fs.Parse(args[1:]); err != nil {

@@ -407,6 +407,13 @@ func show(args []string) error {
 	fmt.Printf("  public key: %s\n  listening port: %d  geneve port: %d  tun: %s  mtu: %d\n",
 		st.PublicKey, st.ListenPort, st.GenevePort, st.Tun, st.MTU)
 	fmt.Printf("  demux: %s\n", strings.Join(st.Demuxes, ", "))
+	if h := st.Store; h != nil {
+		state := "reachable"
+		if !h.Up {
+			state = "UNREACHABLE (the lane goes on with the peer it has): " + h.Error
+		}
+		fmt.Printf("  from: the store (slot %d), etcd %s, %s since %s\n", st.Lane, strings.Join(h.Endpoints, ", "), state, h.Since.Format("15:04:05"))
+	}
 	fmt.Printf("  from demux: %d packets, %s  delivered: %d packets, %s\n",
 		st.GenevePackets, cli.HumanBytes(st.GeneveBytes), st.DeliveredPackets, cli.HumanBytes(st.DeliveredBytes))
 	cli.PrintDrops(st.Drops)

@@ -219,9 +219,8 @@ func (c *Cluster) Kill(i int) {
 	}
 }
 
-// Restart starts member i again and waits until it serves with its
-// cluster: a member that only accepts connections may not have rejoined
-// yet, and killing another then would leave no quorum.
+// Restart starts member i again and waits until it accepts connections
+// (WaitQuorum: until it serves with its cluster).
 func (c *Cluster) Restart(i int) error {
 	if c.members[i].cmd != nil {
 		return nil
@@ -229,14 +228,15 @@ func (c *Cluster) Restart(i int) error {
 	if err := c.start(i); err != nil {
 		return err
 	}
-	if err := c.waitServing(i, 10*time.Second); err != nil {
-		return err
-	}
-	return c.waitQuorum(i, 10*time.Second)
+	return c.waitServing(i, 10*time.Second)
 }
 
-// waitQuorum waits until a linearizable read through member i succeeds
-// (it needs a leader and a quorum).
+// WaitQuorum waits until a linearizable read through member i succeeds
+// (it needs a leader and a quorum): a member that only accepts
+// connections may not have rejoined yet, and killing another then would
+// leave none.
+func (c *Cluster) WaitQuorum(i int) error { return c.waitQuorum(i, 10*time.Second) }
+
 func (c *Cluster) waitQuorum(i int, timeout time.Duration) error {
 	cfg := clientv3.Config{Endpoints: []string{c.Endpoint(i)}, DialTimeout: time.Second, Logger: zap.NewNop()}
 	if c.TLS != nil {

@@ -1,0 +1,524 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/membership/etcdtest"
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
+)
+
+// `make membership` runs this test with -membership.runs=5 and prints the
+// summary lines; CI runs each scenario once.
+var membershipRuns = flag.Int("membership.runs", 1, "runs per membership scenario")
+
+// The membership topology: lanes 1-2 in the file, 3-5 through the store
+// (3 started with the peering, 4 and 5 spare: their gateways start in the
+// scenarios), a three-member etcd cluster.
+const (
+	msLanes    = 5
+	msFlows    = 16
+	msInterval = 2 * time.Millisecond // 8 kpps in all: the 4096-packet TUN queue rides out 0.5 s stalls
+	msEtcd     = 3
+	msTCP      = 2 // iperf3 streams, 10 Mbit/s each
+)
+
+type msTopo struct {
+	*topo
+	replaced int // replacements so far: each takes the other address plan
+}
+
+type msScenario struct {
+	name    string
+	lane    int           // the lane the scenario changes (0: none)
+	traffic time.Duration // of the UDP flows
+	before  func(*msTopo)
+	// change does the scenario's change at a second into the traffic and
+	// returns how long it took to take effect (what median_ms reports).
+	change  func(*msTopo) time.Duration
+	restore func(*msTopo)
+	// still: no lane may change state on either demux during the run.
+	still bool
+}
+
+type msResult struct {
+	took       time.Duration
+	movedOther int
+	lostOther  uint64
+	changes    []string // lane transitions seen during a run that must have none
+	tcpError   string   // iperf3's, if a stream failed (reset, refused)
+}
+
+func TestMembership(t *testing.T) {
+	etcdtest.Skip(t)
+	needs(t, "iperf3")
+	tp := &msTopo{topo: up(t, topology.Options{Prefix: "cpms", Lanes: msLanes, Health: foHealth, Etcd: msEtcd, Joined: 3, Spare: 2})}
+	tp.waitAll(map[int]string{1: "up", 2: "up", 3: "up"}, 15*time.Second)
+	lanes45 := []struct {
+		s config.Side
+		i int
+	}{{config.SideA, 4}, {config.SideB, 4}, {config.SideA, 5}, {config.SideB, 5}}
+	startSpares := func(tp *msTopo) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, g := range lanes45 {
+			wg.Go(func() {
+				if err := tp.p.StartJoined(g.s, g.i); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		return tp.waitCarrying([]int{4, 5}, nil, start)
+	}
+	stopSpares := func(tp *msTopo) {
+		for _, g := range lanes45 {
+			name := topology.GatewayName(g.s, g.i)
+			if pid, err := tp.p.PID(name); err == nil && syscall.Kill(pid, 0) == nil {
+				syscall.Kill(pid, syscall.SIGTERM) // a planned stop: it leaves the store
+			}
+		}
+		for _, g := range lanes45 {
+			tp.waitExit(topology.GatewayName(g.s, g.i))
+		}
+		tp.waitAll(map[int]string{4: "", 5: ""}, 15*time.Second)
+	}
+	scenarios := []msScenario{
+		{name: "replace-gw", lane: 3, traffic: 5 * time.Second,
+			change: func(tp *msTopo) time.Duration {
+				tp.killNode("gw-a3")
+				k, err := wgkey.Generate()
+				if err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				geneve := tp.replace(k)
+				return tp.waitCarrying([]int{3}, map[int]string{3: geneve}, start)
+			},
+			restore: func(tp *msTopo) { tp.waitAll(map[int]string{3: "up"}, 15*time.Second) }},
+		{name: "scale-out", lane: 4, traffic: 5 * time.Second,
+			change: startSpares, restore: stopSpares},
+		{name: "leave", lane: 5, traffic: 8 * time.Second,
+			before: func(tp *msTopo) {
+				for _, g := range lanes45 {
+					if err := tp.p.StartJoined(g.s, g.i); err != nil {
+						t.Fatal(err)
+					}
+				}
+				tp.waitAll(map[int]string{4: "up", 5: "up"}, 15*time.Second)
+			},
+			change: func(tp *msTopo) time.Duration {
+				start := time.Now()
+				tp.killNode("gw-a5") // stopped for good, without leaving
+				tp.waitAll(map[int]string{5: ""}, 15*time.Second)
+				return time.Since(start)
+			},
+			restore: stopSpares},
+		{name: "etcd-down", traffic: 14 * time.Second, still: true,
+			change: func(tp *msTopo) time.Duration {
+				for i := range msEtcd {
+					tp.p.KillEtcd(i)
+				}
+				time.Sleep(10 * time.Second)
+				start := time.Now()
+				for i := range msEtcd {
+					if err := tp.p.RestartEtcd(i); err != nil {
+						t.Fatal(err)
+					}
+				}
+				tp.waitStore(true)
+				return time.Since(start)
+			},
+			restore: func(tp *msTopo) { tp.waitAll(map[int]string{1: "up", 2: "up", 3: "up"}, 15*time.Second) }},
+		{name: "etcd-member-down", traffic: 8 * time.Second, still: true,
+			change: func(tp *msTopo) time.Duration {
+				tp.p.KillEtcd(0)
+				time.Sleep(5 * time.Second)
+				start := time.Now()
+				if err := tp.p.RestartEtcd(0); err != nil {
+					t.Fatal(err)
+				}
+				return time.Since(start)
+			},
+			restore: func(*msTopo) {}},
+	}
+	var summary []string
+	for _, sc := range scenarios {
+		var runs []msResult
+		t.Run(sc.name, func(t *testing.T) {
+			tp.t = t
+			for run := 1; run <= *membershipRuns; run++ {
+				r := tp.runOnce(sc)
+				t.Logf("run %d: took %s, moved_other=%d lost_other=%d", run, r.took.Round(time.Millisecond), r.movedOther, r.lostOther)
+				if r.movedOther > 0 || r.lostOther > 0 {
+					t.Errorf("run %d: %d flows not on lane %d changed lane, %d of their packets lost; want none", run, r.movedOther, sc.lane, r.lostOther)
+				}
+				if r.tcpError != "" {
+					t.Errorf("run %d: a TCP stream failed: %s", run, r.tcpError)
+				}
+				if len(r.changes) > 0 {
+					t.Errorf("run %d: lanes changed while only the store did: %v", run, r.changes)
+				}
+				runs = append(runs, r)
+			}
+		})
+		tp.t = t
+		summary = append(summary, msSummary(sc.name, runs))
+	}
+	for _, l := range summary {
+		fmt.Println(l) // `make membership` ends with these
+	}
+}
+
+func msSummary(name string, runs []msResult) string {
+	var took []time.Duration
+	var moved int
+	var lost uint64
+	for _, r := range runs {
+		took = append(took, r.took)
+		moved += r.movedOther
+		lost += r.lostOther
+	}
+	slices.Sort(took)
+	med, mx := time.Duration(0), time.Duration(0)
+	if n := len(took); n > 0 {
+		med, mx = took[n/2], took[n-1]
+	}
+	return fmt.Sprintf("membership: scenario=%s runs=%d median_ms=%d max_ms=%d moved_other=%d lost_other=%d",
+		name, len(runs), med.Milliseconds(), mx.Milliseconds(), moved, lost)
+}
+
+// runOnce: UDP flows host-a -> host-b at 1000 packets/s each, and fresh
+// 5-tuples both ways (so that a lane that joins carries new flows at
+// once); a second in, the change.
+func (tp *msTopo) runOnce(sc msScenario) msResult {
+	t := tp.t
+	if sc.before != nil {
+		sc.before(tp)
+	}
+	macs := map[string]int{}
+	for i := 1; i <= msLanes; i++ {
+		if mac, err := tp.try(fmt.Sprintf("gb%d", i), "cat", "/sys/class/net/lan0/address"); err == nil {
+			macs[strings.TrimSpace(mac)] = i
+		}
+	}
+	dst := netip.MustParseAddrPort("10.2.0.10:7100")
+	var (
+		w    *lanewatch.Watcher
+		recv *udpflows.Receiver
+		send *udpflows.Sender
+		err  error
+	)
+	tp.inNS("hb", func() {
+		if w, err = lanewatch.Open("lan0", macs); err == nil {
+			recv, err = udpflows.Listen(dst)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv.Interval = msInterval
+	packets := int(sc.traffic / msInterval)
+	tp.inNS("ha", func() {
+		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: msFlows, Packets: packets, Size: 64, Interval: msInterval})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), sc.traffic+30*time.Second)
+	defer cancel()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { w.Run(watchCtx); close(watched) }()
+	received := make(chan []udpflows.FlowResult, 1)
+	go func() { recv.Run(ctx, 500*time.Millisecond); received <- recv.Results() }()
+	freshCtx, stopFresh := context.WithCancel(ctx)
+	var fresh sync.WaitGroup
+	for _, f := range []struct{ from, to string }{{"ha", "10.2.0.10:7200"}, {"hb", "10.1.0.10:7200"}} {
+		fresh.Go(func() { tp.freshTuples(freshCtx, f.from, f.to) })
+	}
+	pidfile := filepath.Join(tp.work, "iperf3-ms.pid")
+	tp.run("hb", "iperf3", "-s", "-1", "-D", "-p", "5399", "--pidfile", pidfile)
+	defer func() {
+		if b, err := os.ReadFile(pidfile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM)
+			}
+		}
+	}()
+	tp.waitListen("hb", 5399)
+	tcp := make(chan string, 1)
+	go func() {
+		out, _ := tp.try("ha", "iperf3", "-J", "-c", "10.2.0.10", "-p", "5399", "-P", strconv.Itoa(msTCP), "-b", "10M",
+			"-t", strconv.Itoa(int((sc.traffic+time.Second)/time.Second)), "--connect-timeout", "3000")
+		var res struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			res.Error = fmt.Sprintf("output: %v", err)
+		}
+		tcp <- res.Error
+	}()
+	sent := make(chan error, 1)
+	time.Sleep(300 * time.Millisecond) // TCP streams connected and pinned first
+	go func() { sent <- send.Run(ctx) }()
+	time.Sleep(time.Second)
+	changesBefore := tp.laneChanges()
+	dropsBefore := tp.tunDrops()
+	var r msResult
+	r.took = sc.change(tp)
+	if sc.still {
+		for log, lines := range tp.laneChanges() {
+			for _, l := range lines[len(changesBefore[log]):] {
+				r.changes = append(r.changes, filepath.Base(log)+": "+l)
+			}
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	results := <-received
+	r.tcpError = <-tcp
+	stopFresh()
+	fresh.Wait()
+	stopWatch()
+	<-watched
+	rep := w.Report()
+	flows := map[uint16]lanewatch.Flow{}
+	for _, f := range rep.Flows {
+		if strings.HasPrefix(f.Flow, "udp ") {
+			flows[f.SrcPort] = f
+		}
+	}
+	got := map[int]udpflows.FlowResult{}
+	for _, res := range results {
+		got[res.Flow] = res
+	}
+	for i, port := range send.Ports() {
+		f, seen := flows[port]
+		if !seen || f.First == sc.lane {
+			continue
+		}
+		if len(f.Lanes) > 1 {
+			r.movedOther++
+		}
+		r.lostOther += uint64(packets) - min(got[i].Received, uint64(packets))
+	}
+	if r.lostOther > 0 {
+		// Where did they go? The demux's TUN queue (it fell behind), or
+		// the receiving socket.
+		t.Logf("lost %d: demux-a TUN tx_dropped %d -> %d; host-b %s", r.lostOther, dropsBefore, tp.tunDrops(),
+			strings.Join(strings.Fields(tp.run("hb", "nstat", "-az", "UdpRcvbufErrors", "UdpInErrors")), " "))
+	}
+	sc.restore(tp)
+	return r
+}
+
+// tunDrops is what demux-a's TUN dropped (its queue full).
+func (tp *msTopo) tunDrops() uint64 {
+	out, _ := tp.try("da", "cat", "/sys/class/net/cpdemux/statistics/tx_dropped")
+	n, _ := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
+	return n
+}
+
+// freshTuples sends a datagram from a new source port every 2 ms until
+// ctx ends (to a port nothing listens on): each is a new flow, which the
+// demuxes place by the current table.
+func (tp *msTopo) freshTuples(ctx context.Context, from, to string) {
+	err := tp.p.InNS(from, func() error {
+		for ctx.Err() == nil {
+			c, err := net.Dial("udp", to)
+			if err != nil {
+				return err
+			}
+			c.Write([]byte("membership fresh tuple"))
+			c.Close()
+			time.Sleep(2 * time.Millisecond)
+		}
+		return nil
+	})
+	if err != nil {
+		tp.t.Errorf("fresh tuples from %s: %v", from, err)
+	}
+}
+
+// lanePackets reads each demux's packets sent per lane, with the lane's
+// state and gateway address.
+func (tp *msTopo) lanePackets() map[string]map[int]demux.LaneStatus {
+	out := map[string]map[int]demux.LaneStatus{}
+	for _, d := range []string{"demux-a", "demux-b"} {
+		var st demux.Status
+		if err := admin.Fetch(tp.socket(d), &st); err != nil {
+			tp.t.Fatal(err)
+		}
+		out[d] = map[int]demux.LaneStatus{}
+		for _, l := range st.Lanes {
+			out[d][int(l.ID)] = l
+		}
+	}
+	return out
+}
+
+// waitCarrying waits until every lane of ids is up on both demuxes (with
+// the GENEVE address given, on demux-a) and has sent packets on each
+// since it came up, and returns the time from start.
+func (tp *msTopo) waitCarrying(ids []int, addr map[int]string, start time.Time) time.Duration {
+	type key struct {
+		d  string
+		id int
+	}
+	upAt := map[key]uint64{}
+	for deadline := start.Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		now := tp.lanePackets()
+		done := true
+		for d, lanes := range now {
+			for _, id := range ids {
+				l, ok := lanes[id]
+				k := key{d, id}
+				if !ok || l.State != demux.LaneUp || (d == "demux-a" && addr[id] != "" && l.Address != addr[id]) {
+					delete(upAt, k)
+					done = false
+					continue
+				}
+				if _, seen := upAt[k]; !seen {
+					upAt[k] = l.Packets
+					done = false
+				} else if l.Packets == upAt[k] {
+					done = false
+				}
+			}
+		}
+		if done {
+			return time.Since(start)
+		}
+	}
+	tp.t.Fatalf("lanes %v not carrying traffic on both demuxes 20 s after the change: %v", ids, tp.lanePackets())
+	return 0
+}
+
+// waitAll waits until both demuxes show each lane in the state given
+// ("" for absent).
+func (tp *msTopo) waitAll(want map[int]string, timeout time.Duration) {
+	tp.t.Helper()
+	var got map[string]map[int]demux.LaneStatus
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		got = tp.lanePackets()
+		ok := true
+		for _, lanes := range got {
+			for id, s := range want {
+				if string(lanes[id].State) != s {
+					ok = false
+				}
+			}
+		}
+		if ok {
+			return
+		}
+	}
+	var desc []string
+	for d, lanes := range got {
+		for id, l := range lanes {
+			desc = append(desc, fmt.Sprintf("%s/%d=%s", d, id, l.State))
+		}
+	}
+	slices.Sort(desc)
+	tp.t.Fatalf("lanes %v not reached in %s: %v", want, timeout, desc)
+}
+
+// waitStore waits until both demuxes say the store answers (or not).
+func (tp *msTopo) waitStore(up bool) {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		ok := true
+		for _, d := range []string{"demux-a", "demux-b"} {
+			var st struct {
+				Store *struct {
+					Up bool `json:"up"`
+				} `json:"store"`
+			}
+			if err := admin.Fetch(tp.socket(d), &st); err != nil || st.Store == nil || st.Store.Up != up {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+	}
+	tp.t.Fatalf("the demuxes do not report the store up=%v", up)
+}
+
+// laneChanges is each demux's log lines so far of a lane changing state.
+func (tp *msTopo) laneChanges() map[string][]string {
+	out := map[string][]string{}
+	for _, d := range []string{"demux-a", "demux-b"} {
+		b, _ := os.ReadFile(filepath.Join(tp.work, d+".log"))
+		for _, l := range strings.Split(string(b), "\n") {
+			for _, m := range []string{`msg="lane down"`, `msg="lane up"`, `msg="lane draining"`, `msg="lanes changed by the store"`} {
+				if strings.Contains(l, m) {
+					out[d] = append(out[d], l)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// replace starts gw-a3's replacement with key k, on the address plan the
+// last one did not use, and returns its GENEVE address.
+func (tp *msTopo) replace(k wgkey.Key) string {
+	tp.replaced++
+	moved := tp.replaced%2 == 1
+	if err := tp.p.Replace(config.SideA, 3, k, moved); err != nil {
+		tp.t.Fatal(err)
+	}
+	if moved {
+		return "10.1.0.123:6081"
+	}
+	return "10.1.0.23:6081"
+}
+
+// killNode ends a node with SIGKILL and waits until it is gone.
+func (tp *msTopo) killNode(node string) {
+	pid, err := tp.p.PID(node)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		tp.t.Fatalf("kill %s (%d): %v", node, pid, err)
+	}
+	tp.waitExit(node)
+}
+
+// waitExit waits until node's last process is gone.
+func (tp *msTopo) waitExit(node string) {
+	pid, err := tp.p.PID(node)
+	if err != nil {
+		return
+	}
+	for range 300 {
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err != nil || strings.Contains(string(b), ") Z ") {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tp.t.Fatalf("%s (%d) still runs", node, pid)
+}
