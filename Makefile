@@ -4,9 +4,10 @@ FUZZTIME ?= 60s
 RUNS     ?= 5
 SECONDS  ?= 5
 FAILOVER_RUNS ?= 10
+MEMBERSHIP_RUNS ?= 5
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare failover fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
+.PHONY: test deps check build demo compare failover membership fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector,
@@ -108,6 +109,18 @@ failover: deps
 	  [ $$rc = 0 ] || { echo "failover: FAILED; full output:"; cat $$out; }; \
 	  echo; grep '^failover: ' $$out; exit $$rc
 
+# Lane membership through etcd (root): a gateway replaced by a new instance
+# (new key, new addresses), two lanes added by starting their gateways, a
+# gateway gone for good, the etcd cluster down for 10 s, one member of
+# three down; MEMBERSHIP_RUNS times each under UDP flows, fresh 5-tuples
+# and TCP streams; ends with one summary line per scenario (about 5 min).
+membership: deps
+	@out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	  $(GO) test ./dataplane/e2e -run '^TestMembership$$' -count=1 -v -timeout 30m -args -membership.runs=$(MEMBERSHIP_RUNS) >$$out 2>&1; rc=$$?; \
+	  grep -E '(membership_test.go:[0-9]+: |^--- |^    --- |^(ok|FAIL))' $$out; \
+	  [ $$rc = 0 ] || { echo "membership: FAILED; full output:"; cat $$out; }; \
+	  echo; grep '^membership: ' $$out; exit $$rc
+
 # Coverage-guided fuzzing of the packet parsers, FUZZTIME per target; new
 # crashers land in <package>/testdata/fuzz and become regression tests.
 fuzz:
@@ -121,6 +134,7 @@ fuzz:
 	$(GO) test ./dataplane/icmpwatch -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bench/iperf -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bench/profile -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./membership -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:

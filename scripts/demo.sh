@@ -38,7 +38,9 @@ with a WireGuard tunnel each), all in network namespaces on this machine.
 PIC
 start=$(date +%s%N)
 echo "setting up namespaces, keys, config ($W/peering.yaml) and 8 processes ..."
-"$BIN/bench" topology up --prefix $P --lanes $LANES --bin "$BIN" --work "$W" --xdp "${XDP:-off}"
+store=()  # DISCOVERY=etcd: lane 3's gateways join through an etcd the demo runs
+[ "${DISCOVERY:-static}" = etcd ] && store=(--etcd 1 --joined 1)
+"$BIN/bench" topology up --prefix $P --lanes $LANES --bin "$BIN" --work "$W" --xdp "${XDP:-off}" "${store[@]}"
 printf "up in %.1f s\n\n" "$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e9}')"
 
 for pair in "ha 10.2.0.10" "ha fd00:b::10" "hb 10.1.0.10" "hb fd00:a::10"; do
@@ -91,6 +93,27 @@ grep -h 'lane down' "$W/demux-a.log" "$W/demux-b.log" | sed -E 's/^time=[^ ]+ le
 awk '/^flow / {g = $(NF-1) + 0; n++; if (g > 20) {hit++; if (g > max) max = g} else if (g > other) other = g}
   /^flows=/ {print "  " $0}
   END {printf "  %d of %d flows (lane 2'"'"'s) stopped for at most %.1f ms, then the other lanes carried them;\n  the other flows'"'"' longest gap was %.1f ms\n", hit, n, max, other}' "$W/flows.txt"
+if [ ${#store[@]} -gt 0 ]; then
+  # A new instance replaces gw-a3: a new key, new addresses, its slot; no
+  # file changes, no restart of anything else.
+  echo
+  echo "replace gw-a3 live: SIGKILL it, start a new instance (new key, 10.1.0.123, 198.18.3.11) in slot 3:"
+  kill -KILL "$(cat "$W/gw-a3.pid")"
+  (umask 077; "$BIN/tunnel" genkey >"$W/gw-a3-new.key")
+  nsx ga3 ip addr add 10.1.0.123/24 dev lan0
+  nsx ga3 ip addr add 198.18.3.11/24 dev wan0
+  t0=$(date +%s%N)
+  nsx ga3 "$BIN/tunnel" join --config "$W/peering.yaml" --node gw-a3 --side a --slot 3 --geneve 10.1.0.123 \
+    --endpoint 198.18.3.11 --private-key "$W/gw-a3-new.key" --tun $P-ga3 >>"$W/gw-a3.log" 2>&1 &
+  echo $! >>"$W/pids"
+  for _ in $(seq 100); do
+    "$BIN/demux" show --config "$W/peering.yaml" --node demux-a |
+      awk '/^lane 3: up/ {l = 1} /^$/ {l = 0} l && /gateway: gw-a3 \(10.1.0.123/ {ok = 1} END {exit !ok}' && break
+    sleep 0.05
+  done
+  printf "  lane 3 up through the new gw-a3 after %.0f ms\n" "$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e6}')"
+  "$BIN/demux" members --config "$W/peering.yaml" | sed 's/^/  /'
+fi
 echo
 "$BIN/demux" show --config "$W/peering.yaml" --node demux-a
 echo

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/config/configtest"
 	"github.com/clusterpeer/clusterpeer/flowhash"
@@ -130,5 +132,38 @@ func TestAdminActions(t *testing.T) {
 	}
 	if got := strings.Join(rec.drained, ", "); got != "drain 2 0s, drain 2 30s, undrain 3" {
 		t.Errorf("the demux was asked: %s", got)
+	}
+}
+
+// TestLaneSpecsFromTheStore: the store's lanes follow the file's, marked
+// as such, with their near gateway and the far one's reflector.
+func TestLaneSpecsFromTheStore(t *testing.T) {
+	p := examplePeering(t)
+	bind := conn.NewStdNetBind()
+	var stored config.Lane
+	stored.ID, stored.Weight = 7, 3
+	stored.A.Name, stored.B.Name = "gw-a7", "gw-b7"
+	stored.A.Geneve.AddrPort = netip.MustParseAddrPort("10.1.0.27:6081")
+	stored.B.Geneve.AddrPort = netip.MustParseAddrPort("10.2.0.27:6081")
+	specs, err := laneSpecs(p, []config.Lane{stored}, config.SideB, bind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 3 || specs[0].Source != "file" || specs[1].Source != "file" {
+		t.Fatalf("specs %+v: want the file's two lanes first", specs)
+	}
+	s := specs[2]
+	if s.ID != 7 || s.Weight != 3 || s.Source != "store" || s.Gateway != "gw-b7" || s.Near != stored.B.Geneve.AddrPort || s.Far != stored.A.Geneve.Addr() {
+		t.Fatalf("the store's lane for demux-b: %+v", s)
+	}
+	// More lanes than the table has room for are refused whole.
+	p.Hash.TableSize = 7
+	many := make([]config.Lane, 7)
+	for i := range many {
+		many[i] = stored
+		many[i].ID = 10 + i
+	}
+	if _, err := laneSpecs(p, many, config.SideB, bind); err == nil {
+		t.Fatal("9 lanes in a 7-entry table accepted")
 	}
 }

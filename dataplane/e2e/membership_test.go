@@ -112,7 +112,19 @@ func TestMembership(t *testing.T) {
 				}
 				start := time.Now()
 				geneve := tp.replace(k)
-				return tp.waitCarrying([]int{3}, map[int]string{3: geneve}, start)
+				took := tp.waitCarrying([]int{3}, map[int]string{3: geneve}, start)
+				// What gw-b3 said of the dead instance is not said of
+				// the new one (it would tell the demuxes the lane is down).
+				var st struct {
+					Probes struct {
+						Condition string `json:"condition"`
+					} `json:"probes"`
+				}
+				tp.status("gw-b3", &st)
+				if st.Probes.Condition != "no diagnostic" {
+					t.Errorf("gw-b3 still reports %q with the replacement as its peer", st.Probes.Condition)
+				}
+				return took
 			},
 			restore: func(tp *msTopo) { tp.waitAll(map[int]string{3: "up"}, 15*time.Second) }},
 		{name: "scale-out", lane: 4, traffic: 5 * time.Second,

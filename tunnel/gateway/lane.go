@@ -183,20 +183,19 @@ func (l *Lane) SetPeer(key wgkey.Key, endpoint, probe netip.AddrPort) error {
 	}
 	l.tdev.SetProbe(probe)
 	l.wb.peer.Store(&endpoint)
-	l.wb.down.Store(false)
-	if endpoint.Addr() != old.PeerEndpoint.Addr() || !old.PeerEndpoint.IsValid() {
-		close(l.watch)
-		l.watch = make(chan struct{})
-		if l.icmp != nil {
-			l.icmp.Close()
-			l.icmp = nil
-		}
-		if l.cfg.OnPeer != nil {
-			l.cfg.OnPeer("") // what was said of the old peer is not said of this one
-		}
-		return l.watchPeer()
+	if l.wb.down.Swap(false) && l.cfg.OnPeer != nil {
+		l.cfg.OnPeer("") // what ICMP errors said of the old peer is not said of this one
 	}
-	return nil
+	if endpoint.Addr() == old.PeerEndpoint.Addr() && old.PeerEndpoint.IsValid() {
+		return nil
+	}
+	close(l.watch)
+	l.watch = make(chan struct{})
+	if l.icmp != nil {
+		l.icmp.Close()
+		l.icmp = nil
+	}
+	return l.watchPeer()
 }
 
 // uapiConfig is the device's configuration in wireguard-go's UAPI form.
