@@ -156,6 +156,16 @@ func TestRegisterAndWatch(t *testing.T) {
 	if l.ID != 3 || l.Weight != 2 || l.A.Name != ja.Gateway.Name || l.B.Public != jb.Gateway.Public || l.B.Endpoint != jb.Gateway.Endpoint {
 		t.Fatalf("lane %+v, want id 3, weight 2 (the smaller), %s and %s", l, ja.Gateway.Name, jb.Gateway.Name)
 	}
+	// The weight changes live: the lane takes the smaller of the two.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ra.SetWeight(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "lane 3 at weight 1", func() bool { ls := v.Lanes(); return len(ls) == 1 && ls[0].Weight == 1 })
+	if err := ra.SetWeight(ctx, 0); err == nil {
+		t.Fatal("weight 0 accepted")
+	}
 	if h := s.Health(); !h.Up {
 		eventually(t, 3*time.Second, "store reported up", func() bool { return s.Health().Up })
 	}

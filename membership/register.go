@@ -243,6 +243,26 @@ func (r *Registration) Record() Record {
 	return r.rec
 }
 
+// SetWeight changes the registered weight: the demuxes apply it live.
+func (r *Registration) SetWeight(ctx context.Context, w uint32) error {
+	if w < 1 || w > 1000 {
+		return fmt.Errorf("weight %d: want 1..1000", w)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lease == 0 {
+		return errors.New("not registered now (the store is unreachable); try again")
+	}
+	old := r.rec
+	r.rec.Weight = w
+	r.rec.Serial++
+	if err := retry(ctx, r.put); err != nil {
+		r.rec = old
+		return err
+	}
+	return nil
+}
+
 // Mine says whether m is this gateway's registration: its public key,
 // under whichever lease (while it registers again after the store was
 // gone, the view may still hold the record of its previous lease). A

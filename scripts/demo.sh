@@ -112,7 +112,7 @@ if [ ${#store[@]} -gt 0 ]; then
     sleep 0.05
   done
   printf "  lane 3 up through the new gw-a3 after %.0f ms\n" "$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e6}')"
-  "$BIN/demux" members --config "$W/peering.yaml" | sed 's/^/  /'
+  "$BIN/demux" members --config "$W/peering.yaml" | sed 's/^./  &/'
 fi
 echo
 "$BIN/demux" show --config "$W/peering.yaml" --node demux-a

@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/membership"
@@ -194,6 +197,44 @@ func (j *joined) close() {
 	j.stop()
 	j.reg.Close()
 	j.store.Close()
+}
+
+// setWeight is the status socket's "weight" action.
+func (j *joined) setWeight(q url.Values) (string, error) {
+	w, err := strconv.ParseUint(q.Get("weight"), 10, 32)
+	if err != nil {
+		return "", fmt.Errorf("--weight %q: want 1..1000", q.Get("weight"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := j.reg.SetWeight(ctx, uint32(w)); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("weight %d registered; the demuxes apply it to new flows", w), nil
+}
+
+// weight asks a running joined gateway to change its registered weight.
+func weight(args []string) error {
+	var f cli.NodeFlags
+	var w uint
+	if err := f.ParseWith("weight", args, false, func(fs *flag.FlagSet) {
+		fs.UintVar(&w, "weight", 0, "relative share of new flows, 1..1000")
+	}); err != nil {
+		return err
+	}
+	_, node, err := f.LoadAny()
+	if err != nil {
+		return err
+	}
+	if node.Lane == nil {
+		return fmt.Errorf("node %q is a demux; weight is a joined gateway's", f.Node)
+	}
+	msg, err := admin.Do(node.Self.Status, "weight", url.Values{"weight": {strconv.FormatUint(uint64(w), 10)}})
+	if err != nil {
+		return err
+	}
+	fmt.Println(msg)
+	return nil
 }
 
 // enrolkey prints a new enrolment key (an Ed25519 seed, base64).

@@ -53,6 +53,7 @@ func main() {
 		"join": {Usage: "join --config FILE --node NAME --side a|b --geneve IP[:PORT] --endpoint IP[:PORT] --private-key FILE [--slot N] [--weight W]",
 			Help: "run a gateway that is in no file: register in the store (discovery: etcd), take the peer from there", Run: join},
 		"members":  {Usage: "members --config FILE [--json]", Help: "list the store's registrations, verified", Run: cli.Members},
+		"weight":   {Usage: "weight --config FILE --node NAME --weight W", Help: "change a joined gateway's registered weight (the demuxes apply it live)", Run: weight},
 		"enrolkey": {Usage: "enrolkey", Help: "print a new enrolment key (signs the store's registrations; owner-only file)", Run: enrolkey},
 		"enrolpub": {Usage: "enrolpub", Help: "read an enrolment key on stdin, print its public key", Run: enrolpub},
 	})
@@ -207,6 +208,9 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		return err
 	}
 	defer srv.Close()
+	if j != nil {
+		srv.Handle("weight", j.setWeight)
+	}
 
 	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.Geneve.AddrPort,
 		"listen", self.Endpoint.AddrPort.Port(), "peer", peer.Name, "peer_endpoint", peer.Endpoint.AddrPort,

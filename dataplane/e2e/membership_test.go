@@ -17,12 +17,16 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/membership"
 	"github.com/clusterpeer/clusterpeer/membership/etcdtest"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
@@ -145,6 +149,35 @@ func TestMembership(t *testing.T) {
 				return time.Since(start)
 			},
 			restore: stopSpares},
+		{name: "reweigh", lane: 3, traffic: 4 * time.Second,
+			change: func(tp *msTopo) time.Duration {
+				start := time.Now()
+				for _, g := range []string{"gw-a3", "gw-b3"} {
+					tp.run("ha", filepath.Join(tp.bin, "tunnel"), "weight", "--config", tp.config(), "--node", g, "--weight", "3")
+				}
+				return tp.waitWeight(3, 3, start)
+			},
+			restore: func(tp *msTopo) {
+				for _, g := range []string{"gw-a3", "gw-b3"} {
+					tp.run("ha", filepath.Join(tp.bin, "tunnel"), "weight", "--config", tp.config(), "--node", g, "--weight", "1")
+				}
+				tp.waitWeight(3, 1, time.Now())
+			}},
+		// A lease that ends while its gateway works (what a gateway cut
+		// off from etcd alone sees): its lane stays, it registers again.
+		{name: "lease-lost", traffic: 4 * time.Second, still: true,
+			change: func(tp *msTopo) time.Duration {
+				start := time.Now()
+				tp.revokeLease(config.SideA, 3)
+				tp.waitRegistered("demux-a", config.SideA, 3, start)
+				took := time.Since(start)
+				b, _ := os.ReadFile(filepath.Join(tp.work, "demux-a.log"))
+				if !strings.Contains(string(b), "without a planned stop; its lane stays while its probes answer\" node=demux-a store=etcd side=a slot=3") {
+					t.Error("demux-a did not keep the lost registration of slot 3 (no log line)")
+				}
+				return took
+			},
+			restore: func(*msTopo) {}},
 		{name: "etcd-down", traffic: 14 * time.Second, still: true,
 			change: func(tp *msTopo) time.Duration {
 				for i := range msEtcd {
@@ -506,6 +539,60 @@ func (tp *msTopo) replace(k wgkey.Key) string {
 		return "10.1.0.123:6081"
 	}
 	return "10.1.0.23:6081"
+}
+
+// waitWeight waits until both demuxes give lane id weight w.
+func (tp *msTopo) waitWeight(id int, w uint32, start time.Time) time.Duration {
+	for deadline := start.Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		ok := true
+		for _, lanes := range tp.lanePackets() {
+			ok = ok && lanes[id].Weight == w
+		}
+		if ok {
+			return time.Since(start)
+		}
+	}
+	tp.t.Fatalf("lane %d not at weight %d on both demuxes", id, w)
+	return 0
+}
+
+// revokeLease ends the lease of a registration at once, as its expiry
+// would, with the gateway still running.
+func (tp *msTopo) revokeLease(s config.Side, slot int) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: tp.p.Store.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys := membership.Keys{Prefix: config.DefaultStorePrefix, Peering: tp.prefix}
+	resp, err := cli.Get(ctx, keys.Slot(s, slot))
+	if err != nil || len(resp.Kvs) != 1 {
+		tp.t.Fatalf("registration %s/%d: %v", s, slot, err)
+	}
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		tp.t.Fatal(err)
+	}
+}
+
+// waitRegistered waits until demux holds a registration of side/slot
+// taken after since (a new lease), not lost.
+func (tp *msTopo) waitRegistered(demuxNode string, s config.Side, slot int, since time.Time) {
+	for deadline := since.Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var st struct {
+			Store struct {
+				Members []membership.Member `json:"members"`
+			} `json:"store"`
+		}
+		tp.status(demuxNode, &st)
+		for _, m := range st.Store.Members {
+			if m.Side == s && m.Slot == slot && !m.Lost && m.Seen.After(since) {
+				return
+			}
+		}
+	}
+	tp.t.Fatalf("%s: no new registration of %s/%d", demuxNode, s, slot)
 }
 
 // killNode ends a node with SIGKILL and waits until it is gone.

@@ -183,13 +183,7 @@ func Show(args []string, socket func(config.Node) (string, error), v any) (text 
 	if err := f.Parse("show", args, true); err != nil {
 		return false, err
 	}
-	p, node, err := f.Load()
-	if errors.Is(err, config.ErrUnknownNode) && p != nil && p.Discovery.Mode == config.DiscoveryEtcd {
-		// A gateway that joined through the store is in no file: its
-		// socket has the default name (tunnel join --status otherwise).
-		g := &config.Gateway{Status: config.DefaultStatusDir + "/" + p.Name + "-" + f.Node + ".sock"}
-		node, err = config.Node{Lane: &config.Lane{}, Self: g, Peer: &config.Gateway{}}, nil
-	}
+	_, node, err := f.LoadAny()
 	if err != nil {
 		return false, err
 	}
@@ -235,6 +229,18 @@ func UpWith(args []string, wantDemux bool, extra func(*flag.FlagSet)) (*slog.Log
 		return nil, nil, node, fmt.Errorf("node %q is a demux; run it with `demux up`", f.Node)
 	}
 	return log, p, node, nil
+}
+
+// LoadAny is Load, and for a node in no file of a peering with etcd
+// discovery, a gateway that joined through the store: its status socket
+// has the default name (tunnel join --status otherwise).
+func (f *NodeFlags) LoadAny() (*config.Peering, config.Node, error) {
+	p, node, err := f.Load()
+	if errors.Is(err, config.ErrUnknownNode) && p != nil && p.Discovery.Mode == config.DiscoveryEtcd {
+		g := &config.Gateway{Status: config.DefaultStatusDir + "/" + p.Name + "-" + f.Node + ".sock"}
+		return p, config.Node{Lane: &config.Lane{}, Self: g, Peer: &config.Gateway{}}, nil
+	}
+	return p, node, err
 }
 
 // Members is `demux members` and `tunnel members`: the store's
