@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,6 +124,35 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// fixture is a store with a peering and a view following it.
+type fixture struct {
+	c *etcdtest.Cluster
+	p *config.Peering
+	s *Store
+	v *View
+}
+
+func newFixture(t *testing.T, o etcdtest.Options) fixture {
+	dir := t.TempDir()
+	c := etcdtest.Start(t, dir, o)
+	p := testPeering(t, dir, c.Endpoints(), "")
+	s := dial(t, p)
+	v, _ := follow(t, s, p)
+	return fixture{c, p, s, v}
+}
+
+// lane registers both ends of slot n (gateways gw-a<n>, gw-b<n>) and
+// waits until the view has the lane; it returns side a's registration.
+func (f fixture) lane(t *testing.T, n int) *Registration {
+	t.Helper()
+	ra := register(t, f.s, f.p, joining(t, f.p, config.SideA, n, 0))
+	register(t, f.s, f.p, joining(t, f.p, config.SideB, n, 0))
+	eventually(t, 5*time.Second, fmt.Sprintf("lane %d", n), func() bool {
+		return slices.ContainsFunc(f.v.Lanes(), func(l config.Lane) bool { return l.ID == ra.Record().Slot })
+	})
+	return ra
+}
+
 func laneIDs(v *View) []int {
 	var ids []int
 	for _, l := range v.Lanes() {
@@ -132,11 +162,8 @@ func laneIDs(v *View) []int {
 }
 
 func TestRegisterAndWatch(t *testing.T) {
-	dir := t.TempDir()
-	c := etcdtest.Start(t, dir, etcdtest.Options{})
-	p := testPeering(t, dir, c.Endpoints(), "")
-	s := dial(t, p)
-	v, _ := follow(t, s, p)
+	f := newFixture(t, etcdtest.Options{})
+	s, p, v := f.s, f.p, f.v
 
 	ja := joining(t, p, config.SideA, 3, 0)
 	ja.Weight = 5
@@ -210,11 +237,8 @@ func TestSlotRace(t *testing.T) {
 // counted: signed with another key, altered, copied to another slot, or
 // an old record brought back.
 func TestForgedRecordsRefused(t *testing.T) {
-	dir := t.TempDir()
-	c := etcdtest.Start(t, dir, etcdtest.Options{})
-	p := testPeering(t, dir, c.Endpoints(), "")
-	s := dial(t, p)
-	v, _ := follow(t, s, p)
+	f := newFixture(t, etcdtest.Options{})
+	s, p, v := f.s, f.p, f.v
 	r := register(t, s, p, joining(t, p, config.SideA, 3, 0))
 	eventually(t, 3*time.Second, "registration seen", func() bool { return len(v.Members()) == 1 })
 	good := v.Members()[0]
@@ -280,16 +304,10 @@ func TestForgedRecordsRefused(t *testing.T) {
 // A planned stop removes the gateway; a lease that merely ends marks it
 // lost, kept until its lane is found down (Forget).
 func TestLeaveAndLost(t *testing.T) {
-	dir := t.TempDir()
-	c := etcdtest.Start(t, dir, etcdtest.Options{})
-	p := testPeering(t, dir, c.Endpoints(), "")
-	s := dial(t, p)
-	v, _ := follow(t, s, p)
-	ra := register(t, s, p, joining(t, p, config.SideA, 3, 0))
-	rb := register(t, s, p, joining(t, p, config.SideB, 3, 0))
-	ra4 := register(t, s, p, joining(t, p, config.SideA, 4, 0))
-	register(t, s, p, joining(t, p, config.SideB, 4, 0))
-	eventually(t, 3*time.Second, "lanes 3 and 4", func() bool { return len(v.Lanes()) == 2 })
+	f := newFixture(t, etcdtest.Options{})
+	v := f.v
+	ra := f.lane(t, 3)
+	ra4 := f.lane(t, 4)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -303,7 +321,6 @@ func TestLeaveAndLost(t *testing.T) {
 
 	// Gateway a3 stops renewing (cut off, or killed): after the TTL its
 	// record is gone from etcd, but lane 3 stays until its health says.
-	_ = rb
 	ra.Close()
 	eventually(t, 8*time.Second, "a3's lease ended", func() bool { m, _ := v.Member(Slot{config.SideA, 3}); return m.Lost })
 	if ids := laneIDs(v); fmt.Sprint(ids) != "[3]" {
@@ -320,14 +337,9 @@ func TestLeaveAndLost(t *testing.T) {
 // A replacement in the same slot wins at once, with its new key and
 // address; the old instance's lease no longer matters.
 func TestReplaceInSlot(t *testing.T) {
-	dir := t.TempDir()
-	c := etcdtest.Start(t, dir, etcdtest.Options{})
-	p := testPeering(t, dir, c.Endpoints(), "")
-	s := dial(t, p)
-	v, _ := follow(t, s, p)
-	old := register(t, s, p, joining(t, p, config.SideA, 3, 0))
-	register(t, s, p, joining(t, p, config.SideB, 3, 0))
-	eventually(t, 3*time.Second, "lane 3", func() bool { return len(v.Lanes()) == 1 })
+	f := newFixture(t, etcdtest.Options{})
+	s, p, v := f.s, f.p, f.v
+	old := f.lane(t, 3)
 	old.Close() // killed: its lease is still alive for up to the TTL
 	repl := joining(t, p, config.SideA, 33, 3)
 	start := time.Now()
@@ -388,14 +400,9 @@ func TestWatchAfterCompaction(t *testing.T) {
 // With the store gone, nothing is forgotten; when it returns, lost
 // leases are registered again and the view carries on.
 func TestStoreDown(t *testing.T) {
-	dir := t.TempDir()
-	c := etcdtest.Start(t, dir, etcdtest.Options{})
-	p := testPeering(t, dir, c.Endpoints(), "")
-	s := dial(t, p)
-	v, _ := follow(t, s, p)
-	ra := register(t, s, p, joining(t, p, config.SideA, 3, 0))
-	register(t, s, p, joining(t, p, config.SideB, 3, 0))
-	eventually(t, 3*time.Second, "lane 3", func() bool { return len(v.Lanes()) == 1 })
+	f := newFixture(t, etcdtest.Options{})
+	c, s, v := f.c, f.s, f.v
+	ra := f.lane(t, 3)
 	eventually(t, 3*time.Second, "store up", func() bool { return s.Health().Up })
 
 	c.Kill(0)
@@ -424,14 +431,9 @@ func TestStoreDown(t *testing.T) {
 
 // One member of three killed: registrations and the watch go on.
 func TestClusterMemberDown(t *testing.T) {
-	dir := t.TempDir()
-	c := etcdtest.Start(t, dir, etcdtest.Options{Members: 3})
-	p := testPeering(t, dir, c.Endpoints(), "")
-	s := dial(t, p)
-	v, _ := follow(t, s, p)
-	register(t, s, p, joining(t, p, config.SideA, 3, 0))
-	register(t, s, p, joining(t, p, config.SideB, 3, 0))
-	eventually(t, 5*time.Second, "lane 3", func() bool { return len(v.Lanes()) == 1 })
+	f := newFixture(t, etcdtest.Options{Members: 3})
+	c, s, p, v := f.c, f.s, f.p, f.v
+	f.lane(t, 3)
 	for i := range 3 {
 		c.Kill(i)
 		register(t, s, p, joining(t, p, config.SideA, 10+i, 0))

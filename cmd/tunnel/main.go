@@ -149,6 +149,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		PeerEndpoint: peer.Endpoint.AddrPort,
 		Remote:       p.Networks[node.Side.Other()].Prefixes,
 		UAPI:         true,
+		AwaitPeer:    awaitPeer(node.Side),
 		Log:          log,
 	})
 	if err != nil {
@@ -243,6 +244,16 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 			log.Info("SIGHUP: a gateway does not reload; restart it to apply a changed config (demuxes reload lanes live)")
 		}
 	}
+}
+
+// awaitPeer: side b's gateways let side a's open each new WireGuard
+// session (gateway.Config.AwaitPeer); a second covers a peer that starts
+// or learns of this end a little later.
+func awaitPeer(side config.Side) time.Duration {
+	if side == config.SideB {
+		return time.Second
+	}
+	return 0
 }
 
 // status is what `tunnel show` reads: the gateway's, where its lane came

@@ -341,38 +341,10 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	if sc.before != nil {
 		sc.before(tp)
 	}
-	macs := map[string]int{}
-	for i := 1; i <= 4; i++ { // the lanes the topology has
-		if mac, err := tp.try(fmt.Sprintf("gb%d", i), "cat", "/sys/class/net/lan0/address"); err == nil {
-			macs[strings.TrimSpace(mac)] = i
-		}
-	}
 	downsBefore := tp.laneDowns()
-	dst := netip.MustParseAddrPort("10.2.0.10:7000")
-	var (
-		w    *lanewatch.Watcher
-		recv *udpflows.Receiver
-		send *udpflows.Sender
-		err  error
-	)
-	tp.inNS("hb", func() {
-		if w, err = lanewatch.Open("lan0", macs); err == nil {
-			recv, err = udpflows.Listen(dst)
-		}
-	})
-	if recv != nil {
-		recv.Interval = foInterval // outages leave out the sender's own stalls
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp.inNS("ha", func() {
-		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: foFlows,
-			Packets: int(sc.duration() / foInterval), Size: 64, Interval: foInterval})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fw := tp.openFlows(4, netip.MustParseAddrPort("10.2.0.10:7000"), udpflows.SendConfig{
+		Flows: foFlows, Packets: int(sc.duration() / foInterval), Size: 64, Interval: foInterval})
+	w, recv, send := fw.w, fw.recv, fw.send
 	defer send.Close()
 
 	// TCP streams, rate-limited so that the machine stays responsive.

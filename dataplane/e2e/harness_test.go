@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,9 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
+	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 )
 
 // needs skips the test unless it runs as root with the given programs.
@@ -266,4 +269,41 @@ type iperfResult struct {
 			Packets       float64 `json:"packets"`
 		} `json:"sum"`
 	} `json:"end"`
+}
+
+// flowWatch is sequence-numbered UDP flows host-a -> host-b and, at
+// host-b, the lane (gateway MAC) each arrives by.
+type flowWatch struct {
+	w    *lanewatch.Watcher
+	recv *udpflows.Receiver
+	send *udpflows.Sender
+}
+
+// openFlows prepares flows to dst over a peering of lanes lanes (send
+// with send.Run; Close when done).
+func (tp *topo) openFlows(lanes int, dst netip.AddrPort, cfg udpflows.SendConfig) flowWatch {
+	tp.t.Helper()
+	macs := map[string]int{}
+	for i := 1; i <= lanes; i++ {
+		if mac, err := tp.try(fmt.Sprintf("gb%d", i), "cat", "/sys/class/net/lan0/address"); err == nil {
+			macs[strings.TrimSpace(mac)] = i
+		}
+	}
+	var fw flowWatch
+	var err error
+	tp.inNS("hb", func() {
+		if fw.w, err = lanewatch.Open("lan0", macs); err == nil {
+			fw.recv, err = udpflows.Listen(dst)
+		}
+	})
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	fw.recv.Interval = cfg.Interval // outages leave out the sender's own stalls
+	cfg.Dst = dst
+	tp.inNS("ha", func() { fw.send, err = udpflows.NewSender(cfg) })
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	return fw
 }

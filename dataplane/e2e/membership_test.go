@@ -260,35 +260,10 @@ func (tp *msTopo) runOnce(sc msScenario) msResult {
 	if sc.before != nil {
 		sc.before(tp)
 	}
-	macs := map[string]int{}
-	for i := 1; i <= msLanes; i++ {
-		if mac, err := tp.try(fmt.Sprintf("gb%d", i), "cat", "/sys/class/net/lan0/address"); err == nil {
-			macs[strings.TrimSpace(mac)] = i
-		}
-	}
-	dst := netip.MustParseAddrPort("10.2.0.10:7100")
-	var (
-		w    *lanewatch.Watcher
-		recv *udpflows.Receiver
-		send *udpflows.Sender
-		err  error
-	)
-	tp.inNS("hb", func() {
-		if w, err = lanewatch.Open("lan0", macs); err == nil {
-			recv, err = udpflows.Listen(dst)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	recv.Interval = msInterval
 	packets := int(sc.traffic / msInterval)
-	tp.inNS("ha", func() {
-		send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: msFlows, Packets: packets, Size: 64, Interval: msInterval})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fw := tp.openFlows(msLanes, netip.MustParseAddrPort("10.2.0.10:7100"),
+		udpflows.SendConfig{Flows: msFlows, Packets: packets, Size: 64, Interval: msInterval})
+	w, recv, send := fw.w, fw.recv, fw.send
 	defer send.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), sc.traffic+30*time.Second)
 	defer cancel()

@@ -39,6 +39,9 @@ type Device struct {
 	close  sync.Once
 	wg     sync.WaitGroup
 	closer func() error // closes the GENEVE bind
+	// holdUntil (unix ns; 0: none): until then Read drops what it is
+	// handed, so that WireGuard has nothing to send (AwaitPeer).
+	holdUntil atomic.Int64
 
 	C DeviceCounters
 }
@@ -103,6 +106,15 @@ func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() 
 	go d.readKernel()
 	go d.drainKernelEvents()
 	return d
+}
+
+// hold makes Read drop what it is handed for d (0: stop now).
+func (d *Device) hold(dur time.Duration) {
+	if dur <= 0 {
+		d.holdUntil.Store(0)
+		return
+	}
+	d.holdUntil.Store(time.Now().Add(dur).UnixNano())
 }
 
 // SetProbe changes where the far demux's probes may go (the peer
@@ -221,6 +233,16 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 	}
 	b := d.cur
+	if h := d.holdUntil.Load(); h != 0 {
+		if time.Now().UnixNano() < h {
+			d.C.Drops[DropAwaitingPeer].Add(uint64(len(b.pkts) - b.next))
+			clear(b.pkts[b.next:])
+			d.cur = nil
+			d.free <- b
+			return 0, nil
+		}
+		d.holdUntil.CompareAndSwap(h, 0)
+	}
 	n := 0
 	for n < len(bufs) && b.next < len(b.pkts) {
 		p := b.pkts[b.next]

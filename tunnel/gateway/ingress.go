@@ -21,12 +21,13 @@ const (
 	DropWrongVNI            // another peering's VNI
 	DropBadProtocol         // inner type not IPv4/IPv6, or not matching the packet
 	DropOAM                 // OAM bit set, but not a probe for this lane's peer
+	DropAwaitingPeer        // held back after the peer changed, so that the peer opens the session (Config.AwaitPeer)
 	NumDrops
 )
 
 var dropNames = [NumDrops]string{
 	"none", "unknown_source", "truncated", "bad_version", "bad_options",
-	"critical_option", "wrong_vni", "bad_protocol", "oam",
+	"critical_option", "wrong_vni", "bad_protocol", "oam", "awaiting_peer",
 }
 
 func (d Drop) String() string {

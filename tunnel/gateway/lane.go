@@ -51,7 +51,16 @@ type Config struct {
 	// the underlay route or link towards the peer goes ("" when back).
 	// Nil: not watched.
 	OnPeer, OnPath func(missing string)
-	Log            *slog.Logger
+	// AwaitPeer > 0: when the lane gets a new peer (at start, or a new
+	// key through SetPeer), this end sends nothing until a WireGuard
+	// packet arrives (the peer's handshake), at most AwaitPeer, so that the peer's handshake is the
+	// only one. Two ends that initiate at the same moment can each take
+	// the other's initiation before the answer to their own, and then
+	// neither may send until WireGuard's 5-second retry (seen when a
+	// replacement instance and its peer both had traffic at once). One
+	// side of a peering waits (b), the other does not.
+	AwaitPeer time.Duration
+	Log       *slog.Logger
 }
 
 // Lane is a running gateway.
@@ -110,6 +119,10 @@ func Start(cfg Config) (l *Lane, err error) {
 	}
 	if cfg.OnPeer != nil {
 		wb.onHeard = func() { cfg.OnPeer("") }
+	}
+	wb.heardAwaited = func() { tdev.hold(0) }
+	if cfg.Peer != (wgkey.Key{}) {
+		awaitPeer(wb, tdev, cfg.AwaitPeer)
 	}
 	dev := device.NewDevice(tdev, wb, logger)
 	l = &Lane{cfg: cfg, dev: dev, tdev: tdev, wb: wb, watch: make(chan struct{})}
@@ -171,6 +184,9 @@ func (l *Lane) SetPeer(key wgkey.Key, endpoint, probe netip.AddrPort) error {
 	}
 	old := l.cfg
 	l.cfg.Peer, l.cfg.PeerEndpoint = key, endpoint
+	if key != old.Peer {
+		awaitPeer(l.wb, l.tdev, l.cfg.AwaitPeer) // before WireGuard has the peer to initiate to
+	}
 	var uapi string
 	if key == old.Peer {
 		uapi = fmt.Sprintf("public_key=%s\nendpoint=%s\n", key.UAPIHex(), endpoint)
@@ -179,6 +195,8 @@ func (l *Lane) SetPeer(key wgkey.Key, endpoint, probe netip.AddrPort) error {
 	}
 	if err := l.dev.IpcSet(uapi); err != nil {
 		l.cfg = old
+		l.tdev.hold(0)
+		l.wb.awaiting.Store(false)
 		return fmt.Errorf("set wireguard peer: %w", err)
 	}
 	l.tdev.SetProbe(probe)
@@ -196,6 +214,15 @@ func (l *Lane) SetPeer(key wgkey.Key, endpoint, probe netip.AddrPort) error {
 		l.icmp = nil
 	}
 	return l.watchPeer()
+}
+
+// awaitPeer holds d's sends until wb hears from the peer, at most dur.
+func awaitPeer(wb *watchedBind, d *Device, dur time.Duration) {
+	if dur <= 0 {
+		return
+	}
+	d.hold(dur)
+	wb.awaiting.Store(true)
 }
 
 // uapiConfig is the device's configuration in wireguard-go's UAPI form.

@@ -28,6 +28,10 @@ type watchedBind struct {
 	next    atomic.Uint32
 	down    atomic.Bool // an ICMP error said the peer is gone; cleared when it is heard again
 	onHeard func()      // the peer is heard again after down
+	// awaiting: the peer changed and this end waits to hear from it
+	// first (Config.AwaitPeer); heardAwaited is called when it does.
+	awaiting     atomic.Bool
+	heardAwaited func()
 }
 
 func (b *watchedBind) peerAddr() netip.AddrPort {
@@ -77,7 +81,16 @@ func (b *watchedBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	for i, fn := range fns {
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			n, err := fn(bufs, sizes, eps)
-			if n > 0 && b.down.Load() && eps[0] != nil && eps[0].DstIP() == b.peerAddr().Addr() {
+			if n == 0 {
+				return n, err
+			}
+			// Awaiting the peer: anything on the WireGuard port will do
+			// (a replacement's first packets may come from an address
+			// other than the endpoint it registered).
+			if b.awaiting.Load() && b.awaiting.Swap(false) && b.heardAwaited != nil {
+				b.heardAwaited()
+			}
+			if b.down.Load() && eps[0] != nil && eps[0].DstIP() == b.peerAddr().Addr() {
 				b.down.Store(false)
 				if b.onHeard != nil {
 					b.onHeard()
