@@ -267,7 +267,7 @@ func TestForgedRecordsRefused(t *testing.T) {
 	before := v.Rejected()
 	put(s.keys.Slot(config.SideA, 4), rogueVal, attackerLease.ID)                                        // another key
 	put(s.keys.Slot(config.SideA, 5), []byte(strings.Replace(string(original), "gw-a3", "gw-a9", 1)), 0) // altered
-	put(s.keys.Slot(config.SideA, 6), original, r.lease)                                                 // copied elsewhere
+	put(s.keys.Slot(config.SideA, 6), original, clientv3.LeaseID(r.Record().Lease))                                                 // copied elsewhere
 	put(s.keys.Slot(config.SideB, 3), original, attackerLease.ID)                                        // other side, other lease
 	put(s.keys.Slot(config.SideA, 7), []byte("not a record"), 0)
 	eventually(t, 3*time.Second, "five forgeries counted", func() bool {
@@ -285,7 +285,7 @@ func TestForgedRecordsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, "update seen", func() bool { m, _ := v.Member(Slot{config.SideA, 3}); return m.Weight == 7 })
-	put(s.keys.Slot(config.SideA, 3), original, r.lease)
+	put(s.keys.Slot(config.SideA, 3), original, clientv3.LeaseID(r.Record().Lease))
 	eventually(t, 3*time.Second, "replay counted stale", func() bool { return v.Rejected()[RejectStale] > before[RejectStale] })
 	// The old record under a new lease (its own lease long gone): refused.
 	put(s.keys.Slot(config.SideA, 3), original, attackerLease.ID)
@@ -315,8 +315,12 @@ func TestLeaveAndLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Second, "lane 4 gone after a planned stop", func() bool { return fmt.Sprint(laneIDs(v)) == "[3]" })
-	if _, ok := v.Member(Slot{config.SideA, 4}); ok {
-		t.Fatal("a gateway that left is still a member")
+	eventually(t, 3*time.Second, "a4 no longer a member once its lease is revoked", func() bool {
+		_, ok := v.Member(Slot{config.SideA, 4})
+		return !ok
+	})
+	if m, _ := v.Member(Slot{config.SideB, 4}); m.Lost || m.State != StateUp {
+		t.Fatalf("b4, which did not leave: %+v", m)
 	}
 
 	// Gateway a3 stops renewing (cut off, or killed): after the TTL its
@@ -419,11 +423,12 @@ func TestStoreDown(t *testing.T) {
 	eventually(t, 5*time.Second, "store up again", func() bool { return s.Health().Up })
 	// The leases ran out while the server was down (etcd restores them
 	// with a fresh TTL, then expires them): both gateways register again.
-	oldLease := ra.lease
-	eventually(t, 15*time.Second, "a3 registered again under a new lease, the view current", func() bool {
+	oldLease := ra.Record().Lease
+	eventually(t, 15*time.Second, "a3 registered, the view current", func() bool {
 		m, ok := v.Member(Slot{config.SideA, 3})
-		return ok && !m.Lost && ra.Mine(m) && (ra.Record().Lease != int64(oldLease) || m.Lease == int64(oldLease))
+		return ok && !m.Lost && ra.Mine(m) && m.Lease == ra.Record().Lease
 	})
+	t.Logf("a3's lease before the outage %x, after %x", oldLease, ra.Record().Lease)
 	if len(v.Lanes()) != 1 {
 		t.Fatalf("lanes %v after the store returned", laneIDs(v))
 	}
