@@ -267,7 +267,7 @@ func TestForgedRecordsRefused(t *testing.T) {
 	before := v.Rejected()
 	put(s.keys.Slot(config.SideA, 4), rogueVal, attackerLease.ID)                                        // another key
 	put(s.keys.Slot(config.SideA, 5), []byte(strings.Replace(string(original), "gw-a3", "gw-a9", 1)), 0) // altered
-	put(s.keys.Slot(config.SideA, 6), original, clientv3.LeaseID(r.Record().Lease))                                                 // copied elsewhere
+	put(s.keys.Slot(config.SideA, 6), original, clientv3.LeaseID(r.Record().Lease))                      // copied elsewhere
 	put(s.keys.Slot(config.SideB, 3), original, attackerLease.ID)                                        // other side, other lease
 	put(s.keys.Slot(config.SideA, 7), []byte("not a record"), 0)
 	eventually(t, 3*time.Second, "five forgeries counted", func() bool {
