@@ -103,7 +103,9 @@ if [ ${#store[@]} -gt 0 ]; then
   nsx ga3 ip addr add 10.1.0.123/24 dev lan0
   nsx ga3 ip addr add 198.18.3.11/24 dev wan0
   t0=$(date +%s%N)
-  nsx ga3 "$BIN/tunnel" join --config "$W/peering.yaml" --node gw-a3 --side a --slot 3 --geneve 10.1.0.123 \
+  # ip netns exec directly (not nsx, a function): $! is then the gateway's
+  # own pid, which topology down stops.
+  ip netns exec $P-ga3 "$BIN/tunnel" join --config "$W/peering.yaml" --node gw-a3 --side a --slot 3 --geneve 10.1.0.123 \
     --endpoint 198.18.3.11 --private-key "$W/gw-a3-new.key" --tun $P-ga3 >>"$W/gw-a3.log" 2>&1 &
   echo $! >>"$W/pids"
   for _ in $(seq 100); do
