@@ -348,16 +348,7 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	defer send.Close()
 
 	// TCP streams, rate-limited so that the machine stays responsive.
-	pidfile := filepath.Join(tp.work, "iperf3-fo.pid")
-	tp.run("hb", "iperf3", "-s", "-1", "-D", "-p", "5299", "--pidfile", pidfile)
-	defer func() {
-		if b, err := os.ReadFile(pidfile); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGTERM)
-			}
-		}
-	}()
-	tp.waitListen("hb", 5299)
+	defer tp.iperfServer("hb", 5299)()
 	iperfOut := make(chan []byte, 1)
 	go func() {
 		cmd := exec.Command("ip", "netns", "exec", tp.ns("ha"), "iperf3", "-J", "-c", "10.2.0.10", "-p", "5299",

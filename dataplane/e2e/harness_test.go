@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -306,4 +307,28 @@ func (tp *topo) openFlows(lanes int, dst netip.AddrPort, cfg udpflows.SendConfig
 		tp.t.Fatal(err)
 	}
 	return fw
+}
+
+// iperfServer starts a one-shot iperf3 server in node on port, waits
+// until it listens, and returns what stops it (by its own pid).
+func (tp *topo) iperfServer(node string, port int) (stop func()) {
+	tp.t.Helper()
+	pidfile := filepath.Join(tp.work, fmt.Sprintf("iperf3-%s-%d.pid", node, port))
+	stop = func() {
+		if b, err := os.ReadFile(pidfile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGTERM)
+			}
+		}
+	}
+	listening := false
+	defer func() {
+		if !listening {
+			stop() // the test fails here: nothing is left running
+		}
+	}()
+	tp.run(node, "iperf3", "-s", "-1", "-D", "-p", strconv.Itoa(port), "--pidfile", pidfile)
+	tp.waitListen(node, port)
+	listening = true
+	return stop
 }

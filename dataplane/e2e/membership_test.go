@@ -277,16 +277,7 @@ func (tp *msTopo) runOnce(sc msScenario) msResult {
 	for _, f := range []struct{ from, to string }{{"ha", "10.2.0.10:7200"}, {"hb", "10.1.0.10:7200"}} {
 		fresh.Go(func() { tp.freshTuples(freshCtx, f.from, f.to) })
 	}
-	pidfile := filepath.Join(tp.work, "iperf3-ms.pid")
-	tp.run("hb", "iperf3", "-s", "-1", "-D", "-p", "5399", "--pidfile", pidfile)
-	defer func() {
-		if b, err := os.ReadFile(pidfile); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				syscall.Kill(pid, syscall.SIGTERM)
-			}
-		}
-	}()
-	tp.waitListen("hb", 5399)
+	defer tp.iperfServer("hb", 5399)()
 	tcp := make(chan string, 1)
 	go func() {
 		out, _ := tp.try("ha", "iperf3", "-J", "-c", "10.2.0.10", "-p", "5399", "-P", strconv.Itoa(msTCP), "-b", "10M",
