@@ -1,8 +1,14 @@
 // Package admin serves a node's operator interfaces: Prometheus metrics
 // over HTTP on a TCP address (loopback by default), and on a unix socket
 // the status document (JSON, GET /status) that the `show` subcommands
-// read and the node's actions (POST /action/<name>: reload, drain, ...). The socket is owner-only: status names keys' public
-// halves and addresses, and only root should read it.
+// read and the node's actions (POST /action/<name>: reload, drain, ...).
+//
+// The socket is created owner-only (the umask is narrowed around the
+// bind, as wireguard-go's UAPI socket is, so it is never reachable with a
+// wider mode): status names keys' public halves and addresses. Actions
+// change the node, so they are taken only from root or the socket's owner
+// (SO_PEERCRED), even if an operator widens the socket's mode to let a
+// monitoring group read status.
 package admin
 
 import (
@@ -19,6 +25,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -41,6 +49,11 @@ type Action func(args url.Values) (string, error)
 func (s *Server) Handle(name string, a Action) {
 	s.mux.HandleFunc("POST /action/"+name, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if ok, why := mayAct(r); !ok {
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, "%s: %s\n", name, why)
+			return
+		}
 		msg, err := a(r.URL.Query())
 		if err != nil {
 			w.WriteHeader(http.StatusConflict)
@@ -76,12 +89,11 @@ func Serve(metricsAddr, statusPath string, reg *prometheus.Registry, status func
 		return nil, fmt.Errorf("status socket %s is in use by another process", statusPath)
 	}
 	os.Remove(statusPath)
-	ln, err := net.Listen("unix", statusPath)
+	ln, err := listenOwnerOnly(statusPath)
 	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("status listen %s: %w", statusPath, err)
+		return nil, err
 	}
-	os.Chmod(statusPath, 0o600)
 	s.socket = statusPath
 	mux := http.NewServeMux()
 	s.mux = mux
@@ -91,8 +103,61 @@ func Serve(metricsAddr, statusPath string, reg *prometheus.Registry, status func
 		enc.SetIndent("", "  ")
 		enc.Encode(status())
 	})
-	s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, log)
+	s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: withPeer}, ln, log)
 	return s, nil
+}
+
+// listenOwnerOnly binds a unix socket with mode 0600 from the start.
+// The umask is the process's, so this briefly narrows it for every
+// thread; nothing else here creates files at start-up.
+func listenOwnerOnly(path string) (net.Listener, error) {
+	old := unix.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("status listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+type peerKey struct{}
+
+// withPeer records the connecting process's credentials (SO_PEERCRED) in
+// the connection's context.
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err != nil || cred == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, peerKey{}, *cred)
+}
+
+// mayAct says whether the request's peer may run actions: root, or the
+// user the node runs as (who owns the socket).
+func mayAct(r *http.Request) (bool, string) {
+	cred, ok := r.Context().Value(peerKey{}).(unix.Ucred)
+	if !ok {
+		return false, "the caller's credentials are unknown"
+	}
+	if cred.Uid == 0 || int(cred.Uid) == os.Geteuid() {
+		return true, ""
+	}
+	return false, fmt.Sprintf("uid %d (pid %d) may read status but not run actions: only root or uid %d, who runs this node, may", cred.Uid, cred.Pid, os.Geteuid())
 }
 
 func (s *Server) start(h *http.Server, ln net.Listener, log *slog.Logger) {
@@ -138,7 +203,7 @@ func Do(statusPath, name string, args url.Values) (string, error) {
 	switch resp.StatusCode {
 	case http.StatusOK:
 		return msg, nil
-	case http.StatusConflict:
+	case http.StatusConflict, http.StatusForbidden:
 		return "", errors.New(msg)
 	default:
 		return "", fmt.Errorf("%s: %s: %s", name, resp.Status, msg)

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -129,7 +130,11 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	// The reflector (started once the TUN it listens behind exists) is
 	// also how the gateway tells its demuxes that the lane cannot work.
 	cond := &conditions{log: log}
-	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), VNI: p.VNI, Probe: peerProbe(p, peer)}
+	own, err := ownAddrs()
+	if err != nil {
+		return err
+	}
+	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), Local: self.Geneve.Addr(), Own: own, VNI: p.VNI, Probe: peerProbe(p, peer)}
 	var onPeer, onPath func(string)
 	if p.Health.On {
 		ingress.OnProbe = cond.sawProbe
@@ -262,6 +267,24 @@ type status struct {
 	gateway.Status
 	Source string             `json:"source"` // file or store
 	Store  *membership.Health `json:"store,omitempty"`
+}
+
+// ownAddrs are this host's addresses (but loopback's): the sources of
+// the packets the gateway itself routes into its lane.
+func ownAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list this host's addresses: %w", err)
+	}
+	var own []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.IsLoopback() {
+				own = append(own, ip.Unmap())
+			}
+		}
+	}
+	return own, nil
 }
 
 // conditions combines what keeps the lane from working into the one

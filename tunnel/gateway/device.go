@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -11,12 +12,15 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
 )
 
 // Device is the tun.Device that WireGuard's engine sees in a gateway.
 //
 //	Read:  GENEVE from the demux (batched UDP, GRO) -> Ingress.Check -> inner
-//	       packets; plus what the kernel routes into the TUN locally
+//	       packets; plus what the gateway itself routes into the TUN
+//	       (Ingress.CheckLocal: its reflector's replies, its ICMP errors)
 //	Write: decrypted packets from the peer -> the kernel TUN (GRO), which
 //	       delivers them to the local network
 //
@@ -42,6 +46,8 @@ type Device struct {
 	// holdUntil (unix ns; 0: none): until then Read drops what it is
 	// handed, so that WireGuard has nothing to send (AwaitPeer).
 	holdUntil atomic.Int64
+	log       *slog.Logger
+	errLog    ratelog.Limiter
 
 	C DeviceCounters
 }
@@ -49,7 +55,8 @@ type Device struct {
 // DeviceCounters are a gateway's packet counts.
 type DeviceCounters struct {
 	GenevePackets, GeneveBytes       atomic.Uint64 // accepted from the demux
-	LocalPackets, LocalBytes         atomic.Uint64 // routed into the TUN locally
+	LocalPackets, LocalBytes         atomic.Uint64 // routed into the TUN by the gateway itself
+	ReadErrors                       atomic.Uint64 // failed reads of the kernel TUN or GENEVE socket, survived
 	DeliveredPackets, DeliveredBytes atomic.Uint64 // decrypted, written to the TUN
 	Drops                            [NumDrops]atomic.Uint64
 }
@@ -69,7 +76,7 @@ const (
 
 // NewDevice wires the GENEVE receive functions (from an opened bind) and
 // the kernel TUN into one tun.Device. closeGeneve closes that bind.
-func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() error, ingress Ingress, mtu int) *Device {
+func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() error, ingress Ingress, mtu int, log *slog.Logger) *Device {
 	sources := len(geneve) + 1
 	batchSize := kernel.BatchSize()
 	if batchSize < conn.IdealBatchSize {
@@ -84,6 +91,8 @@ func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() 
 		events:    make(chan tun.Event, 4),
 		done:      make(chan struct{}),
 		closer:    closeGeneve,
+		log:       log,
+		errLog:    ratelog.Limiter{Every: 10 * time.Second},
 	}
 	for range sources + 2 {
 		b := &batch{
@@ -149,7 +158,8 @@ func (d *Device) readGeneve(fn conn.ReceiveFunc) {
 			if b.sizes[i] == 0 {
 				continue
 			}
-			inner, drop := in.Check(b.eps[i].DstIP(), b.bufs[i][:b.sizes[i]])
+			// DstIP is the sender, SrcIP the address it sent to (PKTINFO).
+			inner, drop := in.Check(b.eps[i].DstIP(), b.eps[i].SrcIP(), b.bufs[i][:b.sizes[i]])
 			b.eps[i] = nil
 			if drop != DropNone {
 				d.C.Drops[drop].Add(1)
@@ -167,10 +177,18 @@ func (d *Device) readGeneve(fn conn.ReceiveFunc) {
 			}
 			// Transient socket errors (ICMP-induced ECONNREFUSED and the
 			// like) must not stop the lane, nor spin it.
-			if n == 0 {
-				time.Sleep(time.Millisecond)
-			}
+			d.readError("geneve", err, n)
 		}
+	}
+}
+
+// readError counts and logs (throttled) a failed read that the lane
+// survives, and keeps a persistent failure from spinning a core.
+func (d *Device) readError(source string, err error, n int) {
+	d.C.ReadErrors.Add(1)
+	d.errLog.Warn(d.log, "read failed; the lane carries on", "source", source, "err", err)
+	if n == 0 {
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -183,15 +201,29 @@ func (d *Device) readKernel() {
 		}
 		n, err := d.kernel.Read(b.bufs, b.sizes, kernelOffset)
 		var bytes uint64
+		in := d.ingress.Load()
 		for i := range n {
-			b.pkts = append(b.pkts, b.bufs[i][kernelOffset:kernelOffset+b.sizes[i]])
-			bytes += uint64(b.sizes[i])
+			pkt := b.bufs[i][kernelOffset : kernelOffset+b.sizes[i]]
+			if drop := in.CheckLocal(pkt); drop != DropNone {
+				d.C.Drops[drop].Add(1)
+				continue
+			}
+			b.pkts = append(b.pkts, pkt)
+			bytes += uint64(len(pkt))
 		}
-		d.C.LocalPackets.Add(uint64(n))
+		d.C.LocalPackets.Add(uint64(len(b.pkts)))
 		d.C.LocalBytes.Add(bytes)
 		d.hand(b)
-		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
-			return // closed
+		if err != nil {
+			select {
+			case <-d.done:
+				return
+			default:
+			}
+			if errors.Is(err, os.ErrClosed) {
+				return
+			}
+			d.readError("tun", err, n)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -58,7 +59,8 @@ func TestDeviceSources(t *testing.T) {
 	before := runtime.NumGoroutine()
 	kernel := tuntest.NewChannelTUN()
 	g := newFakeGeneve()
-	d := NewDevice(kernel.TUN(), []conn.ReceiveFunc{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420)
+	own := netip.MustParseAddr("10.1.0.10") // ipv4Ping's source
+	d := NewDevice(kernel.TUN(), []conn.ReceiveFunc{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, Own: []netip.Addr{own}, VNI: 4242}, 1420, slog.Default())
 
 	for seq := range byte(5) {
 		g.in <- datagram{demuxAddr, frame(4242, packet.ProtoIPv4, false, ping(seq))}
@@ -78,6 +80,9 @@ func TestDeviceSources(t *testing.T) {
 			t.Fatalf("packet %d: % x", want, got)
 		}
 	}
+	forwarded := ping(41)
+	forwarded[15] = 99 // from 10.1.0.99, a host routing via the gateway
+	kernel.Outbound <- forwarded
 	kernel.Outbound <- ping(42)
 	n, err := d.Read(bufs, sizes, 16)
 	if err != nil || n != 1 || bufs[0][16+27] != 42 {
@@ -88,8 +93,9 @@ func TestDeviceSources(t *testing.T) {
 	for t0 := time.Now(); d.C.Drops[DropUnknownSource].Load() == 0 && time.Since(t0) < 2*time.Second; {
 		time.Sleep(time.Millisecond)
 	}
-	if d.C.GenevePackets.Load() != 5 || d.C.LocalPackets.Load() != 1 || d.C.Drops[DropUnknownSource].Load() != 1 {
-		t.Errorf("counters: geneve %d local %d unknown %d", d.C.GenevePackets.Load(), d.C.LocalPackets.Load(), d.C.Drops[DropUnknownSource].Load())
+	if d.C.GenevePackets.Load() != 5 || d.C.LocalPackets.Load() != 1 || d.C.Drops[DropUnknownSource].Load() != 1 || d.C.Drops[DropForwarded].Load() != 1 {
+		t.Errorf("counters: geneve %d local %d unknown %d forwarded %d", d.C.GenevePackets.Load(), d.C.LocalPackets.Load(),
+			d.C.Drops[DropUnknownSource].Load(), d.C.Drops[DropForwarded].Load())
 	}
 
 	out := append(make([]byte, 16), ping(7)...)
@@ -142,7 +148,7 @@ func TestLaneThroughWireGuard(t *testing.T) {
 	for i := range s {
 		s[i].kernel = tuntest.NewChannelTUN()
 		s[i].g = newFakeGeneve()
-		d := NewDevice(s[i].kernel.TUN(), []conn.ReceiveFunc{s[i].g.receive}, s[i].g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420)
+		d := NewDevice(s[i].kernel.TUN(), []conn.ReceiveFunc{s[i].g.receive}, s[i].g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
 		s[i].dev = device.NewDevice(d, binds[i], device.NewLogger(device.LogLevelError, ""))
 		cfg := Config{PrivateKey: keys[i], ListenPort: uint16(i + 1), Peer: keys[1-i].Public(),
 			PeerEndpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i+1)), // bindtest: endpoint i+1 reaches the other bind
@@ -176,7 +182,7 @@ func TestLaneThroughWireGuard(t *testing.T) {
 func TestDeviceHold(t *testing.T) {
 	kernel := tuntest.NewChannelTUN()
 	g := newFakeGeneve()
-	d := NewDevice(kernel.TUN(), []conn.ReceiveFunc{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420)
+	d := NewDevice(kernel.TUN(), []conn.ReceiveFunc{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
 	defer d.Close()
 	bufs := [][]byte{make([]byte, 2048)}
 	sizes := make([]int, 1)

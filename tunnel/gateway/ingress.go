@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"net/netip"
+	"slices"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
@@ -22,12 +23,15 @@ const (
 	DropBadProtocol         // inner type not IPv4/IPv6, or not matching the packet
 	DropOAM                 // OAM bit set, but not a probe for this lane's peer
 	DropAwaitingPeer        // held back after the peer changed, so that the peer opens the session (Config.AwaitPeer)
+	DropWrongAddress        // GENEVE addressed to another of the gateway's addresses than its configured one
+	DropForwarded           // routed into the TUN from another host: only a demux's GENEVE and the gateway's own packets enter the lane
 	NumDrops
 )
 
 var dropNames = [NumDrops]string{
 	"none", "unknown_source", "truncated", "bad_version", "bad_options",
 	"critical_option", "wrong_vni", "bad_protocol", "oam", "awaiting_peer",
+	"wrong_address", "forwarded",
 }
 
 func (d Drop) String() string {
@@ -37,14 +41,29 @@ func (d Drop) String() string {
 	return "unknown"
 }
 
-// Ingress decides which GENEVE datagrams a gateway accepts: from one of
-// its demuxes, for its peering's VNI, carrying an IP packet. A frame with
-// the OAM bit is a control message: the only one a gateway acts on is a
-// lane probe (tunnel/probe), which it forwards into the lane to its
-// peer's reflector; every other is dropped.
+// Ingress decides what enters a gateway's lane. A GENEVE datagram must
+// come from one of its demuxes, addressed to its GENEVE address, for its
+// peering's VNI, carrying an IP packet. A frame with the OAM bit is a
+// control message: the only one a gateway acts on is a lane probe
+// (tunnel/probe), which it forwards into the lane to its peer's
+// reflector; every other is dropped. What the gateway's kernel routes
+// into the TUN enters only if the gateway itself sent it (its
+// reflector's replies and notices, its kernel's ICMP errors): a host
+// that routes the remote prefixes via a gateway does not get past the
+// demux's checks that way.
 type Ingress struct {
 	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
-	VNI     uint32
+	// Local is the gateway's GENEVE address. The GENEVE socket listens on
+	// every address (wireguard-go's bind, for its batched GRO receive), so
+	// each datagram's own destination (IP_PKTINFO) is checked against it.
+	// Invalid: not checked.
+	Local netip.Addr
+	// Own are the addresses the gateway's own packets leave from (its
+	// interfaces' addresses at start). The kernel refuses to forward a
+	// packet whose source is one of them (a martian), so a packet the TUN
+	// reads with such a source was sent by this host.
+	Own []netip.Addr
+	VNI uint32
 	Probe   netip.AddrPort // the peer's reflector; invalid: no probes
 	// OnProbe sees each probe forwarded (the inner packet), so that the
 	// gateway can answer it with a notice while its lane cannot work
@@ -52,19 +71,15 @@ type Ingress struct {
 	OnProbe func(inner []byte)
 }
 
-// Check validates a GENEVE datagram's payload from src and returns the
-// inner packet, or the reason to drop it. The inner packet aliases payload.
-func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
-	src = src.Unmap()
-	known := false
-	for _, s := range in.Sources {
-		if s == src {
-			known = true
-			break
-		}
-	}
-	if !known {
+// Check validates a GENEVE datagram's payload from src, addressed to dst,
+// and returns the inner packet, or the reason to drop it. The inner
+// packet aliases payload.
+func (in *Ingress) Check(src, dst netip.Addr, payload []byte) ([]byte, Drop) {
+	if !slices.Contains(in.Sources, src.Unmap()) {
 		return nil, DropUnknownSource
+	}
+	if in.Local.IsValid() && dst.Unmap() != in.Local {
+		return nil, DropWrongAddress
 	}
 	h, inner, err := packet.ParseGeneve(payload)
 	switch {
@@ -105,4 +120,29 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 		}
 	}
 	return inner, DropNone
+}
+
+// CheckLocal judges a packet the gateway's kernel routed into the TUN:
+// it enters the lane only with one of the gateway's own addresses as its
+// source.
+func (in *Ingress) CheckLocal(pkt []byte) Drop {
+	var src netip.Addr
+	switch packet.Version(pkt) {
+	case 4:
+		if len(pkt) < packet.IPv4MinLen {
+			return DropTruncated
+		}
+		src = packet.IPv4(pkt).Src()
+	case 6:
+		if len(pkt) < packet.IPv6Len {
+			return DropTruncated
+		}
+		src = packet.IPv6(pkt).Src()
+	default:
+		return DropBadProtocol
+	}
+	if src != in.Local && !slices.Contains(in.Own, src) {
+		return DropForwarded
+	}
+	return DropNone
 }

@@ -10,6 +10,7 @@ import (
 
 var (
 	demuxAddr = netip.MustParseAddr("10.1.0.2")
+	gwAddr    = netip.MustParseAddr("10.1.0.21") // the gateway's GENEVE address
 	ipv4Ping  = []byte{0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 0, 10, 10, 2, 0, 10, 8, 0, 0, 0, 0, 0, 0, 0}
 )
 
@@ -22,7 +23,7 @@ func frame(vni uint32, proto uint16, oam bool, inner []byte) []byte {
 
 func TestIngressCheck(t *testing.T) {
 	peerProbe := netip.MustParseAddrPort("10.2.0.21:6082")
-	in := Ingress{Sources: []netip.Addr{demuxAddr, netip.MustParseAddr("fd00:a::2")}, VNI: 4242, Probe: peerProbe}
+	in := Ingress{Sources: []netip.Addr{demuxAddr, netip.MustParseAddr("fd00:a::2")}, Local: gwAddr, VNI: 4242, Probe: peerProbe}
 	pkt := make([]byte, probe.InnerLenV4)
 	probe.PutInner(pkt, netip.MustParseAddrPort("10.1.0.2:6082"), peerProbe, make([]byte, probe.MessageLen))
 	otherProbe := make([]byte, probe.InnerLenV4)
@@ -41,28 +42,36 @@ func TestIngressCheck(t *testing.T) {
 		src  netip.Addr
 		pkt  []byte
 		want Drop
+		dst  netip.Addr // gwAddr if invalid
 	}{
-		{"ipv4", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone},
-		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone},
-		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, packet.ProtoIPv6, false, ipv6), DropNone},
-		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource},
-		{"empty", demuxAddr, nil, DropTruncated},
-		{"short header", demuxAddr, []byte{0, 0, 8, 0}, DropTruncated},
-		{"short inner", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated},
-		{"version", demuxAddr, badVersion, DropBadVersion},
-		{"options overrun", demuxAddr, overrun, DropTruncated},
-		{"critical option", demuxAddr, crit, DropCriticalOption},
-		{"vni", demuxAddr, frame(4243, packet.ProtoIPv4, false, ipv4Ping), DropWrongVNI},
-		{"oam, not a probe", demuxAddr, frame(4242, packet.ProtoIPv4, true, ipv4Ping), DropOAM},
-		{"oam, probe for the peer", demuxAddr, frame(4242, packet.ProtoIPv4, true, pkt), DropNone},
-		{"oam, probe for another gateway", demuxAddr, frame(4242, packet.ProtoIPv4, true, otherProbe), DropOAM},
-		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, true, pkt), DropUnknownSource},
-		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol},
-		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv4Ping), DropBadProtocol},
-		{"ipv6 too short", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv6[:30]), DropBadProtocol},
+		{"to another address of the gateway", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropWrongAddress, netip.MustParseAddr("198.18.1.1")},
+		{"to the gateway, ipv4-mapped", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone, netip.MustParseAddr("::ffff:10.1.0.21")},
+		{"stranger to another address", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource, netip.MustParseAddr("198.18.1.1")},
+		{"ipv4", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone, netip.Addr{}},
+		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone, netip.Addr{}},
+		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, packet.ProtoIPv6, false, ipv6), DropNone, netip.Addr{}},
+		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource, netip.Addr{}},
+		{"empty", demuxAddr, nil, DropTruncated, netip.Addr{}},
+		{"short header", demuxAddr, []byte{0, 0, 8, 0}, DropTruncated, netip.Addr{}},
+		{"short inner", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated, netip.Addr{}},
+		{"version", demuxAddr, badVersion, DropBadVersion, netip.Addr{}},
+		{"options overrun", demuxAddr, overrun, DropTruncated, netip.Addr{}},
+		{"critical option", demuxAddr, crit, DropCriticalOption, netip.Addr{}},
+		{"vni", demuxAddr, frame(4243, packet.ProtoIPv4, false, ipv4Ping), DropWrongVNI, netip.Addr{}},
+		{"oam, not a probe", demuxAddr, frame(4242, packet.ProtoIPv4, true, ipv4Ping), DropOAM, netip.Addr{}},
+		{"oam, probe for the peer", demuxAddr, frame(4242, packet.ProtoIPv4, true, pkt), DropNone, netip.Addr{}},
+		{"oam, probe for another gateway", demuxAddr, frame(4242, packet.ProtoIPv4, true, otherProbe), DropOAM, netip.Addr{}},
+		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, true, pkt), DropUnknownSource, netip.Addr{}},
+		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol, netip.Addr{}},
+		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv4Ping), DropBadProtocol, netip.Addr{}},
+		{"ipv6 too short", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv6[:30]), DropBadProtocol, netip.Addr{}},
 	}
 	for _, c := range cases {
-		inner, drop := in.Check(c.src, c.pkt)
+		dst := c.dst
+		if !dst.IsValid() {
+			dst = gwAddr
+		}
+		inner, drop := in.Check(c.src, dst, c.pkt)
 		if drop != c.want {
 			t.Errorf("%s: drop %v, want %v", c.name, drop, c.want)
 		}
@@ -78,10 +87,54 @@ func TestIngressCheck(t *testing.T) {
 }
 
 func TestIngressAllocs(t *testing.T) {
-	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}
+	in := Ingress{Sources: []netip.Addr{demuxAddr}, Local: gwAddr, Own: []netip.Addr{gwAddr}, VNI: 4242}
 	pkt := frame(4242, packet.ProtoIPv4, false, ipv4Ping)
-	if a := testing.AllocsPerRun(100, func() { in.Check(demuxAddr, pkt) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { in.Check(demuxAddr, gwAddr, pkt) }); a != 0 {
 		t.Errorf("%v allocs per check", a)
+	}
+	if a := testing.AllocsPerRun(100, func() { in.CheckLocal(ipv4Ping) }); a != 0 {
+		t.Errorf("%v allocs per local check", a)
+	}
+}
+
+// TestIngressCheckLocal: what the kernel routes into the TUN enters the
+// lane only from the gateway's own addresses; a host that uses the
+// gateway as its next hop for the remote network is refused.
+func TestIngressCheckLocal(t *testing.T) {
+	own6 := netip.MustParseAddr("fd00:a::21")
+	in := Ingress{Local: gwAddr, Own: []netip.Addr{netip.MustParseAddr("198.18.1.1"), own6}}
+	from := func(src netip.Addr) []byte {
+		if src.Is4() {
+			p := append([]byte(nil), ipv4Ping...)
+			a := src.As4()
+			copy(p[12:16], a[:])
+			return p
+		}
+		p := make([]byte, 48)
+		p[0] = 0x60
+		a := src.As16()
+		copy(p[8:24], a[:])
+		return p
+	}
+	cases := []struct {
+		name string
+		pkt  []byte
+		want Drop
+	}{
+		{"reflector reply from the geneve address", from(gwAddr), DropNone},
+		{"icmp error from the underlay address", from(netip.MustParseAddr("198.18.1.1")), DropNone},
+		{"ipv6 from the gateway", from(own6), DropNone},
+		{"forwarded from a lan host", from(netip.MustParseAddr("10.1.0.10")), DropForwarded},
+		{"forwarded ipv6", from(netip.MustParseAddr("fd00:a::10")), DropForwarded},
+		{"empty", nil, DropBadProtocol},
+		{"short ipv4", from(gwAddr)[:12], DropTruncated},
+		{"short ipv6", from(own6)[:30], DropTruncated},
+		{"version 5", []byte{0x50, 0, 0, 0}, DropBadProtocol},
+	}
+	for _, c := range cases {
+		if got := in.CheckLocal(c.pkt); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
 	}
 }
 
@@ -111,9 +164,13 @@ func FuzzCheck(f *testing.F) {
 	pkt := make([]byte, probe.InnerLenV4)
 	probe.PutInner(pkt, netip.MustParseAddrPort("10.1.0.2:6082"), peer, make([]byte, probe.MessageLen))
 	f.Add(frame(4242, packet.ProtoIPv4, true, pkt))
-	in := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242, Probe: peer}
+	in := Ingress{Sources: []netip.Addr{demuxAddr}, Local: gwAddr, Own: []netip.Addr{gwAddr}, VNI: 4242, Probe: peer}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
-		inner, drop := in.Check(demuxAddr, pkt)
+		if in.CheckLocal(pkt) == DropNone && !(packet.Version(pkt) == 4 && packet.IPv4(pkt).Src() == gwAddr ||
+			packet.Version(pkt) == 6 && len(pkt) >= packet.IPv6Len && packet.IPv6(pkt).Src() == gwAddr) {
+			t.Fatalf("CheckLocal let in %x", pkt)
+		}
+		inner, drop := in.Check(demuxAddr, gwAddr, pkt)
 		if drop >= NumDrops {
 			t.Fatalf("drop %d out of range", drop)
 		}
