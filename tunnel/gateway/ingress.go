@@ -62,9 +62,9 @@ type Ingress struct {
 	// interfaces' addresses at start). The kernel refuses to forward a
 	// packet whose source is one of them (a martian), so a packet the TUN
 	// reads with such a source was sent by this host.
-	Own []netip.Addr
-	VNI uint32
-	Probe   netip.AddrPort // the peer's reflector; invalid: no probes
+	Own   []netip.Addr
+	VNI   uint32
+	Probe netip.AddrPort // the peer's reflector; invalid: no probes
 	// OnProbe sees each probe forwarded (the inner packet), so that the
 	// gateway can answer it with a notice while its lane cannot work
 	// (probe.Reflector.SawProbe).
