@@ -17,15 +17,18 @@ package demux
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -41,8 +44,16 @@ const (
 	DropNotRemote = "not_remote" // destination outside the remote network (e.g. the kernel's own MLD)
 )
 
-// ICMPPerSecond bounds the ICMP errors the demux sends, as routers do.
-const ICMPPerSecond = 1000
+// ICMPPerSecond bounds the ICMP errors the demux sends, as routers do;
+// ICMPPerSourcePerSecond bounds those to one source (a bucket of
+// icmpBuckets, chosen by a keyed hash of the address), so that one
+// sender of oversized packets cannot spend everyone's budget. Path MTU
+// discovery needs one error per flow.
+const (
+	ICMPPerSecond          = 1000
+	ICMPPerSourcePerSecond = 50
+	icmpBuckets            = 1024
+)
 
 // Target is where a lane's packets go: its local gateway's GENEVE address.
 type Target struct {
@@ -75,6 +86,8 @@ type Counters struct {
 	TooBig         atomic.Uint64
 	NotRemote      atomic.Uint64
 	ICMPSent       atomic.Uint64
+	ReadErrors     atomic.Uint64 // failed TUN reads, survived
+	ICMPLimited    atomic.Uint64 // too-big errors not sent: over the budget, the sender's or everyone's
 	SendErrors     atomic.Uint64 // packets lost to failed sends
 	Held           atomic.Uint64 // packets held through a failed lane's settle window
 	ICMPUnmatched  atomic.Uint64 // ICMP errors about a lane that quote nothing it sent there
@@ -100,7 +113,16 @@ type Demux struct {
 	icmpOut    [][]byte
 	icmpSecond uint32
 	icmpLeft   int
+	icmpSeed   maphash.Seed
+	icmpSource [icmpBuckets]icmpBucket
 	sendMax    int
+	readLog    ratelog.Limiter
+}
+
+// icmpBucket is the ICMP budget left to the sources hashing to it.
+type icmpBucket struct {
+	second uint32
+	left   uint16
 }
 
 // New prepares a demux reading from t and sending through b (opened by
@@ -117,6 +139,11 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 	}
 	d := &Demux{cfg: cfg, tun: t, bind: b, sendMax: b.BatchSize()}
 	d.icmpSecond = ^uint32(0) // no second yet: the first too-big refills the budget
+	d.icmpSeed = maphash.MakeSeed()
+	d.readLog.Every = 10 * time.Second
+	for i := range d.icmpSource {
+		d.icmpSource[i].second = ^uint32(0)
+	}
 	d.targets.Store(new([flowhash.MaxLaneID + 1]*Target))
 	d.bufs = make([][]byte, t.BatchSize())
 	for i := range d.bufs {
@@ -156,25 +183,46 @@ func (d *Demux) Gateways() map[flowhash.LaneID]netip.AddrPort {
 	return m
 }
 
-// Run forwards until the TUN is closed; it returns nil then.
+// Run forwards until the TUN is closed; it returns nil then. Read errors
+// are counted and logged (throttled) and survived: a super-packet with
+// more segments than a batch is dropped, and other errors end Run only
+// after failing reads alone for tunFailFor, so that a TUN that is gone
+// stops the demux (for its supervisor to restart) and a passing fault
+// does not.
 func (d *Demux) Run() error {
+	var failingSince time.Time
 	for {
 		n, err := d.tun.Read(d.bufs, d.sizes, Headroom)
 		if n > 0 {
 			d.Forward(d.bufs[:n], d.sizes[:n], d.cfg.Selector.Pins().Now())
 		}
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			if errors.Is(err, tun.ErrTooManySegments) {
-				d.cfg.Log.Warn("tun read: super-packet with more segments than a batch; dropped", "err", err)
-				continue
-			}
-			return fmt.Errorf("tun read: %w", err)
+		if err == nil {
+			failingSince = time.Time{}
+			continue
 		}
+		if errors.Is(err, os.ErrClosed) {
+			return nil
+		}
+		d.C.ReadErrors.Add(1)
+		if errors.Is(err, tun.ErrTooManySegments) {
+			d.readLog.Warn(d.cfg.Log, "tun read: super-packet with more segments than a batch; dropped", "err", err)
+			continue
+		}
+		now := time.Now()
+		if n > 0 || failingSince.IsZero() {
+			failingSince = now
+		}
+		if now.Sub(failingSince) > tunFailFor {
+			return fmt.Errorf("tun read: failing for %v: %w", tunFailFor, err)
+		}
+		d.readLog.Warn(d.cfg.Log, "tun read failed; the demux carries on", "err", err)
+		time.Sleep(time.Millisecond) // a persistent fault must not spin a core
 	}
 }
+
+// tunFailFor is how long TUN reads may fail without a packet before Run
+// gives up (a variable for the tests).
+var tunFailFor = 5 * time.Second
 
 // Forward handles one batch: bufs[i][Headroom:Headroom+sizes[i]] is a packet.
 func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
@@ -293,11 +341,20 @@ func (d *Demux) tooBig(pkt []byte, now uint32) {
 		d.icmpSecond, d.icmpLeft = now, ICMPPerSecond
 	}
 	if d.icmpLeft == 0 || len(d.icmpOut) == len(d.icmpBufs) {
+		d.C.ICMPLimited.Add(1)
 		return
 	}
-	src := d.cfg.ICMPv4
+	src, sender := d.cfg.ICMPv4, packet.IPv4(pkt).SrcSlice()
 	if packet.Version(pkt) == 6 {
-		src = d.cfg.ICMPv6
+		src, sender = d.cfg.ICMPv6, packet.IPv6(pkt).SrcSlice()
+	}
+	bk := &d.icmpSource[maphash.Bytes(d.icmpSeed, sender)%icmpBuckets]
+	if bk.second != now {
+		bk.second, bk.left = now, ICMPPerSourcePerSecond
+	}
+	if bk.left == 0 {
+		d.C.ICMPLimited.Add(1)
+		return
 	}
 	buf := d.icmpBufs[len(d.icmpOut)]
 	n := packet.PutTooBig(buf[Headroom:], pkt, d.cfg.MTU, src)
@@ -305,5 +362,6 @@ func (d *Demux) tooBig(pkt []byte, now uint32) {
 		return
 	}
 	d.icmpLeft--
+	bk.left--
 	d.icmpOut = append(d.icmpOut, buf[:Headroom+n])
 }

@@ -2,11 +2,14 @@ package demux
 
 import (
 	"encoding/binary"
+	"errors"
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 // fakeTUN hands out queued batches and records what is written back.
 type fakeTUN struct {
 	in      chan [][]byte
+	errs    chan error // a read that fails
 	mu      sync.Mutex
 	written [][]byte
 	closed  chan struct{}
@@ -29,7 +33,7 @@ type fakeTUN struct {
 }
 
 func newFakeTUN() *fakeTUN {
-	return &fakeTUN{in: make(chan [][]byte, 16), closed: make(chan struct{})}
+	return &fakeTUN{in: make(chan [][]byte, 16), errs: make(chan error, 16), closed: make(chan struct{})}
 }
 
 func (f *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
@@ -39,6 +43,8 @@ func (f *fakeTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			sizes[i] = copy(bufs[i][offset:], p)
 		}
 		return len(pkts), nil
+	case err := <-f.errs:
+		return 0, err
 	case <-f.closed:
 		return 0, os.ErrClosed
 	}
@@ -244,22 +250,55 @@ func TestForwardDrops(t *testing.T) {
 	}
 }
 
-// TestICMPBudget: at most ICMPPerSecond errors per second.
+// TestICMPBudget: at most ICMPPerSecond errors per second in all, and
+// ICMPPerSourcePerSecond to one sender, so that a flood of oversized
+// packets from one host leaves the others their errors.
 func TestICMPBudget(t *testing.T) {
 	d, ft, _ := newTestDemux(t, 1)
-	big := udp4(t, 1, 0, 1500)
+	from := func(host int) []byte {
+		p := udp4(t, 1, 0, 1500)
+		p[14], p[15] = byte(host>>8), byte(host) // 10.1.x.y
+		return p
+	}
+	flood := from(10)
 	batch := make([][]byte, 100)
 	for i := range batch {
-		batch[i] = big
+		batch[i] = flood
 	}
-	for range 2 * ICMPPerSecond / len(batch) {
+	for range 10 {
 		bufs, sizes := load(d, batch)
+		d.Forward(bufs, sizes, 7)
+	}
+	if n := len(ft.written); n != ICMPPerSourcePerSecond {
+		t.Fatalf("one sender, 1000 oversized packets: %d errors, want %d", n, ICMPPerSourcePerSecond)
+	}
+	bucket := func(p []byte) uint64 { return maphash.Bytes(d.icmpSeed, packet.IPv4(p).SrcSlice()) % icmpBuckets }
+	other := from(11)
+	for h := 12; bucket(other) == bucket(flood); h++ { // the seed is random: pick a sender of another bucket
+		other = from(h)
+	}
+	bufs, sizes := load(d, [][]byte{other})
+	d.Forward(bufs, sizes, 7)
+	if n := len(ft.written); n != ICMPPerSourcePerSecond+1 {
+		t.Errorf("another sender in the same second: %d errors, want its own", n-ICMPPerSourcePerSecond)
+	}
+
+	// Many senders: the total is bounded.
+	d, ft, _ = newTestDemux(t, 1)
+	for h := range 4 * ICMPPerSecond / ICMPPerSourcePerSecond {
+		for i := range batch {
+			batch[i] = from(1000 + h)
+		}
+		bufs, sizes := load(d, batch[:ICMPPerSourcePerSecond])
 		d.Forward(bufs, sizes, 7)
 	}
 	if n := len(ft.written); n != ICMPPerSecond {
 		t.Errorf("%d ICMP errors in one second, want %d", n, ICMPPerSecond)
 	}
-	bufs, sizes := load(d, batch[:1])
+	if d.C.ICMPLimited.Load() != 3*ICMPPerSecond {
+		t.Errorf("limited %d, want %d", d.C.ICMPLimited.Load(), 3*ICMPPerSecond)
+	}
+	bufs, sizes = load(d, [][]byte{flood})
 	d.Forward(bufs, sizes, 8)
 	if n := len(ft.written); n != ICMPPerSecond+1 {
 		t.Errorf("next second: %d", n)
@@ -281,6 +320,58 @@ func TestForwardAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocs per batch of %d", allocs, len(pkts))
+	}
+}
+
+// TestRunSurvivesReadErrors: failed TUN reads are counted and the demux
+// goes on forwarding; reads that fail without a packet for tunFailFor
+// end Run with the error.
+func TestRunSurvivesReadErrors(t *testing.T) {
+	d, ft, _ := newTestDemux(t, 2)
+	done := make(chan error, 1)
+	go func() { done <- d.Run() }()
+	ft.errs <- tun.ErrTooManySegments
+	ft.errs <- syscall.EIO
+	ft.errs <- syscall.EAGAIN
+	for t0 := time.Now(); d.C.ReadErrors.Load() < 3 && time.Since(t0) < 2*time.Second; {
+		time.Sleep(time.Millisecond)
+	}
+	ft.in <- [][]byte{udp4(t, 1, 0, 100)}
+	for t0 := time.Now(); d.C.Packets.Load() == 0 && time.Since(t0) < 2*time.Second; {
+		time.Sleep(time.Millisecond)
+	}
+	if d.C.Packets.Load() != 1 || d.C.ReadErrors.Load() != 3 {
+		t.Fatalf("after 3 failed reads: %d packets, %d read errors", d.C.Packets.Load(), d.C.ReadErrors.Load())
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended: %v", err)
+	default:
+	}
+
+	old := tunFailFor
+	tunFailFor = 50 * time.Millisecond
+	defer func() { tunFailFor = old }()
+	for range cap(ft.errs) {
+		ft.errs <- syscall.EBADFD
+	}
+	go func() { // a TUN that is gone fails every read
+		for {
+			select {
+			case ft.errs <- syscall.EBADFD:
+			case <-ft.closed:
+				return
+			}
+		}
+	}()
+	defer ft.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EBADFD) {
+			t.Errorf("Run: %v, want the read error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run went on although every read failed")
 	}
 }
 

@@ -23,7 +23,10 @@ type Status struct {
 	Bytes    uint64 `json:"bytes"`
 	TooBig   uint64 `json:"too_big"`
 	ICMPSent uint64 `json:"icmp_sent"`
-	Held     uint64 `json:"held"` // packets held through a failed lane's settle window
+	// Too-big errors not sent: over the sender's budget or everyone's.
+	ICMPLimited uint64 `json:"icmp_limited"`
+	ReadErrors  uint64 `json:"tun_read_errors"` // failed TUN reads, survived
+	Held        uint64 `json:"held"`            // packets held through a failed lane's settle window
 	// ICMP errors about a lane that quoted nothing this demux sent there.
 	ICMPUnmatched uint64            `json:"icmp_unmatched"`
 	Drops         map[string]uint64 `json:"drops"`
@@ -70,7 +73,8 @@ func (d *Demux) Status(st Status) Status {
 	st.Packets = d.C.Packets.Load()
 	st.Bytes = d.C.Bytes.Load()
 	st.TooBig = d.C.TooBig.Load()
-	st.ICMPSent = d.C.ICMPSent.Load()
+	st.ICMPSent, st.ICMPLimited = d.C.ICMPSent.Load(), d.C.ICMPLimited.Load()
+	st.ReadErrors = d.C.ReadErrors.Load()
 	st.Held, st.ICMPUnmatched = d.C.Held.Load(), d.C.ICMPUnmatched.Load()
 	st.Drops = d.drops()
 	pins := d.cfg.Selector.Pins()
@@ -112,6 +116,8 @@ var (
 	descBytes     = prometheus.NewDesc("clusterpeer_demux_bytes_total", "Bytes of inner packets read from the demux TUN.", nil, nil)
 	descDrops     = prometheus.NewDesc("clusterpeer_demux_drops_total", "Packets the demux dropped, by reason.", []string{"reason"}, nil)
 	descICMP      = prometheus.NewDesc("clusterpeer_demux_icmp_sent_total", "ICMP fragmentation-needed / packet-too-big errors sent.", nil, nil)
+	descICMPLim   = prometheus.NewDesc("clusterpeer_demux_icmp_limited_total", "Too-big errors not sent: over the sender's budget or the demux's.", nil, nil)
+	descReadErrs  = prometheus.NewDesc("clusterpeer_demux_tun_read_errors_total", "Failed reads of the demux TUN (survived; a TUN failing for 5 s stops the demux).", nil, nil)
 	descPinned    = prometheus.NewDesc("clusterpeer_demux_pinned_flows", "Flows currently pinned to a lane.", nil, nil)
 	descHeld      = prometheus.NewDesc("clusterpeer_demux_held_packets_total", "Packets held through a failed lane's settle window, then sent on its flows' new lanes.", nil, nil)
 	descSignals   = prometheus.NewDesc("clusterpeer_demux_lane_signals_total", "Failure signals acted on (ICMP errors quoting what was sent, gateways' notices), by kind.", []string{"kind"}, nil)
@@ -133,7 +139,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (d *Demux) Describe(ch chan<- *prometheus.Desc) {
-	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descPinned, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
+	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descICMPLim, descReadErrs, descPinned, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
 		descHealthy, descState, descTrans, descFailovers, descChanged, descRTT, descLoss, descProbes, descAnswers, descReplyDrop} {
 		ch <- x
 	}
@@ -147,6 +153,8 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPackets, counter, float64(st.Packets))
 	ch <- prometheus.MustNewConstMetric(descBytes, counter, float64(st.Bytes))
 	ch <- prometheus.MustNewConstMetric(descICMP, counter, float64(st.ICMPSent))
+	ch <- prometheus.MustNewConstMetric(descICMPLim, counter, float64(st.ICMPLimited))
+	ch <- prometheus.MustNewConstMetric(descReadErrs, counter, float64(st.ReadErrors))
 	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(st.PinnedFlows))
 	ch <- prometheus.MustNewConstMetric(descHeld, counter, float64(st.Held))
 	if pr := d.lanes.prober(); pr != nil {

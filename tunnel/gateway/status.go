@@ -24,6 +24,7 @@ type Status struct {
 	GenevePackets    uint64            `json:"geneve_packets"`
 	GeneveBytes      uint64            `json:"geneve_bytes"`
 	LocalPackets     uint64            `json:"local_packets"`
+	ReadErrors       uint64            `json:"read_errors"` // failed TUN or GENEVE reads, survived
 	DeliveredPackets uint64            `json:"delivered_packets"`
 	DeliveredBytes   uint64            `json:"delivered_bytes"`
 	Drops            map[string]uint64 `json:"drops"`
@@ -36,7 +37,7 @@ type Status struct {
 func (l *Lane) Status(st Status) Status {
 	c := &l.tdev.C
 	st.GenevePackets, st.GeneveBytes = c.GenevePackets.Load(), c.GeneveBytes.Load()
-	st.LocalPackets = c.LocalPackets.Load()
+	st.LocalPackets, st.ReadErrors = c.LocalPackets.Load(), c.ReadErrors.Load()
 	st.DeliveredPackets, st.DeliveredBytes = c.DeliveredPackets.Load(), c.DeliveredBytes.Load()
 	st.Drops = map[string]uint64{}
 	for i := Drop(1); i < NumDrops; i++ {
@@ -50,7 +51,8 @@ var (
 	labels        = []string{"lane", "gateway"}
 	descGenPkts   = prometheus.NewDesc("clusterpeer_gateway_geneve_packets_total", "GENEVE packets accepted from the demux.", labels, nil)
 	descGenBytes  = prometheus.NewDesc("clusterpeer_gateway_geneve_bytes_total", "Inner bytes accepted from the demux.", labels, nil)
-	descLocal     = prometheus.NewDesc("clusterpeer_gateway_local_packets_total", "Packets routed into the lane by the gateway's own kernel.", labels, nil)
+	descLocal     = prometheus.NewDesc("clusterpeer_gateway_local_packets_total", "Packets the gateway itself routed into the lane (its reflector's replies, its ICMP errors).", labels, nil)
+	descReadErrs  = prometheus.NewDesc("clusterpeer_gateway_read_errors_total", "Failed reads of the kernel TUN or the GENEVE socket (survived).", labels, nil)
 	descDelPkts   = prometheus.NewDesc("clusterpeer_gateway_delivered_packets_total", "Decrypted packets delivered to the local network.", labels, nil)
 	descDelBytes  = prometheus.NewDesc("clusterpeer_gateway_delivered_bytes_total", "Decrypted bytes delivered to the local network.", labels, nil)
 	descDrops     = prometheus.NewDesc("clusterpeer_gateway_drops_total", "Packets the gateway dropped, by reason.", append(labels, "reason"), nil)
@@ -70,7 +72,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descGenPkts, descGenBytes, descLocal, descDelPkts, descDelBytes, descDrops, descWGRx, descWGTx, descHandshake} {
+	for _, d := range []*prometheus.Desc{descGenPkts, descGenBytes, descLocal, descReadErrs, descDelPkts, descDelBytes, descDrops, descWGRx, descWGTx, descHandshake} {
 		ch <- d
 	}
 }
@@ -81,6 +83,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGenPkts, cv, float64(st.GenevePackets), c.lv...)
 	ch <- prometheus.MustNewConstMetric(descGenBytes, cv, float64(st.GeneveBytes), c.lv...)
 	ch <- prometheus.MustNewConstMetric(descLocal, cv, float64(st.LocalPackets), c.lv...)
+	ch <- prometheus.MustNewConstMetric(descReadErrs, cv, float64(st.ReadErrors), c.lv...)
 	ch <- prometheus.MustNewConstMetric(descDelPkts, cv, float64(st.DeliveredPackets), c.lv...)
 	ch <- prometheus.MustNewConstMetric(descDelBytes, cv, float64(st.DeliveredBytes), c.lv...)
 	for reason, n := range st.Drops {
