@@ -35,7 +35,16 @@ type PinConfig struct {
 // a reader that saw it change retries. Refreshing a pin's idle timer is a
 // CAS, once per second per flow. Inserts (the first packet of a flow, or a
 // flow whose lane died) take both buckets by making their sequences odd,
-// and use a free or expired slot, else evict the least recently used pin.
+// and use a free or expired slot. With both buckets full of live pins,
+// one must go: a pin that the table would give its flow anyway (or whose
+// lane's pins are void) goes first, since forgetting it moves nothing;
+// only then the least recently used pin, whose flow moves (is reordered)
+// at its next packet. A spray of new 5-tuples therefore evicts the pins
+// that carry no information before it moves any established flow.
+//
+// The table counts the slots it holds pins in as it fills and clears
+// them, and Sweep clears idle pins a slice of the table at a time, so
+// that the count is a load, not a scan of a million slots per scrape.
 //
 // A pin records the lane's generation; the selector's snapshot says which
 // generation of each lane is valid, so invalidating every pin of a dead
@@ -47,8 +56,16 @@ type Pins struct {
 	otherIdle uint32
 	start     time.Time
 
+	// agrees says whether forgetting a live pin moves nothing: the flow's
+	// table lane is the pin's, or the pin's generation is void. Nil: every
+	// eviction counts as one that moves a flow.
+	agrees func(w *Words, lane LaneID, gen uint32) bool
+
 	inserts   atomic.Uint64
 	evictions atomic.Uint64 // live pins pushed out by a full bucket
+	moved     atomic.Uint64 // of those, pins the table disagreed with: their flows move
+	held      atomic.Int64  // slots holding a pin (idle ones until swept)
+	cursor    atomic.Uint64 // next bucket Sweep looks at
 }
 
 const pinWays = 8
@@ -203,6 +220,9 @@ func (p *Pins) Insert(w *Words, sum uint64, lane LaneID, gen uint32, tcp bool, n
 	if slot == nil {
 		b, k := p.victim(b1, b2, now)
 		slot = &b.slots[k]
+		if slot.val.Load() == 0 {
+			p.held.Add(1)
+		}
 		slot.val.Store(0) // readers that match the new key early see "empty"
 		b.tags[k].Store(tag)
 		for i := range slot.key {
@@ -219,8 +239,9 @@ func (p *Pins) Insert(w *Words, sum uint64, lane LaneID, gen uint32, tcp bool, n
 
 // victim picks the slot a new pin goes into: a free (or expired) slot in
 // whichever of the two buckets has more of them, which is what keeps
-// buckets from overflowing; if both are full, the least recently seen pin
-// of the two (counted as an eviction). Called with both buckets locked.
+// buckets from overflowing; if both are full, a pin whose loss moves no
+// flow (agrees), else the least recently seen pin of the two (counted as
+// an eviction, and as moved). Called with both buckets locked.
 func (p *Pins) victim(b1, b2 *pinBucket, now uint32) (*pinBucket, int) {
 	free1, slot1, old1, age1 := p.scan(b1, now)
 	free2, slot2, old2, age2 := p.scan(b2, now)
@@ -231,10 +252,46 @@ func (p *Pins) victim(b1, b2 *pinBucket, now uint32) (*pinBucket, int) {
 		return b2, slot2
 	}
 	p.evictions.Add(1)
+	if p.agrees != nil {
+		if b, k, ok := p.agreeing(b1, b2, now); ok {
+			return b, k
+		}
+	}
+	p.moved.Add(1)
 	if age2 > age1 {
 		return b2, old2
 	}
 	return b1, old1
+}
+
+// agreeing finds the least recently seen pin of the two (full) buckets
+// that the table agrees with.
+func (p *Pins) agreeing(b1, b2 *pinBucket, now uint32) (*pinBucket, int, bool) {
+	var (
+		best    *pinBucket
+		bestK   int
+		bestAge int64
+		w       Words
+	)
+	for _, b := range [2]*pinBucket{b1, b2} {
+		for k := range b.slots {
+			v := b.slots[k].val.Load()
+			lane, gen, seen, _ := unpackPin(v)
+			if best != nil && age(now, seen) <= bestAge {
+				continue
+			}
+			for i := range w {
+				w[i] = b.slots[k].key[i].Load()
+			}
+			if p.agrees(&w, lane, gen) {
+				best, bestK, bestAge = b, k, age(now, seen)
+			}
+		}
+		if b2 == b1 {
+			break
+		}
+	}
+	return best, bestK, best != nil
 }
 
 // scan counts a bucket's free or expired slots, returning one of them, and
@@ -254,6 +311,38 @@ func (p *Pins) scan(b *pinBucket, now uint32) (free, freeSlot, oldest int, oldes
 	}
 	return free, freeSlot, oldest, oldestAge
 }
+
+// Sweep clears the idle pins of the next n buckets (round the table), so
+// that the count of held pins follows the flows that ended. The demux
+// calls it on its lane timer tick; a bucket is locked only if it has an
+// idle pin to clear.
+func (p *Pins) Sweep(now uint32, n int) {
+	mask := uint64(len(p.buckets) - 1)
+	for range min(n, len(p.buckets)) {
+		b := &p.buckets[p.cursor.Add(1)&mask]
+		idle := false
+		for k := range b.slots {
+			if v := b.slots[k].val.Load(); v != 0 && p.expired(v, now) {
+				idle = true
+				break
+			}
+		}
+		if !idle {
+			continue
+		}
+		s := b.lock()
+		for k := range b.slots {
+			if v := b.slots[k].val.Load(); v != 0 && p.expired(v, now) {
+				b.slots[k].val.Store(0)
+				p.held.Add(-1)
+			}
+		}
+		b.seq.Store(s + 2)
+	}
+}
+
+// Buckets is the number of buckets (Sweep's unit).
+func (p *Pins) Buckets() int { return len(p.buckets) }
 
 // find returns w's slot in the bucket and its value, or nil.
 func (b *pinBucket) find(w *Words, tag uint32) (*pinSlot, uint64) {
@@ -292,23 +381,31 @@ func backoff(spins int) {
 	}
 }
 
-// PinStats are the table's counters.
+// PinStats are the table's counters, read without a scan.
 type PinStats struct {
-	Live      int    // pins not yet idle (a scan: call it for metrics, not per packet)
+	Held      int    // pins in the table, idle ones included until Sweep clears them
 	Capacity  int    // the most pins it holds
 	Inserts   uint64 // pins written
-	Evictions uint64 // live pins pushed out because their bucket was full
+	Evictions uint64 // live pins pushed out because both their buckets were full
+	Moved     uint64 // of those, pins the table disagreed with: their flows moved lane
 }
 
-// Stats scans the table and returns its counters.
-func (p *Pins) Stats(now uint32) PinStats {
-	st := PinStats{Capacity: p.Capacity(), Inserts: p.inserts.Load(), Evictions: p.evictions.Load()}
+// Stats returns the table's counters.
+func (p *Pins) Stats() PinStats {
+	return PinStats{Held: int(p.held.Load()), Capacity: p.Capacity(), Inserts: p.inserts.Load(),
+		Evictions: p.evictions.Load(), Moved: p.moved.Load()}
+}
+
+// Live scans the table for pins not yet idle: for tests and tools, not
+// for every scrape (a million slots take tens of milliseconds).
+func (p *Pins) Live(now uint32) int {
+	live := 0
 	for i := range p.buckets {
 		for j := range p.buckets[i].slots {
 			if v := p.buckets[i].slots[j].val.Load(); v != 0 && !p.expired(v, now) {
-				st.Live++
+				live++
 			}
 		}
 	}
-	return st
+	return live
 }

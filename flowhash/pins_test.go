@@ -42,7 +42,7 @@ func TestPinsInsertLookupReplace(t *testing.T) {
 	if _, _, ok := p.Lookup(&other, osum, 2); ok {
 		t.Fatal("another flow hits")
 	}
-	if st := p.Stats(2); st.Live != 1 || st.Inserts != 2 || st.Capacity != 1024 {
+	if st := p.Stats(); st.Held != 1 || p.Live(2) != 1 || st.Inserts != 2 || st.Capacity != 1024 {
 		t.Fatalf("Stats = %+v", st)
 	}
 }
@@ -67,8 +67,8 @@ func TestPinsIdleTimeouts(t *testing.T) {
 	// A reader whose clock lags the pin's by a second still sees it.
 	p.Insert(&udp, usum, 2, 1, false, 5000)
 	check(&udp, usum, 4999, true)
-	if st := p.Stats(4999); st.Live != 1 {
-		t.Errorf("Live = %d, want 1", st.Live)
+	if n := p.Live(4999); n != 1 {
+		t.Errorf("Live = %d, want 1", n)
 	}
 }
 
@@ -90,13 +90,89 @@ func TestPinsEvictLeastRecentlySeen(t *testing.T) {
 			t.Errorf("flow %d: live = %v, want %v", i, ok, want)
 		}
 	}
-	if st := p.Stats(31); st.Evictions != 1 || st.Live != pinWays {
-		t.Errorf("Stats = %+v, want 1 eviction, %d live", st, pinWays)
+	if st := p.Stats(); st.Evictions != 1 || st.Moved != 1 || st.Held != pinWays || p.Live(31) != pinWays {
+		t.Errorf("Stats = %+v, want 1 eviction (moved), %d held", st, pinWays)
 	}
 	// An expired pin is reused before a live one is evicted.
 	p.Insert(&ws[1], sums[1], 2, 1, false, 152) // all but flow 0 (seen 30) and 8 (31) idle > 120 s
-	if st := p.Stats(152); st.Evictions != 1 {
+	if st := p.Stats(); st.Evictions != 1 {
 		t.Errorf("evicted a live pin while expired ones were free: %+v", st)
+	}
+}
+
+// TestPinsEvictAgreeingFirst: with both buckets full, a pin whose flow
+// the table sends to the same lane (or whose lane's pins are void) is
+// evicted before the least recently seen one, even if it is more recent:
+// forgetting it moves nothing. Only without such a pin does a flow move.
+func TestPinsEvictAgreeingFirst(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: pinWays}) // one bucket
+	agreeing := map[int]bool{5: true}
+	var asked []Words
+	ws := make([]Words, pinWays+2)
+	sums := make([]uint64, pinWays+2)
+	for i := range ws {
+		ws[i], sums[i] = flowWords(i, ProtoUDP)
+	}
+	p.agrees = func(w *Words, lane LaneID, gen uint32) bool {
+		asked = append(asked, *w)
+		return agreeing[int(lane)-1]
+	}
+	for i := range pinWays {
+		p.Insert(&ws[i], sums[i], LaneID(i+1), 1, false, uint32(10+i))
+	}
+	p.Insert(&ws[pinWays], sums[pinWays], 9, 1, false, 31) // full: flow 5 (seen 15) goes, not flow 0 (seen 10)
+	for i := range pinWays + 1 {
+		if ok := pinned(p, &ws[i], sums[i]); ok != (i != 5) { // pinned looks at time 0: refreshes nothing
+			t.Errorf("flow %d: pinned = %v, want %v", i, ok, i != 5)
+		}
+	}
+	if st := p.Stats(); st.Evictions != 1 || st.Moved != 0 {
+		t.Errorf("after evicting an agreeing pin: %+v, want 1 eviction, 0 moved", st)
+	}
+	found := false
+	for _, w := range asked {
+		found = found || w == ws[5]
+	}
+	if !found {
+		t.Error("agrees was not asked about flow 5 with its own key")
+	}
+	clear(agreeing)
+	p.Insert(&ws[pinWays+1], sums[pinWays+1], 10, 1, false, 32) // none agrees: the least recent, flow 0
+	if pinned(p, &ws[0], sums[0]) {
+		t.Error("flow 0, the least recently seen, kept its pin")
+	}
+	if st := p.Stats(); st.Evictions != 2 || st.Moved != 1 {
+		t.Errorf("%+v, want 2 evictions, 1 moved", st)
+	}
+}
+
+// TestPinsSweep: Sweep clears idle pins round the table, a slice per
+// call, so that Held follows the flows that ended without a scan.
+func TestPinsSweep(t *testing.T) {
+	p := mustPins(t, PinConfig{Capacity: 1 << 12})
+	for i := range 1000 {
+		w, sum := flowWords(i, ProtoUDP)
+		p.Insert(&w, sum, 1, 1, false, 0)
+	}
+	for i := range 100 {
+		w, sum := flowWords(i, ProtoTCP)
+		p.Insert(&w, sum, 1, 1, true, 0)
+	}
+	if st := p.Stats(); st.Held != 1100 {
+		t.Fatalf("held %d, want 1100", st.Held)
+	}
+	p.Sweep(200, p.Buckets()) // UDP idle (120 s), TCP not (350 s)
+	if st := p.Stats(); st.Held != 100 || p.Live(200) != 100 {
+		t.Fatalf("after a sweep at 200 s: held %d live %d, want 100", st.Held, p.Live(200))
+	}
+	for range 4 {
+		p.Sweep(400, p.Buckets()/4) // a quarter of the table per call
+	}
+	if st := p.Stats(); st.Held != 0 {
+		t.Errorf("after sweeping the whole table in quarters: held %d", st.Held)
+	}
+	if a := testing.AllocsPerRun(10, func() { p.Sweep(400, 64) }); a != 0 {
+		t.Errorf("Sweep allocates %v", a)
 	}
 }
 
@@ -115,14 +191,14 @@ func TestPinsHalfFullEvictNothing(t *testing.T) {
 			t.Fatalf("flow %d lost at half capacity", i)
 		}
 	}
-	if st := p.Stats(0); st.Evictions != 0 || st.Live != n {
+	if st := p.Stats(); st.Evictions != 0 || st.Held != n {
 		t.Fatalf("half full: %+v", st)
 	}
 	for i := n; i < p.Capacity()*9/10; i++ {
 		w, sum := flowWords(i, ProtoUDP)
 		p.Insert(&w, sum, 1, 1, false, 0)
 	}
-	st := p.Stats(0)
+	st := p.Stats()
 	t.Logf("at 90%% load: %d evictions of %d inserts", st.Evictions, st.Inserts)
 }
 

@@ -148,7 +148,15 @@ func New(cfg Config) (*Selector, error) {
 	}
 	empty, _ := BuildTable(nil, cfg.TableSize, cfg.Key)
 	s.snap.Store(&Snapshot{Table: empty})
+	pins.agrees = s.pinAgrees
 	return s, nil
+}
+
+// pinAgrees says whether forgetting a pin moves nothing now: its lane's
+// pins are void, or the table sends its flow there anyway.
+func (s *Selector) pinAgrees(w *Words, lane LaneID, gen uint32) bool {
+	snap := s.snap.Load()
+	return snap.gens[lane] != gen || snap.Table.Lookup(s.hasher.sumWords(w)) == lane
 }
 
 // Hasher returns the selector's hasher.

@@ -304,3 +304,51 @@ func TestSelectDoesNotAllocate(t *testing.T) {
 		t.Fatalf("Select allocates %.1f times per packet", a)
 	}
 }
+
+// TestPinSprayMovesNoEstablishedFlow: after a lane is added, the
+// established flows the new table would send elsewhere live on their
+// pins alone. A spray of new 5-tuples many times the table's capacity
+// then evicts pins that agree with the table (its own, and established
+// flows' whose lane the table still gives them), never those: no
+// established flow changes lane. (Least-recently-seen eviction alone
+// moved 26 of 64 such flows.)
+func TestPinSprayMovesNoEstablishedFlow(t *testing.T) {
+	s, err := New(Config{Key: testKey, Pins: PinConfig{Capacity: 1 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLanes(upLanes(1, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	const established = 64
+	before := selectAll(t, s, established, 0)
+	if err := s.SetLanes(upLanes(1, 2, 3, 4)); err != nil {
+		t.Fatal(err)
+	}
+	fresh := mustSelector(t, upLanes(1, 2, 3, 4)...)
+	kept := 0
+	for i, l := range selectAll(t, fresh, established, 0) {
+		if l != before[i] {
+			kept++ // on its pin only
+		}
+	}
+	if kept == 0 {
+		t.Fatal("no established flow disagrees with the new table: the test proves nothing")
+	}
+	for now := uint32(1); now <= 20; now++ {
+		for i := range 1000 { // 20 x capacity of new flows, while the established ones send
+			tu := flowTuple(100000 + int(now)*1000 + i)
+			s.SelectTuple(&tu, now)
+		}
+		for i, l := range selectAll(t, s, established, now) {
+			if l != before[i] {
+				t.Fatalf("second %d: established flow %d moved from lane %d to %d", now, i, before[i], l)
+			}
+		}
+	}
+	st := s.Pins().Stats()
+	if st.Evictions == 0 || st.Moved != 0 {
+		t.Errorf("%+v: want evictions, none that moved a flow", st)
+	}
+	t.Logf("%d established flows on their pins only; %d evictions, %d moved", kept, st.Evictions, st.Moved)
+}

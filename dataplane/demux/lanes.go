@@ -347,10 +347,18 @@ func (d *Demux) Undrain(id flowhash.LaneID) error {
 	return nil
 }
 
+// pinSweepTicks: at 10 ticks a second, an idle pin leaves the count
+// within about 3 s of its idle timeout.
+const pinSweepTicks = 32
+
 // TickLanes finishes drains: a draining lane whose traffic stopped for the
 // idle time, or whose deadline passed, is drained (its remaining pins
-// move); a removed lane is then forgotten. Call it a few times a second.
+// move); a removed lane is then forgotten. It also sweeps a slice of the
+// pin table (all of it every pinSweepTicks calls), which keeps the pinned
+// flow count current. Call it a few times a second.
 func (d *Demux) TickLanes(now time.Time) {
+	pins := d.cfg.Selector.Pins()
+	pins.Sweep(pins.Now(), max(1, pins.Buckets()/pinSweepTicks))
 	m := &d.lanes
 	m.mu.Lock()
 	defer m.mu.Unlock()

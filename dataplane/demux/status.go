@@ -78,7 +78,7 @@ func (d *Demux) Status(st Status) Status {
 	st.Held, st.ICMPUnmatched = d.C.Held.Load(), d.C.ICMPUnmatched.Load()
 	st.Drops = d.drops()
 	pins := d.cfg.Selector.Pins()
-	st.PinnedFlows = pins.Stats(pins.Now()).Live
+	st.PinnedFlows = pins.Stats().Held
 	if pr := d.lanes.prober(); pr != nil && st.Probing != nil {
 		p := *st.Probing
 		p.Interval, p.Drops, p.Signals = pr.Interval(), pr.DropCounts(), pr.SignalCounts()
@@ -118,7 +118,9 @@ var (
 	descICMP      = prometheus.NewDesc("clusterpeer_demux_icmp_sent_total", "ICMP fragmentation-needed / packet-too-big errors sent.", nil, nil)
 	descICMPLim   = prometheus.NewDesc("clusterpeer_demux_icmp_limited_total", "Too-big errors not sent: over the sender's budget or the demux's.", nil, nil)
 	descReadErrs  = prometheus.NewDesc("clusterpeer_demux_tun_read_errors_total", "Failed reads of the demux TUN (survived; a TUN failing for 5 s stops the demux).", nil, nil)
-	descPinned    = prometheus.NewDesc("clusterpeer_demux_pinned_flows", "Flows currently pinned to a lane.", nil, nil)
+	descPinned    = prometheus.NewDesc("clusterpeer_demux_pinned_flows", "Flows currently pinned to a lane (idle ones leave within seconds of their timeout).", nil, nil)
+	descPinIns    = prometheus.NewDesc("clusterpeer_demux_pin_inserts_total", "Flow pins written (new flows, and flows whose lane died).", nil, nil)
+	descPinEvict  = prometheus.NewDesc("clusterpeer_demux_pin_evictions_total", "Live pins pushed out of a full pin table; moved: the flow changed lane (the table disagreed), kept: it did not.", []string{"flow"}, nil)
 	descHeld      = prometheus.NewDesc("clusterpeer_demux_held_packets_total", "Packets held through a failed lane's settle window, then sent on its flows' new lanes.", nil, nil)
 	descSignals   = prometheus.NewDesc("clusterpeer_demux_lane_signals_total", "Failure signals acted on (ICMP errors quoting what was sent, gateways' notices), by kind.", []string{"kind"}, nil)
 	descLanePkts  = prometheus.NewDesc("clusterpeer_lane_packets_total", "Packets sent to the lane's gateway.", []string{"lane", "gateway"}, nil)
@@ -139,7 +141,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (d *Demux) Describe(ch chan<- *prometheus.Desc) {
-	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descICMPLim, descReadErrs, descPinned, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
+	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descICMPLim, descReadErrs, descPinned, descPinIns, descPinEvict, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
 		descHealthy, descState, descTrans, descFailovers, descChanged, descRTT, descLoss, descProbes, descAnswers, descReplyDrop} {
 		ch <- x
 	}
@@ -156,6 +158,10 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descICMPLim, counter, float64(st.ICMPLimited))
 	ch <- prometheus.MustNewConstMetric(descReadErrs, counter, float64(st.ReadErrors))
 	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(st.PinnedFlows))
+	ps := d.cfg.Selector.Pins().Stats()
+	ch <- prometheus.MustNewConstMetric(descPinIns, counter, float64(ps.Inserts))
+	ch <- prometheus.MustNewConstMetric(descPinEvict, counter, float64(ps.Moved), "moved")
+	ch <- prometheus.MustNewConstMetric(descPinEvict, counter, float64(ps.Evictions-ps.Moved), "kept")
 	ch <- prometheus.MustNewConstMetric(descHeld, counter, float64(st.Held))
 	if pr := d.lanes.prober(); pr != nil {
 		for kind, n := range pr.SignalCounts() {
