@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
 )
 
 // Server is a running pair of endpoints.
@@ -65,8 +66,11 @@ func (s *Server) Handle(name string, a Action) {
 }
 
 // Serve starts /metrics on metricsAddr ("off": none) and /status on the
-// unix socket at statusPath. status is called per request.
-func Serve(metricsAddr, statusPath string, reg *prometheus.Registry, status func() any, log *slog.Logger) (*Server, error) {
+// unix socket at statusPath. status is called per request. webConfig, if
+// set, is a Prometheus web configuration file (TLS, basic auth) for the
+// metrics listener, served as exporters do (exporter-toolkit, which
+// rereads it for each connection); the caller has validated it.
+func Serve(metricsAddr, webConfig, statusPath string, reg *prometheus.Registry, status func() any, log *slog.Logger) (*Server, error) {
 	s := &Server{}
 	if metricsAddr != "off" {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -76,7 +80,14 @@ func Serve(metricsAddr, statusPath string, reg *prometheus.Registry, status func
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, log)
+		h := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		s.servers = append(s.servers, h)
+		go func() {
+			err := web.Serve(ln, h, &web.FlagConfig{WebConfigFile: &webConfig}, log)
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "addr", ln.Addr(), "err", err)
+			}
+		}()
 	}
 	if err := os.MkdirAll(filepath.Dir(statusPath), 0o755); err != nil {
 		s.Close()

@@ -2,7 +2,16 @@ package admin
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
+	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -11,7 +20,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +31,7 @@ import (
 func serve(t *testing.T) (*Server, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "node.sock")
-	s, err := Serve("off", path, prometheus.NewRegistry(), func() any { return map[string]string{"node": "n"} }, nil)
+	s, err := Serve("off", "", path, prometheus.NewRegistry(), func() any { return map[string]string{"node": "n"} }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,4 +118,90 @@ func TestActionOtherUser(t *testing.T) {
 	if msg, err := Do(path, "poke", nil); err != nil || msg != "poked" {
 		t.Errorf("root's action: %q, %v", msg, err)
 	}
+}
+
+// TestMetricsWebConfig: with a web configuration file, /metrics is
+// served over TLS and only with the basic-auth user's password, as a
+// Prometheus exporter serves it.
+func TestMetricsWebConfig(t *testing.T) {
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSigned(t)
+	os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o600)
+	os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600)
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(dir, "web.yml")
+	os.WriteFile(webConfig, []byte("tls_server_config:\n  cert_file: "+filepath.Join(dir, "cert.pem")+
+		"\n  key_file: "+filepath.Join(dir, "key.pem")+"\nbasic_auth_users:\n  prom: "+string(hash)+"\n"), 0o600)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	reg := prometheus.NewRegistry()
+	s, err := Serve(addr, webConfig, filepath.Join(dir, "n.sock"), reg, func() any { return nil }, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	get := func(url, user, pass string) (int, string, error) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	var code int
+	var body string
+	for t0 := time.Now(); time.Since(t0) < 5*time.Second; time.Sleep(20 * time.Millisecond) {
+		if code, body, err = get("https://"+addr+"/metrics", "prom", "s3cret"); err == nil {
+			break
+		}
+	}
+	if code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Fatalf("with the password over TLS: %d %v %.200q", code, err, body)
+	}
+	if code, _, _ := get("https://"+addr+"/metrics", "prom", "wrong"); code != http.StatusUnauthorized {
+		t.Errorf("wrong password: %d, want 401", code)
+	}
+	if code, _, _ := get("https://"+addr+"/metrics", "", ""); code != http.StatusUnauthorized {
+		t.Errorf("no credentials: %d, want 401", code)
+	}
+	if code, body, err := get("http://"+addr+"/metrics", "prom", "s3cret"); err == nil && code == http.StatusOK {
+		t.Errorf("plain HTTP was served: %.100q", body)
+	}
+}
+
+func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "node"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }

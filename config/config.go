@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/exporter-toolkit/web"
 	"gopkg.in/yaml.v3"
 
 	"github.com/clusterpeer/clusterpeer/flowhash"
@@ -63,6 +64,7 @@ type Peering struct {
 	Lanes    []Lane           `yaml:"lanes,omitempty"`
 	// Discovery says whether gateways may also join through a store.
 	Discovery Discovery `yaml:"discovery,omitempty"`
+	Metrics   Metrics   `yaml:"metrics,omitempty"`
 
 	Path string `yaml:"-"` // the file it came from, for messages
 }
@@ -95,6 +97,16 @@ type Health struct {
 
 	Params probe.Params `yaml:"-"`
 	On     bool         `yaml:"-"`
+}
+
+// Metrics configures every node's /metrics listener (each node's own
+// metrics field is its address).
+type Metrics struct {
+	// WebConfig is a Prometheus exporter web configuration file (TLS,
+	// client certificates, basic auth with bcrypt hashes), as node
+	// exporters read it: https://prometheus.io/docs/prometheus/latest/configuration/https/.
+	// Empty: plain HTTP, which the loopback default is meant for.
+	WebConfig string `yaml:"web_config,omitempty"`
 }
 
 // Network is one side of the peering ("a" or "b").
@@ -311,6 +323,12 @@ func (c *checker) peering(p *Peering) {
 		c.errf("mtu", "%d: want %d..%d (the inner packet size a lane carries; see docs/datapath.md)", p.MTU, MinMTU, MaxMTU)
 	}
 	c.hash(&p.Hash, len(p.Lanes))
+	if p.Metrics.WebConfig != "" {
+		p.Metrics.WebConfig = c.path(p.Metrics.WebConfig)
+		if err := web.Validate(p.Metrics.WebConfig); err != nil {
+			c.errf("metrics.web_config", "%s: %v", p.Metrics.WebConfig, err)
+		}
+	}
 	for k := range p.Networks {
 		if k != SideA && k != SideB {
 			c.errf("networks."+string(k), "unknown network; the two sides are named a and b")

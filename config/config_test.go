@@ -105,6 +105,8 @@ func TestBrokenConfigs(t *testing.T) {
 		{"demux address", "[10.2.0.2]", "[10.2.0.300]", "networks.b.demux.addresses[0]: \"10.2.0.300\""},
 		{"no demux address", "[10.2.0.2]", "[]", "networks.b.demux.addresses: missing"},
 		{"metrics", "metrics: 127.0.0.1:9100", "metrics: localhost", "networks.a.demux.metrics: \"localhost\""},
+		{"web config missing", "mtu: 1420", "mtu: 1420\nmetrics:\n  web_config: web.yml", "metrics.web_config: "},
+		{"web config bad", "mtu: 1420", "mtu: 1420\nmetrics:\n  web_config: hash.key", "metrics.web_config: "},
 		{"duplicate name", "name: gw-b2", "name: gw-a1", "lanes[1].b.name: \"gw-a1\" is already the name of lanes[0].a.name"},
 		{"lane id", "  - id: 2", "  - id: 0", "lanes[1].id: 0: want 1..4095"},
 		{"duplicate lane id", "  - id: 2", "  - id: 1", "lanes[1].id: 1 is already the id of lanes[0]"},

@@ -146,7 +146,7 @@ func up(args []string) error {
 		reg.MustRegister(r.view.Collector(d.Name))
 	}
 	identity := identityOf(p, node)
-	srv, err := admin.Serve(d.Metrics, d.Status, reg, func() any {
+	srv, err := admin.Serve(d.Metrics, p.Metrics.WebConfig, d.Status, reg, func() any {
 		st := status{Status: dm.Status(identity), HA: role.status()}
 		if fp != nil {
 			st.XDP = fp.prog.Status()

@@ -209,7 +209,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		}
 		return st
 	}
-	srv, err := admin.Serve(self.Metrics, self.Status, reg, status, log)
+	srv, err := admin.Serve(self.Metrics, p.Metrics.WebConfig, self.Status, reg, status, log)
 	if err != nil {
 		return err
 	}
