@@ -144,7 +144,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	l, err := gateway.Start(gateway.Config{
 		Tun:          self.Tun,
 		MTU:          p.MTU,
-		GenevePort:   self.Geneve.AddrPort.Port(),
+		Geneve:       self.Geneve.AddrPort,
 		Ingress:      ingress,
 		OnPeer:       onPeer,
 		OnPath:       onPath,

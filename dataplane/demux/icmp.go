@@ -12,8 +12,9 @@ import (
 type ICMPSink interface {
 	// QuotedProbe judges an error quoting a probe frame.
 	QuotedProbe(frame []byte, dst, from netip.Addr, port bool) bool
-	// Fail takes a lane down whose data an error quoted.
-	Fail(lane flowhash.LaneID, reason string)
+	// Suspect polls a lane whose data an error quoted: such an error is
+	// easy to forge, so it takes the lane down only if the poll fails.
+	Suspect(lane flowhash.LaneID, reason string)
 }
 
 // WatchICMP acts on the ICMP port and host unreachable errors that come
@@ -22,9 +23,12 @@ type ICMPSink interface {
 // process or host is gone answers the next frames so, within a
 // millisecond at any data rate, and the kernel rate-limits these errors
 // per host, so the first ones count. A frame counts only if it went to a
-// lane's gateway and carried a packet of a flow on that lane (its pin,
-// or where the keyed table sends it), or a probe the prober sent there
-// lately; port unreachable must come from the gateway's own host. It
+// lane's gateway and carried a probe the prober sent there lately (the
+// lane goes down at once), or a packet of a flow on that lane (its pin,
+// or where the keyed table sends it: the lane is polled, and goes down if
+// the poll goes unanswered, since any host that can forge the gateway's
+// address can quote a packet of its own flow); port unreachable must come
+// from the gateway's own host. It
 // returns a function that stops the watch, and one that acts on the
 // errors already queued on the caller's goroutine (the prober's, before it
 // judges a lane by silence).
@@ -78,5 +82,5 @@ func (d *Demux) icmpError(sink ICMPSink, q icmpwatch.Quote) {
 		d.C.ICMPUnmatched.Add(1)
 		return
 	}
-	sink.Fail(t.ID, q.Reason()+": gateway "+t.Name+" gone")
+	sink.Suspect(t.ID, q.Reason()+": gateway "+t.Name+" gone")
 }

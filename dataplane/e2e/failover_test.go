@@ -427,24 +427,6 @@ func (tp *foTopo) icmpOut(node string) [3]float64 {
 	return [3]float64{tp.counter(node, "IcmpOutDestUnreachs"), tp.counter(node, "IcmpOutRateLimitHost"), tp.counter(node, "IcmpOutRateLimitGlobal")}
 }
 
-// laneDowns returns each demux's log lines so far of a lane found dead
-// by its probes or a signal ("lane down", or "lane draining" for a
-// draining lane: those lines say how it was detected), from the message
-// on, by log file.
-func (tp *foTopo) laneDowns() map[string][]string {
-	downs := map[string][]string{}
-	logs, _ := filepath.Glob(filepath.Join(tp.work, "demux-*.log"))
-	for _, f := range logs {
-		b, _ := os.ReadFile(f)
-		for _, l := range strings.Split(string(b), "\n") {
-			if i := strings.Index(l, "msg="); i >= 0 && strings.Contains(l, " detected=") {
-				downs[f] = append(downs[f], l[i:])
-			}
-		}
-	}
-	return downs
-}
-
 func (sc foScenario) duration() time.Duration {
 	if sc.traffic > 0 {
 		return sc.traffic

@@ -309,6 +309,24 @@ func (tp *topo) openFlows(lanes int, dst netip.AddrPort, cfg udpflows.SendConfig
 	return fw
 }
 
+// laneDowns returns each demux's log lines so far of a lane found dead
+// by its probes or a signal ("lane down", or "lane draining" for a
+// draining lane: those lines say how it was detected), from the message
+// on, by log file.
+func (tp *topo) laneDowns() map[string][]string {
+	downs := map[string][]string{}
+	logs, _ := filepath.Glob(filepath.Join(tp.work, "demux-*.log"))
+	for _, f := range logs {
+		b, _ := os.ReadFile(f)
+		for _, l := range strings.Split(string(b), "\n") {
+			if i := strings.Index(l, "msg="); i >= 0 && strings.Contains(l, " detected=") {
+				downs[f] = append(downs[f], l[i:])
+			}
+		}
+	}
+	return downs
+}
+
 // iperfServer starts a one-shot iperf3 server in node on port, waits
 // until it listens, and returns what stops it (by its own pid).
 func (tp *topo) iperfServer(node string, port int) (stop func()) {

@@ -64,7 +64,7 @@ type DeviceCounters struct {
 type batch struct {
 	bufs  [][]byte
 	sizes []int
-	eps   []conn.Endpoint
+	srcs  []netip.Addr
 	pkts  [][]byte // accepted packets, aliasing bufs
 	next  int
 }
@@ -74,9 +74,9 @@ const (
 	kernelOffset = 16         // headroom the kernel TUN needs for its virtio header
 )
 
-// NewDevice wires the GENEVE receive functions (from an opened bind) and
-// the kernel TUN into one tun.Device. closeGeneve closes that bind.
-func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() error, ingress Ingress, mtu int, log *slog.Logger) *Device {
+// NewDevice wires the GENEVE receive functions (of an open socket) and
+// the kernel TUN into one tun.Device. closeGeneve closes that socket.
+func NewDevice(kernel tun.Device, geneve []GeneveReceive, closeGeneve func() error, ingress Ingress, mtu int, log *slog.Logger) *Device {
 	sources := len(geneve) + 1
 	batchSize := kernel.BatchSize()
 	if batchSize < conn.IdealBatchSize {
@@ -98,7 +98,7 @@ func NewDevice(kernel tun.Device, geneve []conn.ReceiveFunc, closeGeneve func() 
 		b := &batch{
 			bufs:  make([][]byte, batchSize),
 			sizes: make([]int, batchSize),
-			eps:   make([]conn.Endpoint, batchSize),
+			srcs:  make([]netip.Addr, batchSize),
 			pkts:  make([][]byte, 0, batchSize),
 		}
 		for i := range b.bufs {
@@ -144,23 +144,21 @@ func (d *Device) take() (*batch, bool) {
 	}
 }
 
-func (d *Device) readGeneve(fn conn.ReceiveFunc) {
+func (d *Device) readGeneve(fn GeneveReceive) {
 	defer d.wg.Done()
 	for {
 		b, ok := d.take()
 		if !ok {
 			return
 		}
-		n, err := fn(b.bufs, b.sizes, b.eps)
+		n, err := fn(b.bufs, b.sizes, b.srcs)
 		var bytes uint64
 		in := d.ingress.Load() // once per batch
 		for i := range n {
 			if b.sizes[i] == 0 {
 				continue
 			}
-			// DstIP is the sender, SrcIP the address it sent to (PKTINFO).
-			inner, drop := in.Check(b.eps[i].DstIP(), b.eps[i].SrcIP(), b.bufs[i][:b.sizes[i]])
-			b.eps[i] = nil
+			inner, drop := in.Check(b.srcs[i], b.bufs[i][:b.sizes[i]])
 			if drop != DropNone {
 				d.C.Drops[drop].Add(1)
 				continue

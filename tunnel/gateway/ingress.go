@@ -23,7 +23,6 @@ const (
 	DropBadProtocol         // inner type not IPv4/IPv6, or not matching the packet
 	DropOAM                 // OAM bit set, but not a probe for this lane's peer
 	DropAwaitingPeer        // held back after the peer changed, so that the peer opens the session (Config.AwaitPeer)
-	DropWrongAddress        // GENEVE addressed to another of the gateway's addresses than its configured one
 	DropForwarded           // routed into the TUN from another host: only a demux's GENEVE and the gateway's own packets enter the lane
 	NumDrops
 )
@@ -31,7 +30,7 @@ const (
 var dropNames = [NumDrops]string{
 	"none", "unknown_source", "truncated", "bad_version", "bad_options",
 	"critical_option", "wrong_vni", "bad_protocol", "oam", "awaiting_peer",
-	"wrong_address", "forwarded",
+	"forwarded",
 }
 
 func (d Drop) String() string {
@@ -41,9 +40,9 @@ func (d Drop) String() string {
 	return "unknown"
 }
 
-// Ingress decides what enters a gateway's lane. A GENEVE datagram must
-// come from one of its demuxes, addressed to its GENEVE address, for its
-// peering's VNI, carrying an IP packet. A frame with the OAM bit is a
+// Ingress decides what enters a gateway's lane. A GENEVE datagram (its
+// socket bound to the gateway's GENEVE address alone) must come from one
+// of its demuxes, for its peering's VNI, carrying an IP packet. A frame with the OAM bit is a
 // control message: the only one a gateway acts on is a lane probe
 // (tunnel/probe), which it forwards into the lane to its peer's
 // reflector; every other is dropped. What the gateway's kernel routes
@@ -53,10 +52,8 @@ func (d Drop) String() string {
 // demux's checks that way.
 type Ingress struct {
 	Sources []netip.Addr // unmapped; a handful, so a scan beats a map
-	// Local is the gateway's GENEVE address. The GENEVE socket listens on
-	// every address (wireguard-go's bind, for its batched GRO receive), so
-	// each datagram's own destination (IP_PKTINFO) is checked against it.
-	// Invalid: not checked.
+	// Local is the gateway's GENEVE address, the source of its
+	// reflector's replies.
 	Local netip.Addr
 	// Own are the addresses the gateway's own packets leave from (its
 	// interfaces' addresses at start). The kernel refuses to forward a
@@ -71,15 +68,11 @@ type Ingress struct {
 	OnProbe func(inner []byte)
 }
 
-// Check validates a GENEVE datagram's payload from src, addressed to dst,
-// and returns the inner packet, or the reason to drop it. The inner
-// packet aliases payload.
-func (in *Ingress) Check(src, dst netip.Addr, payload []byte) ([]byte, Drop) {
+// Check validates a GENEVE datagram's payload from src and returns the
+// inner packet, or the reason to drop it. The inner packet aliases payload.
+func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 	if !slices.Contains(in.Sources, src.Unmap()) {
 		return nil, DropUnknownSource
-	}
-	if in.Local.IsValid() && dst.Unmap() != in.Local {
-		return nil, DropWrongAddress
 	}
 	h, inner, err := packet.ParseGeneve(payload)
 	switch {

@@ -42,36 +42,28 @@ func TestIngressCheck(t *testing.T) {
 		src  netip.Addr
 		pkt  []byte
 		want Drop
-		dst  netip.Addr // gwAddr if invalid
 	}{
-		{"to another address of the gateway", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropWrongAddress, netip.MustParseAddr("198.18.1.1")},
-		{"to the gateway, ipv4-mapped", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone, netip.MustParseAddr("::ffff:10.1.0.21")},
-		{"stranger to another address", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource, netip.MustParseAddr("198.18.1.1")},
-		{"ipv4", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone, netip.Addr{}},
-		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone, netip.Addr{}},
-		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, packet.ProtoIPv6, false, ipv6), DropNone, netip.Addr{}},
-		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource, netip.Addr{}},
-		{"empty", demuxAddr, nil, DropTruncated, netip.Addr{}},
-		{"short header", demuxAddr, []byte{0, 0, 8, 0}, DropTruncated, netip.Addr{}},
-		{"short inner", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated, netip.Addr{}},
-		{"version", demuxAddr, badVersion, DropBadVersion, netip.Addr{}},
-		{"options overrun", demuxAddr, overrun, DropTruncated, netip.Addr{}},
-		{"critical option", demuxAddr, crit, DropCriticalOption, netip.Addr{}},
-		{"vni", demuxAddr, frame(4243, packet.ProtoIPv4, false, ipv4Ping), DropWrongVNI, netip.Addr{}},
-		{"oam, not a probe", demuxAddr, frame(4242, packet.ProtoIPv4, true, ipv4Ping), DropOAM, netip.Addr{}},
-		{"oam, probe for the peer", demuxAddr, frame(4242, packet.ProtoIPv4, true, pkt), DropNone, netip.Addr{}},
-		{"oam, probe for another gateway", demuxAddr, frame(4242, packet.ProtoIPv4, true, otherProbe), DropOAM, netip.Addr{}},
-		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, true, pkt), DropUnknownSource, netip.Addr{}},
-		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol, netip.Addr{}},
-		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv4Ping), DropBadProtocol, netip.Addr{}},
-		{"ipv6 too short", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv6[:30]), DropBadProtocol, netip.Addr{}},
+		{"ipv4", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone},
+		{"ipv4-mapped source", netip.MustParseAddr("::ffff:10.1.0.2"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNone},
+		{"ipv6", netip.MustParseAddr("fd00:a::2"), frame(4242, packet.ProtoIPv6, false, ipv6), DropNone},
+		{"unknown source", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropUnknownSource},
+		{"empty", demuxAddr, nil, DropTruncated},
+		{"short header", demuxAddr, []byte{0, 0, 8, 0}, DropTruncated},
+		{"short inner", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping[:12]), DropTruncated},
+		{"version", demuxAddr, badVersion, DropBadVersion},
+		{"options overrun", demuxAddr, overrun, DropTruncated},
+		{"critical option", demuxAddr, crit, DropCriticalOption},
+		{"vni", demuxAddr, frame(4243, packet.ProtoIPv4, false, ipv4Ping), DropWrongVNI},
+		{"oam, not a probe", demuxAddr, frame(4242, packet.ProtoIPv4, true, ipv4Ping), DropOAM},
+		{"oam, probe for the peer", demuxAddr, frame(4242, packet.ProtoIPv4, true, pkt), DropNone},
+		{"oam, probe for another gateway", demuxAddr, frame(4242, packet.ProtoIPv4, true, otherProbe), DropOAM},
+		{"oam, probe from a stranger", netip.MustParseAddr("10.1.0.10"), frame(4242, packet.ProtoIPv4, true, pkt), DropUnknownSource},
+		{"ethernet", demuxAddr, frame(4242, 0x6558, false, ipv4Ping), DropBadProtocol},
+		{"ipv6 label, ipv4 packet", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv4Ping), DropBadProtocol},
+		{"ipv6 too short", demuxAddr, frame(4242, packet.ProtoIPv6, false, ipv6[:30]), DropBadProtocol},
 	}
 	for _, c := range cases {
-		dst := c.dst
-		if !dst.IsValid() {
-			dst = gwAddr
-		}
-		inner, drop := in.Check(c.src, dst, c.pkt)
+		inner, drop := in.Check(c.src, c.pkt)
 		if drop != c.want {
 			t.Errorf("%s: drop %v, want %v", c.name, drop, c.want)
 		}
@@ -89,7 +81,7 @@ func TestIngressCheck(t *testing.T) {
 func TestIngressAllocs(t *testing.T) {
 	in := Ingress{Sources: []netip.Addr{demuxAddr}, Local: gwAddr, Own: []netip.Addr{gwAddr}, VNI: 4242}
 	pkt := frame(4242, packet.ProtoIPv4, false, ipv4Ping)
-	if a := testing.AllocsPerRun(100, func() { in.Check(demuxAddr, gwAddr, pkt) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { in.Check(demuxAddr, pkt) }); a != 0 {
 		t.Errorf("%v allocs per check", a)
 	}
 	if a := testing.AllocsPerRun(100, func() { in.CheckLocal(ipv4Ping) }); a != 0 {
@@ -170,7 +162,7 @@ func FuzzCheck(f *testing.F) {
 			packet.Version(pkt) == 6 && len(pkt) >= packet.IPv6Len && packet.IPv6(pkt).Src() == gwAddr) {
 			t.Fatalf("CheckLocal let in %x", pkt)
 		}
-		inner, drop := in.Check(demuxAddr, gwAddr, pkt)
+		inner, drop := in.Check(demuxAddr, pkt)
 		if drop >= NumDrops {
 			t.Fatalf("drop %d out of range", drop)
 		}

@@ -38,7 +38,7 @@ import (
 type Config struct {
 	Tun          string // kernel TUN delivering to the local network; also the UAPI name
 	MTU          int
-	GenevePort   uint16
+	Geneve       netip.AddrPort // the GENEVE socket's address: its demuxes send here, and only here
 	Ingress      Ingress
 	PrivateKey   wgkey.Key
 	ListenPort   uint16
@@ -95,23 +95,23 @@ func Start(cfg Config) (l *Lane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create tun %s: %w", cfg.Tun, err)
 	}
-	gbind := conn.NewStdNetBind()
+	gsock, err := listenGeneve(cfg.Geneve, max(kernel.BatchSize(), conn.IdealBatchSize))
+	if err != nil {
+		kernel.Close()
+		return nil, err
+	}
 	defer func() {
 		if err != nil && kernel != nil {
-			gbind.Close()
+			gsock.Close()
 			kernel.Close()
 		}
 	}()
-	fns, _, err := gbind.Open(cfg.GenevePort)
-	if err != nil {
-		return nil, fmt.Errorf("listen geneve udp/%d: %w", cfg.GenevePort, err)
-	}
 	wb := &watchedBind{Bind: conn.NewStdNetBind()}
 	wb.peer.Store(&cfg.PeerEndpoint)
 	if err := tunlink.Up(cfg.Tun, cfg.Remote); err != nil {
 		return nil, err
 	}
-	tdev := NewDevice(kernel, fns, gbind.Close, cfg.Ingress, cfg.MTU, cfg.Log)
+	tdev := NewDevice(kernel, []GeneveReceive{gsock.receive}, gsock.Close, cfg.Ingress, cfg.MTU, cfg.Log)
 	kernel = nil // tdev owns it now
 	logger := &device.Logger{
 		Verbosef: func(format string, args ...any) { cfg.Log.Debug(fmt.Sprintf(format, args...)) },

@@ -80,10 +80,11 @@ const (
 	ReplyStale              // another prober run, an unknown lane, a probe never sent or already answered
 	ReplyBadSource          // not from a gateway of a lane: dropped before any MAC is computed
 	ReplyICMPUnknown        // an ICMP error that quotes no probe this prober sent to that gateway lately
+	ReplyICMPPolled         // an ICMP error quoting a data frame: not trusted alone, the lane was polled (Suspect)
 	numReplyDrops
 )
 
-var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale", "bad_source", "icmp_unmatched"}
+var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale", "bad_source", "icmp_unmatched", "icmp_data_polled"}
 
 // Which signal took a lane down.
 const (
@@ -353,6 +354,9 @@ func (p *Prober) tick(now time.Time) time.Time {
 	wake := now.Add(p.interval / 2)
 	for id, l := range p.lanes {
 		if l.s.Evaluate(now) {
+			if l.s.Confirmed() {
+				p.C.Signals[SignalICMP].Add(1)
+			}
 			p.changes = append(p.changes, p.change(id, l.s))
 		}
 		if !now.Before(l.next) {
@@ -582,14 +586,23 @@ func (p *Prober) QuotedProbe(b []byte, dst, offender netip.Addr, port bool) bool
 	return matched
 }
 
-// Fail takes a lane down on a signal its caller checked (an ICMP error
-// quoting one of the lane's data packets): the gateway cannot deliver.
-// The change is reported from Run, which Fail wakes.
-func (p *Prober) Fail(lane flowhash.LaneID, reason string) {
+// Suspect acts on a signal that anyone able to forge the gateway's
+// address could have sent: an ICMP error quoting one of the lane's data
+// frames, whose inner packet may be the forger's own flow. (One quoting a
+// probe is checked against the probe's session and sequence number,
+// which no one else knows: QuotedProbe.) The lane is polled at once, and
+// goes down only if its oldest unanswered probe waits the confirmation
+// time (Session.ConfirmWait: 2-25 ms) with no reply to the poll; Run,
+// which Suspect wakes, reports that.
+func (p *Prober) Suspect(lane flowhash.LaneID, reason string) {
 	p.mu.Lock()
-	if l := p.lanes[lane]; l != nil && l.s.Fail(time.Now(), reason, false) {
-		p.C.Signals[SignalICMP].Add(1)
-		p.changes = append(p.changes, p.change(lane, l.s))
+	if l := p.lanes[lane]; l != nil {
+		now := time.Now()
+		if l.s.Suspect(now, reason) {
+			p.C.Drops[ReplyICMPPolled].Add(1)
+			p.send(l, now)
+			l.next = now.Add(p.interval)
+		}
 	}
 	p.mu.Unlock()
 	p.poke()

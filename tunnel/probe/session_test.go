@@ -236,3 +236,74 @@ func TestSessionStaysDownWhileSignalsCome(t *testing.T) {
 		t.Fatalf("after the reports stopped: changes %v, up %v", ch, c.s.Up())
 	}
 }
+
+// TestSessionSuspect: an unauthenticated report (an ICMP error quoting a
+// data frame) polls the lane: a reply to the poll clears it, however
+// often it comes; a reply to a probe sent before it does not; with no
+// reply the lane goes down after the confirmation wait, by the signal,
+// not after the silence; a down lane ignores it.
+func TestSessionSuspect(t *testing.T) {
+	c := newClock(t, fastParams)
+	c.run(50*time.Millisecond, true)
+	if !c.s.Up() {
+		t.Fatal("not up")
+	}
+	wait := c.s.ConfirmWait()
+	if wait < 20*time.Millisecond || wait > 100*time.Millisecond {
+		t.Fatalf("confirm wait %v outside 20-100 ms", wait)
+	}
+
+	// Forged: the poll is answered, the lane stays up, and reports are
+	// then ignored for distrustFor, however many come.
+	if !c.s.Suspect(c.now, "ICMP port unreachable (forged)") {
+		t.Fatal("no poll asked for")
+	}
+	if c.s.Suspect(c.now, "again") {
+		t.Error("a second poll while one is outstanding")
+	}
+	poll := c.s.Sent(c.now)
+	c.now = c.now.Add(time.Millisecond / 2)
+	c.s.Reply(poll, c.now, c.now)
+	c.now = c.now.Add(wait)
+	if c.s.Evaluate(c.now) || !c.s.Up() {
+		t.Fatalf("down although the poll was answered: %s", c.s.reason)
+	}
+	if c.s.Disproved() != 1 {
+		t.Errorf("disproved %d, want 1", c.s.Disproved())
+	}
+	for range 100 {
+		if c.s.Suspect(c.now, "forged again") {
+			t.Fatal("a report acted on within distrustFor of a disproved one")
+		}
+	}
+	c.run(distrustFor, true)
+
+	// The gateway is gone: a probe in flight before the error is answered
+	// (it was on its way back), the poll is not.
+	before := c.s.Sent(c.now)
+	c.now = c.now.Add(100 * time.Microsecond)
+	if !c.s.Suspect(c.now, "ICMP port unreachable from 10.1.0.21: gateway gw-a1 gone") {
+		t.Fatal("no poll")
+	}
+	c.s.Sent(c.now) // the poll
+	start := c.now
+	c.now = c.now.Add(200 * time.Microsecond)
+	c.s.Reply(before, c.now, c.now)
+	if d := c.s.Deadline(); d.Sub(start) > wait {
+		t.Errorf("deadline %v after the poll, want within %v", d.Sub(start), wait)
+	}
+	c.now = start.Add(wait / 2)
+	if c.s.Evaluate(c.now) {
+		t.Fatal("down before the confirmation wait")
+	}
+	c.now = start.Add(wait)
+	if !c.s.Evaluate(c.now) || c.s.Up() {
+		t.Fatal("up after the poll went unanswered for the confirmation wait")
+	}
+	if !c.s.Confirmed() || c.s.ByTimeout() || !strings.Contains(c.s.reason, "gateway gw-a1 gone, and probe") {
+		t.Errorf("confirmed %v by timeout %v reason %q", c.s.Confirmed(), c.s.ByTimeout(), c.s.reason)
+	}
+	if c.s.Suspect(c.now, "down already") {
+		t.Error("a down lane asked for a poll")
+	}
+}

@@ -1,0 +1,541 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
+	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
+)
+
+// TestHostile: a host on a peered network that attacks the peering gets
+// nothing in, and the peering's own traffic does not notice. Each case
+// runs under 24 sequence-numbered UDP flows between the hosts, and says
+// in one line what was sent, what got in (accepted), how many lanes any
+// demux took down, how many good flows changed lane, and whether the
+// good flows lost nothing.
+//
+// The attacker is host-a (or host-b), sending from a raw socket so that
+// it can forge source addresses, at a bounded rate (this 2-core machine
+// runs the whole peering: a flood at its full rate would measure the
+// CPU, not the checks).
+func TestHostile(t *testing.T) {
+	needs(t, "ss")
+	tp := &hoTopo{topo: up(t, topology.Options{Prefix: "cpho", Lanes: 3})}
+	tp.waitLanes(3)
+	// The addresses the attacks aim at: a host-b address that only a
+	// packet which got past a gateway's checks can reach.
+	tp.run("hb", "ip", "addr", "add", hoTarget.Addr().String()+"/32", "dev", "lan0")
+	tp.demuxPorts = tp.udpPorts("da", "demux-a")
+
+	cases := []struct {
+		name string
+		run  func(*hoTopo) (sent, accepted int)
+	}{
+		{"kernel-bypass", (*hoTopo).kernelBypass},
+		{"spoofed-geneve", (*hoTopo).spoofedGeneve},
+		{"probe-flood", (*hoTopo).probeFlood},
+		{"forged-icmp", (*hoTopo).forgedICMP},
+		{"malformed", (*hoTopo).malformed},
+	}
+	failed := false
+	for _, c := range cases {
+		r := tp.runCase(c.run)
+		good := r.lost == 0 && r.moved == 0 && r.downs == 0 && r.accepted == 0
+		verdict := "ok"
+		if !good {
+			verdict, failed = "fail", true
+		}
+		line := fmt.Sprintf("hostile: case=%s sent=%d accepted=%d lanes_down=%d moved=%d good=%s", c.name, r.sent, r.accepted, r.downs, r.moved, verdict)
+		fmt.Println(line)
+		if !good {
+			t.Errorf("%s (good flows lost %d packets)", line, r.lost)
+			for _, l := range r.downLines {
+				t.Log(l)
+			}
+		}
+	}
+	if failed {
+		tp.dumpLogs()
+	}
+}
+
+var hoTarget = netip.MustParseAddrPort("10.2.0.99:7300")
+
+const (
+	hoFlows    = 24
+	hoInterval = 10 * time.Millisecond
+	hoTraffic  = 4 * time.Second
+	hoAttack   = 2 * time.Second
+	hoRate     = 5000 // hostile packets per second
+)
+
+type hoTopo struct {
+	*topo
+	demuxPorts []uint16 // demux-a's UDP ports (GENEVE source, probes)
+}
+
+type hoResult struct {
+	sent, accepted, downs, moved int
+	lost                         uint64
+	downLines                    []string
+}
+
+// runCase runs the good flows, the attack in their middle, and counts.
+func (tp *hoTopo) runCase(attack func(*hoTopo) (int, int)) hoResult {
+	t := tp.t
+	packets := int(hoTraffic / hoInterval)
+	fw := tp.openFlows(3, netip.MustParseAddrPort("10.2.0.10:7100"),
+		udpflows.SendConfig{Flows: hoFlows, Packets: packets, Size: 64, Interval: hoInterval})
+	defer fw.send.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), hoTraffic+30*time.Second)
+	defer cancel()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { fw.w.Run(watchCtx); close(watched) }()
+	received := make(chan []udpflows.FlowResult, 1)
+	go func() { fw.recv.Run(ctx, 500*time.Millisecond); received <- fw.recv.Results() }()
+	downsBefore := tp.laneDowns()
+	sent := make(chan error, 1)
+	go func() { sent <- fw.send.Run(ctx) }()
+	time.Sleep(time.Second)
+	var r hoResult
+	r.sent, r.accepted = attack(tp)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	results := <-received
+	stopWatch()
+	<-watched
+	for log, lines := range tp.laneDowns() {
+		for _, l := range lines[len(downsBefore[log]):] {
+			r.downs++
+			r.downLines = append(r.downLines, log+": "+l)
+		}
+	}
+	flows := map[uint16]lanewatch.Flow{}
+	for _, f := range fw.w.Report().Flows {
+		flows[f.SrcPort] = f
+	}
+	got := map[int]udpflows.FlowResult{}
+	for _, res := range results {
+		got[res.Flow] = res
+	}
+	for i, port := range fw.send.Ports() {
+		if len(flows[port].Lanes) > 1 {
+			r.moved++
+		}
+		r.lost += uint64(packets) - min(got[i].Received, uint64(packets))
+	}
+	return r
+}
+
+// kernelBypass: host-a routes the target via gw-a1 itself, skipping the
+// demux and GENEVE: with its own source address, and forging gw-a1's
+// (a martian its kernel must drop). accepted: what reached host-b.
+func (tp *hoTopo) kernelBypass() (int, int) {
+	tp.run("ha", "ip", "route", "add", hoTarget.Addr().String()+"/32", "via", "10.1.0.21")
+	defer tp.run("ha", "ip", "route", "del", hoTarget.Addr().String()+"/32")
+	count := tp.listen("hb", hoTarget)
+	before := tp.gatewayDrops("gw-a1")
+	pkts := [][]byte{
+		ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7301"), hoTarget, []byte("bypass")),
+		ipv4UDP(netip.MustParseAddrPort("10.1.0.21:7301"), hoTarget, []byte("bypass, forged source")),
+	}
+	sent := tp.rawSend("ha", pkts, netip.MustParseAddr("10.1.0.21"), hoRate, hoAttack)
+	accepted := count()
+	if d := tp.gatewayDrops("gw-a1")[gateway.DropForwarded.String()] - before[gateway.DropForwarded.String()]; d == 0 {
+		tp.t.Errorf("kernel-bypass: gw-a1 counted no %s drop: the packets did not reach its TUN, so the case tests nothing", gateway.DropForwarded)
+	}
+	return sent, accepted
+}
+
+// spoofedGeneve: well-formed GENEVE carrying a packet for the target,
+// from host-a's own address to every gateway's GENEVE address, and
+// forging demux-a's address to the gateways' other addresses (their
+// underlay). A frame forging demux-a's address to a gateway's GENEVE
+// address would get in: that needs the authenticated GENEVE mode
+// (docs/datapath.md says what is and is not checked).
+func (tp *hoTopo) spoofedGeneve() (int, int) {
+	count := tp.listen("hb", hoTarget)
+	inner := ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7302"), hoTarget, []byte("spoofed geneve"))
+	before := tp.gatewayDrops("gw-a1")[gateway.DropUnknownSource.String()]
+	defer func() {
+		if tp.gatewayDrops("gw-a1")[gateway.DropUnknownSource.String()] == before {
+			tp.t.Error("spoofed-geneve: gw-a1 counted no frame from an unknown source: none reached it, so the case tests nothing")
+		}
+	}()
+	sent := 0
+	for i := 1; i <= 3; i++ {
+		gw := netip.AddrFrom4([4]byte{10, 1, 0, byte(20 + i)})
+		underlay := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 1}), 6081)
+		sent += tp.rawSend("ha", [][]byte{ipv4UDP(netip.MustParseAddrPort("10.1.0.10:40000"), netip.AddrPortFrom(gw, 6081), tp.geneve(inner, false))},
+			netip.Addr{}, hoRate/6, hoAttack/3)
+		// To the gateway's underlay address, as a frame to its LAN MAC.
+		sent += tp.rawSend("ha", [][]byte{ipv4UDP(netip.MustParseAddrPort("10.1.0.2:40000"), underlay, tp.geneve(inner, false))},
+			gw, hoRate/6, hoAttack/3)
+	}
+	return sent, count()
+}
+
+// probeFlood: junk and forged probe messages at demux-a's probe port and
+// at gw-a1's and gw-b1's reflectors. accepted: junk that was answered or
+// counted as a reply (the rest must be counted as drops).
+func (tp *hoTopo) probeFlood() (int, int) {
+	msg := make([]byte, probe.MessageLen)
+	rand.Read(msg)
+	junk := make([]byte, 200)
+	rand.Read(junk)
+	replyDrops := func() uint64 {
+		var st demux.Status
+		tp.status("demux-a", &st)
+		var n uint64
+		if st.Probing != nil {
+			for _, v := range st.Probing.Drops {
+				n += v
+			}
+		}
+		return n
+	}
+	reflectorDrops := func(node string) uint64 {
+		var st struct {
+			Probes *probe.ReflectorStatus `json:"probes"`
+		}
+		tp.status(node, &st)
+		var n uint64
+		if st.Probes != nil {
+			for _, v := range st.Probes.Drops {
+				n += v
+			}
+		}
+		return n
+	}
+	dBefore, raBefore, rbBefore := replyDrops(), reflectorDrops("gw-a1"), reflectorDrops("gw-b1")
+	var pkts [][]byte
+	for _, dst := range []string{"10.1.0.2:6082", "10.1.0.21:6082"} {
+		d := netip.MustParseAddrPort(dst)
+		pkts = append(pkts,
+			ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7303"), d, junk),
+			ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7303"), d, msg),
+			ipv4UDP(netip.MustParseAddrPort("10.2.0.21:6082"), d, msg)) // forged: "from gw-b1's reflector"
+	}
+	sent := tp.rawSend("ha", pkts, netip.Addr{}, hoRate, hoAttack)
+	pktsB := [][]byte{
+		ipv4UDP(netip.MustParseAddrPort("10.2.0.10:7303"), netip.MustParseAddrPort("10.2.0.21:6082"), junk),
+		ipv4UDP(netip.MustParseAddrPort("10.2.0.10:7303"), netip.MustParseAddrPort("10.2.0.21:6082"), msg),
+	}
+	sent += tp.rawSend("hb", pktsB, netip.Addr{}, hoRate/4, hoAttack/4)
+	time.Sleep(200 * time.Millisecond) // the last datagrams counted
+	dropped := (replyDrops() - dBefore) + (reflectorDrops("gw-a1") - raBefore) + (reflectorDrops("gw-b1") - rbBefore)
+	return sent, max(sent-int(dropped), 0)
+}
+
+// forgedICMP: ICMP port and host unreachable, "from" gw-a1, to demux-a,
+// quoting GENEVE probe frames from each of demux-a's UDP ports with
+// guessed sessions and sequence numbers, and GENEVE data frames of
+// flows that are not on lane 1. accepted: failure signals the demux
+// acted on.
+func (tp *hoTopo) forgedICMP() (int, int) {
+	signals := func() (acted, refused uint64) {
+		var st demux.Status
+		tp.status("demux-a", &st)
+		if st.Probing != nil {
+			for _, v := range st.Probing.Signals {
+				acted += v
+			}
+			refused = st.Probing.Drops["icmp_unmatched"] + st.Probing.Drops["icmp_data_polled"]
+		}
+		return acted, refused + st.ICMPUnmatched
+	}
+	before, refusedBefore := signals()
+	var pkts [][]byte
+	gw := netip.MustParseAddr("10.1.0.21")
+	for _, port := range tp.demuxPorts {
+		for k := range 8 {
+			msg := make([]byte, probe.MessageLen)
+			rand.Read(msg)
+			inner := make([]byte, probe.InnerLenV4)
+			probe.PutInner(inner, netip.MustParseAddrPort("10.1.0.2:6082"), netip.MustParseAddrPort("10.2.0.21:6082"), msg)
+			quoted := ipv4UDP(netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), port), netip.AddrPortFrom(gw, 6081), tp.geneve(inner, true))
+			code := uint8(layers.ICMPv4CodePort)
+			if k%2 == 1 {
+				code = layers.ICMPv4CodeHost
+			}
+			pkts = append(pkts, icmpUnreachable(gw, netip.MustParseAddr("10.1.0.2"), code, quoted))
+			data := ipv4UDP(netip.MustParseAddrPort(fmt.Sprintf("10.1.0.10:%d", 20000+k)), netip.MustParseAddrPort("10.2.0.10:7100"), []byte("guess"))
+			quoted = ipv4UDP(netip.AddrPortFrom(netip.MustParseAddr("10.1.0.2"), port), netip.AddrPortFrom(gw, 6081), tp.geneve(data, false))
+			pkts = append(pkts, icmpUnreachable(gw, netip.MustParseAddr("10.1.0.2"), code, quoted))
+		}
+	}
+	sent := tp.rawSend("ha", pkts, netip.Addr{}, hoRate, hoAttack)
+	time.Sleep(200 * time.Millisecond)
+	acted, refused := signals()
+	if refused == refusedBefore {
+		tp.t.Error("forged-icmp: demux-a refused no ICMP error: none reached its sockets, so the case tests nothing")
+	}
+	return sent, int(acted - before)
+}
+
+// malformed: truncated and garbage GENEVE (forging demux-a's address) at
+// gw-a1, and broken IPv4 and IPv6 packets through demux-a. accepted:
+// GENEVE frames gw-a1 did not count as drops, and what reached host-b.
+func (tp *hoTopo) malformed() (int, int) {
+	count := tp.listen("hb", hoTarget)
+	inner := ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7304"), hoTarget, []byte("malformed"))
+	gw := netip.MustParseAddrPort("10.1.0.21:6081")
+	from := netip.MustParseAddrPort("10.1.0.2:40001")
+	badVersion := tp.geneve(inner, false)
+	badVersion[0] |= 0x40
+	overrun := tp.geneve(inner, false)
+	overrun[0] |= 0x3f // options longer than the frame
+	wrongVNI := tp.geneve(inner, false)
+	wrongVNI[4] ^= 0xff
+	wrongProto := tp.geneve(inner, false)
+	binary.BigEndian.PutUint16(wrongProto[2:], packet.ProtoIPv6)
+	garbage := make([]byte, 300)
+	rand.Read(garbage)
+	frames := [][]byte{tp.geneve(inner, false)[:6], tp.geneve(inner[:10], false), badVersion, overrun, wrongVNI, wrongProto, garbage,
+		tp.geneve(inner, true)} // OAM, not a probe
+	var pkts [][]byte
+	for _, f := range frames {
+		pkts = append(pkts, ipv4UDP(from, gw, f))
+	}
+	before := tp.gatewayDrops("gw-a1")
+	sent := tp.rawSend("ha", pkts, netip.Addr{}, hoRate, hoAttack/2)
+	time.Sleep(200 * time.Millisecond)
+	var dropped uint64
+	for reason, n := range tp.gatewayDrops("gw-a1") {
+		dropped += n - before[reason]
+	}
+	accepted := max(sent-int(dropped), 0)
+
+	// Through the demux, as Ethernet frames to its MAC (a raw IP socket's
+	// kernel would refuse or mend them): IPv4 with a header length past
+	// the packet, a total length past it, a bad header checksum, a UDP
+	// header cut short; IPv6 with a payload length past the packet and
+	// one cut inside its header. The demux host's kernel or the demux
+	// must drop them all: none reaches host-b.
+	good := ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7305"), hoTarget, []byte("x"))
+	ihl := slices.Clone(good)
+	ihl[0] = 0x4f
+	total := slices.Clone(good)
+	binary.BigEndian.PutUint16(total[2:], 1400)
+	sum := slices.Clone(good)
+	sum[10] ^= 0xff
+	short := ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7305"), hoTarget, nil)[:24]
+	binary.BigEndian.PutUint16(short[2:], 24)
+	short[10], short[11] = 0, 0
+	binary.BigEndian.PutUint16(short[10:], packet.Checksum(short[:20], 0))
+	v6 := make([]byte, 48)
+	v6[0] = 0x60
+	binary.BigEndian.PutUint16(v6[4:], 1000) // payload length past the packet
+	v6[6], v6[7] = 17, 64
+	src6, dst6 := netip.MustParseAddr("fd00:a::10").As16(), netip.MustParseAddr("fd00:b::99").As16()
+	copy(v6[8:24], src6[:])
+	copy(v6[24:40], dst6[:])
+	broken := []etherFrame{{0x0800, ihl}, {0x0800, total}, {0x0800, sum}, {0x0800, short}, {0x86dd, v6}, {0x86dd, v6[:30]}}
+	sent += tp.etherSend("ha", "da", broken, hoRate, hoAttack/2)
+	return sent, accepted + count()
+}
+
+// waitLanes waits until both demuxes have n lanes up.
+func (tp *hoTopo) waitLanes(n int) {
+	for _, d := range tp.p.Demuxes() {
+		if err := tp.p.WaitLanesUp(d, n, 15*time.Second); err != nil {
+			tp.t.Fatal(err)
+		}
+	}
+}
+
+// gatewayDrops reads a gateway's drop counters.
+func (tp *hoTopo) gatewayDrops(node string) map[string]uint64 {
+	var st gateway.Status
+	tp.status(node, &st)
+	return st.Drops
+}
+
+// udpPorts lists the UDP ports a node's process has open (ss).
+func (tp *hoTopo) udpPorts(ns, node string) []uint16 {
+	pid, err := tp.p.PID(node)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	var ports []uint16
+	for _, l := range strings.Split(tp.run(ns, "ss", "-Hulnp"), "\n") {
+		if !strings.Contains(l, "pid="+strconv.Itoa(pid)+",") {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) < 4 {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(strings.Replace(f[3], "*:", "0.0.0.0:", 1)); err == nil {
+			ports = append(ports, ap.Port())
+		}
+	}
+	if len(ports) == 0 {
+		tp.t.Fatalf("%s: no UDP ports found for pid %d", node, pid)
+	}
+	return ports
+}
+
+// listen counts the datagrams that reach addr in node's namespace until
+// the returned function is called (it returns the count).
+func (tp *hoTopo) listen(node string, addr netip.AddrPort) func() int {
+	var c *net.UDPConn
+	var err error
+	tp.inNS(node, func() { c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr)) })
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	n := make(chan int, 1)
+	go func() {
+		got := 0
+		buf := make([]byte, 2048)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				n <- got
+				return
+			}
+			got++
+		}
+	}()
+	return func() int {
+		time.Sleep(300 * time.Millisecond) // in flight
+		c.Close()
+		return <-n
+	}
+}
+
+// rawSend sends pkts (whole IPv4 packets, source addresses forged at
+// will) round-robin from node at rate per second for d, each to the
+// destination in its header, or to via if set (the next hop is then the
+// node's route to via: how a frame for another address reaches a host
+// on the LAN). It returns how many it sent; each failed send is an error.
+func (tp *hoTopo) rawSend(node string, pkts [][]byte, via netip.Addr, rate int, d time.Duration) int {
+	sent := 0
+	tp.inNS(node, func() {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		defer unix.Close(fd)
+		perMs := max(rate/1000, 1)
+		start := time.Now()
+		tries, failed := 0, 0
+		var lastErr error
+		for tick := 0; time.Since(start) < d && tries < rate*int(d/time.Millisecond)/1000+len(pkts); tick++ {
+			for range perMs {
+				p := pkts[tries%len(pkts)]
+				tries++
+				dst := [4]byte(p[16:20])
+				if via.IsValid() {
+					dst = via.As4()
+				}
+				if err := unix.Sendto(fd, p, 0, &unix.SockaddrInet4{Addr: dst}); err != nil {
+					failed, lastErr = failed+1, err
+					continue
+				}
+				sent++
+			}
+			time.Sleep(time.Until(start.Add(time.Duration(tick+1) * time.Millisecond)))
+		}
+		if failed > 0 {
+			tp.t.Errorf("%s: %d of %d raw sends failed: %v", node, failed, tries, lastErr)
+		}
+	})
+	return sent
+}
+
+type etherFrame struct {
+	proto   uint16 // EtherType
+	payload []byte
+}
+
+// etherSend sends frames round-robin from node's lan0 to the MAC of
+// to's lan0 (a packet socket: the kernel leaves the payload as it is),
+// at rate per second for d. It returns how many it sent.
+func (tp *hoTopo) etherSend(node, to string, frames []etherFrame, rate int, d time.Duration) int {
+	mac, err := net.ParseMAC(strings.TrimSpace(tp.run(to, "cat", "/sys/class/net/lan0/address")))
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	sent := 0
+	tp.inNS(node, func() {
+		ifi, err := net.InterfaceByName("lan0")
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		defer unix.Close(fd)
+		start := time.Now()
+		for tick := 0; time.Since(start) < d && sent < rate*int(d/time.Millisecond)/1000; tick++ {
+			for range max(rate/1000, 1) {
+				f := frames[sent%len(frames)]
+				sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(f.proto), Halen: 6}
+				copy(sa.Addr[:], mac)
+				if err := unix.Sendto(fd, f.payload, 0, sa); err != nil {
+					tp.t.Errorf("%s: packet socket send: %v", node, err)
+					return
+				}
+				sent++
+			}
+			time.Sleep(time.Until(start.Add(time.Duration(tick+1) * time.Millisecond)))
+		}
+	})
+	return sent
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// ipv4UDP is a checksummed IPv4/UDP packet.
+func ipv4UDP(src, dst netip.AddrPort, payload []byte) []byte {
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	u := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
+	u.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, u, gopacket.Payload(payload))
+	return buf.Bytes()
+}
+
+// icmpUnreachable is an ICMP destination unreachable from src to dst
+// quoting quoted.
+func icmpUnreachable(src, dst netip.Addr, code uint8, quoted []byte) []byte {
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	ic := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, code)}
+	buf := gopacket.NewSerializeBuffer()
+	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, ic, gopacket.Payload(quoted))
+	return buf.Bytes()
+}
+
+// geneve frames inner for the peering's VNI.
+func (tp *hoTopo) geneve(inner []byte, oam bool) []byte {
+	b := make([]byte, packet.GeneveLen+len(inner))
+	packet.PutGeneve(b, tp.p.Config.VNI, packet.ProtoIPv4, oam)
+	copy(b[packet.GeneveLen:], inner)
+	return b
+}
