@@ -7,7 +7,7 @@ FAILOVER_RUNS ?= 10
 MEMBERSHIP_RUNS ?= 5
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare failover membership fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
+.PHONY: test deps check build demo compare failover membership hostile fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector,
@@ -121,6 +121,16 @@ membership: deps
 	  [ $$rc = 0 ] || { echo "membership: FAILED; full output:"; cat $$out; }; \
 	  echo; grep '^membership: ' $$out; exit $$rc
 
+# A host on a peered network attacks the peering (root): routes via a
+# gateway past the demux, forges GENEVE and the demux's address, floods the
+# probe ports, forges ICMP errors, sends malformed GENEVE and IP; under
+# UDP flows, one line per case (about 30 s). docs/security.md.
+hostile: deps
+	@out=$$(mktemp); trap 'rm -f $$out' EXIT; \
+	  $(GO) test ./dataplane/e2e -run '^TestHostile$$' -count=1 -v -timeout 10m >$$out 2>&1; rc=$$?; \
+	  [ $$rc = 0 ] || { echo "hostile: FAILED; full output:"; cat $$out; }; \
+	  grep '^hostile: ' $$out; exit $$rc
+
 # Coverage-guided fuzzing of the packet parsers, FUZZTIME per target; new
 # crashers land in <package>/testdata/fuzz and become regression tests.
 fuzz:
@@ -135,6 +145,7 @@ fuzz:
 	$(GO) test ./bench/iperf -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./bench/profile -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./membership -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./dataplane/xdp -run '^$$' -fuzz '^FuzzXDPParity$$' -fuzztime $(FUZZTIME)
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:

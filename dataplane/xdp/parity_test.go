@@ -3,6 +3,7 @@
 package xdp
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"net"
 	"testing"
@@ -193,4 +194,64 @@ func icmpErrorAbout(t testing.TB, f flow) []byte {
 	}
 	return serialize(t, ip4(f.src, f.dst, layers.IPProtocolICMPv4, 64),
 		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)}, gopacket.Payload(quoted[:28]))
+}
+
+// FuzzXDPParity drives the program with arbitrary packets behind an
+// Ethernet header to us, through BPF_PROG_TEST_RUN: it must pass up or
+// send, and every packet it sends is one the Go demux sends to the same
+// gateway in a byte-identical GENEVE frame (fed what the kernel would
+// put in the TUN: the packet cut to its IP length, TTL minus one). A
+// packet the program sends is also a whole one: its IP length fits the
+// frame.
+func FuzzXDPParity(f *testing.F) {
+	for _, seed := range [][]byte{
+		tcp4(f, 1000, 80, 100), udp4(f, 53, 5353, 0), tcp6(f, 443, 40000, 1200), udp6(f, 1, 2, 10),
+		echo4(f, 7), echo6(f, 9), unreach4(f), tooBig6(f), frag4(f, 8, true), frag6(f), options4(f), hopByHop6(f), gre4(f),
+		withTTL(udp4(f, 9, 9, 8), 1), tcp4(f, 1, 2, 0)[:30], {0x45}, {0x60, 0, 0, 0},
+	} {
+		f.Add(seed)
+	}
+	cfg := Config{Key: testKey, Symmetric: true}
+	p := loadTest(f, cfg)
+	sel := newSelector(f, cfg, 1, 2, 3)
+	g := newGoDemux(f, sel, 1, 2, 3)
+	if err := p.Publish(sel.Snapshot(), testTargets(1, 2, 3)); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		if len(pkt) > testMTU {
+			return // the program passes those up; the kernel answers them
+		}
+		frame := eth(pkt) // padded to Ethernet's minimum, as on a wire
+		verdict, out := run(t, p.DemuxProgram(), frame)
+		switch verdict {
+		case xdpPass:
+			return
+		case xdpTX:
+		default:
+			t.Fatalf("verdict %d for % x", verdict, pkt)
+		}
+		n := ipLength(frame[14:])
+		if n < 20 || n > len(frame)-14 {
+			t.Fatalf("sent a packet whose IP length %d does not fit its %d bytes: % x", n, len(frame)-14, pkt)
+		}
+		inner := frame[14 : 14+n]
+		to, want, ok := g.forward(kernelForward(inner), 1)
+		if !ok {
+			t.Fatalf("the program sent what the Go demux drops: % x", inner)
+		}
+		checkEncap(t, out, inner, to, want, cfg)
+	})
+}
+
+// ipLength is the length an IP packet's header says it has (0 if it
+// has no version the demux knows or is too short to say).
+func ipLength(pkt []byte) int {
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		return int(binary.BigEndian.Uint16(pkt[2:]))
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		return 40 + int(binary.BigEndian.Uint16(pkt[4:]))
+	}
+	return 0
 }
