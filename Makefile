@@ -123,8 +123,9 @@ membership: deps
 
 # A host on a peered network attacks the peering (root): routes via a
 # gateway past the demux, forges GENEVE and the demux's address, floods the
-# probe ports, forges ICMP errors, sends malformed GENEVE and IP; under
-# UDP flows, one line per case (about 30 s). docs/security.md.
+# probe ports, forges ICMP errors, sends malformed GENEVE and IP, sprays
+# new 5-tuples into a full pin table; under UDP flows, one line per case
+# (about 45 s). docs/security.md.
 hostile: deps
 	@out=$$(mktemp); trap 'rm -f $$out' EXIT; \
 	  $(GO) test ./dataplane/e2e -run '^TestHostile$$' -count=1 -v -timeout 10m >$$out 2>&1; rc=$$?; \

@@ -70,7 +70,7 @@ func (p *Peering) writeFiles() error {
 func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 	f := &config.Peering{
 		Name: p.Options.Prefix, VNI: 4242, MTU: 1420,
-		Hash:     config.Hash{KeyFile: "hash.key", Mode: flowhash.Mode5Tuple, Symmetric: true},
+		Hash:     config.Hash{KeyFile: "hash.key", Mode: flowhash.Mode5Tuple, Symmetric: true, PinFlows: p.PinFlows},
 		Health:   p.Health,
 		Networks: map[config.Side]config.Network{},
 	}

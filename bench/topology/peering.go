@@ -73,6 +73,9 @@ type Options struct {
 	// hosts' TSO/GSO off. docs/xdp.md has the kernel facts behind this.
 	XDP      string
 	LogLevel string // the nodes' --log-level (default info)
+	// PinFlows > 0: the demuxes' flow pin table holds that many flows
+	// (hash.pin_flows; default a million).
+	PinFlows int
 	// DemuxLanes > 0: the demuxes run Work/demux.yaml, which lists only
 	// the first DemuxLanes lanes (more join by editing it and reload).
 	DemuxLanes int

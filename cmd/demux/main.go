@@ -365,7 +365,11 @@ func printStatus(full status) {
 	} else {
 		fmt.Println("  probes: off (every configured lane takes traffic)")
 	}
-	fmt.Printf("  received: %d packets, %s  pinned flows: %d\n", st.Packets, cli.HumanBytes(st.Bytes), st.PinnedFlows)
+	fmt.Printf("  received: %d packets, %s  pinned flows: %d", st.Packets, cli.HumanBytes(st.Bytes), st.PinnedFlows)
+	if st.PinEvictions > 0 {
+		fmt.Printf(" (table full: %d evicted, %d of them moved their flow)", st.PinEvictions, st.PinEvictionsMoved)
+	}
+	fmt.Println()
 	if st.TooBig > 0 || st.ICMPSent > 0 {
 		fmt.Printf("  too big: %d (icmp sent: %d)\n", st.TooBig, st.ICMPSent)
 	}

@@ -31,7 +31,11 @@ type Status struct {
 	ICMPUnmatched uint64            `json:"icmp_unmatched"`
 	Drops         map[string]uint64 `json:"drops"`
 	PinnedFlows   int               `json:"pinned_flows"`
-	Lanes         []LaneStatus      `json:"lanes"`
+	// Live pins pushed out of a full table, and of those the ones whose
+	// flow changed lane (the table disagreed with the pin).
+	PinEvictions      uint64       `json:"pin_evictions"`
+	PinEvictionsMoved uint64       `json:"pin_evictions_moved"`
+	Lanes             []LaneStatus `json:"lanes"`
 	// Probing is the lane probe setup (nil: health checks off).
 	Probing *Probing `json:"probing,omitempty"`
 }
@@ -77,8 +81,8 @@ func (d *Demux) Status(st Status) Status {
 	st.ReadErrors = d.C.ReadErrors.Load()
 	st.Held, st.ICMPUnmatched = d.C.Held.Load(), d.C.ICMPUnmatched.Load()
 	st.Drops = d.drops()
-	pins := d.cfg.Selector.Pins()
-	st.PinnedFlows = pins.Stats().Held
+	ps := d.cfg.Selector.Pins().Stats()
+	st.PinnedFlows, st.PinEvictions, st.PinEvictionsMoved = ps.Held, ps.Evictions, ps.Moved
 	if pr := d.lanes.prober(); pr != nil && st.Probing != nil {
 		p := *st.Probing
 		p.Interval, p.Drops, p.Signals = pr.Interval(), pr.DropCounts(), pr.SignalCounts()
