@@ -137,3 +137,36 @@ func BenchmarkMaglevBuild(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNewFlowFullTable: the first packet of a new flow when the pin
+// table is full of live pins (a spray), so every insert evicts. "agreeing"
+// is the shipped rule (it hashes the candidates to find a pin the table
+// agrees with); "lru" the least-recently-seen rule alone, for the cost.
+func BenchmarkNewFlowFullTable(b *testing.B) {
+	for _, rule := range []string{"agreeing", "lru"} {
+		b.Run(rule, func(b *testing.B) {
+			s, err := New(Config{Key: testKey, Pins: PinConfig{Capacity: 1 << 12}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := s.SetLanes([]Lane{{ID: 1, Weight: 1}, {ID: 2, Weight: 1}, {ID: 3, Weight: 1}}); err != nil {
+				b.Fatal(err)
+			}
+			if rule == "lru" {
+				s.pins.agrees = nil
+			}
+			for i := range 1 << 14 { // four times the capacity: full
+				tu := flowTuple(i)
+				s.SelectTuple(&tu, 0)
+			}
+			tus := make([]Tuple, 1<<16)
+			for i := range tus {
+				tus[i] = flowTuple(1<<14 + i)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				s.SelectTuple(&tus[i%len(tus)], 0)
+			}
+		})
+	}
+}
