@@ -153,7 +153,7 @@ func BenchmarkNewFlowFullTable(b *testing.B) {
 				b.Fatal(err)
 			}
 			if rule == "lru" {
-				s.pins.agrees = nil
+				s.pins.sel = nil
 			}
 			for i := range 1 << 14 { // four times the capacity: full
 				tu := flowTuple(i)

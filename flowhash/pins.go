@@ -56,9 +56,12 @@ type Pins struct {
 	otherIdle uint32
 	start     time.Time
 
-	// agrees says whether forgetting a live pin moves nothing: the flow's
-	// table lane is the pin's, or the pin's generation is void. Nil: every
-	// eviction counts as one that moves a flow.
+	// sel says whether forgetting a live pin moves nothing (its
+	// pinAgrees: the flow's table lane is the pin's, or the pin's
+	// generation is void); agrees does instead where sel is nil (tests).
+	// Neither: every eviction counts as one that moves a flow. sel is a
+	// static call so that the candidate's words stay on the stack.
+	sel    *Selector
 	agrees func(w *Words, lane LaneID, gen uint32) bool
 
 	inserts   atomic.Uint64
@@ -252,7 +255,7 @@ func (p *Pins) victim(b1, b2 *pinBucket, now uint32) (*pinBucket, int) {
 		return b2, slot2
 	}
 	p.evictions.Add(1)
-	if p.agrees != nil {
+	if p.sel != nil || p.agrees != nil {
 		if b, k, ok := p.agreeing(b1, b2, now); ok {
 			return b, k
 		}
@@ -271,7 +274,6 @@ func (p *Pins) agreeing(b1, b2 *pinBucket, now uint32) (*pinBucket, int, bool) {
 		best    *pinBucket
 		bestK   int
 		bestAge int64
-		w       Words
 	)
 	for _, b := range [2]*pinBucket{b1, b2} {
 		for k := range b.slots {
@@ -280,10 +282,7 @@ func (p *Pins) agreeing(b1, b2 *pinBucket, now uint32) (*pinBucket, int, bool) {
 			if best != nil && age(now, seen) <= bestAge {
 				continue
 			}
-			for i := range w {
-				w[i] = b.slots[k].key[i].Load()
-			}
-			if p.agrees(&w, lane, gen) {
+			if p.agree(&b.slots[k], lane, gen) {
 				best, bestK, bestAge = b, k, age(now, seen)
 			}
 		}
@@ -292,6 +291,22 @@ func (p *Pins) agreeing(b1, b2 *pinBucket, now uint32) (*pinBucket, int, bool) {
 		}
 	}
 	return best, bestK, best != nil
+}
+
+// agree asks sel (or the test's agrees) about the pin in sl.
+func (p *Pins) agree(sl *pinSlot, lane LaneID, gen uint32) bool {
+	if p.sel != nil {
+		var w Words // does not escape: a static call
+		for i := range w {
+			w[i] = sl.key[i].Load()
+		}
+		return p.sel.pinAgrees(&w, lane, gen)
+	}
+	w := new(Words)
+	for i := range w {
+		w[i] = sl.key[i].Load()
+	}
+	return p.agrees(w, lane, gen)
 }
 
 // scan counts a bucket's free or expired slots, returning one of them, and

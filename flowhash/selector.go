@@ -148,7 +148,7 @@ func New(cfg Config) (*Selector, error) {
 	}
 	empty, _ := BuildTable(nil, cfg.TableSize, cfg.Key)
 	s.snap.Store(&Snapshot{Table: empty})
-	pins.agrees = s.pinAgrees
+	pins.sel = s
 	return s, nil
 }
 

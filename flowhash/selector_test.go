@@ -352,3 +352,32 @@ func TestPinSprayMovesNoEstablishedFlow(t *testing.T) {
 	}
 	t.Logf("%d established flows on their pins only; %d evictions, %d moved", kept, st.Evictions, st.Moved)
 }
+
+// TestNewFlowIntoFullTableAllocs: a new flow into a full pin table (the
+// eviction that hashes its candidates) allocates nothing.
+func TestNewFlowIntoFullTableAllocs(t *testing.T) {
+	s, err := New(Config{Key: testKey, Pins: PinConfig{Capacity: 1 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLanes(upLanes(1, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1 << 12 {
+		tu := flowTuple(i)
+		s.SelectTuple(&tu, 0)
+	}
+	before := s.Pins().Stats().Evictions
+	i := 1 << 12
+	allocs := testing.AllocsPerRun(1000, func() {
+		tu := flowTuple(i)
+		i++
+		s.SelectTuple(&tu, 0)
+	})
+	if s.Pins().Stats().Evictions == before {
+		t.Fatal("no eviction: the table was not full")
+	}
+	if allocs != 0 {
+		t.Errorf("%v allocs per new flow into a full table", allocs)
+	}
+}
