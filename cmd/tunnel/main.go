@@ -196,8 +196,15 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		PublicKey: self.PublicKey, ListenPort: self.Endpoint.AddrPort.Port(), GenevePort: self.Geneve.AddrPort.Port(),
 		Demuxes: demuxes, PeerName: peer.Name,
 	}
+	var fp *filePeer
+	if j == nil {
+		fp = &filePeer{path: p.Path, name: self.Name, lane: l, p: p, node: node}
+	}
 	status := func() any {
 		st := status{Status: l.Status(identity), Source: "file"}
+		if fp != nil {
+			st.PeerName = fp.peerName()
+		}
 		if rf != nil {
 			rs := rf.Status()
 			st.Probes = &rs
@@ -221,9 +228,9 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.Geneve.AddrPort,
 		"listen", self.Endpoint.AddrPort.Port(), "peer", peer.Name, "peer_endpoint", peer.Endpoint.AddrPort,
 		"metrics", self.Metrics, "status", self.Status)
-	// SIGHUP reloads demuxes; sent to a whole fleet it must not stop a
-	// gateway, whose settings (keys, addresses) apply on restart (a
-	// joined gateway's peer changes live, through the store).
+	// SIGHUP: a gateway of the file applies a changed peer live (filePeer);
+	// a joined gateway's peer changes through the store. Sent to a whole
+	// fleet, it never stops a gateway.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -246,7 +253,15 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 			cond.set(probe.DiagForwardingDown, "wireguard device stopped")
 			return errors.New("wireguard device stopped")
 		case <-hup:
-			log.Info("SIGHUP: a gateway does not reload; restart it to apply a changed config (demuxes reload lanes live)")
+			if fp == nil {
+				log.Info("SIGHUP: a joined gateway's peer follows the store; restart it to apply a changed config")
+				continue
+			}
+			if msg, err := fp.reload(); err != nil {
+				log.Error("SIGHUP: " + err.Error())
+			} else {
+				log.Info("SIGHUP: reloaded: " + msg)
+			}
 		}
 	}
 }

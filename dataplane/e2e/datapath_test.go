@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
+	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
 const lanes = 3
@@ -74,6 +76,79 @@ func TestDataPath(t *testing.T) {
 	t.Run("probes", func(t *testing.T) { testProbes(t, tp) })
 	t.Run("metrics-and-show", func(t *testing.T) { testMetricsAndShow(t, tp) })
 	t.Run("close-order", func(t *testing.T) { testCloseOrder(t, tp) })
+	t.Run("peer-key-reload", func(t *testing.T) { testPeerKeyReload(t, tp) }) // last: it rekeys gw-b1
+}
+
+// testPeerKeyReload: gw-b1 is replaced by an instance with a new key, and
+// the file says so. gw-a1 still has the old key for its peer, so lane 1
+// cannot work until gw-a1 is sent SIGHUP: then it takes the new key live
+// (no restart) and the lane comes back on both demuxes.
+func testPeerKeyReload(t *testing.T, tp *topo) {
+	k, err := wgkey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := tp.p.Config.Lanes[0].B.PublicKey
+	b, err := os.ReadFile(tp.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(old)) {
+		t.Fatalf("gw-b1's key %s is not in the file", old)
+	}
+	if err := os.WriteFile(filepath.Join(tp.work, "gw-b1.key"), []byte(k.Base64()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tp.config(), bytes.ReplaceAll(b, []byte(old), []byte(k.Public().Base64())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tp.kill("gw-b1")
+	if err := tp.p.Start("gb1", "tunnel", "gw-b1", tp.config()); err != nil {
+		t.Fatal(err)
+	}
+	laneState := func(node string) string {
+		var st demux.Status
+		tp.status(node, &st)
+		for _, l := range st.Lanes {
+			if l.ID == 1 {
+				return string(l.State)
+			}
+		}
+		return "absent"
+	}
+	waitLane := func(want string, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			a, b := laneState("demux-a"), laneState("demux-b")
+			if a == want && b == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("lane 1: demux-a %s, demux-b %s after %v; want %s", a, b, within, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitLane("down", 10*time.Second) // gw-a1 handshakes with the old key
+	pid, err := tp.p.PID("gw-a1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLane("up", 15*time.Second)
+	t.Logf("lane 1 up on both demuxes %v after gw-a1's SIGHUP", time.Since(start).Round(time.Millisecond))
+	if p, _ := tp.p.PID("gw-a1"); p != pid {
+		t.Errorf("gw-a1 restarted (pid %d, was %d): the reload must be live", p, pid)
+	}
+	log, _ := os.ReadFile(filepath.Join(tp.work, "gw-a1.log"))
+	if !bytes.Contains(log, []byte("SIGHUP: reloaded: peer gw-b1 now has key "+k.Public().Base64())) {
+		t.Errorf("gw-a1's log does not say it took the new key:\n%s", log[max(0, len(log)-2000):])
+	}
+	tp.run("ha", "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.2.0.10")
 }
 
 // testCloseOrder checks that a gateway killed outright closes its ports

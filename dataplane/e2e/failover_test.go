@@ -351,7 +351,11 @@ func (tp *foTopo) runOnce(sc foScenario) foResult {
 	defer tp.iperfServer("hb", 5299)()
 	iperfOut := make(chan []byte, 1)
 	go func() {
-		cmd := exec.Command("ip", "netns", "exec", tp.ns("ha"), "iperf3", "-J", "-c", "10.2.0.10", "-p", "5299",
+		// Bounded: an iperf3 client whose connections stall for good
+		// (once, a demux that had crashed) spins forever otherwise.
+		ctx, cancel := context.WithTimeout(context.Background(), sc.duration()+30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", tp.ns("ha"), "iperf3", "-J", "-c", "10.2.0.10", "-p", "5299",
 			"-P", strconv.Itoa(foTCPStream), "-b", "20M", "-t", strconv.Itoa(int((sc.duration()+time.Second)/time.Second)), "--connect-timeout", "3000")
 		out, _ := cmd.Output()
 		iperfOut <- out
@@ -641,25 +645,6 @@ func (tp *foTopo) lastLogLine(node, match string, since time.Time) string {
 		}
 	}
 	return ""
-}
-
-// kill ends a node's process with SIGKILL (only the PID the topology or
-// this test started).
-func (tp *foTopo) kill(node string) {
-	b, err := os.ReadFile(filepath.Join(tp.work, node+".pid"))
-	if err != nil {
-		tp.t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		tp.t.Fatalf("kill %s (%d): %v", node, pid, err)
-	}
-	for range 100 { // reaped by whoever started it; wait until it is gone
-		if syscall.Kill(pid, 0) != nil {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // restart starts a gateway again, as the topology did.

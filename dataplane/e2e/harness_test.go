@@ -327,6 +327,25 @@ func (tp *topo) laneDowns() map[string][]string {
 	return downs
 }
 
+// kill ends a node's process with SIGKILL (only the PID the topology or
+// this test started).
+func (tp *topo) kill(node string) {
+	b, err := os.ReadFile(filepath.Join(tp.work, node+".pid"))
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		tp.t.Fatalf("kill %s (%d): %v", node, pid, err)
+	}
+	for range 100 { // reaped by whoever started it; wait until it is gone
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // iperfServer starts a one-shot iperf3 server in node on port, waits
 // until it listens, and returns what stops it (by its own pid).
 func (tp *topo) iperfServer(node string, port int) (stop func()) {

@@ -114,8 +114,9 @@ const maxReadsPerWake = 256
 type Prober struct {
 	cfg     ProberConfig
 	socks   []probeSocket
-	wake    int // eventfd: Close wakes Run
-	signer  *Signer
+	wake    int        // eventfd: Close wakes Run
+	signer  *Signer    // only through sign and parse: sigMu
+	sigMu   sync.Mutex // Run, the demux's ICMP watch (QuotedProbe) and Suspect all sign or check
 	session uint64
 	closed  atomic.Bool
 	running atomic.Bool
@@ -421,7 +422,7 @@ func (p *Prober) report() {
 func (p *Prober) send(l *probeLane, now time.Time) {
 	seq := l.s.Sent(now)
 	var msg [MessageLen]byte
-	p.signer.Put(msg[:], Message{Kind: KindRequest, Lane: l.t.Lane, Session: p.session, Seq: seq, Sent: now.UnixNano()})
+	p.sign(msg[:], Message{Kind: KindRequest, Lane: l.t.Lane, Session: p.session, Seq: seq, Sent: now.UnixNano()})
 	inner := p.frame[packet.GeneveLen:]
 	n := PutInner(inner, l.src, netip.AddrPortFrom(l.t.Far, p.cfg.Port), msg[:])
 	proto := uint16(packet.ProtoIPv4)
@@ -434,6 +435,21 @@ func (p *Prober) send(l *probeLane, now time.Time) {
 		return
 	}
 	p.C.Sent.Add(1)
+}
+
+// sign and parse use the prober's one Signer (it keeps HMAC state) from
+// whichever goroutine: two at once corrupted it ("d.nx != 0" panics in
+// sha256, seen when Suspect's poll and a quoted probe coincided).
+func (p *Prober) sign(b []byte, m Message) {
+	p.sigMu.Lock()
+	p.signer.Put(b, m)
+	p.sigMu.Unlock()
+}
+
+func (p *Prober) parse(b []byte) (Message, error) {
+	p.sigMu.Lock()
+	defer p.sigMu.Unlock()
+	return p.signer.Parse(b)
 }
 
 func sockaddr(a netip.AddrPort) unix.Sockaddr {
@@ -500,7 +516,7 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 		p.C.Drops[ReplyBadSource].Add(1)
 		return
 	}
-	m, err := p.signer.Parse(b)
+	m, err := p.parse(b)
 	switch {
 	case errors.Is(err, ErrMAC):
 		p.C.Drops[ReplyBadMAC].Add(1)
@@ -631,7 +647,7 @@ func (p *Prober) quotedProbe(b []byte) (Message, bool) {
 	if !ok {
 		return Message{}, false
 	}
-	m, err := p.signer.Parse(payload)
+	m, err := p.parse(payload)
 	if err != nil || m.Kind != KindRequest {
 		return Message{}, false
 	}

@@ -460,3 +460,41 @@ func TestSignalsQueuedElsewhereCountBeforeSilence(t *testing.T) {
 		t.Fatal("no change")
 	}
 }
+
+// TestProberSignerAcrossGoroutines: the demux's ICMP watch calls
+// QuotedProbe and Suspect on its own goroutine while Run probes, checks
+// replies and quoted probes on its: the one HMAC state they share must
+// not be used by two at once (it panicked with "d.nx != 0" in a demux;
+// the race detector sees it here).
+func TestProberSignerAcrossGoroutines(t *testing.T) {
+	p, err := NewProber(ProberConfig{Key: testKey(4), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Params: fastParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	near := netip.MustParseAddrPort("127.0.0.7:6081")
+	if err := p.SetTargets([]Target{{Lane: 1, Near: near, Far: netip.MustParseAddr("127.0.0.8")}}); err != nil {
+		t.Fatal(err)
+	}
+	l := p.lanes[1]
+	now := time.Now()
+	for range 3 {
+		l.s.Reply(l.s.Sent(now), now, now)
+	}
+	l.s.Evaluate(now.Add(time.Millisecond))
+	frame := make([]byte, packet.GeneveLen+InnerLenV4)
+	packet.PutGeneve(frame, 7, packet.ProtoIPv4, true)
+	var msg [MessageLen]byte
+	NewSigner(testKey(4)).Put(msg[:], Message{Kind: KindRequest, Lane: 1, Session: p.session + 1, Seq: 1})
+	PutInner(frame[packet.GeneveLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), msg[:])
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		p.QuotedProbe(frame, near.Addr(), near.Addr(), true) // another session's: refused, after its MAC is checked
+		p.Suspect(1, "test")
+	}
+}
