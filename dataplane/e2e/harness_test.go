@@ -151,6 +151,14 @@ func (tp *topo) try(node string, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// tunDrops is what the demux in namespace ns dropped at its TUN (the
+// kernel's queue to it was full: the demux fell behind).
+func (tp *topo) tunDrops(ns string) uint64 {
+	out, _ := tp.try(ns, "cat", "/sys/class/net/cpdemux/statistics/tx_dropped")
+	n, _ := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
+	return n
+}
+
 func (tp *topo) config() string { return filepath.Join(tp.work, "peering.yaml") }
 
 func (tp *topo) socket(node string) string { return tp.p.Socket(node) }

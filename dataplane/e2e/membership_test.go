@@ -295,7 +295,7 @@ func (tp *msTopo) runOnce(sc msScenario) msResult {
 	go func() { sent <- send.Run(ctx) }()
 	time.Sleep(time.Second)
 	changesBefore := tp.laneChanges()
-	dropsBefore := tp.tunDrops()
+	dropsBefore := tp.tunDrops("da")
 	var r msResult
 	r.took = sc.change(tp)
 	if sc.still {
@@ -338,18 +338,11 @@ func (tp *msTopo) runOnce(sc msScenario) msResult {
 	if r.lostOther > 0 {
 		// Where did they go? The demux's TUN queue (it fell behind), or
 		// the receiving socket.
-		t.Logf("lost %d: demux-a TUN tx_dropped %d -> %d; host-b %s", r.lostOther, dropsBefore, tp.tunDrops(),
+		t.Logf("lost %d: demux-a TUN tx_dropped %d -> %d; host-b %s", r.lostOther, dropsBefore, tp.tunDrops("da"),
 			strings.Join(strings.Fields(tp.run("hb", "nstat", "-az", "UdpRcvbufErrors", "UdpInErrors")), " "))
 	}
 	sc.restore(tp)
 	return r
-}
-
-// tunDrops is what demux-a's TUN dropped (its queue full).
-func (tp *msTopo) tunDrops() uint64 {
-	out, _ := tp.try("da", "cat", "/sys/class/net/cpdemux/statistics/tx_dropped")
-	n, _ := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
-	return n
 }
 
 // freshTuples sends a datagram from a new source port every 2 ms until
