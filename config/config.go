@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"gopkg.in/yaml.v3"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
@@ -51,6 +52,10 @@ const (
 	// GeneveOverheadV6 is what the demux-to-gateway hop adds on IPv6:
 	// IPv6 40 + UDP 8 + GENEVE base header 8.
 	GeneveOverheadV6 = 40 + 8 + 8
+	// GeneveAuthLen is what security.geneve_auth adds to that: its
+	// option. At the default MTU a sealed frame still fits a 1500-byte
+	// LAN on IPv6: 1420 + 56 + 24 = 1500.
+	GeneveAuthLen = geneveauth.OptionLen
 )
 
 // Peering is the whole file.
@@ -65,6 +70,7 @@ type Peering struct {
 	// Discovery says whether gateways may also join through a store.
 	Discovery Discovery `yaml:"discovery,omitempty"`
 	Metrics   Metrics   `yaml:"metrics,omitempty"`
+	Security  Security  `yaml:"security,omitempty"`
 
 	Path string `yaml:"-"` // the file it came from, for messages
 }
@@ -97,6 +103,17 @@ type Health struct {
 
 	Params probe.Params `yaml:"-"`
 	On     bool         `yaml:"-"`
+}
+
+// Security configures the guards beyond WireGuard's (docs/security.md).
+type Security struct {
+	// GeneveAuth seals every GENEVE frame a demux sends its gateways (a
+	// tag and a counter per frame, dataplane/geneveauth), for underlays
+	// where a host can forge the demux's address; the gateways then take
+	// only sealed frames, each once. All nodes of the peering must agree:
+	// changing it needs a restart of all of them. The XDP fast path does
+	// not seal (yet): a demux with both refuses to start.
+	GeneveAuth bool `yaml:"geneve_auth,omitempty"`
 }
 
 // Metrics configures every node's /metrics listener (each node's own

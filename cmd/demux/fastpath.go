@@ -23,7 +23,7 @@ type xdpFlags struct {
 }
 
 func (f *xdpFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&f.mode, "xdp", "native", "XDP fast path: native (falls back to generic), generic or off")
+	fs.StringVar(&f.mode, "xdp", "", "XDP fast path: native (falls back to generic), generic or off (default native; off with security.geneve_auth, which the program does not do)")
 	fs.StringVar(&f.dev, "xdp-dev", "", "interface to attach to (default: the one holding the demux's first address)")
 }
 
@@ -35,11 +35,23 @@ type fastPath struct {
 	mode xdp.Mode
 }
 
-// loadFastPath loads the program (not yet attached); nil with --xdp=off.
-func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip.Prefix) (*fastPath, error) {
+// loadFastPath loads the program (not yet attached); nil with --xdp=off,
+// and by default with security.geneve_auth: the program sends GENEVE
+// without the authentication option, which the gateways would refuse.
+func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip.Prefix, log *slog.Logger) (*fastPath, error) {
+	if f.mode == "" {
+		f.mode = string(xdp.Native)
+		if p.Security.GeneveAuth {
+			log.Info("XDP fast path off: it does not seal GENEVE frames (security.geneve_auth); the userspace demux carries everything")
+			f.mode = string(xdp.Off)
+		}
+	}
 	mode, err := xdp.ParseMode(f.mode)
 	if err != nil || mode == xdp.Off {
 		return nil, err
+	}
+	if p.Security.GeneveAuth {
+		return nil, fmt.Errorf("--xdp %s: the XDP program does not seal GENEVE frames, and security.geneve_auth makes the gateways refuse unsealed ones; use --xdp=off (the default with geneve_auth)", mode)
 	}
 	dev := f.dev
 	var mac []byte

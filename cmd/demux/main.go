@@ -96,7 +96,7 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	fp, err := loadFastPath(xf, p, d, remote)
+	fp, err := loadFastPath(xf, p, d, remote, log)
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,8 @@ func up(args []string) error {
 		lc.Prober = prober
 	}
 	dm.UseLanes(lc)
-	specs, err := laneSpecs(p, nil, node.Side, bind)
+	seal := newSealers(p, node, time.Now())
+	specs, err := laneSpecs(p, nil, node.Side, bind, seal)
 	if err != nil {
 		return err
 	}
@@ -124,7 +125,7 @@ func up(args []string) error {
 		return err
 	}
 
-	r := &reloader{running: p, node: d.Name, bind: bind, dm: dm, log: log}
+	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, dm: dm, log: log}
 	r.note(specs)
 	var store *membership.Store
 	if p.Discovery.Mode == config.DiscoveryEtcd {

@@ -6,11 +6,13 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
@@ -142,4 +144,46 @@ func laneArg(q url.Values) (flowhash.LaneID, error) {
 		return 0, fmt.Errorf("--lane %q: want a lane id (1..%d)", q.Get("lane"), flowhash.MaxLaneID)
 	}
 	return flowhash.LaneID(n), nil
+}
+
+// sealers gives each lane the one Sealer its frames and probes share for
+// the process's life, so that its counter never starts over (a nil
+// *sealers, geneve_auth off, gives none).
+type sealers struct {
+	mu     sync.Mutex
+	secret []byte
+	side   string
+	sender uint8
+	keyID  uint8
+	start  uint64
+	m      map[flowhash.LaneID]*geneveauth.Sealer
+}
+
+// newSealers: the side's demux seals as sender 0, its standby as 1, with
+// keys from the peering secret; counters start at the clock (see
+// dataplane/geneveauth).
+func newSealers(p *config.Peering, node config.Node, now time.Time) *sealers {
+	if !p.Security.GeneveAuth {
+		return nil
+	}
+	s := &sealers{secret: p.Hash.Key[:], side: string(node.Side), keyID: geneveauth.KeyID(p.Hash.Key[:]),
+		start: uint64(now.UnixNano()), m: map[flowhash.LaneID]*geneveauth.Sealer{}}
+	if node.Demux.Name != p.Networks[node.Side].Demux.Name {
+		s.sender = 1
+	}
+	return s
+}
+
+func (s *sealers) lane(id flowhash.LaneID) *geneveauth.Sealer {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sl := s.m[id]; sl != nil {
+		return sl
+	}
+	sl := geneveauth.NewSealer(geneveauth.DeriveKey(s.secret, s.side, s.sender, uint16(id)), s.keyID, s.sender, s.start)
+	s.m[id] = sl
+	return sl
 }

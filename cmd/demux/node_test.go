@@ -145,7 +145,7 @@ func TestLaneSpecsFromTheStore(t *testing.T) {
 	stored.A.Name, stored.B.Name = "gw-a7", "gw-b7"
 	stored.A.Geneve.AddrPort = netip.MustParseAddrPort("10.1.0.27:6081")
 	stored.B.Geneve.AddrPort = netip.MustParseAddrPort("10.2.0.27:6081")
-	specs, err := laneSpecs(p, []config.Lane{stored}, config.SideB, bind)
+	specs, err := laneSpecs(p, []config.Lane{stored}, config.SideB, bind, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestLaneSpecsFromTheStore(t *testing.T) {
 		many[i] = stored
 		many[i].ID = 10 + i
 	}
-	if _, err := laneSpecs(p, many, config.SideB, bind); err == nil {
+	if _, err := laneSpecs(p, many, config.SideB, bind, nil); err == nil {
 		t.Fatal("9 lanes in a 7-entry table accepted")
 	}
 }

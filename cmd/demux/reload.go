@@ -18,8 +18,9 @@ import (
 )
 
 // laneSpecs is the demux's view of the lanes: the file's, then the
-// store's (which never take a slot of the file's).
-func laneSpecs(p *config.Peering, stored []config.Lane, side config.Side, bind conn.Bind) ([]demux.LaneSpec, error) {
+// store's (which never take a slot of the file's). seal gives each lane
+// its Sealer (nil: geneve_auth off).
+func laneSpecs(p *config.Peering, stored []config.Lane, side config.Side, bind conn.Bind, seal *sealers) ([]demux.LaneSpec, error) {
 	var specs []demux.LaneSpec
 	file := len(p.Lanes)
 	for i, l := range append(slices.Clip(p.Lanes), stored...) {
@@ -35,6 +36,7 @@ func laneSpecs(p *config.Peering, stored []config.Lane, side config.Side, bind c
 		specs = append(specs, demux.LaneSpec{
 			ID: flowhash.LaneID(l.ID), Weight: l.Weight, Gateway: g.Name,
 			Near: g.Geneve.AddrPort, Endpoint: ep, Far: far.Geneve.AddrPort.Addr(), Source: source,
+			Seal: seal.lane(flowhash.LaneID(l.ID)),
 		})
 	}
 	if err := flowhash.CheckTableSize(p.Hash.TableSize, max(len(specs), 1)); err != nil {
@@ -51,6 +53,7 @@ type reloader struct {
 	running *config.Peering
 	node    string
 	bind    conn.Bind
+	seal    *sealers
 	dm      *demux.Demux
 	view    *membership.View // nil: static discovery
 	applied []int            // the lane ids last applied
@@ -72,7 +75,7 @@ func (r *reloader) storeChanged() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	node, _ := r.running.Node(r.node)
-	specs, err := laneSpecs(r.running, r.stored(), node.Side, r.bind)
+	specs, err := laneSpecs(r.running, r.stored(), node.Side, r.bind, r.seal)
 	if err == nil {
 		err = r.dm.ApplyLanes(specs)
 	}
@@ -159,7 +162,7 @@ func (r *reloader) apply() (string, error) {
 	if diff := restartFields(old, p); len(diff) > 0 {
 		return "", fmt.Errorf("%s changed; these apply only on restart (lanes are what reload changes)", strings.Join(diff, ", "))
 	}
-	specs, err := laneSpecs(p, r.stored(), node.Side, r.bind)
+	specs, err := laneSpecs(p, r.stored(), node.Side, r.bind, r.seal)
 	if err != nil {
 		return "", err
 	}
@@ -194,6 +197,9 @@ func restartFields(a, b *config.Peering) []string {
 	}
 	if !reflect.DeepEqual(a.Discovery, b.Discovery) {
 		d = append(d, "discovery")
+	}
+	if a.Security != b.Security {
+		d = append(d, "security")
 	}
 	return d
 }

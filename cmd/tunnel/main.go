@@ -36,6 +36,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
 	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/membership"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
@@ -123,6 +124,20 @@ func readPrivateKey(path string) (wgkey.Key, error) {
 	return priv, nil
 }
 
+// geneveOpener lets in the frames the side's demux (sender 0) and its
+// standby (1) seal for lane; nil with geneve_auth off.
+func geneveOpener(p *config.Peering, side config.Side, lane int) *geneveauth.Opener {
+	if !p.Security.GeneveAuth {
+		return nil
+	}
+	o := geneveauth.NewOpener()
+	id := geneveauth.KeyID(p.Hash.Key[:])
+	for sender := range p.Networks[side].Demuxes() { // the order of their sender numbers
+		o.Add(uint8(sender), id, geneveauth.DeriveKey(p.Hash.Key[:], string(side), uint8(sender), uint16(lane)))
+	}
+	return o
+}
+
 // run is a gateway, of the file (up) or joining through the store (join:
 // then node's lane id and peer come from the store once registered).
 func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, j *joined) error {
@@ -135,6 +150,11 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		return err
 	}
 	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), Local: self.Geneve.Addr(), Own: own, VNI: p.VNI, Probe: peerProbe(p, peer)}
+	if node.Lane != nil {
+		ingress.Auth = geneveOpener(p, node.Side, node.Lane.ID)
+	} else if p.Security.GeneveAuth {
+		ingress.Auth = geneveauth.NewOpener() // no keys: nothing enters until the store gives the lane
+	}
 	var onPeer, onPath func(string)
 	if p.Health.On {
 		ingress.OnProbe = cond.sawProbe
@@ -169,6 +189,9 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		}
 		defer j.close()
 		peer = j.peerGateway()
+		if p.Security.GeneveAuth {
+			l.SetAuth(geneveOpener(p, node.Side, node.Lane.ID))
+		}
 	}
 	log = log.With("lane", node.Lane.ID)
 

@@ -92,6 +92,7 @@ func restartOnly(old *config.Peering, oldNode config.Node, next *config.Peering,
 	add(old.MTU != next.MTU, "mtu")
 	add(old.Hash.Key != next.Hash.Key, "hash.key_file (the probe key)")
 	add(!reflection.DeepEqual(old.Health, next.Health), "health")
+	add(old.Security != next.Security, "security")
 	side := node.Side
 	add(!slices.Equal(old.Networks[side].DemuxSources(), next.Networks[side].DemuxSources()), "networks."+string(side)+" demux addresses")
 	add(!slices.Equal(old.Networks[side.Other()].Prefixes, next.Networks[side.Other()].Prefixes), "networks."+string(side.Other())+".prefixes")

@@ -27,6 +27,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
 	"github.com/clusterpeer/clusterpeer/flowhash"
@@ -34,8 +35,8 @@ import (
 
 // Headroom is the space kept in front of each packet read from the TUN:
 // the TUN's virtio header (10 bytes) while reading, the GENEVE header
-// (8 bytes) afterwards.
-const Headroom = 16
+// (8 bytes, 32 sealed) afterwards.
+const Headroom = geneveauth.HeaderLen
 
 // Drop reasons of the demux beyond flowhash's.
 const (
@@ -61,6 +62,9 @@ type Target struct {
 	Name     string // the gateway's node name, for logs and status
 	Endpoint conn.Endpoint
 	Addr     netip.AddrPort
+	// Seal, if set, authenticates the lane's frames (the peering's
+	// geneve_auth); the prober seals its probes with the same one.
+	Seal *geneveauth.Sealer
 }
 
 // Config configures a Demux.
@@ -253,12 +257,7 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 			d.tooBig(pkt, now)
 			continue
 		}
-		proto := uint16(packet.ProtoIPv4)
-		if packet.Version(pkt) == 6 {
-			proto = packet.ProtoIPv6
-		}
-		frame := b[Headroom-packet.GeneveLen : Headroom+size]
-		packet.PutGeneve(frame, d.cfg.VNI, proto, false)
+		frame := d.encap(b, size, targets[lane])
 		if len(d.pending[lane]) == 0 {
 			d.used = append(d.used, lane)
 		}
@@ -305,11 +304,38 @@ func (d *Demux) toRemote(pkt []byte) bool {
 	return false
 }
 
-// sendFrames sends GENEVE frames to lane t's gateway, in batches.
+// encap writes the GENEVE header for t in front of the packet
+// b[Headroom:Headroom+size] and returns the frame. A sealed frame's
+// option is written with its tag in sendFrames, once the batch's
+// counters are known.
+func (d *Demux) encap(b []byte, size int, t *Target) []byte {
+	hdr := packet.GeneveLen
+	if t.Seal != nil {
+		hdr = geneveauth.HeaderLen
+	}
+	frame := b[Headroom-hdr : Headroom+size]
+	proto := uint16(packet.ProtoIPv4)
+	if packet.Version(frame[hdr:]) == 6 {
+		proto = packet.ProtoIPv6
+	}
+	packet.PutGeneve(frame, d.cfg.VNI, proto, false)
+	return frame
+}
+
+// sendFrames seals (if t seals) and sends GENEVE frames to lane t's
+// gateway, in batches.
 func (d *Demux) sendFrames(frames [][]byte, t *Target) {
+	hdr := packet.GeneveLen
+	if t.Seal != nil {
+		hdr = geneveauth.HeaderLen
+		first := t.Seal.Reserve(len(frames))
+		for i, f := range frames {
+			t.Seal.Seal(f, first+uint64(i))
+		}
+	}
 	var bytes uint64
 	for _, f := range frames {
-		bytes += uint64(len(f) - packet.GeneveLen)
+		bytes += uint64(len(f) - hdr)
 	}
 	c := &d.C.Lanes[t.ID]
 	var failed uint64
@@ -319,7 +345,7 @@ func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 		if err := d.bind.Send(chunk, t.Endpoint); err != nil {
 			failed += uint64(len(chunk))
 			for _, f := range chunk {
-				bytes -= uint64(len(f) - packet.GeneveLen)
+				bytes -= uint64(len(f) - hdr)
 			}
 		}
 	}

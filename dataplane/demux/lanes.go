@@ -11,6 +11,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
@@ -24,6 +25,9 @@ type LaneSpec struct {
 	Endpoint conn.Endpoint  // the same, for the bind
 	Far      netip.Addr     // the remote gateway's address: its probe reflector
 	Source   string         // where the lane came from ("file", "store"), for operators
+	// Seal, if set, seals the lane's frames and probes (one per lane for
+	// the process's life: its counter must not start over).
+	Seal *geneveauth.Sealer
 }
 
 // Admin is what the operator asked of a lane.
@@ -209,8 +213,8 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 			st = flowhash.LaneDraining
 		}
 		sel = append(sel, flowhash.Lane{ID: id, Weight: mb.spec.Weight, State: st, Settle: mb.settle})
-		targets = append(targets, Target{ID: id, Name: mb.spec.Gateway, Endpoint: mb.spec.Endpoint, Addr: mb.spec.Near})
-		probeTargets = append(probeTargets, probe.Target{Lane: id, Near: mb.spec.Near, Far: mb.spec.Far})
+		targets = append(targets, Target{ID: id, Name: mb.spec.Gateway, Endpoint: mb.spec.Endpoint, Addr: mb.spec.Near, Seal: mb.spec.Seal})
+		probeTargets = append(probeTargets, probe.Target{Lane: id, Near: mb.spec.Near, Far: mb.spec.Far, Seal: mb.spec.Seal})
 	}
 	if probes && m.cfg.Prober != nil {
 		old := m.cfg.Prober.Status()
@@ -222,7 +226,7 @@ func (d *Demux) publish(next map[flowhash.LaneID]*member, now time.Time, probes 
 			var back []probe.Target
 			for _, h := range old {
 				if mb := m.members[h.Lane]; mb != nil {
-					back = append(back, probe.Target{Lane: h.Lane, Near: mb.spec.Near, Far: mb.spec.Far})
+					back = append(back, probe.Target{Lane: h.Lane, Near: mb.spec.Near, Far: mb.spec.Far, Seal: mb.spec.Seal})
 				}
 			}
 			m.cfg.Prober.SetTargets(back)

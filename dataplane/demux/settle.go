@@ -5,7 +5,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -90,12 +89,7 @@ func (d *Demux) flushHeld() {
 			d.C.Drops[drop].Add(1)
 			continue
 		}
-		proto := uint16(packet.ProtoIPv4)
-		if packet.Version(pkt) == 6 {
-			proto = packet.ProtoIPv6
-		}
-		frame := q.bufs[i][Headroom-packet.GeneveLen : Headroom+q.sizes[i]]
-		packet.PutGeneve(frame, d.cfg.VNI, proto, false)
+		frame := d.encap(q.bufs[i], q.sizes[i], targets[lane])
 		if len(q.out[lane]) == 0 {
 			q.used = append(q.used, lane)
 		}

@@ -26,6 +26,13 @@ const (
 	ProtoIPv6 = 0x86dd
 
 	MaxVNI = 1<<24 - 1
+
+	// The authentication option (dataplane/geneveauth): a class from the
+	// experimental range (RFC 8926 section 8.1: 0xFFF0-0xFFFF), critical,
+	// so that a receiver that does not know it drops the frame. It is the
+	// one critical option ParseGeneve knows.
+	GeneveAuthClass = 0xfff0
+	GeneveAuthType  = 0x81
 )
 
 // Errors ParseGeneve returns; data paths count them as drop reasons.
@@ -68,8 +75,8 @@ func PutGeneve(b []byte, vni uint32, proto uint16, oam bool) Geneve {
 // Parse checks the GENEVE header at the start of a UDP payload and returns
 // it and the inner packet. Options are walked and checked: each must fit,
 // and a packet carrying a critical option this implementation does not
-// know is refused, as RFC 8926 requires (we know none). Non-critical
-// options are skipped.
+// know is refused, as RFC 8926 requires (we know the authentication
+// option alone; geneveauth checks it). Non-critical options are skipped.
 func ParseGeneve(b []byte) (Geneve, []byte, error) {
 	if len(b) < GeneveLen {
 		return nil, nil, ErrGeneveTruncated
@@ -86,7 +93,7 @@ func ParseGeneve(b []byte) (Geneve, []byte, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		if o.Critical() {
+		if o.Critical() && (o.Class != GeneveAuthClass || o.Type != GeneveAuthType) {
 			return nil, nil, ErrGeneveCriticalOption
 		}
 		opts = rest

@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
 )
 
@@ -131,6 +132,14 @@ func (d *Device) hold(dur time.Duration) {
 func (d *Device) SetProbe(ap netip.AddrPort) {
 	in := *d.ingress.Load()
 	in.Probe = ap
+	d.ingress.Store(&in)
+}
+
+// SetAuth changes whose sealed frames enter (a joining gateway learns its
+// lane, and so its keys, after it started).
+func (d *Device) SetAuth(o *geneveauth.Opener) {
+	in := *d.ingress.Load()
+	in.Auth = o
 	d.ingress.Store(&in)
 }
 

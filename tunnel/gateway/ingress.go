@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
@@ -24,13 +25,17 @@ const (
 	DropOAM                 // OAM bit set, but not a probe for this lane's peer
 	DropAwaitingPeer        // held back after the peer changed, so that the peer opens the session (Config.AwaitPeer)
 	DropForwarded           // routed into the TUN from another host: only a demux's GENEVE and the gateway's own packets enter the lane
+	DropNoTag               // geneve_auth on, but the frame is not sealed
+	DropUnknownKey          // sealed by a sender or with a key this gateway does not hold
+	DropBadTag              // the tag does not match: forged or changed on the way
+	DropReplayed            // a counter seen before, or older than the replay window
 	NumDrops
 )
 
 var dropNames = [NumDrops]string{
 	"none", "unknown_source", "truncated", "bad_version", "bad_options",
 	"critical_option", "wrong_vni", "bad_protocol", "oam", "awaiting_peer",
-	"forwarded",
+	"forwarded", "no_tag", "unknown_key", "bad_tag", "replayed",
 }
 
 func (d Drop) String() string {
@@ -45,7 +50,8 @@ func (d Drop) String() string {
 // of its demuxes, for its peering's VNI, carrying an IP packet. A frame with the OAM bit is a
 // control message: the only one a gateway acts on is a lane probe
 // (tunnel/probe), which it forwards into the lane to its peer's
-// reflector; every other is dropped. What the gateway's kernel routes
+// reflector; every other is dropped. With Auth, a frame must also be
+// sealed by one of its demuxes, with a counter not seen before. What the gateway's kernel routes
 // into the TUN enters only if the gateway itself sent it (its
 // reflector's replies and notices, its kernel's ICMP errors): a host
 // that routes the remote prefixes via a gateway does not get past the
@@ -62,6 +68,11 @@ type Ingress struct {
 	Own   []netip.Addr
 	VNI   uint32
 	Probe netip.AddrPort // the peer's reflector; invalid: no probes
+	// Auth, if set, lets in only frames its demuxes sealed
+	// (geneve_auth), each counter once. It keeps replay windows: the
+	// gateway's one GENEVE reader uses it, and copies of an Ingress
+	// share it.
+	Auth *geneveauth.Opener
 	// OnProbe sees each probe forwarded (the inner packet), so that the
 	// gateway can answer it with a notice while its lane cannot work
 	// (probe.Reflector.SawProbe).
@@ -103,6 +114,21 @@ func (in *Ingress) Check(src netip.Addr, payload []byte) ([]byte, Drop) {
 		}
 	default:
 		return nil, DropBadProtocol
+	}
+	if in.Auth != nil {
+		// Last of the checks that refuse: a frame that opens uses up its
+		// counter.
+		switch err := in.Auth.Open(payload); {
+		case err == nil:
+		case errors.Is(err, geneveauth.ErrNoTag):
+			return nil, DropNoTag
+		case errors.Is(err, geneveauth.ErrUnknownKey):
+			return nil, DropUnknownKey
+		case errors.Is(err, geneveauth.ErrReplayed):
+			return nil, DropReplayed
+		default:
+			return nil, DropBadTag
+		}
 	}
 	if h.OAM() {
 		if !probe.IsProbeFor(inner, in.Probe) {

@@ -30,6 +30,7 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
@@ -175,6 +176,10 @@ func (l *Lane) watchPeer() error {
 // public key and endpoint, and the address its demux probes through the
 // lane (probe). The same key with a new endpoint keeps the session (as a
 // roaming WireGuard peer does); a new key replaces the peer, and the two
+// SetAuth changes whose sealed GENEVE frames the lane takes in
+// (Ingress.Auth).
+func (l *Lane) SetAuth(o *geneveauth.Opener) { l.tdev.SetAuth(o) }
+
 // handshake afresh.
 func (l *Lane) SetPeer(key wgkey.Key, endpoint, probe netip.AddrPort) error {
 	l.mu.Lock()

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/rxtime"
 	"github.com/clusterpeer/clusterpeer/flowhash"
@@ -24,8 +25,9 @@ import (
 // Target is one lane as the demux probes it.
 type Target struct {
 	Lane flowhash.LaneID
-	Near netip.AddrPort // the local gateway's GENEVE address
-	Far  netip.Addr     // the remote gateway's address: its reflector
+	Near netip.AddrPort     // the local gateway's GENEVE address
+	Far  netip.Addr         // the remote gateway's address: its reflector
+	Seal *geneveauth.Sealer // seals the probe frames, as the lane's data (nil: geneve_auth off)
 }
 
 // Change is a lane's new state, as the prober reports it.
@@ -173,7 +175,7 @@ func NewProber(cfg ProberConfig) (*Prober, error) {
 		cfg: cfg, signer: NewSigner(cfg.Key), done: make(chan struct{}),
 		lanes: map[flowhash.LaneID]*probeLane{}, interval: cfg.Params.Interval,
 		buf: make([]byte, 2048), oob: make([]byte, 512),
-		frame: make([]byte, packet.GeneveLen+InnerLenV6),
+		frame: make([]byte, geneveauth.HeaderLen+InnerLenV6),
 	}
 	var err error
 	if p.wake, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
@@ -423,14 +425,21 @@ func (p *Prober) send(l *probeLane, now time.Time) {
 	seq := l.s.Sent(now)
 	var msg [MessageLen]byte
 	p.sign(msg[:], Message{Kind: KindRequest, Lane: l.t.Lane, Session: p.session, Seq: seq, Sent: now.UnixNano()})
-	inner := p.frame[packet.GeneveLen:]
-	n := PutInner(inner, l.src, netip.AddrPortFrom(l.t.Far, p.cfg.Port), msg[:])
+	hdr := packet.GeneveLen
+	if l.t.Seal != nil {
+		hdr = geneveauth.HeaderLen
+	}
+	n := PutInner(p.frame[hdr:], l.src, netip.AddrPortFrom(l.t.Far, p.cfg.Port), msg[:])
 	proto := uint16(packet.ProtoIPv4)
 	if l.src.Addr().Is6() {
 		proto = packet.ProtoIPv6
 	}
-	packet.PutGeneve(p.frame, p.cfg.VNI, proto, true)
-	if err := unix.Sendto(p.socks[l.sock].fd, p.frame[:packet.GeneveLen+n], unix.MSG_DONTWAIT, sockaddr(l.t.Near)); err != nil {
+	frame := p.frame[:hdr+n]
+	packet.PutGeneve(frame, p.cfg.VNI, proto, true)
+	if l.t.Seal != nil {
+		l.t.Seal.Seal(frame, l.t.Seal.Reserve(1))
+	}
+	if err := unix.Sendto(p.socks[l.sock].fd, frame, unix.MSG_DONTWAIT, sockaddr(l.t.Near)); err != nil {
 		p.C.SendErrors.Add(1)
 		return
 	}

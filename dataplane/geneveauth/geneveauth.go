@@ -1,0 +1,193 @@
+// Package geneveauth authenticates the GENEVE frames a demux sends its
+// gateways, for underlays where a host can forge a demux's source
+// address (a shared LAN; cloud VPCs check sources for you). A demux
+// seals each frame: an option carrying who sent it, which key, a
+// counter and a tag. A gateway opens it: it checks the tag, then
+// refuses a counter it has seen or one too old for its window, as
+// WireGuard refuses replayed packets (RFC 6479's sliding window, through
+// wireguard-go's replay.Filter).
+//
+// The option follows the 8-byte GENEVE header, so a sealed header is 32
+// bytes (the demux's headroom holds it; the lane MTU budget counts it):
+//
+//	 8  class 0xfff0 (experimental) | type 0x81 (critical) | length 5 words
+//	12  sender 1 | key ID 1 | reserved 2
+//	16  counter 8, big-endian
+//	24  tag 8: SipHash-2-4 of bytes 0..23 and everything after byte 31
+//
+// The tag covers the header (VNI, protocol, OAM bit), the counter and the
+// whole inner packet; the outer addresses are not covered, but the key
+// is one demux-gateway pair's (DeriveKey), so a frame sealed for one
+// gateway does not open at another. 64 bits of tag leave a forger one
+// chance in 2^64 per frame sent, and every failed one is counted.
+//
+// Counters start at the sender's wall clock in nanoseconds and count up,
+// so a restarted demux (or its standby, which has its own sender number
+// and window) starts above anything it sent before, without state on
+// disk: WireGuard's handshake relies on the clock the same way (its
+// TAI64N timestamps). A demux whose clock was stepped back by more than
+// its downtime is refused as replaying until it catches up; the gateway
+// counts that as replayed and the demux's lanes go down, loudly.
+package geneveauth
+
+import (
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/replay"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+)
+
+const (
+	OptionLen = 24                           // the option, its own header included
+	HeaderLen = packet.GeneveLen + OptionLen // a sealed frame's GENEVE header
+	// Senders is how many demuxes one gateway tells apart: a side's demux
+	// (0) and its standby (1).
+	Senders = 2
+
+	offSender  = packet.GeneveLen + 4
+	offKeyID   = offSender + 1
+	offCounter = packet.GeneveLen + 8
+	offTag     = packet.GeneveLen + 16
+)
+
+// Errors of Open; the gateway counts drops by them.
+var (
+	ErrNoTag      = errors.New("geneve: no authentication option")
+	ErrUnknownKey = errors.New("geneve: unknown sender or key ID")
+	ErrBadTag     = errors.New("geneve: authentication tag does not match")
+	ErrReplayed   = errors.New("geneve: counter seen before or older than the window")
+)
+
+// Key is one demux-gateway pair's SipHash key.
+type Key [16]byte
+
+// DeriveKey returns the key of the frames sender (0: the side's demux,
+// 1: its standby) of side ("a" or "b") sends into lane, from the
+// peering's secret (HKDF-SHA256, RFC 5869, one info string per pair).
+func DeriveKey(secret []byte, side string, sender uint8, lane uint16) Key {
+	b, err := hkdf.Key(sha256.New, secret, nil, fmt.Sprintf("clusterpeer geneve tag v1 side=%s sender=%d lane=%d", side, sender, lane), len(Key{}))
+	if err != nil {
+		panic(err) // only for lengths HKDF-SHA256 cannot produce; 16 it can
+	}
+	return Key(b)
+}
+
+// KeyID names the keys derived from a secret on the wire (its first byte
+// of HKDF), so that a gateway holding the keys of two secrets while they
+// are rotated knows which to try.
+func KeyID(secret []byte) uint8 {
+	b, _ := hkdf.Key(sha256.New, secret, nil, "clusterpeer geneve key id v1", 1)
+	return b[0]
+}
+
+func (k Key) words() (uint64, uint64) {
+	return binary.LittleEndian.Uint64(k[0:8]), binary.LittleEndian.Uint64(k[8:16])
+}
+
+// Sealer seals one sender's frames into one lane. Reserve is safe from
+// any goroutine (the data path and the prober share a Sealer); Seal
+// writes only the frame it is given.
+type Sealer struct {
+	k0, k1 uint64
+	sender uint8
+	keyID  uint8
+	next   atomic.Uint64
+}
+
+// NewSealer returns a Sealer whose first counter is start (the wall
+// clock in nanoseconds, see the package comment).
+func NewSealer(k Key, keyID, sender uint8, start uint64) *Sealer {
+	s := &Sealer{sender: sender, keyID: keyID}
+	s.k0, s.k1 = k.words()
+	s.next.Store(start)
+	return s
+}
+
+// Reserve returns the first of n counters for the caller's frames: one
+// atomic add per batch, not per frame.
+func (s *Sealer) Reserve(n int) uint64 { return s.next.Add(uint64(n)) - uint64(n) }
+
+// Seal writes the option into frame, whose first 8 bytes are a GENEVE
+// header without options (packet.PutGeneve) followed by OptionLen bytes
+// of room and the inner packet, and tags it with counter.
+func (s *Sealer) Seal(frame []byte, counter uint64) {
+	_ = frame[HeaderLen-1]
+	frame[0] = frame[0]&0xc0 | OptionLen/4
+	frame[1] |= 0x40 // a critical option follows
+	binary.BigEndian.PutUint16(frame[packet.GeneveLen:], packet.GeneveAuthClass)
+	frame[packet.GeneveLen+2] = packet.GeneveAuthType
+	frame[packet.GeneveLen+3] = OptionLen/4 - 1
+	frame[offSender], frame[offKeyID] = s.sender, s.keyID
+	frame[offKeyID+1], frame[offKeyID+2] = 0, 0
+	binary.BigEndian.PutUint64(frame[offCounter:], counter)
+	binary.BigEndian.PutUint64(frame[offTag:], sum(s.k0, s.k1, frame[:offTag], frame[HeaderLen:]))
+}
+
+// Opener checks sealed frames at a gateway. It keeps each sender's
+// replay window, so one Opener belongs to one goroutine (the gateway's
+// GENEVE reader).
+type Opener struct {
+	senders [Senders]struct {
+		keys   []openKey
+		window replay.Filter
+	}
+}
+
+type openKey struct {
+	id     uint8
+	k0, k1 uint64
+}
+
+// NewOpener returns an Opener with no keys; Add gives it some.
+func NewOpener() *Opener { return &Opener{} }
+
+// Add lets the frames sender seals with k (named id) in. A sender may
+// have several keys at once, while a secret is rotated; they are tried
+// in the order added among those with the frame's ID.
+func (o *Opener) Add(sender, id uint8, k Key) {
+	ok := openKey{id: id}
+	ok.k0, ok.k1 = k.words()
+	o.senders[sender].keys = append(o.senders[sender].keys, ok)
+}
+
+// Open checks frame (a GENEVE header, as packet.ParseGeneve accepted it,
+// and the inner packet) and, if it is sealed by a known sender with a
+// key it holds and a counter not seen, records the counter.
+func (o *Opener) Open(frame []byte) error {
+	h := packet.Geneve(frame)
+	if h.OptionsLen() < OptionLen || binary.BigEndian.Uint16(frame[packet.GeneveLen:]) != packet.GeneveAuthClass ||
+		frame[packet.GeneveLen+2] != packet.GeneveAuthType || frame[packet.GeneveLen+3]&0x1f != OptionLen/4-1 {
+		return ErrNoTag
+	}
+	sender, id := frame[offSender], frame[offKeyID]
+	if sender >= Senders {
+		return ErrUnknownKey
+	}
+	snd := &o.senders[sender]
+	tag := binary.BigEndian.Uint64(frame[offTag:])
+	known := false
+	for i := range snd.keys {
+		k := &snd.keys[i]
+		if k.id != id {
+			continue
+		}
+		known = true
+		if sum(k.k0, k.k1, frame[:offTag], frame[HeaderLen:]) == tag {
+			if !snd.window.ValidateCounter(binary.BigEndian.Uint64(frame[offCounter:]), math.MaxUint64) {
+				return ErrReplayed
+			}
+			return nil
+		}
+	}
+	if !known {
+		return ErrUnknownKey
+	}
+	return ErrBadTag
+}

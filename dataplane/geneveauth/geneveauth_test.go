@@ -1,0 +1,273 @@
+package geneveauth
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+)
+
+// The reference vectors of SipHash-2-4 (key 00..0f, message 00..n-1 for
+// n = 0..63), from the paper's reference implementation.
+var vectors = [64]uint64{
+	0x726fdb47dd0e0e31, 0x74f839c593dc67fd, 0x0d6c8009d9a94f5a, 0x85676696d7fb7e2d,
+	0xcf2794e0277187b7, 0x18765564cd99a68d, 0xcbc9466e58fee3ce, 0xab0200f58b01d137,
+	0x93f5f5799a932462, 0x9e0082df0ba9e4b0, 0x7a5dbbc594ddb9f3, 0xf4b32f46226bada7,
+	0x751e8fbc860ee5fb, 0x14ea5627c0843d90, 0xf723ca908e7af2ee, 0xa129ca6149be45e5,
+	0x3f2acc7f57c29bdb, 0x699ae9f52cbe4794, 0x4bc1b3f0968dd39c, 0xbb6dc91da77961bd,
+	0xbed65cf21aa2ee98, 0xd0f2cbb02e3b67c7, 0x93536795e3a33e88, 0xa80c038ccd5ccec8,
+	0xb8ad50c6f649af94, 0xbce192de8a85b8ea, 0x17d835b85bbb15f3, 0x2f2e6163076bcfad,
+	0xde4daaaca71dc9a5, 0xa6a2506687956571, 0xad87a3535c49ef28, 0x32d892fad841c342,
+	0x7127512f72f27cce, 0xa7f32346f95978e3, 0x12e0b01abb051238, 0x15e034d40fa197ae,
+	0x314dffbe0815a3b4, 0x027990f029623981, 0xcadcd4e59ef40c4d, 0x9abfd8766a33735c,
+	0x0e3ea96b5304a7d0, 0xad0c42d6fc585992, 0x187306c89bc215a9, 0xd4a60abcf3792b95,
+	0xf935451de4f21df2, 0xa9538f0419755787, 0xdb9acddff56ca510, 0xd06c98cd5c0975eb,
+	0xe612a3cb9ecba951, 0xc766e62cfcadaf96, 0xee64435a9752fe72, 0xa192d576b245165a,
+	0x0a8787bf8ecb74b2, 0x81b3e73d20b49b6f, 0x7fa8220ba3b2ecea, 0x245731c13ca42499,
+	0xb78dbfaf3a8d83bd, 0xea1ad565322a1a0b, 0x60e61c23a3795013, 0x6606d7e446282b93,
+	0x6ca4ecb15c5f91e1, 0x9f626da15c9625f3, 0xe51b38608ef25f57, 0x958a324ceb064572,
+}
+
+func TestSipHashVectors(t *testing.T) {
+	var k Key
+	msg := make([]byte, 64)
+	for i := range k {
+		k[i] = byte(i)
+	}
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	k0, k1 := k.words()
+	for n, want := range vectors {
+		if got := sum(k0, k1, nil, msg[:n]); got != want {
+			t.Errorf("len %d: %#x, want %#x", n, got, want)
+		}
+		// Split after any whole number of words: the same hash.
+		for a := 8; a <= n; a += 8 {
+			if got := sum(k0, k1, msg[:a], msg[a:n]); got != want {
+				t.Errorf("len %d split at %d: %#x, want %#x", n, a, got, want)
+			}
+		}
+	}
+}
+
+var secret = []byte("0123456789abcdef")
+
+// frame returns a sealed-size GENEVE frame around inner, header written.
+func frame(inner []byte, oam bool) []byte {
+	f := make([]byte, HeaderLen+len(inner))
+	packet.PutGeneve(f, 4242, packet.ProtoIPv4, oam)
+	copy(f[HeaderLen:], inner)
+	return f
+}
+
+func inner(n int) []byte {
+	b := make([]byte, n)
+	b[0] = 0x45
+	for i := 1; i < n; i++ {
+		b[i] = byte(i * 7)
+	}
+	return b
+}
+
+func pair(lane uint16) (*Sealer, *Opener) {
+	k := DeriveKey(secret, "a", 0, lane)
+	id := KeyID(secret)
+	o := NewOpener()
+	o.Add(0, id, k)
+	return NewSealer(k, id, 0, 1_000_000), o
+}
+
+func TestSealOpen(t *testing.T) {
+	s, o := pair(1)
+	f := frame(inner(100), false)
+	s.Seal(f, s.Reserve(1))
+	h, in, err := packet.ParseGeneve(f)
+	if err != nil {
+		t.Fatalf("ParseGeneve of a sealed frame: %v", err)
+	}
+	if h.Len() != HeaderLen || !h.Critical() || h.VNI() != 4242 || !bytes.Equal(in, inner(100)) {
+		t.Fatalf("sealed frame: header %d bytes, critical %v, vni %d, inner intact %v", h.Len(), h.Critical(), h.VNI(), bytes.Equal(in, inner(100)))
+	}
+	if err := o.Open(f); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if err := o.Open(f); !errors.Is(err, ErrReplayed) {
+		t.Fatalf("the same frame again: %v, want ErrReplayed", err)
+	}
+}
+
+// Every bit counts: a frame with any one bit flipped is refused (a bit
+// of the tag itself, by not matching).
+func TestTamperedFrameRefused(t *testing.T) {
+	s, _ := pair(1)
+	f := frame(inner(61), true)
+	s.Seal(f, s.Reserve(1))
+	for i := range f {
+		for bit := range 8 {
+			_, o := pair(1)
+			g := bytes.Clone(f)
+			g[i] ^= 1 << bit
+			if err := o.Open(g); err == nil {
+				t.Fatalf("byte %d bit %d flipped: accepted", i, bit)
+			}
+		}
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	s, _ := pair(1)
+	f := frame(inner(64), false)
+	s.Seal(f, s.Reserve(1))
+
+	other, _ := pair(2) // another lane's key
+	g := frame(inner(64), false)
+	other.Seal(g, other.Reserve(1))
+	_, o := pair(1)
+	if err := o.Open(g); !errors.Is(err, ErrBadTag) {
+		t.Errorf("another lane's frame: %v, want ErrBadTag", err)
+	}
+
+	standby := NewSealer(DeriveKey(secret, "a", 1, 1), KeyID(secret), 1, 5)
+	g = frame(inner(64), false)
+	standby.Seal(g, standby.Reserve(1))
+	if err := o.Open(g); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("a sender the gateway has no key for: %v, want ErrUnknownKey", err)
+	}
+
+	plain := make([]byte, packet.GeneveLen+64)
+	packet.PutGeneve(plain, 4242, packet.ProtoIPv4, false)
+	if err := o.Open(plain); !errors.Is(err, ErrNoTag) {
+		t.Errorf("an unsealed frame: %v, want ErrNoTag", err)
+	}
+
+	g = bytes.Clone(f)
+	g[offSender] = Senders
+	if err := o.Open(g); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("sender %d: %v, want ErrUnknownKey", Senders, err)
+	}
+	g = bytes.Clone(f)
+	g[offKeyID]++
+	if err := o.Open(g); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("another key ID: %v, want ErrUnknownKey", err)
+	}
+	if err := o.Open(f); err != nil {
+		t.Errorf("the good frame after the refused ones: %v", err)
+	}
+}
+
+// The window: frames a little out of order open, each once; a counter
+// far behind the newest does not.
+func TestReplayWindow(t *testing.T) {
+	s, o := pair(3)
+	base := s.Reserve(10000)
+	seal := func(c uint64) []byte {
+		f := frame(inner(40), false)
+		s.Seal(f, c)
+		return f
+	}
+	for _, c := range []uint64{base + 5, base + 3, base + 4, base + 9000, base + 8999} {
+		if err := o.Open(seal(c)); err != nil {
+			t.Fatalf("counter %d: %v", c-base, err)
+		}
+	}
+	if err := o.Open(seal(base + 3)); !errors.Is(err, ErrReplayed) {
+		t.Fatalf("counter 3 again: %v", err)
+	}
+	if err := o.Open(seal(base + 5)); !errors.Is(err, ErrReplayed) {
+		t.Fatalf("counter 5, 8995 behind the newest (window %d): %v", 8128, err)
+	}
+}
+
+// A restarted demux seals from its clock, above what it sent before.
+func TestRestartedSenderOpens(t *testing.T) {
+	k := DeriveKey(secret, "b", 0, 4)
+	o := NewOpener()
+	o.Add(0, KeyID(secret), k)
+	before := NewSealer(k, KeyID(secret), 0, 1_000)
+	f := frame(inner(40), false)
+	before.Seal(f, before.Reserve(1))
+	if err := o.Open(f); err != nil {
+		t.Fatal(err)
+	}
+	after := NewSealer(k, KeyID(secret), 0, 2_000_000)
+	g := frame(inner(40), false)
+	after.Seal(g, after.Reserve(1))
+	if err := o.Open(g); err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+	if err := o.Open(f); !errors.Is(err, ErrReplayed) {
+		t.Fatalf("the old run's frame after the restart: %v", err)
+	}
+}
+
+func TestRotation(t *testing.T) {
+	old, next := []byte("old secret 0123456"), []byte("new secret 6543210")
+	o := NewOpener()
+	o.Add(0, KeyID(old), DeriveKey(old, "a", 0, 1))
+	o.Add(0, KeyID(next), DeriveKey(next, "a", 0, 1))
+	for i, sec := range [][]byte{old, next, old} {
+		s := NewSealer(DeriveKey(sec, "a", 0, 1), KeyID(sec), 0, uint64(1000*(i+1)))
+		f := frame(inner(40), false)
+		s.Seal(f, s.Reserve(1))
+		if err := o.Open(f); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+	}
+}
+
+func TestDeriveKeyPerPair(t *testing.T) {
+	seen := map[Key]string{}
+	for _, side := range []string{"a", "b"} {
+		for sender := range uint8(Senders) {
+			for lane := range uint16(4) {
+				k := DeriveKey(secret, side, sender, lane)
+				name := side + string('0'+sender) + string('0'+byte(lane))
+				if prev, dup := seen[k]; dup {
+					t.Fatalf("%s and %s share a key", prev, name)
+				}
+				seen[k] = name
+			}
+		}
+	}
+	if DeriveKey(secret, "a", 0, 1) != DeriveKey(bytes.Clone(secret), "a", 0, 1) {
+		t.Fatal("DeriveKey is not a function of its inputs")
+	}
+}
+
+func TestSealOpenAllocs(t *testing.T) {
+	s, o := pair(1)
+	f := frame(inner(1400), false)
+	if n := testing.AllocsPerRun(1000, func() {
+		s.Seal(f, s.Reserve(1))
+		if err := o.Open(f); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per sealed and opened frame", n)
+	}
+}
+
+func BenchmarkSeal(b *testing.B) {
+	for _, n := range []int{64, 1400} {
+		b.Run(map[int]string{64: "64B", 1400: "1400B"}[n], func(b *testing.B) {
+			s, _ := pair(1)
+			f := frame(inner(n), false)
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				s.Seal(f, s.Reserve(1))
+			}
+		})
+	}
+}
+
+func BenchmarkOpen(b *testing.B) {
+	s, o := pair(1)
+	f := frame(inner(1400), false)
+	b.SetBytes(1400)
+	for b.Loop() {
+		s.Seal(f, s.Reserve(1))
+		o.Open(f)
+	}
+}
