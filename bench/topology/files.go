@@ -73,6 +73,7 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 		Hash:     config.Hash{KeyFile: "hash.key", Mode: flowhash.Mode5Tuple, Symmetric: true, PinFlows: p.PinFlows},
 		Health:   p.Health,
 		Networks: map[config.Side]config.Network{},
+		Security: config.Security{GeneveAuth: p.GeneveAuth},
 	}
 	for _, s := range config.Sides {
 		n := netNum(s)

@@ -76,6 +76,9 @@ type Options struct {
 	// PinFlows > 0: the demuxes' flow pin table holds that many flows
 	// (hash.pin_flows; default a million).
 	PinFlows int
+	// GeneveAuth: the peering seals its GENEVE frames
+	// (security.geneve_auth); the demuxes then run without XDP.
+	GeneveAuth bool
 	// DemuxLanes > 0: the demuxes run Work/demux.yaml, which lists only
 	// the first DemuxLanes lanes (more join by editing it and reload).
 	DemuxLanes int

@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/prometheus/client_golang/prometheus"
@@ -306,21 +307,91 @@ func TestICMPBudget(t *testing.T) {
 	}
 }
 
-// TestForwardAllocs: the select+encap+send path allocates nothing.
+// TestForwardAllocs: the select+encap(+seal)+send path allocates nothing.
 func TestForwardAllocs(t *testing.T) {
+	for _, sealed := range []bool{false, true} {
+		d, _, bind := newTestDemux(t, 3)
+		if sealed {
+			sealTargets(d)
+		}
+		bind.record = false
+		var pkts [][]byte
+		for f := range 128 {
+			pkts = append(pkts, udp4(t, uint16(f), 0, 1400))
+		}
+		bufs, sizes := load(d, pkts)
+		allocs := testing.AllocsPerRun(50, func() {
+			load(d, pkts)
+			d.Forward(bufs, sizes, 0)
+		})
+		if allocs != 0 {
+			t.Errorf("sealed %v: %v allocs per batch of %d", sealed, allocs, len(pkts))
+		}
+	}
+}
+
+// sealTargets gives every lane of d a Sealer and returns the gateways'
+// Openers, by gateway address.
+func sealTargets(d *Demux) map[string]*geneveauth.Opener {
+	secret := []byte("the peering secret")
+	openers := map[string]*geneveauth.Opener{}
+	var ts []Target
+	for _, t := range d.targets.Load() {
+		if t == nil {
+			continue
+		}
+		k := geneveauth.DeriveKey(secret, "a", 0, uint16(t.ID))
+		o := geneveauth.NewOpener()
+		o.Add(0, 7, k)
+		openers[t.Endpoint.DstToString()] = o
+		tt := *t
+		tt.Seal = geneveauth.NewSealer(k, 7, 0, 1<<40)
+		ts = append(ts, tt)
+	}
+	d.SetTargets(ts)
+	return openers
+}
+
+// TestForwardSeals: with sealing lanes, every frame carries the option,
+// opens at its own gateway (once) and at no other, and its inner packet
+// is the packet read.
+func TestForwardSeals(t *testing.T) {
 	d, _, bind := newTestDemux(t, 3)
-	bind.record = false
+	openers := sealTargets(d)
 	var pkts [][]byte
-	for f := range 128 {
-		pkts = append(pkts, udp4(t, uint16(f), 0, 1400))
+	for f := range 64 {
+		pkts = append(pkts, udp4(t, uint16(7000+f), 0, 100+f))
 	}
 	bufs, sizes := load(d, pkts)
-	allocs := testing.AllocsPerRun(50, func() {
-		load(d, pkts)
-		d.Forward(bufs, sizes, 0)
-	})
-	if allocs != 0 {
-		t.Errorf("%v allocs per batch of %d", allocs, len(pkts))
+	d.Forward(bufs, sizes, 0)
+	inners := map[string]bool{}
+	for _, p := range pkts {
+		inners[string(p)] = true
+	}
+	n := 0
+	for dst, frames := range bind.sent {
+		for _, f := range frames {
+			n++
+			h, inner, err := packet.ParseGeneve(f)
+			if err != nil || h.Len() != geneveauth.HeaderLen || !inners[string(inner)] {
+				t.Fatalf("frame to %s: %v, header %d bytes, inner known %v", dst, err, h.Len(), inners[string(inner)])
+			}
+			for other, o := range openers {
+				if other != dst && o.Open(f) == nil {
+					t.Fatalf("a frame for %s opened at %s", dst, other)
+				}
+			}
+			if err := openers[dst].Open(f); err != nil {
+				t.Fatalf("frame to %s: %v", dst, err)
+			}
+			if err := openers[dst].Open(f); err == nil {
+				t.Fatalf("frame to %s opened twice", dst)
+			}
+		}
+	}
+	if n != len(pkts) || d.C.Lanes[1].Bytes.Load()+d.C.Lanes[2].Bytes.Load()+d.C.Lanes[3].Bytes.Load() != uint64(64*100+63*64/2) {
+		t.Fatalf("%d frames of %d; lane bytes counted without the headers: %d", n, len(pkts),
+			d.C.Lanes[1].Bytes.Load()+d.C.Lanes[2].Bytes.Load()+d.C.Lanes[3].Bytes.Load())
 	}
 }
 
@@ -408,10 +479,23 @@ func TestRunStops(t *testing.T) {
 }
 
 // BenchmarkForward: select + GENEVE encap + per-lane batching, per packet.
+// BenchmarkForward: the demux's work per packet apart from the system
+// calls, plain and sealed (security.geneve_auth).
 func BenchmarkForward(b *testing.B) {
-	for _, size := range []int{64, 1400} {
-		b.Run(map[int]string{64: "64B", 1400: "1400B"}[size], func(b *testing.B) {
+	for _, c := range []struct {
+		size   int
+		sealed bool
+	}{{64, false}, {1400, false}, {64, true}, {1400, true}} {
+		name := map[int]string{64: "64B", 1400: "1400B"}[c.size]
+		if c.sealed {
+			name += "-sealed"
+		}
+		size := c.size
+		b.Run(name, func(b *testing.B) {
 			d, _, bind := newTestDemux(b, 3)
+			if c.sealed {
+				sealTargets(d)
+			}
 			bind.record = false
 			var pkts [][]byte
 			for f := range 128 {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -23,6 +24,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
@@ -45,7 +47,7 @@ func TestHostile(t *testing.T) {
 	// Lane 4 is in the peering file but not in the demuxes' (demux.yaml):
 	// pin-spray adds it, so that some flows live on their pins alone. The
 	// pin table is small, so that a spray this machine can send fills it.
-	tp := &hoTopo{topo: up(t, topology.Options{Prefix: "cpho", Lanes: 4, DemuxLanes: 3, PinFlows: hoPins})}
+	tp := &hoTopo{topo: up(t, topology.Options{Prefix: "cpho", Lanes: 4, DemuxLanes: 3, PinFlows: hoPins, GeneveAuth: true})}
 	tp.waitLanes(3)
 	// The addresses the attacks aim at: a host-b address that only a
 	// packet which got past a gateway's checks can reach.
@@ -58,6 +60,7 @@ func TestHostile(t *testing.T) {
 	}{
 		{"kernel-bypass", (*hoTopo).kernelBypass},
 		{"spoofed-geneve", (*hoTopo).spoofedGeneve},
+		{"replayed-geneve", (*hoTopo).replayedGeneve},
 		{"probe-flood", (*hoTopo).probeFlood},
 		{"forged-icmp", (*hoTopo).forgedICMP},
 		{"malformed", (*hoTopo).malformed},
@@ -195,31 +198,104 @@ func (tp *hoTopo) kernelBypass() (int, int) {
 }
 
 // spoofedGeneve: well-formed GENEVE carrying a packet for the target,
-// from host-a's own address to every gateway's GENEVE address, and
-// forging demux-a's address to the gateways' other addresses (their
-// underlay). A frame forging demux-a's address to a gateway's GENEVE
-// address would get in: that needs the authenticated GENEVE mode
-// (docs/datapath.md says what is and is not checked).
+// from host-a's own address to every gateway's GENEVE address, forging
+// demux-a's address to the gateways' other addresses (their underlay),
+// and forging demux-a's address to their GENEVE addresses, unsealed and
+// with a made-up authentication option (the peering seals its frames:
+// security.geneve_auth). accepted: what reached host-b.
 func (tp *hoTopo) spoofedGeneve() (int, int) {
 	count := tp.listen("hb", hoTarget)
 	inner := ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7302"), hoTarget, []byte("spoofed geneve"))
-	before := tp.gatewayDrops("gw-a1")[gateway.DropUnknownSource.String()]
+	reasons := []string{gateway.DropUnknownSource.String(), gateway.DropNoTag.String(), gateway.DropBadTag.String(), gateway.DropUnknownKey.String()}
+	before := tp.gatewayDrops("gw-a1")
 	defer func() {
-		if tp.gatewayDrops("gw-a1")[gateway.DropUnknownSource.String()] == before {
-			tp.t.Error("spoofed-geneve: gw-a1 counted no frame from an unknown source: none reached it, so the case tests nothing")
+		after := tp.gatewayDrops("gw-a1")
+		if after[reasons[0]] == before[reasons[0]] || after[reasons[1]] == before[reasons[1]] ||
+			after[reasons[2]]+after[reasons[3]] == before[reasons[2]]+before[reasons[3]] {
+			tp.t.Errorf("spoofed-geneve: gw-a1's drops went from %v to %v: some kind of forgery never reached it, so the case tests less than it says", before, after)
 		}
 	}()
+	forged := tp.geneve(inner, false)
+	sealed := make([]byte, geneveauth.HeaderLen+len(inner))
+	packet.PutGeneve(sealed, tp.p.Config.VNI, packet.ProtoIPv4, false)
+	copy(sealed[geneveauth.HeaderLen:], inner)
+	// The right key ID (it is on the wire), a guessed key.
+	geneveauth.NewSealer(geneveauth.Key{1}, geneveauth.KeyID(tp.p.Config.Hash.Key[:]), 0, 1).Seal(sealed, uint64(time.Now().UnixNano()))
 	sent := 0
 	for i := 1; i <= 3; i++ {
-		gw := netip.AddrFrom4([4]byte{10, 1, 0, byte(20 + i)})
+		gw := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(20 + i)}), 6081)
 		underlay := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 1}), 6081)
-		sent += tp.rawSend("ha", [][]byte{ipv4UDP(netip.MustParseAddrPort("10.1.0.10:40000"), netip.AddrPortFrom(gw, 6081), tp.geneve(inner, false))},
-			netip.Addr{}, hoRate/6, hoAttack/3)
+		demuxA := netip.MustParseAddrPort("10.1.0.2:40000")
+		sent += tp.rawSend("ha", [][]byte{
+			ipv4UDP(netip.MustParseAddrPort("10.1.0.10:40000"), gw, forged),
+			ipv4UDP(demuxA, gw, forged),
+			ipv4UDP(demuxA, gw, sealed),
+		}, netip.Addr{}, hoRate/6, hoAttack/3)
 		// To the gateway's underlay address, as a frame to its LAN MAC.
-		sent += tp.rawSend("ha", [][]byte{ipv4UDP(netip.MustParseAddrPort("10.1.0.2:40000"), underlay, tp.geneve(inner, false))},
-			gw, hoRate/6, hoAttack/3)
+		sent += tp.rawSend("ha", [][]byte{ipv4UDP(demuxA, underlay, forged)}, gw.Addr(), hoRate/6, hoAttack/3)
 	}
 	return sent, count()
+}
+
+// replayedGeneve: host-a replays GENEVE frames demux-a sealed, captured
+// as they arrived at gw-a1 (their source is demux-a's, their tags
+// good). accepted: replayed frames gw-a1 did not refuse as replayed.
+func (tp *hoTopo) replayedGeneve() (int, int) {
+	frames := tp.capture("ga1", 300*time.Millisecond, 1000, func(p []byte) bool {
+		return len(p) > 28 && p[9] == unix.IPPROTO_UDP && netip.AddrFrom4([4]byte(p[12:16])) == netip.MustParseAddr("10.1.0.2") &&
+			binary.BigEndian.Uint16(p[22:24]) == 6081
+	})
+	if len(frames) == 0 {
+		tp.t.Error("replayed-geneve: captured no GENEVE frame at gw-a1: nothing to replay")
+		return 0, 0
+	}
+	before := tp.gatewayDrops("gw-a1")[gateway.DropReplayed.String()]
+	for _, f := range frames {
+		// The captured checksum is the partial one of a veth's offload;
+		// 0 says "none" (IPv4), which the tag does not cover either.
+		f[26], f[27] = 0, 0
+	}
+	sent := tp.rawSend("ha", frames, netip.Addr{}, hoRate, hoAttack)
+	time.Sleep(200 * time.Millisecond) // in flight
+	refused := int(tp.gatewayDrops("gw-a1")[gateway.DropReplayed.String()] - before)
+	return sent, max(sent-refused, 0)
+}
+
+// capture returns up to n of the IPv4 packets node's lan0 receives in d
+// that keep accepts (a packet socket, so the node's own sockets still
+// get them).
+func (tp *hoTopo) capture(node string, d time.Duration, n int, keep func([]byte) bool) [][]byte {
+	var out [][]byte
+	tp.inNS(node, func() {
+		ifi, err := net.InterfaceByName("lan0")
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IP)))
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Protocol: htons(unix.ETH_P_IP)}); err != nil {
+			tp.t.Error(err)
+			return
+		}
+		tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		buf := make([]byte, 65536)
+		for end := time.Now().Add(d); time.Now().Before(end) && len(out) < n; {
+			m, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				continue // the timeout: look at the clock
+			}
+			if keep(buf[:m]) {
+				out = append(out, bytes.Clone(buf[:m]))
+			}
+		}
+	})
+	return out
 }
 
 // probeFlood: junk and forged probe messages at demux-a's probe port and

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
@@ -177,4 +179,58 @@ func FuzzCheck(f *testing.F) {
 			t.Fatalf("forwarded an OAM frame that is no probe for the peer: %x", pkt)
 		}
 	})
+}
+
+// With Auth, only frames the demux sealed for this lane enter, each once,
+// and each refusal has its reason; the other checks still come first.
+func TestIngressAuth(t *testing.T) {
+	secret := []byte("a peering secret")
+	id := geneveauth.KeyID(secret)
+	key := geneveauth.DeriveKey(secret, "a", 0, 1)
+	o := geneveauth.NewOpener()
+	o.Add(0, id, key)
+	in := Ingress{Sources: []netip.Addr{demuxAddr}, Local: gwAddr, VNI: 4242, Auth: o}
+	s := geneveauth.NewSealer(key, id, 0, 1000)
+	sealed := func(sl *geneveauth.Sealer, vni uint32) []byte {
+		b := make([]byte, geneveauth.HeaderLen+len(ipv4Ping))
+		packet.PutGeneve(b, vni, packet.ProtoIPv4, false)
+		copy(b[geneveauth.HeaderLen:], ipv4Ping)
+		sl.Seal(b, sl.Reserve(1))
+		return b
+	}
+	good := sealed(s, 4242)
+	changed := bytes.Clone(sealed(s, 4242))
+	changed[len(changed)-1] ^= 1
+	otherLane := geneveauth.NewSealer(geneveauth.DeriveKey(secret, "a", 0, 2), id, 0, 1000)
+	standby := geneveauth.NewSealer(geneveauth.DeriveKey(secret, "a", 1, 1), id, 1, 1000)
+	cases := []struct {
+		name string
+		src  netip.Addr
+		pkt  []byte
+		want Drop
+	}{
+		{"sealed", demuxAddr, good, DropNone},
+		{"the same again", demuxAddr, good, DropReplayed},
+		{"unsealed", demuxAddr, frame(4242, packet.ProtoIPv4, false, ipv4Ping), DropNoTag},
+		{"changed on the way", demuxAddr, changed, DropBadTag},
+		{"another lane's key", demuxAddr, sealed(otherLane, 4242), DropBadTag},
+		{"a sender without a key here", demuxAddr, sealed(standby, 4242), DropUnknownKey},
+		{"sealed, from a stranger", netip.MustParseAddr("10.1.0.10"), sealed(s, 4242), DropUnknownSource},
+		{"sealed, another VNI", demuxAddr, sealed(s, 4243), DropWrongVNI},
+		{"sealed, next counter", demuxAddr, sealed(s, 4242), DropNone},
+	}
+	for _, c := range cases {
+		inner, drop := in.Check(c.src, c.pkt)
+		if drop != c.want {
+			t.Errorf("%s: drop %v, want %v", c.name, drop, c.want)
+		}
+		if drop == DropNone && !bytes.Equal(inner, ipv4Ping) {
+			t.Errorf("%s: inner %x", c.name, inner)
+		}
+	}
+	// Without Auth, a sealed frame is a frame like any (its option known).
+	plain := Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}
+	if inner, drop := plain.Check(demuxAddr, sealed(s, 4242)); drop != DropNone || !bytes.Equal(inner, ipv4Ping) {
+		t.Errorf("sealed frame, auth off: %v", drop)
+	}
 }
