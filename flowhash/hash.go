@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/bits"
 	"strings"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/siphash"
 )
 
 // Key is the cluster's shared hash secret (SipHash's 128-bit key). Both
@@ -178,22 +180,9 @@ func sip13(k0, k1 uint64, m *Words) uint64 {
 	return v0 ^ v1 ^ v2 ^ v3
 }
 
+// sipRound is SipHash's round, shared with the GENEVE tags' SipHash-2-4.
 func sipRound(v0, v1, v2, v3 uint64) (uint64, uint64, uint64, uint64) {
-	v0 += v1
-	v1 = bits.RotateLeft64(v1, 13)
-	v1 ^= v0
-	v0 = bits.RotateLeft64(v0, 32)
-	v2 += v3
-	v3 = bits.RotateLeft64(v3, 16)
-	v3 ^= v2
-	v0 += v3
-	v3 = bits.RotateLeft64(v3, 21)
-	v3 ^= v0
-	v2 += v1
-	v1 = bits.RotateLeft64(v1, 17)
-	v1 ^= v2
-	v2 = bits.RotateLeft64(v2, 32)
-	return v0, v1, v2, v3
+	return siphash.Round(v0, v1, v2, v3)
 }
 
 // UnmarshalText reads a mode as ParseMode does (config files hold it so).

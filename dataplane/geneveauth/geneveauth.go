@@ -42,6 +42,7 @@ import (
 	"golang.zx2c4.com/wireguard/replay"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/dataplane/siphash"
 )
 
 const (
@@ -127,7 +128,7 @@ func (s *Sealer) Seal(frame []byte, counter uint64) {
 	frame[offSender], frame[offKeyID] = s.sender, s.keyID
 	frame[offKeyID+1], frame[offKeyID+2] = 0, 0
 	binary.BigEndian.PutUint64(frame[offCounter:], counter)
-	binary.BigEndian.PutUint64(frame[offTag:], sum(s.k0, s.k1, frame[:offTag], frame[HeaderLen:]))
+	binary.BigEndian.PutUint64(frame[offTag:], siphash.Sum24(s.k0, s.k1, frame[:offTag], frame[HeaderLen:]))
 }
 
 // Opener checks sealed frames at a gateway. It keeps each sender's
@@ -179,7 +180,7 @@ func (o *Opener) Open(frame []byte) error {
 			continue
 		}
 		known = true
-		if sum(k.k0, k.k1, frame[:offTag], frame[HeaderLen:]) == tag {
+		if siphash.Sum24(k.k0, k.k1, frame[:offTag], frame[HeaderLen:]) == tag {
 			if !snd.window.ValidateCounter(binary.BigEndian.Uint64(frame[offCounter:]), math.MaxUint64) {
 				return ErrReplayed
 			}
