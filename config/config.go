@@ -114,6 +114,11 @@ type Security struct {
 	// changing it needs a restart of all of them. The XDP fast path does
 	// not seal (yet): a demux with both refuses to start.
 	GeneveAuth bool `yaml:"geneve_auth,omitempty"`
+	// KeysDir holds each node's own keys (NODE.keys, written by `demux
+	// keys` from the peering secret): with it, no node holds the secret
+	// and hash.key_file is left out; a reload applies a new generation
+	// (tunnel/keyring, docs/security.md).
+	KeysDir string `yaml:"keys_dir,omitempty"`
 }
 
 // Metrics configures every node's /metrics listener (each node's own
@@ -339,7 +344,10 @@ func (c *checker) peering(p *Peering) {
 	if p.MTU < MinMTU || p.MTU > MaxMTU {
 		c.errf("mtu", "%d: want %d..%d (the inner packet size a lane carries; see docs/datapath.md)", p.MTU, MinMTU, MaxMTU)
 	}
-	c.hash(&p.Hash, len(p.Lanes))
+	c.hash(&p.Hash, len(p.Lanes), p.Security.KeysDir != "")
+	if p.Security.KeysDir != "" {
+		p.Security.KeysDir = c.path(p.Security.KeysDir)
+	}
 	if p.Metrics.WebConfig != "" {
 		p.Metrics.WebConfig = c.path(p.Metrics.WebConfig)
 		if err := web.Validate(p.Metrics.WebConfig); err != nil {
@@ -459,7 +467,7 @@ func contains(prefixes []netip.Prefix, a netip.Addr) bool {
 	return slices.ContainsFunc(prefixes, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
-func (c *checker) hash(h *Hash, lanes int) {
+func (c *checker) hash(h *Hash, lanes int, keysDir bool) {
 	if h.TableSize == 0 {
 		h.TableSize = flowhash.DefaultTableSize
 	}
@@ -471,8 +479,14 @@ func (c *checker) hash(h *Hash, lanes int) {
 	if h.PinFlows < 0 {
 		c.errf("hash.pin_flows", "%d: must not be negative (0 means the default)", h.PinFlows)
 	}
-	if h.KeyFile == "" {
-		c.errf("hash.key_file", "missing: the peering's shared hash secret, 32 hex digits (`openssl rand -hex 16 > key; chmod 600 key`)")
+	switch {
+	case keysDir && h.KeyFile != "":
+		c.errf("hash.key_file", "not with security.keys_dir: each node reads its own keys from there, and none holds the peering secret")
+		return
+	case keysDir:
+		return
+	case h.KeyFile == "":
+		c.errf("hash.key_file", "missing: the peering's shared hash secret, 32 hex digits (`openssl rand -hex 16 > key; chmod 600 key`), or security.keys_dir")
 		return
 	}
 	h.KeyFile = c.path(h.KeyFile)

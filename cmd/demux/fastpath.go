@@ -38,7 +38,7 @@ type fastPath struct {
 // loadFastPath loads the program (not yet attached); nil with --xdp=off,
 // and by default with security.geneve_auth: the program sends GENEVE
 // without the authentication option, which the gateways would refuse.
-func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip.Prefix, log *slog.Logger) (*fastPath, error) {
+func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, flowKey flowhash.Key, remote []netip.Prefix, log *slog.Logger) (*fastPath, error) {
 	if f.mode == "" {
 		f.mode = string(xdp.Native)
 		if p.Security.GeneveAuth {
@@ -72,7 +72,7 @@ func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, remote []netip
 		mac = ifc.HardwareAddr
 	}
 	prog, err := xdp.Load(xdp.Config{
-		Key: p.Hash.Key, HashMode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
+		Key: flowKey, HashMode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
 		TableSize: p.Hash.TableSize, PinFlows: p.Hash.PinFlows,
 		MTU: p.MTU, VNI: p.VNI, Remote: remote, IngressMAC: mac,
 	})

@@ -40,6 +40,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/membership"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
@@ -66,7 +67,17 @@ func up(args []string) error {
 		return err
 	}
 	d := node.Demux
-	sel, err := flowhash.New(selectorConfig(p))
+	keys, err := p.Ring(node, d.Name)
+	if err != nil {
+		return err
+	}
+	// The flow-hash key is the one of the generation signing at start; a
+	// newer one applies when the demux restarts (pins are keyed by it).
+	flowKey, err := keys.Flow(time.Now())
+	if err != nil {
+		return fmt.Errorf("security.keys_dir: %w", err)
+	}
+	sel, err := flowhash.New(selectorConfig(p, flowKey))
 	if err != nil {
 		return err
 	}
@@ -96,7 +107,7 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	fp, err := loadFastPath(xf, p, d, remote, log)
+	fp, err := loadFastPath(xf, p, d, flowKey, remote, log)
 	if err != nil {
 		return err
 	}
@@ -107,7 +118,7 @@ func up(args []string) error {
 	if fp != nil {
 		fp.lanes(&lc)
 	}
-	prober, stopHealth, err := startHealth(p, node, dm, log)
+	prober, stopHealth, err := startHealth(p, node, keys, dm, log)
 	if err != nil {
 		return err
 	}
@@ -116,7 +127,10 @@ func up(args []string) error {
 		lc.Prober = prober
 	}
 	dm.UseLanes(lc)
-	seal := newSealers(p, node, time.Now())
+	seal, err := newSealers(p, node, keys, time.Now())
+	if err != nil {
+		return err
+	}
 	specs, err := laneSpecs(p, nil, node.Side, bind, seal)
 	if err != nil {
 		return err
@@ -125,7 +139,7 @@ func up(args []string) error {
 		return err
 	}
 
-	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, dm: dm, log: log}
+	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, dm: dm, prober: prober, flowKey: flowKey, log: log}
 	r.note(specs)
 	var store *membership.Store
 	if p.Discovery.Mode == config.DiscoveryEtcd {
@@ -189,12 +203,12 @@ func up(args []string) error {
 // startHealth opens the lane prober (none with health.enabled: false) and
 // the ICMP watch over the frames sent to the gateways: a gateway that is
 // gone says so within a millisecond. stop closes both.
-func startHealth(p *config.Peering, node config.Node, dm *demux.Demux, log *slog.Logger) (*probe.Prober, func(), error) {
+func startHealth(p *config.Peering, node config.Node, keys *keyring.Ring, dm *demux.Demux, log *slog.Logger) (*probe.Prober, func(), error) {
 	if !p.Health.On {
 		log.Warn("lane health checks are off (health.enabled: false): every configured lane takes traffic")
 		return nil, func() {}, nil
 	}
-	prober, err := probe.NewProber(proberConfig(p, node, dm, log))
+	prober, err := probe.NewProber(proberConfig(p, node, keys, dm, log))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -14,15 +14,16 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // What `demux up` builds from the peering file, apart from the devices
 // and sockets it opens: plain values, so they are tested without root.
 
-func selectorConfig(p *config.Peering) flowhash.Config {
+func selectorConfig(p *config.Peering, flowKey flowhash.Key) flowhash.Config {
 	return flowhash.Config{
-		Key: p.Hash.Key, Mode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
+		Key: flowKey, Mode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
 		TableSize: p.Hash.TableSize, Pins: flowhash.PinConfig{Capacity: p.Hash.PinFlows},
 	}
 }
@@ -48,9 +49,9 @@ type laneHealth interface {
 	LaneSettled(flowhash.LaneID)
 }
 
-func proberConfig(p *config.Peering, node config.Node, dm laneHealth, log *slog.Logger) probe.ProberConfig {
+func proberConfig(p *config.Peering, node config.Node, keys *keyring.Ring, dm laneHealth, log *slog.Logger) probe.ProberConfig {
 	return probe.ProberConfig{
-		Key: probe.DeriveKey(p.Hash.Key[:]), VNI: p.VNI, Port: p.Health.Port, Sources: node.Demux.Addresses,
+		Keys: keys, Side: string(node.Side), VNI: p.VNI, Port: p.Health.Port, Sources: node.Demux.Addresses,
 		Params: p.Health.Params, MaxRate: p.Health.MaxProbeRate, OnChange: dm.LaneHealth, OnSettled: dm.LaneSettled, Log: log,
 		StartDelay: probeStartDelay(node.Side),
 	}
@@ -151,27 +152,26 @@ func laneArg(q url.Values) (flowhash.LaneID, error) {
 // *sealers, geneve_auth off, gives none).
 type sealers struct {
 	mu     sync.Mutex
-	secret []byte
+	gen    keyring.Gen // the generation that signed at start (its keys apply on restart)
 	side   string
 	sender uint8
-	keyID  uint8
 	start  uint64
 	m      map[flowhash.LaneID]*geneveauth.Sealer
 }
 
 // newSealers: the side's demux seals as sender 0, its standby as 1, with
-// keys from the peering secret; counters start at the clock (see
-// dataplane/geneveauth).
-func newSealers(p *config.Peering, node config.Node, now time.Time) *sealers {
+// its keys of the generation that signs now; counters start at the clock
+// (see dataplane/geneveauth).
+func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, now time.Time) (*sealers, error) {
 	if !p.Security.GeneveAuth {
-		return nil
+		return nil, nil
 	}
-	s := &sealers{secret: p.Hash.Key[:], side: string(node.Side), keyID: geneveauth.KeyID(p.Hash.Key[:]),
-		start: uint64(now.UnixNano()), m: map[flowhash.LaneID]*geneveauth.Sealer{}}
-	if node.Demux.Name != p.Networks[node.Side].Demux.Name {
-		s.sender = 1
+	g := keys.Signing(now)
+	if g == nil {
+		return nil, fmt.Errorf("security.geneve_auth: no key generation signs at %s", now.Format(time.RFC3339))
 	}
-	return s
+	return &sealers{gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
+		m: map[flowhash.LaneID]*geneveauth.Sealer{}}, nil
 }
 
 func (s *sealers) lane(id flowhash.LaneID) *geneveauth.Sealer {
@@ -183,7 +183,8 @@ func (s *sealers) lane(id flowhash.LaneID) *geneveauth.Sealer {
 	if sl := s.m[id]; sl != nil {
 		return sl
 	}
-	sl := geneveauth.NewSealer(geneveauth.DeriveKey(s.secret, s.side, s.sender, uint16(id)), s.keyID, s.sender, s.start)
+	k, _ := s.gen.Key(keyring.GenevePath(s.side, s.sender, uint16(id))) // the ring was checked to hold the sender's root
+	sl := geneveauth.NewSealer(geneveauth.KeyOf(k), s.gen.ID, s.sender, s.start)
 	s.m[id] = sl
 	return sl
 }

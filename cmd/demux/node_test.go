@@ -61,11 +61,15 @@ func TestNodeConfigs(t *testing.T) {
 	}
 
 	var rec recorder
-	pa, pb := proberConfig(p, a, &rec, nil), proberConfig(p, b, &rec, nil)
+	keys, err := p.Ring(a, "demux-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, pb := proberConfig(p, a, keys, &rec, nil), proberConfig(p, b, keys, &rec, nil)
 	if pa.StartDelay != 0 || pb.StartDelay != time.Second {
 		t.Errorf("start delays: a %v, b %v; side b waits for side a's probes", pa.StartDelay, pb.StartDelay)
 	}
-	if pa.Key != probe.DeriveKey(p.Hash.Key[:]) || pa.Params != p.Health.Params || pa.Port != p.Health.Port {
+	if pa.Keys != keys || pa.Side != "a" || pb.Side != "b" || pa.Params != p.Health.Params || pa.Port != p.Health.Port {
 		t.Errorf("prober config does not follow the file: %+v", pa)
 	}
 	pa.OnChange(probe.Change{Lane: 2})

@@ -15,6 +15,8 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/membership"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // laneSpecs is the demux's view of the lanes: the file's, then the
@@ -55,6 +57,9 @@ type reloader struct {
 	bind    conn.Bind
 	seal    *sealers
 	dm      *demux.Demux
+	prober  *probe.Prober    // nil with health checks off
+	flowKey flowhash.Key     // the one the demux started with
+	keyNote string           // what the last reload said of the keys
 	view    *membership.View // nil: static discovery
 	applied []int            // the lane ids last applied
 	log     *slog.Logger
@@ -162,6 +167,10 @@ func (r *reloader) apply() (string, error) {
 	if diff := restartFields(old, p); len(diff) > 0 {
 		return "", fmt.Errorf("%s changed; these apply only on restart (lanes are what reload changes)", strings.Join(diff, ", "))
 	}
+	keys, err := p.Ring(node, r.node)
+	if err != nil {
+		return "", err
+	}
 	specs, err := laneSpecs(p, r.stored(), node.Side, r.bind, r.seal)
 	if err != nil {
 		return "", err
@@ -171,7 +180,40 @@ func (r *reloader) apply() (string, error) {
 	}
 	r.running = p
 	msg, _ := r.note(specs)
+	if note := r.applyKeys(keys); note != "" {
+		msg += "; " + note
+	}
 	return msg, nil
+}
+
+// applyKeys gives the prober a reloaded key file's generations (they sign
+// and are accepted from their times on) and says what waits for a
+// restart: the flow-hash key (pins are keyed by it: changing it live
+// would move every established flow) and the GENEVE tags' keys.
+func (r *reloader) applyKeys(keys *keyring.Ring) string {
+	if r.running.Security.KeysDir == "" {
+		return ""
+	}
+	if r.prober != nil {
+		r.prober.SetKeys(keys)
+	}
+	var ids []string
+	for _, g := range keys.Gens {
+		ids = append(ids, fmt.Sprintf("%#02x", g.ID))
+	}
+	note := "key generations " + strings.Join(ids, " ") + " (probes)"
+	newest := keys.Gens[0]
+	if k, ok := newest.Key(keyring.FlowPath); ok && flowhash.Key(k[:16]) != r.flowKey {
+		note += fmt.Sprintf("; generation %#02x's flow-hash key applies on restart (established flows keep their pins only within a process)", newest.ID)
+	}
+	if r.seal != nil && newest.ID != r.seal.gen.ID {
+		note += fmt.Sprintf("; generation %#02x's GENEVE tag keys apply on restart", newest.ID)
+	}
+	if note != r.keyNote {
+		r.log.Info("keys reloaded", "note", note)
+		r.keyNote = note
+	}
+	return note
 }
 
 // restartFields lists what differs between two configs outside the lanes.

@@ -40,6 +40,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/membership"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
@@ -125,15 +126,19 @@ func readPrivateKey(path string) (wgkey.Key, error) {
 }
 
 // geneveOpener lets in the frames the side's demux (sender 0) and its
-// standby (1) seal for lane; nil with geneve_auth off.
-func geneveOpener(p *config.Peering, side config.Side, lane int) *geneveauth.Opener {
+// standby (1) seal for lane, with the keys of every generation the
+// node's ring holds; nil with geneve_auth off.
+func geneveOpener(p *config.Peering, keys *keyring.Ring, side config.Side, lane int) *geneveauth.Opener {
 	if !p.Security.GeneveAuth {
 		return nil
 	}
 	o := geneveauth.NewOpener()
-	id := geneveauth.KeyID(p.Hash.Key[:])
-	for sender := range p.Networks[side].Demuxes() { // the order of their sender numbers
-		o.Add(uint8(sender), id, geneveauth.DeriveKey(p.Hash.Key[:], string(side), uint8(sender), uint16(lane)))
+	for _, g := range keys.Gens {
+		for sender := range p.Networks[side].Demuxes() { // the order of their sender numbers
+			if k, ok := g.Key(keyring.GenevePath(string(side), uint8(sender), uint16(lane))); ok {
+				o.Add(uint8(sender), g.ID, geneveauth.KeyOf(k))
+			}
+		}
 	}
 	return o
 }
@@ -142,6 +147,10 @@ func geneveOpener(p *config.Peering, side config.Side, lane int) *geneveauth.Ope
 // then node's lane id and peer come from the store once registered).
 func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, j *joined) error {
 	self, peer := node.Self, node.Peer
+	keys, err := p.Ring(node, self.Name)
+	if err != nil {
+		return err
+	}
 	// The reflector (started once the TUN it listens behind exists) is
 	// also how the gateway tells its demuxes that the lane cannot work.
 	cond := &conditions{log: log}
@@ -151,7 +160,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	}
 	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), Local: self.Geneve.Addr(), Own: own, VNI: p.VNI, Probe: peerProbe(p, peer)}
 	if node.Lane != nil {
-		ingress.Auth = geneveOpener(p, node.Side, node.Lane.ID)
+		ingress.Auth = geneveOpener(p, keys, node.Side, node.Lane.ID)
 	} else if p.Security.GeneveAuth {
 		ingress.Auth = geneveauth.NewOpener() // no keys: nothing enters until the store gives the lane
 	}
@@ -190,7 +199,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		defer j.close()
 		peer = j.peerGateway()
 		if p.Security.GeneveAuth {
-			l.SetAuth(geneveOpener(p, node.Side, node.Lane.ID))
+			l.SetAuth(geneveOpener(p, keys, node.Side, node.Lane.ID))
 		}
 	}
 	log = log.With("lane", node.Lane.ID)
@@ -201,7 +210,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	if j != nil {
 		reg.MustRegister(j.view.Collector(self.Name))
 	}
-	rf, err := startReflector(p, node, self.Tun, log)
+	rf, err := startReflector(p, node, keys, self.Tun, log)
 	if err != nil {
 		return err
 	}
@@ -221,7 +230,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	}
 	var fp *filePeer
 	if j == nil {
-		fp = &filePeer{path: p.Path, name: self.Name, lane: l, p: p, node: node}
+		fp = &filePeer{path: p.Path, name: self.Name, lane: l, rf: rf, p: p, node: node}
 	}
 	status := func() any {
 		st := status{Status: l.Status(identity), Source: "file"}
@@ -429,12 +438,12 @@ func peerProbe(p *config.Peering, peer *config.Gateway) netip.AddrPort {
 // startReflector answers the far demux's probes on this gateway's own
 // address, those that come out of iface (the lane's TUN; "" any), nil
 // when health checks are off.
-func startReflector(p *config.Peering, node config.Node, iface string, log *slog.Logger) (*probe.Reflector, error) {
+func startReflector(p *config.Peering, node config.Node, keys *keyring.Ring, iface string, log *slog.Logger) (*probe.Reflector, error) {
 	if !p.Health.On {
 		return nil, nil
 	}
 	addr := netip.AddrPortFrom(node.Self.Geneve.AddrPort.Addr(), p.Health.Port)
-	rf, err := probe.NewReflector(addr, flowhash.LaneID(node.Lane.ID), probe.DeriveKey(p.Hash.Key[:]), iface, log)
+	rf, err := probe.NewReflector(addr, flowhash.LaneID(node.Lane.ID), string(node.Side), string(node.Side.Other()), keys, iface, log)
 	if err != nil {
 		return nil, err
 	}
@@ -456,7 +465,11 @@ func reflect(args []string) error {
 	if !p.Health.On {
 		return fmt.Errorf("%s: health checks are off (health.enabled: false); nothing to answer", p.Path)
 	}
-	rf, err := startReflector(p, node, dev, log.With("lane", node.Lane.ID))
+	keys, err := p.Ring(node, node.Self.Name)
+	if err != nil {
+		return err
+	}
+	rf, err := startReflector(p, node, keys, dev, log.With("lane", node.Lane.ID))
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // filePeer is a gateway of the peering file (tunnel up) on SIGHUP: it
@@ -22,6 +23,7 @@ import (
 type filePeer struct {
 	path, name string
 	lane       *gateway.Lane
+	rf         *probe.Reflector // nil with health checks off
 
 	mu   sync.Mutex // p, node: the select loop writes, status reads
 	p    *config.Peering
@@ -53,6 +55,24 @@ func (f *filePeer) reload() (string, error) {
 			oldNode.Lane.ID, oldNode.Side, node.Lane.ID, node.Side)
 	}
 	var did []string
+	if next.Security.KeysDir != "" && len(restart) == 0 {
+		keys, err := next.Ring(node, f.name)
+		if err != nil {
+			return "", fmt.Errorf("reload refused, nothing changed: %w", err)
+		}
+		if f.rf != nil {
+			f.rf.SetKeys(keys)
+		}
+		ids := make([]string, len(keys.Gens))
+		for i, g := range keys.Gens {
+			ids[i] = fmt.Sprintf("%#02x", g.ID)
+		}
+		note := "probe key generations " + strings.Join(ids, " ")
+		if next.Security.GeneveAuth {
+			note += " (GENEVE tag keys apply on restart)"
+		}
+		did = append(did, note)
+	}
 	op, np := oldNode.Peer, node.Peer
 	probe := peerProbe(next, np)
 	if np.Public != op.Public || np.Endpoint.AddrPort != op.Endpoint.AddrPort || probe != peerProbe(old, op) {

@@ -25,6 +25,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
@@ -499,16 +500,21 @@ func testProbes(t *testing.T, tp *topo) {
 			}
 		}
 	}
-	var wrongKey probe.Key
-	rand.Read(wrongKey[:])
+	// Another secret under the peering's key ID (it is on the wire): the
+	// MAC must fail.
+	wrongSecret := make([]byte, 16)
+	rand.Read(wrongSecret)
+	wrong := keyring.FromSecret(wrongSecret, time.Time{}, time.Time{})
+	wrong.ID = keyring.ID(tp.p.Config.Hash.Key[:])
+	wrongKey := &keyring.Ring{Gens: []keyring.Gen{wrong}}
 	forged := make([]byte, probe.MessageLen)
-	probe.NewSigner(wrongKey).Put(forged, probe.Message{Kind: probe.KindReply, Lane: 1, Seq: 1})
+	probe.NewSigner(wrongKey).Put(forged, probe.Message{Kind: probe.KindReply, Lane: 1, Side: "a", Seq: 1})
 	var da0 demux.Status
 	var gb0 gateway.Status
 	tp.status("demux-a", &da0)
 	tp.status("gw-b1", &gb0)
 	tp.sendUDP("ha", "10.1.0.2:6082", forged) // a "reply" to demux-a from its own network
-	probe.NewSigner(wrongKey).Put(forged, probe.Message{Kind: probe.KindRequest, Lane: 1, Seq: 1})
+	probe.NewSigner(wrongKey).Put(forged, probe.Message{Kind: probe.KindRequest, Lane: 1, Side: "a", Seq: 1})
 	tp.sendUDP("hb", "10.2.0.21:6082", forged)          // a "probe" to gw-b1's reflector from its LAN
 	tp.sendUDP("hb", "10.2.0.21:6082", []byte("hello")) // not a probe at all, from its LAN
 	tp.sendUDP("ha", "10.2.0.21:6082", forged)          // through lane 1 (or another), out of a TUN

@@ -28,6 +28,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
@@ -220,7 +221,7 @@ func (tp *hoTopo) spoofedGeneve() (int, int) {
 	packet.PutGeneve(sealed, tp.p.Config.VNI, packet.ProtoIPv4, false)
 	copy(sealed[geneveauth.HeaderLen:], inner)
 	// The right key ID (it is on the wire), a guessed key.
-	geneveauth.NewSealer(geneveauth.Key{1}, geneveauth.KeyID(tp.p.Config.Hash.Key[:]), 0, 1).Seal(sealed, uint64(time.Now().UnixNano()))
+	geneveauth.NewSealer(geneveauth.Key{1}, keyring.ID(tp.p.Config.Hash.Key[:]), 0, 1).Seal(sealed, uint64(time.Now().UnixNano()))
 	sent := 0
 	for i := 1; i <= 3; i++ {
 		gw := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(20 + i)}), 6081)
@@ -505,8 +506,9 @@ func (tp *hoTopo) pinSpray() (int, int) {
 	// Which good flows the new table sends elsewhere than the old one (the
 	// lane they are pinned to): without any, the case proves nothing.
 	cfg := tp.p.Config
+	flowKey, _ := keyring.FromSecret(cfg.Hash.Key[:], time.Time{}, time.Time{}).Key(keyring.FlowPath)
 	tableLane := func(lanes ...flowhash.LaneID) func(uint16) flowhash.LaneID {
-		sel, err := flowhash.New(flowhash.Config{Key: cfg.Hash.Key, Mode: cfg.Hash.Mode, Symmetric: cfg.Hash.Symmetric, TableSize: cfg.Hash.TableSize})
+		sel, err := flowhash.New(flowhash.Config{Key: flowhash.Key(flowKey[:16]), Mode: cfg.Hash.Mode, Symmetric: cfg.Hash.Symmetric, TableSize: cfg.Hash.TableSize})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@
 //
 // The tag covers the header (VNI, protocol, OAM bit), the counter and the
 // whole inner packet; the outer addresses are not covered, but the key
-// is one demux-gateway pair's (DeriveKey), so a frame sealed for one
+// is one demux-gateway pair's (KeyOf), so a frame sealed for one
 // gateway does not open at another. 64 bits of tag leave a forger one
 // chance in 2^64 per frame sent, and every failed one is counted.
 //
@@ -31,11 +31,8 @@
 package geneveauth
 
 import (
-	"crypto/hkdf"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math"
 	"sync/atomic"
 
@@ -43,6 +40,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/siphash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
 const (
@@ -69,24 +67,10 @@ var (
 // Key is one demux-gateway pair's SipHash key.
 type Key [16]byte
 
-// DeriveKey returns the key of the frames sender (0: the side's demux,
-// 1: its standby) of side ("a" or "b") sends into lane, from the
-// peering's secret (HKDF-SHA256, RFC 5869, one info string per pair).
-func DeriveKey(secret []byte, side string, sender uint8, lane uint16) Key {
-	b, err := hkdf.Key(sha256.New, secret, nil, fmt.Sprintf("clusterpeer geneve tag v1 side=%s sender=%d lane=%d", side, sender, lane), len(Key{}))
-	if err != nil {
-		panic(err) // only for lengths HKDF-SHA256 cannot produce; 16 it can
-	}
-	return Key(b)
-}
-
-// KeyID names the keys derived from a secret on the wire (its first byte
-// of HKDF), so that a gateway holding the keys of two secrets while they
-// are rotated knows which to try.
-func KeyID(secret []byte) uint8 {
-	b, _ := hkdf.Key(sha256.New, secret, nil, "clusterpeer geneve key id v1", 1)
-	return b[0]
-}
+// KeyOf is the SipHash key of a demux-gateway pair's node of the key
+// tree (keyring.GenevePath: one per side, sender and lane, so a frame
+// sealed for one gateway does not open at another).
+func KeyOf(k keyring.Key) Key { return Key(k[:len(Key{})]) }
 
 func (k Key) words() (uint64, uint64) {
 	return binary.LittleEndian.Uint64(k[0:8]), binary.LittleEndian.Uint64(k[8:16])

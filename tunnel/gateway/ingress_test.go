@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
@@ -184,9 +186,12 @@ func FuzzCheck(f *testing.F) {
 // With Auth, only frames the demux sealed for this lane enter, each once,
 // and each refusal has its reason; the other checks still come first.
 func TestIngressAuth(t *testing.T) {
-	secret := []byte("a peering secret")
-	id := geneveauth.KeyID(secret)
-	key := geneveauth.DeriveKey(secret, "a", 0, 1)
+	g := keyring.FromSecret([]byte("a peering secret"), time.Time{}, time.Time{})
+	pairKey := func(sender uint8, lane uint16) geneveauth.Key {
+		k, _ := g.Key(keyring.GenevePath("a", sender, lane))
+		return geneveauth.KeyOf(k)
+	}
+	id, key := g.ID, pairKey(0, 1)
 	o := geneveauth.NewOpener()
 	o.Add(0, id, key)
 	in := Ingress{Sources: []netip.Addr{demuxAddr}, Local: gwAddr, VNI: 4242, Auth: o}
@@ -201,8 +206,8 @@ func TestIngressAuth(t *testing.T) {
 	good := sealed(s, 4242)
 	changed := bytes.Clone(sealed(s, 4242))
 	changed[len(changed)-1] ^= 1
-	otherLane := geneveauth.NewSealer(geneveauth.DeriveKey(secret, "a", 0, 2), id, 0, 1000)
-	standby := geneveauth.NewSealer(geneveauth.DeriveKey(secret, "a", 1, 1), id, 1, 1000)
+	otherLane := geneveauth.NewSealer(pairKey(0, 2), id, 0, 1000)
+	standby := geneveauth.NewSealer(pairKey(1, 1), id, 1, 1000)
 	cases := []struct {
 		name string
 		src  netip.Addr

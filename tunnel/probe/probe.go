@@ -14,9 +14,9 @@
 // network. So a lane counts as up only while both gateways, both
 // directions of the encrypted tunnel and the near gateway's delivery work.
 //
-// Probes and replies carry an HMAC keyed from the peering's secret (the
-// hash key every node reads), so nobody on the networks can make a dead
-// lane look alive; the Prober accepts a reply only for a probe it sent and
+// Probes and replies carry an HMAC keyed per lane and direction from the
+// peering's secret (tunnel/keyring), so nobody on the networks can make a
+// dead lane look alive; the Prober accepts a reply only for a probe it sent and
 // has not seen answered.
 package probe
 
@@ -29,31 +29,42 @@ import (
 	"fmt"
 	"hash"
 	"net/netip"
+	"time"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
-// Message layout (UDP payload, 48 bytes, big-endian):
+// Message layout (UDP payload, 52 bytes, big-endian):
 //
 //	0  magic "cpLP"      4
-//	4  version 1         1
+//	4  version 2         1
 //	5  kind              1   1 request, 2 reply, 3 notice
 //	6  lane              2
 //	8  session           8   random per prober run: replies to an earlier run never count
 //	16 seq               8   per lane, from 1
 //	24 sent (ns)         8   the prober's clock; echoed. In a notice: the diagnostic code
-//	32 HMAC-SHA256/128  16   over bytes 0..31 with the probe key
+//	32 key ID            1   the generation of the peering secret that signed it
+//	33 reserved          3   zero
+//	36 HMAC-SHA256/128  16   over bytes 0..35 with the key of the lane and direction
 //
 // A notice is a gateway's answer to a probe when it knows its lane cannot
 // work (BFD's diagnostic codes, RFC 5880 4.1, say why): it names the
 // prober's session and a sequence number that prober sent, so the prober
 // can check it against what it sent, as it checks replies.
+//
+// The key is the lane's, for the probes of one side's demux
+// (keyring.ProbePath): a gateway holds its own lane's two, and cannot
+// sign for another lane; the key ID names the generation, so that while
+// the secret is rotated both are accepted (BFD's authentication carries
+// a key ID for the same reason, RFC 5880 4.3).
 const (
-	MessageLen = 48
+	MessageLen = 52
 	magic      = 0x63704c50 // "cpLP"
-	version    = 1
+	version    = 2
 	macLen     = 16
+	offKeyID   = 32
 	signedLen  = MessageLen - macLen
 )
 
@@ -102,46 +113,99 @@ type Message struct {
 	Seq     uint64
 	Sent    int64
 	Diag    Diag // notices only; carried where the others carry Sent
+	// Side is the side whose demux sent the probe this message is or
+	// answers: it chooses the key, and is not on the wire (each receiver
+	// knows it from where the message came).
+	Side  string
+	KeyID uint8 // set by Parse: the generation that signed it
 }
 
 // Errors of Parse; the reflector and prober count drops by these.
 var (
 	ErrFormat = errors.New("not a clusterpeer probe")
 	ErrMAC    = errors.New("probe authentication failed")
+	// ErrKey: the message names a generation this node does not accept
+	// (an old secret past its grace, or another peering's), or a lane
+	// whose key it does not hold.
+	ErrKey = errors.New("probe key unknown")
 )
 
-// Key authenticates probes. It is derived from the peering's secret so
-// that a probe MAC never doubles as anything the hash key does.
-type Key [32]byte
-
-// DeriveKey returns the probe key of a peering secret.
-func DeriveKey(secret []byte) Key {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("clusterpeer lane probe v1"))
-	return Key(m.Sum(nil))
-}
-
-// Signer writes and checks messages; it keeps its HMAC state, so one
-// Signer belongs to one goroutine.
+// Signer writes and checks messages with a node's keys (its keyring:
+// one key per lane and direction, per generation). It keeps HMAC state,
+// so one Signer belongs to one goroutine (or one lock).
 type Signer struct {
-	mac hash.Hash
-	sum []byte
+	ring *keyring.Ring
+	now  func() time.Time
+	macs map[macID]hash.Hash
+	sum  []byte
 }
 
-// NewSigner returns a Signer for key.
-func NewSigner(k Key) *Signer {
-	return &Signer{mac: hmac.New(sha256.New, k[:]), sum: make([]byte, 0, sha256.Size)}
+type macID struct {
+	gen  uint8
+	side string
+	lane flowhash.LaneID
 }
 
-func (s *Signer) tag(b []byte) []byte {
-	s.mac.Reset()
-	s.mac.Write(b[:signedLen])
-	s.sum = s.mac.Sum(s.sum[:0])
+// maxMACs bounds the HMAC states kept (a few per lane in use).
+const maxMACs = 1024
+
+// NewSigner returns a Signer for ring's keys.
+func NewSigner(ring *keyring.Ring) *Signer {
+	return &Signer{ring: ring, now: time.Now, macs: map[macID]hash.Hash{}, sum: make([]byte, 0, sha256.Size)}
+}
+
+// SetRing replaces the keys (a reload): the generations it holds sign
+// and are accepted from now on.
+func (s *Signer) SetRing(ring *keyring.Ring) {
+	s.ring = ring
+	clear(s.macs)
+}
+
+// Signing returns the key ID that signs now (false: no generation does).
+func (s *Signer) Signing() (uint8, bool) {
+	g := s.ring.Signing(s.now())
+	if g == nil {
+		return 0, false
+	}
+	return g.ID, true
+}
+
+// mac returns the HMAC state of lane's probes of side in generation g.
+func (s *Signer) mac(g *keyring.Gen, side string, lane flowhash.LaneID) hash.Hash {
+	id := macID{g.ID, side, lane}
+	if m, ok := s.macs[id]; ok {
+		return m
+	}
+	k, ok := g.Key(keyring.ProbePath(side, uint16(lane)))
+	if !ok || lane == 0 {
+		return nil
+	}
+	if len(s.macs) >= maxMACs {
+		clear(s.macs)
+	}
+	m := hmac.New(sha256.New, k[:])
+	s.macs[id] = m
+	return m
+}
+
+func (s *Signer) tag(m hash.Hash, b []byte) []byte {
+	m.Reset()
+	m.Write(b[:signedLen])
+	s.sum = m.Sum(s.sum[:0])
 	return s.sum[:macLen]
 }
 
-// Put writes m into b (at least MessageLen bytes) and signs it.
-func (s *Signer) Put(b []byte, m Message) {
+// Put writes m into b (at least MessageLen bytes) and signs it with the
+// generation that signs now; false if no key of the ring can.
+func (s *Signer) Put(b []byte, m Message) bool {
+	g := s.ring.Signing(s.now())
+	if g == nil {
+		return false
+	}
+	mac := s.mac(g, m.Side, m.Lane)
+	if mac == nil {
+		return false
+	}
 	binary.BigEndian.PutUint32(b[0:4], magic)
 	b[4], b[5] = version, byte(m.Kind)
 	binary.BigEndian.PutUint16(b[6:8], uint16(m.Lane))
@@ -152,11 +216,14 @@ func (s *Signer) Put(b []byte, m Message) {
 		v = uint64(m.Diag)
 	}
 	binary.BigEndian.PutUint64(b[24:32], v)
-	copy(b[signedLen:MessageLen], s.tag(b))
+	b[offKeyID], b[offKeyID+1], b[offKeyID+2], b[offKeyID+3] = g.ID, 0, 0, 0
+	copy(b[signedLen:MessageLen], s.tag(mac, b))
+	return true
 }
 
-// Parse checks b's format and MAC and returns the message.
-func (s *Signer) Parse(b []byte) (Message, error) {
+// Parse checks b's format and MAC, with the key of the lane it names
+// for the probes of side's demux, and returns the message.
+func (s *Signer) Parse(b []byte, side string) (Message, error) {
 	if len(b) != MessageLen || binary.BigEndian.Uint32(b[0:4]) != magic || b[4] != version {
 		return Message{}, ErrFormat
 	}
@@ -164,14 +231,25 @@ func (s *Signer) Parse(b []byte) (Message, error) {
 	if k != KindRequest && k != KindReply && k != KindNotice {
 		return Message{}, ErrFormat
 	}
-	if subtle.ConstantTimeCompare(s.tag(b), b[signedLen:MessageLen]) != 1 {
+	lane := flowhash.LaneID(binary.BigEndian.Uint16(b[6:8]))
+	g := s.ring.Accepted(b[offKeyID], s.now())
+	if g == nil {
+		return Message{}, ErrKey
+	}
+	mac := s.mac(g, side, lane)
+	if mac == nil {
+		return Message{}, ErrKey
+	}
+	if subtle.ConstantTimeCompare(s.tag(mac, b), b[signedLen:MessageLen]) != 1 {
 		return Message{}, ErrMAC
 	}
 	m := Message{
 		Kind:    k,
-		Lane:    flowhash.LaneID(binary.BigEndian.Uint16(b[6:8])),
+		Lane:    lane,
 		Session: binary.BigEndian.Uint64(b[8:16]),
 		Seq:     binary.BigEndian.Uint64(b[16:24]),
+		Side:    side,
+		KeyID:   g.ID,
 	}
 	v := binary.BigEndian.Uint64(b[24:32])
 	if k == KindNotice {

@@ -1,24 +1,114 @@
 package probe
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
-func testKey(b byte) Key {
-	return DeriveKey([]byte{b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+// testKey is the ring of secret b; every b's generation has key ID 1,
+// so another b's messages fail the MAC, as a forger's would, not the
+// key lookup.
+func testKey(b byte) *keyring.Ring {
+	g := keyring.FromSecret([]byte{b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, time.Time{}, time.Time{})
+	g.ID = 1
+	return &keyring.Ring{Gens: []keyring.Gen{g}}
+}
+
+// TestKeysPerLaneAndDirection: a message signed for one lane or one
+// side's demux does not check as another's, and a node that holds only
+// lane 1's keys (a gateway's file) can neither sign nor check lane 2's.
+func TestKeysPerLaneAndDirection(t *testing.T) {
+	s := NewSigner(testKey(1))
+	var b [MessageLen]byte
+	if !s.Put(b[:], Message{Kind: KindRequest, Lane: 1, Side: "a", Seq: 1}) {
+		t.Fatal("Put refused")
+	}
+	if _, err := s.Parse(b[:], "a"); err != nil {
+		t.Fatalf("own direction: %v", err)
+	}
+	if _, err := s.Parse(b[:], "b"); !errors.Is(err, ErrMAC) {
+		t.Errorf("checked as the other side's: %v, want ErrMAC", err)
+	}
+	binary.BigEndian.PutUint16(b[6:8], 2) // the lane field, now claiming lane 2
+	if _, err := s.Parse(b[:], "a"); !errors.Is(err, ErrMAC) {
+		t.Errorf("lane 1's message claiming lane 2: %v, want ErrMAC", err)
+	}
+
+	g, err := testKey(1).Gens[0].Only(keyring.ProbePath("a", 1), keyring.ProbePath("b", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := NewSigner(&keyring.Ring{Gens: []keyring.Gen{g}})
+	s.Put(b[:], Message{Kind: KindRequest, Lane: 1, Side: "b", Seq: 2})
+	if _, err := gw.Parse(b[:], "b"); err != nil {
+		t.Errorf("lane 1's gateway, lane 1's probe: %v", err)
+	}
+	s.Put(b[:], Message{Kind: KindRequest, Lane: 2, Side: "b", Seq: 3})
+	if _, err := gw.Parse(b[:], "b"); !errors.Is(err, ErrKey) {
+		t.Errorf("lane 1's gateway, lane 2's probe: %v, want ErrKey", err)
+	}
+	if gw.Put(b[:], Message{Kind: KindReply, Lane: 2, Side: "b"}) {
+		t.Error("lane 1's gateway signed for lane 2")
+	}
+}
+
+// TestKeyRotation: a ring with a new generation that signs from a time
+// to come and the old one accepted until later checks both, signs with
+// the old until the switch and the new after it, and refuses the old
+// once its grace is over.
+func TestKeyRotation(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 6, 0, 0, 0, time.UTC)
+	oldSecret, newSecret := []byte("0123456789abcdef"), []byte("fedcba9876543210")
+	old := &keyring.Ring{Gens: []keyring.Gen{keyring.FromSecret(oldSecret, time.Time{}, time.Time{})}}
+	both := &keyring.Ring{Gens: []keyring.Gen{
+		keyring.FromSecret(newSecret, t0.Add(time.Minute), time.Time{}),
+		keyring.FromSecret(oldSecret, time.Time{}, t0.Add(10*time.Minute)),
+	}}
+	oldID, newID := keyring.ID(oldSecret), keyring.ID(newSecret)
+	if oldID == newID {
+		t.Skip("the two test secrets' key IDs collide") // 1 in 256; fixed secrets, so never
+	}
+	now := t0
+	clock := func() time.Time { return now }
+	notYet, rotated := NewSigner(old), NewSigner(both)
+	notYet.now, rotated.now = clock, clock
+	var b [MessageLen]byte
+	check := func(what string, from, to *Signer, wantID uint8, wantErr error) {
+		t.Helper()
+		if !from.Put(b[:], Message{Kind: KindRequest, Lane: 3, Side: "a", Seq: 1}) {
+			t.Fatalf("%s: Put refused", what)
+		}
+		m, err := to.Parse(b[:], "a")
+		if !errors.Is(err, wantErr) || (err == nil && m.KeyID != wantID) {
+			t.Errorf("%s: key ID %#02x, %v; want %#02x, %v", what, m.KeyID, err, wantID, wantErr)
+		}
+	}
+	check("before the switch, reloaded -> not yet", rotated, notYet, oldID, nil)
+	check("before the switch, not yet -> reloaded", notYet, rotated, oldID, nil)
+	now = t0.Add(2 * time.Minute)
+	check("after the switch, reloaded -> reloaded", rotated, rotated, newID, nil)
+	check("after the switch, not yet reloaded -> reloaded", notYet, rotated, oldID, nil)
+	now = t0.Add(11 * time.Minute)
+	check("after the grace, the old key", notYet, rotated, 0, ErrKey)
+	if id, ok := rotated.Signing(); !ok || id != newID {
+		t.Errorf("Signing = %#02x, %v; want %#02x", id, ok, newID)
+	}
 }
 
 func TestMessageRoundTrip(t *testing.T) {
 	s := NewSigner(testKey(1))
-	want := Message{Kind: KindRequest, Lane: 7, Session: 0xdeadbeef, Seq: 42, Sent: 1234567890}
+	want := Message{Kind: KindRequest, Lane: 7, Session: 0xdeadbeef, Seq: 42, Sent: 1234567890, KeyID: 1}
 	var b [MessageLen]byte
 	s.Put(b[:], want)
-	got, err := s.Parse(b[:])
+	got, err := s.Parse(b[:], "")
 	if err != nil || got != want {
 		t.Fatalf("Parse = %+v, %v; want %+v", got, err, want)
 	}
@@ -31,22 +121,22 @@ func TestMessageRejects(t *testing.T) {
 	for i := range MessageLen {
 		b := good
 		b[i] ^= 0x10
-		if _, err := s.Parse(b[:]); err == nil {
+		if _, err := s.Parse(b[:], ""); err == nil {
 			t.Errorf("byte %d flipped: accepted", i)
 		}
 	}
-	if _, err := NewSigner(testKey(2)).Parse(good[:]); !errors.Is(err, ErrMAC) {
+	if _, err := NewSigner(testKey(2)).Parse(good[:], ""); !errors.Is(err, ErrMAC) {
 		t.Errorf("another peering's key: %v, want ErrMAC", err)
 	}
 	for _, b := range [][]byte{nil, good[:10], append(good[:], 0)} {
-		if _, err := s.Parse(b); !errors.Is(err, ErrFormat) {
+		if _, err := s.Parse(b, ""); !errors.Is(err, ErrFormat) {
 			t.Errorf("%d bytes: %v, want ErrFormat", len(b), err)
 		}
 	}
 	bad := good
 	bad[5] = 4 // unknown kind, re-signed
-	copy(bad[signedLen:], s.tag(bad[:]))
-	if _, err := s.Parse(bad[:]); !errors.Is(err, ErrFormat) {
+	copy(bad[signedLen:], s.tag(s.mac(&s.ring.Gens[0], "", 1), bad[:]))
+	if _, err := s.Parse(bad[:], ""); !errors.Is(err, ErrFormat) {
 		t.Errorf("kind 4: %v, want ErrFormat", err)
 	}
 }
@@ -143,7 +233,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(b[:n])
 	dst4, dst6 := netip.MustParseAddrPort("10.2.0.22:6082"), netip.MustParseAddrPort("[fd00:b::22]:6082")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if m, err := s.Parse(data); err == nil && len(data) != MessageLen {
+		if m, err := s.Parse(data, ""); err == nil && len(data) != MessageLen {
 			t.Fatalf("accepted %d bytes: %+v", len(data), m)
 		}
 		IsProbeFor(data, dst4)

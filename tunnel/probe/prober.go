@@ -20,6 +20,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/rxtime"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
 // Target is one lane as the demux probes it.
@@ -45,7 +46,8 @@ type Change struct {
 
 // ProberConfig configures a Prober.
 type ProberConfig struct {
-	Key     Key
+	Keys    *keyring.Ring // the demux's: its side's probe keys
+	Side    string        // the demux's side: its probes are signed for it
 	VNI     uint32
 	Port    uint16       // replies come back to this port; reflectors listen on it
 	Sources []netip.Addr // the demux's addresses: a probe socket is bound to each; one of the far gateway's family is the probe's source
@@ -83,10 +85,11 @@ const (
 	ReplyBadSource          // not from a gateway of a lane: dropped before any MAC is computed
 	ReplyICMPUnknown        // an ICMP error that quotes no probe this prober sent to that gateway lately
 	ReplyICMPPolled         // an ICMP error quoting a data frame: not trusted alone, the lane was polled (Suspect)
+	ReplyUnknownKey         // signed by a generation not accepted (past its grace, or another peering's)
 	numReplyDrops
 )
 
-var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale", "bad_source", "icmp_unmatched", "icmp_data_polled"}
+var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale", "bad_source", "icmp_unmatched", "icmp_data_polled", "unknown_key"}
 
 // Which signal took a lane down.
 const (
@@ -172,7 +175,7 @@ func NewProber(cfg ProberConfig) (*Prober, error) {
 		return nil, errors.New("health: no demux address to probe from")
 	}
 	p := &Prober{
-		cfg: cfg, signer: NewSigner(cfg.Key), done: make(chan struct{}),
+		cfg: cfg, signer: NewSigner(cfg.Keys), done: make(chan struct{}),
 		lanes: map[flowhash.LaneID]*probeLane{}, interval: cfg.Params.Interval,
 		buf: make([]byte, 2048), oob: make([]byte, 512),
 		frame: make([]byte, geneveauth.HeaderLen+InnerLenV6),
@@ -424,7 +427,7 @@ func (p *Prober) report() {
 func (p *Prober) send(l *probeLane, now time.Time) {
 	seq := l.s.Sent(now)
 	var msg [MessageLen]byte
-	p.sign(msg[:], Message{Kind: KindRequest, Lane: l.t.Lane, Session: p.session, Seq: seq, Sent: now.UnixNano()})
+	p.sign(msg[:], Message{Kind: KindRequest, Lane: l.t.Lane, Side: p.cfg.Side, Session: p.session, Seq: seq, Sent: now.UnixNano()})
 	hdr := packet.GeneveLen
 	if l.t.Seal != nil {
 		hdr = geneveauth.HeaderLen
@@ -458,7 +461,22 @@ func (p *Prober) sign(b []byte, m Message) {
 func (p *Prober) parse(b []byte) (Message, error) {
 	p.sigMu.Lock()
 	defer p.sigMu.Unlock()
-	return p.signer.Parse(b)
+	return p.signer.Parse(b, p.cfg.Side)
+}
+
+// SetKeys replaces the prober's keys (a reload that rotates the peering
+// secret): the next probes are signed, and replies checked, with them.
+func (p *Prober) SetKeys(r *keyring.Ring) {
+	p.sigMu.Lock()
+	p.signer.SetRing(r)
+	p.sigMu.Unlock()
+}
+
+// KeyID returns the generation the prober signs with now.
+func (p *Prober) KeyID() (uint8, bool) {
+	p.sigMu.Lock()
+	defer p.sigMu.Unlock()
+	return p.signer.Signing()
 }
 
 func sockaddr(a netip.AddrPort) unix.Sockaddr {
@@ -529,6 +547,9 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 	switch {
 	case errors.Is(err, ErrMAC):
 		p.C.Drops[ReplyBadMAC].Add(1)
+		return
+	case errors.Is(err, ErrKey):
+		p.C.Drops[ReplyUnknownKey].Add(1)
 		return
 	case err != nil || (m.Kind != KindReply && m.Kind != KindNotice):
 		p.C.Drops[ReplyBadFormat].Add(1)

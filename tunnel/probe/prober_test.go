@@ -11,6 +11,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
 // relay stands in for a lane on loopback: the near gateway's GENEVE port,
@@ -122,7 +123,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 	port := freePort(t)
 	ev := &events{ch: make(chan struct{}, 1)}
 	p, err := NewProber(ProberConfig{
-		Key: key, VNI: 7, Port: port, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Keys: key, VNI: 7, Port: port, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		Params: DefaultParams, OnChange: func(c Change) { ev.add(c.Lane, c.Up) },
 	})
 	if err != nil {
@@ -132,7 +133,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 	var relays []*relay
 	var reflectors []*Reflector
 	for lane := flowhash.LaneID(1); lane <= 2; lane++ {
-		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), lane, key, "", nil)
+		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), lane, "", "", key, "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -170,7 +171,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 
 	// Forgeries: a reply under another key, and a genuine-looking reply to
 	// a session that is not this prober's.
-	forge := func(k Key, m Message) {
+	forge := func(k *keyring.Ring, m Message) {
 		var b [MessageLen]byte
 		NewSigner(k).Put(b[:], m)
 		c, _ := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)))
@@ -195,7 +196,7 @@ func TestProberAndReflectorOverLoopback(t *testing.T) {
 
 func TestReflectorRefusesOtherLanesAndReplays(t *testing.T) {
 	key := testKey(1)
-	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "", nil)
+	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, "", "", key, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +225,7 @@ func TestReflectorRefusesOtherLanesAndReplays(t *testing.T) {
 }
 
 func TestProberStretchesIntervalForManyLanes(t *testing.T) {
-	p, err := NewProber(ProberConfig{Key: testKey(1), Port: freePort(t), MaxRate: 1000,
+	p, err := NewProber(ProberConfig{Keys: testKey(1), Port: freePort(t), MaxRate: 1000,
 		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: DefaultParams})
 	if err != nil {
 		t.Fatal(err)

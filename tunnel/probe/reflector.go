@@ -16,6 +16,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
 // Reflector answers the probes that reach a gateway through its lane. It
@@ -33,6 +34,8 @@ import (
 type Reflector struct {
 	conn    *net.UDPConn
 	lane    flowhash.LaneID
+	side    string // the gateway's: its own demux's probes are signed for it, the far demux's for the other
+	far     string
 	ifindex int // probes count only if they came out of this interface (the lane's TUN); 0: any
 	log     *slog.Logger
 
@@ -60,10 +63,11 @@ const (
 	ReflectWrongLane         // a probe for another lane reached this gateway
 	ReflectReplay            // a request seen before (sequence not newer)
 	ReflectWrongIface        // arrived on another interface than the lane's: relayed by another path, it proves nothing of this lane
+	ReflectUnknownKey        // a generation not accepted, or another lane's key (which this gateway does not hold)
 	numReflectDrops
 )
 
-var reflectDropNames = [numReflectDrops]string{"bad_format", "bad_mac", "wrong_lane", "replay", "wrong_interface"}
+var reflectDropNames = [numReflectDrops]string{"bad_format", "bad_mac", "wrong_lane", "replay", "wrong_interface", "unknown_key"}
 
 // maxSessions bounds the replay memory; the oldest entries are forgotten
 // wholesale (a demux restart makes a new session). maxHeard likewise
@@ -76,7 +80,7 @@ const (
 // NewReflector listens on addr for lane's probes. With iface set, only
 // probes that arrive on that interface (the lane's TUN, or a stock
 // WireGuard peer's interface) are answered.
-func NewReflector(addr netip.AddrPort, lane flowhash.LaneID, key Key, iface string, log *slog.Logger) (*Reflector, error) {
+func NewReflector(addr netip.AddrPort, lane flowhash.LaneID, side, far string, keys *keyring.Ring, iface string, log *slog.Logger) (*Reflector, error) {
 	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return nil, fmt.Errorf("health: reflector on %s: %w", addr, err)
@@ -84,7 +88,7 @@ func NewReflector(addr netip.AddrPort, lane flowhash.LaneID, key Key, iface stri
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Reflector{conn: conn, lane: lane, signer: NewSigner(key), seen: map[uint64]uint64{},
+	r := &Reflector{conn: conn, lane: lane, side: side, far: far, signer: NewSigner(keys), seen: map[uint64]uint64{},
 		heard: map[netip.AddrPort]Message{}, notice: make([]byte, MessageLen), log: log}
 	if iface != "" {
 		ifi, err := net.InterfaceByName(iface)
@@ -171,10 +175,12 @@ func (r *Reflector) Run() {
 func (r *Reflector) answer(b []byte, src netip.AddrPort) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	m, err := r.signer.Parse(b)
+	m, err := r.signer.Parse(b, r.far)
 	switch {
 	case errors.Is(err, ErrMAC):
 		return ReflectBadMAC
+	case errors.Is(err, ErrKey):
+		return ReflectUnknownKey
 	case err != nil || m.Kind != KindRequest:
 		return ReflectBadFormat
 	case m.Lane != r.lane:
@@ -193,7 +199,9 @@ func (r *Reflector) answer(b []byte, src netip.AddrPort) int {
 	if d := Diag(r.cond.Load()); d != DiagNone {
 		m.Kind, m.Diag = KindNotice, d
 	}
-	r.signer.Put(b, m)
+	if !r.signer.Put(b, m) {
+		return ReflectUnknownKey
+	}
 	return -1
 }
 
@@ -216,7 +224,7 @@ func (r *Reflector) SawProbe(inner []byte) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	m, err := r.signer.Parse(payload)
+	m, err := r.signer.Parse(payload, r.side)
 	if err != nil || m.Kind != KindRequest || m.Lane != r.lane {
 		return
 	}
@@ -260,7 +268,9 @@ func probePayload(pkt []byte) (netip.AddrPort, []byte, bool) {
 // sendNotice answers probe m of the demux at to with diag (mu held).
 func (r *Reflector) sendNotice(to netip.AddrPort, m Message, diag Diag) {
 	m.Kind, m.Diag = KindNotice, diag
-	r.signer.Put(r.notice, m)
+	if !r.signer.Put(r.notice, m) {
+		return
+	}
 	if _, err := r.conn.WriteToUDPAddrPort(r.notice, to); err != nil {
 		r.log.Debug("lane notice", "to", to, "err", err)
 		return
@@ -285,6 +295,14 @@ func (r *Reflector) SetCondition(d Diag) {
 	for to, m := range r.heard {
 		r.sendNotice(to, m, d)
 	}
+}
+
+// SetKeys replaces the reflector's keys (a reload that rotates the
+// peering secret).
+func (r *Reflector) SetKeys(k *keyring.Ring) {
+	r.mu.Lock()
+	r.signer.SetRing(k)
+	r.mu.Unlock()
 }
 
 // Condition returns what SetCondition last set.

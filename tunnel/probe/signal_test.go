@@ -17,6 +17,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
 // changes records a prober's Change reports.
@@ -73,12 +74,12 @@ func newSignalRig(t *testing.T) *signalRig {
 	port := freePort(t)
 	r := &signalRig{ch: &changes{ch: make(chan struct{}, 1)}, settled: make(chan flowhash.LaneID, 4)}
 	var err error
-	r.p, err = NewProber(ProberConfig{Key: key, VNI: 7, Port: port, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+	r.p, err = NewProber(ProberConfig{Keys: key, VNI: 7, Port: port, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		Params: DefaultParams, OnChange: r.ch.add, OnSettled: func(l flowhash.LaneID) { r.settled <- l }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.rf, err = NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "lo", nil); err != nil {
+	if r.rf, err = NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, "", "", key, "lo", nil); err != nil {
 		t.Fatal(err)
 	}
 	go r.rf.Run()
@@ -160,7 +161,7 @@ func extendedErr(ee unix.SockExtendedErr, offender netip.Addr) []byte {
 // ignored and counted; only a genuine one takes the lane down.
 func TestICMPErrorsMustQuoteARecentProbe(t *testing.T) {
 	key := testKey(1)
-	p, err := NewProber(ProberConfig{Key: key, VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
+	p, err := NewProber(ProberConfig{Keys: key, VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func TestICMPErrorsMustQuoteARecentProbe(t *testing.T) {
 		t.Fatal("lane not up")
 	}
 	recent := l.s.Sent(now.Add(time.Millisecond))
-	frame := func(k Key, m Message) []byte {
+	frame := func(k *keyring.Ring, m Message) []byte {
 		var msg [MessageLen]byte
 		NewSigner(k).Put(msg[:], m)
 		b := make([]byte, packet.GeneveLen+InnerLenV4)
@@ -229,7 +230,7 @@ func TestICMPErrorsMustQuoteARecentProbe(t *testing.T) {
 // probe of this prober's lane's current life, from that lane's gateway.
 func TestNoticesMustAnswerARecentProbe(t *testing.T) {
 	key := testKey(1)
-	p, err := NewProber(ProberConfig{Key: key, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
+	p, err := NewProber(ProberConfig{Keys: key, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +338,7 @@ func TestProbePortFloodIsCheap(t *testing.T) {
 func TestReflectorAnswersOnlyItsInterface(t *testing.T) {
 	key := testKey(1)
 	start := func(ifindex int) *Reflector {
-		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "lo", nil)
+		rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, "", "", key, "lo", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -385,7 +386,7 @@ func FuzzSignals(f *testing.F) {
 	PutInner(frame[packet.GeneveLen:], netip.MustParseAddrPort("127.0.0.1:6082"), netip.MustParseAddrPort("127.0.0.8:6082"), notice[:])
 	packet.PutGeneve(frame, 7, packet.ProtoIPv4, true)
 	f.Add(frame, extendedErr(unix.SockExtendedErr{Errno: uint32(unix.ECONNREFUSED), Origin: unix.SO_EE_ORIGIN_ICMP, Type: 3, Code: 3}, netip.MustParseAddr("127.0.0.7")))
-	p, err := NewProber(ProberConfig{Key: testKey(2), VNI: 7, Port: 0, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
+	p, err := NewProber(ProberConfig{Keys: testKey(2), VNI: 7, Port: 0, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Params: fastParams})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -398,7 +399,7 @@ func FuzzSignals(f *testing.F) {
 		l.s.Reply(l.s.Sent(now), now, now)
 	}
 	l.s.Evaluate(now.Add(time.Millisecond))
-	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, key, "", nil)
+	rf, err := NewReflector(netip.MustParseAddrPort("127.0.0.1:0"), 1, "", "", key, "", nil)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -420,7 +421,7 @@ func FuzzSignals(f *testing.F) {
 // error (handed over by the BeforeJudging hook) decides, not the silence.
 func TestSignalsQueuedElsewhereCountBeforeSilence(t *testing.T) {
 	changes := make(chan Change, 4)
-	p, err := NewProber(ProberConfig{Key: testKey(3), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+	p, err := NewProber(ProberConfig{Keys: testKey(3), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		Params: fastParams, OnChange: func(c Change) { changes <- c }})
 	if err != nil {
 		t.Fatal(err)
@@ -467,7 +468,7 @@ func TestSignalsQueuedElsewhereCountBeforeSilence(t *testing.T) {
 // not be used by two at once (it panicked with "d.nx != 0" in a demux;
 // the race detector sees it here).
 func TestProberSignerAcrossGoroutines(t *testing.T) {
-	p, err := NewProber(ProberConfig{Key: testKey(4), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+	p, err := NewProber(ProberConfig{Keys: testKey(4), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		Params: fastParams})
 	if err != nil {
 		t.Fatal(err)

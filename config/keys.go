@@ -1,0 +1,82 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
+)
+
+// KeyPaths lists the keys node needs of every generation (tunnel/keyring's
+// tree): a demux the flow hash, its side's probes and its own GENEVE
+// tags on every lane; a gateway its lane's probes both ways and the tags
+// its side's demuxes seal into its lane. A gateway that joins through
+// the store (Lane nil) does not know its lane before it registers: it
+// needs its side's roots.
+func (p *Peering) KeyPaths(n Node) []string {
+	side := string(n.Side)
+	if n.Demux != nil {
+		paths := []string{keyring.FlowPath, keyring.ProbePath(side, 0)}
+		if p.Security.GeneveAuth {
+			paths = append(paths, keyring.GenevePath(side, p.Sender(n), 0))
+		}
+		return paths
+	}
+	var lane uint16
+	if n.Lane != nil {
+		lane = uint16(n.Lane.ID)
+	}
+	paths := []string{keyring.ProbePath(string(SideA), lane), keyring.ProbePath(string(SideB), lane)}
+	if p.Security.GeneveAuth {
+		for sender := range p.Networks[n.Side].Demuxes() {
+			paths = append(paths, keyring.GenevePath(side, uint8(sender), lane))
+		}
+	}
+	return paths
+}
+
+// Sender is a demux's GENEVE sender number: 0 for its side's demux, 1
+// for the standby.
+func (p *Peering) Sender(n Node) uint8 {
+	if n.Demux != nil && n.Demux.Name != p.Networks[n.Side].Demux.Name {
+		return 1
+	}
+	return 0
+}
+
+// KeysFile is where a node named name reads its keys with
+// security.keys_dir; a joining gateway without a file of its own reads
+// its side's (JoinKeysName).
+func (p *Peering) KeysFile(name string) string {
+	return filepath.Join(p.Security.KeysDir, name+".keys")
+}
+
+// JoinKeysName is the key file name of a side's joining gateways.
+func JoinKeysName(s Side) string { return "join-" + string(s) }
+
+// Ring returns the keys of node n, named name: read from its file in
+// security.keys_dir (owner-only, checked to hold what n needs), or, with
+// hash.key_file, the one generation of the peering secret.
+func (p *Peering) Ring(n Node, name string) (*keyring.Ring, error) {
+	if p.Security.KeysDir == "" {
+		return &keyring.Ring{Gens: []keyring.Gen{keyring.FromSecret(p.Hash.Key[:], time.Time{}, time.Time{})}}, nil
+	}
+	path := p.KeysFile(name)
+	if _, err := os.Stat(path); os.IsNotExist(err) && n.Lane == nil && n.Demux == nil {
+		path = p.KeysFile(JoinKeysName(n.Side))
+	}
+	b, err := ReadSecretFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("security.keys_dir: %w", err)
+	}
+	r, err := keyring.Parse([]byte(b))
+	if err != nil {
+		return nil, fmt.Errorf("security.keys_dir: %s: %w", path, err)
+	}
+	if err := r.Check(p.KeyPaths(n)...); err != nil {
+		return nil, fmt.Errorf("security.keys_dir: %s: %w (write it again with `demux keys`)", path, err)
+	}
+	return r, nil
+}
