@@ -49,6 +49,7 @@ func main() {
 		"up":         {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
 		"show":       {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
 		"check":      {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
+		"keys":       {Usage: "keys --config FILE --secret FILE [--previous FILE --switch-in D --grace D] [--out DIR]", Help: "write each node its own key file (security.keys_dir)", Run: keys},
 		"reload":     {Usage: "reload --config FILE --node NAME", Help: "re-read the config the demux runs with (as SIGHUP does)", Run: action("reload", false)},
 		"drain":      {Usage: "drain --config FILE --node NAME --lane N [--deadline D]", Help: "stop new flows to a lane; pinned flows stay until idle or D", Run: action("drain", true)},
 		"xdp-pass":   {Usage: "xdp-pass --dev IF [--off]", Help: "attach a pass-all XDP program to a veth peer (native XDP_TX needs one)", Run: xdpPass},

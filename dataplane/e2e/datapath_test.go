@@ -238,10 +238,10 @@ func testWireFormat(t *testing.T, tp *topo) {
 	probes := tp.tshark("da", "udp dst port 6081 and udp[9] & 0x80 != 0", 6, nil,
 		"geneve.flags.oam", "geneve.vni", "ip.src", "ip.dst", "udp.dstport", "udp.length")
 	for _, f := range probes {
-		// OAM set, VNI 4242, inner 10.1.0.2:6082 -> far gateway 10.2.0.2N:6082, 8 + 48 bytes.
+		// OAM set, VNI 4242, inner 10.1.0.2:6082 -> far gateway 10.2.0.2N:6082, 8 + MessageLen bytes.
 		if len(f) != 6 || f[0] != "1" || f[1] != "0x001092" || !strings.HasPrefix(f[2], "10.1.0.2,10.1.0.2") ||
-			!strings.Contains(f[3], ",10.2.0.2") || !strings.HasSuffix(f[4], ",6082") || !strings.HasSuffix(f[5], ",56") {
-			t.Errorf("tshark read probe %q; want OAM GENEVE, inner UDP 10.1.0.2 -> 10.2.0.2N port 6082, 48-byte payload", f)
+			!strings.Contains(f[3], ",10.2.0.2") || !strings.HasSuffix(f[4], ",6082") || !strings.HasSuffix(f[5], ","+strconv.Itoa(8+probe.MessageLen)) {
+			t.Errorf("tshark read probe %q; want OAM GENEVE, inner UDP 10.1.0.2 -> 10.2.0.2N port 6082, %d-byte payload", f, probe.MessageLen)
 		}
 	}
 }
