@@ -80,3 +80,39 @@ func (p *Peering) Ring(n Node, name string) (*keyring.Ring, error) {
 	}
 	return r, nil
 }
+
+// NodeKeys is what `demux keys` writes: for every node of the file (and,
+// with discovery through etcd, each side's joining gateways), its key
+// file's contents, cut down from gens (the generations of the secrets,
+// newest first) to the keys that node needs.
+func (p *Peering) NodeKeys(gens []keyring.Gen, written time.Time) (map[string][]byte, error) {
+	type file struct {
+		name string
+		node Node
+	}
+	var files []file
+	for _, name := range p.NodeNames() {
+		n, _ := p.Node(name)
+		files = append(files, file{name, n})
+	}
+	if p.Discovery.Mode == DiscoveryEtcd {
+		for _, s := range Sides {
+			files = append(files, file{JoinKeysName(s), Node{Side: s}})
+		}
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		r := &keyring.Ring{}
+		for _, g := range gens {
+			cut, err := g.Only(p.KeyPaths(f.node)...)
+			if err != nil {
+				return nil, err
+			}
+			r.Gens = append(r.Gens, cut)
+		}
+		out[f.name] = r.Marshal(
+			fmt.Sprintf("clusterpeer keys of %s (peering %s), written at %s.", f.name, p.Name, written.UTC().Format(time.RFC3339)),
+			"Owner-only: this node's alone, as "+p.KeysFile(f.name)+".")
+	}
+	return out, nil
+}

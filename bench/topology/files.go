@@ -13,15 +13,20 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
 // writeFiles makes the keys (fresh for every peering) and the peering
 // file, and loads that file back as every node will.
 func (p *Peering) writeFiles() error {
-	hashKey := make([]byte, 16)
-	rand.Read(hashKey)
-	if err := os.WriteFile(filepath.Join(p.Work, "hash.key"), []byte(hex.EncodeToString(hashKey)+"\n"), 0o600); err != nil {
+	secretFile := "hash.key"
+	p.Secret = make([]byte, 16)
+	if p.NodeKeys {
+		secretFile, p.Secret = "peering.secret", make([]byte, 32)
+	}
+	rand.Read(p.Secret)
+	if err := os.WriteFile(filepath.Join(p.Work, secretFile), []byte(hex.EncodeToString(p.Secret)+"\n"), 0o600); err != nil {
 		return err
 	}
 	keys := map[string]wgkey.Key{}
@@ -62,8 +67,56 @@ func (p *Peering) writeFiles() error {
 		}
 	}
 	var err error
-	p.Config, err = config.Load(p.ConfigPath())
-	return err
+	if p.Config, err = config.Load(p.ConfigPath()); err != nil || !p.NodeKeys {
+		return err
+	}
+	return p.writeNodeKeys([]keyring.Gen{keyring.FromSecret(p.Secret, time.Time{}, time.Time{})})
+}
+
+// writeNodeKeys writes every node its key file of gens, as `demux keys` does.
+func (p *Peering) writeNodeKeys(gens []keyring.Gen) error {
+	files, err := p.Config.NodeKeys(gens, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(p.Config.Security.KeysDir, 0o700); err != nil {
+		return err
+	}
+	for name, b := range files {
+		path := p.Config.KeysFile(name)
+		if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RotateKeys writes every node a key file with a new secret, which signs
+// from switchIn on, beside the current one, accepted until grace after
+// that (the nodes apply it when reloaded), and makes the new one the
+// peering's. It returns both key IDs.
+func (p *Peering) RotateKeys(switchIn, grace time.Duration) (newID, oldID uint8, err error) {
+	if !p.NodeKeys {
+		return 0, 0, fmt.Errorf("topology: RotateKeys needs NodeKeys")
+	}
+	next := make([]byte, len(p.Secret))
+	for {
+		rand.Read(next)
+		if keyring.ID(next) != keyring.ID(p.Secret) {
+			break
+		}
+	}
+	from := time.Now().Add(switchIn)
+	gens := []keyring.Gen{keyring.FromSecret(next, from, time.Time{}), keyring.FromSecret(p.Secret, time.Time{}, from.Add(grace))}
+	if err := p.writeNodeKeys(gens); err != nil {
+		return 0, 0, err
+	}
+	newID, oldID = keyring.ID(next), keyring.ID(p.Secret)
+	p.Secret = next
+	return newID, oldID, os.WriteFile(filepath.Join(p.Work, "peering.secret"), []byte(hex.EncodeToString(next)+"\n"), 0o600)
 }
 
 // File is the peering file for lanes 1..lanes, in config's own types.
@@ -74,6 +127,9 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 		Health:   p.Health,
 		Networks: map[config.Side]config.Network{},
 		Security: config.Security{GeneveAuth: p.GeneveAuth},
+	}
+	if p.NodeKeys {
+		f.Hash.KeyFile, f.Security.KeysDir = "", "keys"
 	}
 	for _, s := range config.Sides {
 		n := netNum(s)

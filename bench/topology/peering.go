@@ -79,6 +79,10 @@ type Options struct {
 	// GeneveAuth: the peering seals its GENEVE frames
 	// (security.geneve_auth); the demuxes then run without XDP.
 	GeneveAuth bool
+	// NodeKeys: no node holds the peering secret; each reads its own keys
+	// from Work/keys (security.keys_dir), written from Work/peering.secret
+	// as `demux keys` writes them. RotateKeys rotates the secret.
+	NodeKeys bool
 	// DemuxLanes > 0: the demuxes run Work/demux.yaml, which lists only
 	// the first DemuxLanes lanes (more join by editing it and reload).
 	DemuxLanes int
@@ -110,6 +114,7 @@ type Peering struct {
 	Options
 	*Lab
 	Config *config.Peering   // Work/peering.yaml, as the nodes read it
+	Secret []byte            // the peering secret (hash.key_file's, or Work/peering.secret's with NodeKeys)
 	Store  *etcdtest.Cluster // the etcd servers, with Options.Etcd
 
 	mu     sync.Mutex               // the pids file, exited

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/config"
@@ -63,37 +64,16 @@ func keys(args []string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	type file struct {
-		name string
-		node config.Node
+	files, err := p.NodeKeys(gens, now)
+	if err != nil {
+		return err
 	}
-	var files []file
-	for _, name := range p.NodeNames() {
-		n, _ := p.Node(name)
-		files = append(files, file{name, n})
-	}
-	if p.Discovery.Mode == config.DiscoveryEtcd {
-		for _, s := range config.Sides {
-			files = append(files, file{config.JoinKeysName(s), config.Node{Side: s}})
-		}
-	}
-	for _, f := range files {
-		paths := p.KeyPaths(f.node)
-		r := &keyring.Ring{}
-		for _, g := range gens {
-			cut, err := g.Only(paths...)
-			if err != nil {
-				return err
-			}
-			r.Gens = append(r.Gens, cut)
-		}
-		path := filepath.Join(dir, f.name+".keys")
-		b := r.Marshal(fmt.Sprintf("clusterpeer keys of %s (peering %s), written by `demux keys` at %s.", f.name, p.Name, now.Format(time.RFC3339)),
-			"Owner-only: copy it to that node alone, as "+p.KeysFile(f.name)+".")
-		if err := writeSecret(path, b); err != nil {
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		path := filepath.Join(dir, name+".keys")
+		if err := writeSecret(path, files[name]); err != nil {
 			return err
 		}
-		fmt.Printf("%s: %s\n", path, strings.Join(paths, " "))
+		fmt.Println(path)
 	}
 	if len(gens) > 1 {
 		fmt.Printf("generation %#02x signs from %s; %#02x is accepted until %s: reload every node before the first\n",

@@ -378,6 +378,9 @@ func printStatus(full status) {
 	if pr := st.Probing; pr != nil {
 		fmt.Printf("  probes: every %s per lane, down after %d unanswered (or at once on a failure signal), up after %d answered\n",
 			pr.Interval, pr.Multiplier, pr.UpAfter)
+		if pr.KeyID != "" {
+			fmt.Printf("  keys: probes signed with generation %s\n", pr.KeyID)
+		}
 	} else {
 		fmt.Println("  probes: off (every configured lane takes traffic)")
 	}

@@ -152,7 +152,9 @@ func laneArg(q url.Values) (flowhash.LaneID, error) {
 // *sealers, geneve_auth off, gives none).
 type sealers struct {
 	mu     sync.Mutex
-	gen    keyring.Gen // the generation that signed at start (its keys apply on restart)
+	keys   *keyring.Ring
+	gen    keyring.Gen // the generation the sealers seal with
+	timer  *time.Timer // switches to the next generation at its From
 	side   string
 	sender uint8
 	start  uint64
@@ -170,8 +172,46 @@ func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, now tim
 	if g == nil {
 		return nil, fmt.Errorf("security.geneve_auth: no key generation signs at %s", now.Format(time.RFC3339))
 	}
-	return &sealers{gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
+	return &sealers{keys: keys, gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
 		m: map[flowhash.LaneID]*geneveauth.Sealer{}}, nil
+}
+
+// use takes a reloaded ring: the sealers switch to each generation when
+// it starts to sign (its From), with their counters going on. It returns
+// the generation they seal with now.
+func (s *sealers) use(keys *keyring.Ring) uint8 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys = keys
+	s.switchLocked(time.Now())
+	return s.gen.ID
+}
+
+func (s *sealers) switchLocked(now time.Time) {
+	if g := s.keys.Signing(now); g != nil && g.ID != s.gen.ID {
+		s.gen = *g
+		for id, sl := range s.m {
+			k, _ := s.gen.Key(keyring.GenevePath(s.side, s.sender, uint16(id)))
+			sl.SetKey(geneveauth.KeyOf(k), s.gen.ID)
+		}
+	}
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	var next time.Time // the earliest generation still to start signing
+	for _, g := range s.keys.Gens {
+		if g.From.After(now) && (next.IsZero() || g.From.Before(next)) {
+			next = g.From
+		}
+	}
+	if !next.IsZero() {
+		s.timer = time.AfterFunc(next.Sub(now), func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.switchLocked(time.Now())
+		})
+	}
 }
 
 func (s *sealers) lane(id flowhash.LaneID) *geneveauth.Sealer {

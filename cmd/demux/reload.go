@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 
@@ -206,8 +207,12 @@ func (r *reloader) applyKeys(keys *keyring.Ring) string {
 	if k, ok := newest.Key(keyring.FlowPath); ok && flowhash.Key(k[:16]) != r.flowKey {
 		note += fmt.Sprintf("; generation %#02x's flow-hash key applies on restart (established flows keep their pins only within a process)", newest.ID)
 	}
-	if r.seal != nil && newest.ID != r.seal.gen.ID {
-		note += fmt.Sprintf("; generation %#02x's GENEVE tag keys apply on restart", newest.ID)
+	if r.seal != nil {
+		sealing := r.seal.use(keys)
+		note += fmt.Sprintf("; GENEVE tags sealed with %#02x", sealing)
+		if newest.ID != sealing {
+			note += fmt.Sprintf(" until %#02x signs at %s", newest.ID, newest.From.Format(time.RFC3339))
+		}
 	}
 	if note != r.keyNote {
 		r.log.Info("keys reloaded", "note", note)

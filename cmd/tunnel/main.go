@@ -127,13 +127,17 @@ func readPrivateKey(path string) (wgkey.Key, error) {
 
 // geneveOpener lets in the frames the side's demux (sender 0) and its
 // standby (1) seal for lane, with the keys of every generation the
-// node's ring holds; nil with geneve_auth off.
+// node's ring accepts now; nil with geneve_auth off.
 func geneveOpener(p *config.Peering, keys *keyring.Ring, side config.Side, lane int) *geneveauth.Opener {
 	if !p.Security.GeneveAuth {
 		return nil
 	}
 	o := geneveauth.NewOpener()
+	now := time.Now()
 	for _, g := range keys.Gens {
+		if !g.Until.IsZero() && !now.Before(g.Until) {
+			continue // past its grace
+		}
 		for sender := range p.Networks[side].Demuxes() { // the order of their sender numbers
 			if k, ok := g.Key(keyring.GenevePath(string(side), uint8(sender), uint16(lane))); ok {
 				o.Add(uint8(sender), g.ID, geneveauth.KeyOf(k))
@@ -230,7 +234,8 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	}
 	var fp *filePeer
 	if j == nil {
-		fp = &filePeer{path: p.Path, name: self.Name, lane: l, rf: rf, p: p, node: node}
+		fp = &filePeer{path: p.Path, name: self.Name, lane: l, rf: rf, auth: ingress.Auth, p: p, node: node}
+		fp.expire(keys)
 	}
 	status := func() any {
 		st := status{Status: l.Status(identity), Source: "file"}
@@ -508,6 +513,9 @@ func show(args []string) error {
 	cli.PrintDrops(st.Drops)
 	if pr := st.Probes; pr != nil {
 		fmt.Printf("  probes answered: %d (on %s)  notices sent: %d  condition: %s\n", pr.Answered, pr.Address, pr.Notices, pr.Condition)
+		if pr.KeyID != "" {
+			fmt.Printf("  keys: replies signed with generation %s\n", pr.KeyID)
+		}
 		cli.PrintCounts("probes refused", pr.Drops)
 	}
 	fmt.Printf("\npeer: %s (%s)\n  endpoint: %s\n", st.Peer.PublicKey, st.PeerName, st.Peer.Endpoint)

@@ -6,9 +6,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
@@ -23,7 +26,9 @@ import (
 type filePeer struct {
 	path, name string
 	lane       *gateway.Lane
-	rf         *probe.Reflector // nil with health checks off
+	rf         *probe.Reflector   // nil with health checks off
+	auth       *geneveauth.Opener // nil with geneve_auth off
+	expiry     *time.Timer        // drops a generation from auth at its until
 
 	mu   sync.Mutex // p, node: the select loop writes, status reads
 	p    *config.Peering
@@ -67,9 +72,10 @@ func (f *filePeer) reload() (string, error) {
 		for i, g := range keys.Gens {
 			ids[i] = fmt.Sprintf("%#02x", g.ID)
 		}
-		note := "probe key generations " + strings.Join(ids, " ")
-		if next.Security.GeneveAuth {
-			note += " (GENEVE tag keys apply on restart)"
+		note := "key generations " + strings.Join(ids, " ")
+		if f.auth != nil {
+			f.auth.UseKeysOf(geneveOpener(next, keys, node.Side, node.Lane.ID))
+			f.expire(keys)
 		}
 		did = append(did, note)
 	}
@@ -97,6 +103,34 @@ func (f *filePeer) reload() (string, error) {
 		msg += "; changed, applies on restart: " + strings.Join(restart, ", ")
 	}
 	return msg, nil
+}
+
+// expire takes a generation's GENEVE keys out of the opener when its
+// grace ends (probes check the time themselves).
+func (f *filePeer) expire(keys *keyring.Ring) {
+	if f.auth == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.expiry != nil {
+		f.expiry.Stop()
+		f.expiry = nil
+	}
+	now := time.Now()
+	var next time.Time
+	for _, g := range keys.Gens {
+		if g.Until.After(now) && (next.IsZero() || g.Until.Before(next)) {
+			next = g.Until
+		}
+	}
+	if next.IsZero() {
+		return
+	}
+	p, node := f.p, f.node
+	f.expiry = time.AfterFunc(next.Sub(now), func() {
+		f.auth.UseKeysOf(geneveOpener(p, keys, node.Side, node.Lane.ID))
+	})
 }
 
 // restartOnly names the settings this gateway uses that changed but

@@ -1,6 +1,7 @@
 package demux
 
 import (
+	"fmt"
 	"strconv"
 	"time"
 
@@ -47,7 +48,8 @@ type Probing struct {
 	Multiplier int               `json:"detect_multiplier"`
 	UpAfter    int               `json:"up_after"`
 	Drops      map[string]uint64 `json:"reply_drops"`
-	Signals    map[string]uint64 `json:"signals"` // lanes taken down on a failure signal, by kind
+	Signals    map[string]uint64 `json:"signals"`          // lanes taken down on a failure signal, by kind
+	KeyID      string            `json:"key_id,omitempty"` // the key generation probes are signed with now
 }
 
 // LaneStatus is one lane as the demux sees it.
@@ -86,6 +88,11 @@ func (d *Demux) Status(st Status) Status {
 	if pr := d.lanes.prober(); pr != nil && st.Probing != nil {
 		p := *st.Probing
 		p.Interval, p.Drops, p.Signals = pr.Interval(), pr.DropCounts(), pr.SignalCounts()
+		if k, ok := pr.(interface{ KeyID() (uint8, bool) }); ok {
+			if id, ok := k.KeyID(); ok {
+				p.KeyID = fmt.Sprintf("%#02x", id)
+			}
+		}
 		st.Probing = &p
 	}
 	st.Lanes = d.laneStatus(nil)

@@ -76,24 +76,40 @@ func (k Key) words() (uint64, uint64) {
 	return binary.LittleEndian.Uint64(k[0:8]), binary.LittleEndian.Uint64(k[8:16])
 }
 
-// Sealer seals one sender's frames into one lane. Reserve is safe from
-// any goroutine (the data path and the prober share a Sealer); Seal
-// writes only the frame it is given.
+// Sealer seals one sender's frames into one lane. Reserve, Seal and
+// SetKey are safe from any goroutine (the data path and the prober share
+// a Sealer); Seal writes only the frame it is given.
 type Sealer struct {
-	k0, k1 uint64
+	key    atomic.Pointer[sealKey]
 	sender uint8
-	keyID  uint8
 	next   atomic.Uint64
+}
+
+type sealKey struct {
+	k0, k1 uint64
+	id     uint8
 }
 
 // NewSealer returns a Sealer whose first counter is start (the wall
 // clock in nanoseconds, see the package comment).
 func NewSealer(k Key, keyID, sender uint8, start uint64) *Sealer {
-	s := &Sealer{sender: sender, keyID: keyID}
-	s.k0, s.k1 = k.words()
+	s := &Sealer{sender: sender}
+	s.SetKey(k, keyID)
 	s.next.Store(start)
 	return s
 }
+
+// SetKey seals the frames from now on with k, named keyID (a rotated
+// secret's generation); the counter goes on, so the gateway's replay
+// window, which is per sender, keeps working across the change.
+func (s *Sealer) SetKey(k Key, keyID uint8) {
+	sk := &sealKey{id: keyID}
+	sk.k0, sk.k1 = k.words()
+	s.key.Store(sk)
+}
+
+// KeyID is the key ID the Sealer seals with now.
+func (s *Sealer) KeyID() uint8 { return s.key.Load().id }
 
 // Reserve returns the first of n counters for the caller's frames: one
 // atomic add per batch, not per frame.
@@ -104,25 +120,25 @@ func (s *Sealer) Reserve(n int) uint64 { return s.next.Add(uint64(n)) - uint64(n
 // of room and the inner packet, and tags it with counter.
 func (s *Sealer) Seal(frame []byte, counter uint64) {
 	_ = frame[HeaderLen-1]
+	k := s.key.Load()
 	frame[0] = frame[0]&0xc0 | OptionLen/4
 	frame[1] |= 0x40 // a critical option follows
 	binary.BigEndian.PutUint16(frame[packet.GeneveLen:], packet.GeneveAuthClass)
 	frame[packet.GeneveLen+2] = packet.GeneveAuthType
 	frame[packet.GeneveLen+3] = OptionLen/4 - 1
-	frame[offSender], frame[offKeyID] = s.sender, s.keyID
+	frame[offSender], frame[offKeyID] = s.sender, k.id
 	frame[offKeyID+1], frame[offKeyID+2] = 0, 0
 	binary.BigEndian.PutUint64(frame[offCounter:], counter)
-	binary.BigEndian.PutUint64(frame[offTag:], siphash.Sum24(s.k0, s.k1, frame[:offTag], frame[HeaderLen:]))
+	binary.BigEndian.PutUint64(frame[offTag:], siphash.Sum24(k.k0, k.k1, frame[:offTag], frame[HeaderLen:]))
 }
 
 // Opener checks sealed frames at a gateway. It keeps each sender's
-// replay window, so one Opener belongs to one goroutine (the gateway's
-// GENEVE reader).
+// replay window, so Open belongs to one goroutine (the gateway's GENEVE
+// reader); the keys change from any goroutine (UseKeysOf, a reload), one
+// atomic load per frame.
 type Opener struct {
-	senders [Senders]struct {
-		keys   []openKey
-		window replay.Filter
-	}
+	keys    atomic.Pointer[[Senders][]openKey]
+	windows [Senders]replay.Filter
 }
 
 type openKey struct {
@@ -131,16 +147,28 @@ type openKey struct {
 }
 
 // NewOpener returns an Opener with no keys; Add gives it some.
-func NewOpener() *Opener { return &Opener{} }
+func NewOpener() *Opener {
+	o := &Opener{}
+	o.keys.Store(&[Senders][]openKey{})
+	return o
+}
 
 // Add lets the frames sender seals with k (named id) in. A sender may
 // have several keys at once, while a secret is rotated; they are tried
-// in the order added among those with the frame's ID.
+// in the order added among those with the frame's ID. Add is for
+// building an Opener; a running one takes new keys with UseKeysOf.
 func (o *Opener) Add(sender, id uint8, k Key) {
 	ok := openKey{id: id}
 	ok.k0, ok.k1 = k.words()
-	o.senders[sender].keys = append(o.senders[sender].keys, ok)
+	keys := *o.keys.Load()
+	keys[sender] = append(keys[sender][:len(keys[sender]):len(keys[sender])], ok)
+	o.keys.Store(&keys)
 }
+
+// UseKeysOf makes o open with the keys of n (built afresh from a
+// reloaded key file) and no others, keeping o's replay windows: a
+// rotation must not let a frame seen before in again.
+func (o *Opener) UseKeysOf(n *Opener) { o.keys.Store(n.keys.Load()) }
 
 // Open checks frame (a GENEVE header, as packet.ParseGeneve accepted it,
 // and the inner packet) and, if it is sealed by a known sender with a
@@ -155,17 +183,17 @@ func (o *Opener) Open(frame []byte) error {
 	if sender >= Senders {
 		return ErrUnknownKey
 	}
-	snd := &o.senders[sender]
+	keys := o.keys.Load()[sender]
 	tag := binary.BigEndian.Uint64(frame[offTag:])
 	known := false
-	for i := range snd.keys {
-		k := &snd.keys[i]
+	for i := range keys {
+		k := &keys[i]
 		if k.id != id {
 			continue
 		}
 		known = true
 		if siphash.Sum24(k.k0, k.k1, frame[:offTag], frame[HeaderLen:]) == tag {
-			if !snd.window.ValidateCounter(binary.BigEndian.Uint64(frame[offCounter:]), math.MaxUint64) {
+			if !o.windows[sender].ValidateCounter(binary.BigEndian.Uint64(frame[offCounter:]), math.MaxUint64) {
 				return ErrReplayed
 			}
 			return nil

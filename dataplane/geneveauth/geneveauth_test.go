@@ -219,3 +219,45 @@ func BenchmarkOpen(b *testing.B) {
 		o.Open(f)
 	}
 }
+
+// TestRotationKeepsTheWindow: a gateway's Opener given a rotated ring's
+// keys (UseKeysOf) opens the new key's frames, refuses the old key once
+// it is left out, and still refuses a frame it had seen: the replay
+// window survives the change, as the sender's counter goes on across
+// SetKey.
+func TestRotationKeepsTheWindow(t *testing.T) {
+	oldKey, newKey := deriveKey(secret, "a", 0, 1), deriveKey([]byte("fedcba9876543210"), "a", 0, 1)
+	o := NewOpener()
+	o.Add(0, 1, oldKey)
+	s := NewSealer(oldKey, 1, 0, 1000)
+	seen := frame(inner(60), false)
+	s.Seal(seen, s.Reserve(1))
+	if err := o.Open(bytes.Clone(seen)); err != nil {
+		t.Fatal(err)
+	}
+	both := NewOpener()
+	both.Add(0, 2, newKey)
+	both.Add(0, 1, oldKey)
+	o.UseKeysOf(both)
+	s.SetKey(newKey, 2)
+	f := frame(inner(60), false)
+	s.Seal(f, s.Reserve(1))
+	if err := o.Open(f); err != nil || s.KeyID() != 2 {
+		t.Fatalf("the new key's frame: %v (sealer key ID %d)", err, s.KeyID())
+	}
+	if err := o.Open(bytes.Clone(seen)); !errors.Is(err, ErrReplayed) {
+		t.Errorf("a frame seen before the rotation, again: %v, want ErrReplayed", err)
+	}
+	onlyNew := NewOpener()
+	onlyNew.Add(0, 2, newKey)
+	o.UseKeysOf(onlyNew)
+	stale := NewSealer(oldKey, 1, 0, 1<<40)
+	g := frame(inner(60), false)
+	stale.Seal(g, stale.Reserve(1))
+	if err := o.Open(g); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("the old key after its grace: %v, want ErrUnknownKey", err)
+	}
+	if a := testing.AllocsPerRun(100, func() { s.Seal(f, s.Reserve(1)); o.Open(f) }); a != 0 {
+		t.Errorf("%v allocations per frame", a)
+	}
+}

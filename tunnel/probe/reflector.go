@@ -327,12 +327,19 @@ type ReflectorStatus struct {
 	Notices   uint64            `json:"notices"`
 	Condition string            `json:"condition"`
 	Drops     map[string]uint64 `json:"drops"`
+	KeyID     string            `json:"key_id,omitempty"` // the generation its replies are signed with ("": none signs now)
 }
 
 // Status returns the reflector's counters.
 func (r *Reflector) Status() ReflectorStatus {
-	return ReflectorStatus{Address: r.conn.LocalAddr().String(), Answered: r.C.Answered.Load(),
+	st := ReflectorStatus{Address: r.conn.LocalAddr().String(), Answered: r.C.Answered.Load(),
 		Notices: r.C.Notices.Load(), Condition: r.Condition().String(), Drops: r.DropCounts()}
+	r.mu.Lock()
+	if id, ok := r.signer.Signing(); ok {
+		st.KeyID = fmt.Sprintf("%#02x", id)
+	}
+	r.mu.Unlock()
+	return st
 }
 
 var (
