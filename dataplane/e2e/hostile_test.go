@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
@@ -48,8 +50,12 @@ func TestHostile(t *testing.T) {
 	// Lane 4 is in the peering file but not in the demuxes' (demux.yaml):
 	// pin-spray adds it, so that some flows live on their pins alone. The
 	// pin table is small, so that a spray this machine can send fills it.
-	tp := &hoTopo{topo: up(t, topology.Options{Prefix: "cpho", Lanes: 4, DemuxLanes: 3, PinFlows: hoPins, GeneveAuth: true})}
+	tp := &hoTopo{topo: up(t, topology.Options{Prefix: "cpho", Lanes: 4, DemuxLanes: 3, PinFlows: hoPins, GeneveAuth: true, NodeKeys: true})}
 	tp.waitLanes(3)
+	// The demuxes hash with the flow key of the secret they started with
+	// (a rotation changes it on restart only).
+	fk, _ := keyring.FromSecret(tp.p.Secret, time.Time{}, time.Time{}).Key(keyring.FlowPath)
+	tp.flowKey = flowhash.Key(fk[:16])
 	// The addresses the attacks aim at: a host-b address that only a
 	// packet which got past a gateway's checks can reach.
 	tp.run("hb", "ip", "addr", "add", hoTarget.Addr().String()+"/32", "dev", "lan0")
@@ -65,6 +71,7 @@ func TestHostile(t *testing.T) {
 		{"probe-flood", (*hoTopo).probeFlood},
 		{"forged-icmp", (*hoTopo).forgedICMP},
 		{"malformed", (*hoTopo).malformed},
+		{"key-rotation", (*hoTopo).keyRotation},
 		{"pin-spray", (*hoTopo).pinSpray}, // last: it adds lane 4
 	}
 	failed := false
@@ -104,8 +111,9 @@ const (
 
 type hoTopo struct {
 	*topo
-	demuxPorts []uint16 // demux-a's UDP ports (GENEVE source, probes)
-	goodPorts  []uint16 // the good flows' source ports, this case
+	flowKey    flowhash.Key // the demuxes'
+	demuxPorts []uint16     // demux-a's UDP ports (GENEVE source, probes)
+	goodPorts  []uint16     // the good flows' source ports, this case
 }
 
 type hoResult struct {
@@ -221,7 +229,7 @@ func (tp *hoTopo) spoofedGeneve() (int, int) {
 	packet.PutGeneve(sealed, tp.p.Config.VNI, packet.ProtoIPv4, false)
 	copy(sealed[geneveauth.HeaderLen:], inner)
 	// The right key ID (it is on the wire), a guessed key.
-	geneveauth.NewSealer(geneveauth.Key{1}, keyring.ID(tp.p.Config.Hash.Key[:]), 0, 1).Seal(sealed, uint64(time.Now().UnixNano()))
+	geneveauth.NewSealer(geneveauth.Key{1}, keyring.ID(tp.p.Secret), 0, 1).Seal(sealed, uint64(time.Now().UnixNano()))
 	sent := 0
 	for i := 1; i <= 3; i++ {
 		gw := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(20 + i)}), 6081)
@@ -236,6 +244,101 @@ func (tp *hoTopo) spoofedGeneve() (int, int) {
 		sent += tp.rawSend("ha", [][]byte{ipv4UDP(demuxA, underlay, forged)}, gw.Addr(), hoRate/6, hoAttack/3)
 	}
 	return sent, count()
+}
+
+// keyRotation: the peering secret is rotated under traffic: every node
+// gets a key file with a new secret that signs a second on and the old
+// one accepted 1.5 s longer, and reloads (demuxes by command, gateways
+// by SIGHUP). Probes and sealed GENEVE switch to the new generation on
+// both demuxes and at every gateway; then host-a, forging gw-a1's and
+// demux-a's addresses, sends what the old secret signs: a probe reply to
+// demux-a and a sealed GENEVE frame to gw-a1. accepted: the old key's
+// messages not refused as signed by an unknown key.
+func (tp *hoTopo) keyRotation() (int, int) {
+	const switchIn, grace = time.Second, 1500 * time.Millisecond
+	oldSecret := tp.p.Secret
+	newID, oldID, err := tp.p.RotateKeys(switchIn, grace)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	switchAt := time.Now().Add(switchIn)
+	for _, d := range []string{"demux-a", "demux-b"} {
+		if _, err := admin.Do(tp.socket(d), "reload", nil); err != nil {
+			tp.t.Errorf("key-rotation: %s reload: %v", d, err)
+		}
+	}
+	for i := 1; i <= hoLanes; i++ {
+		for _, s := range config.Sides {
+			pid, err := tp.p.PID(topology.GatewayName(s, i))
+			if err == nil {
+				err = syscall.Kill(pid, syscall.SIGHUP)
+			}
+			if err != nil {
+				tp.t.Errorf("key-rotation: SIGHUP %s: %v", topology.GatewayName(s, i), err)
+			}
+		}
+	}
+	// Every node signs with the new generation after the switch.
+	want := fmt.Sprintf("%#02x", newID)
+	deadline := switchAt.Add(3 * time.Second)
+	for {
+		var using []string
+		for _, d := range []string{"demux-a", "demux-b"} {
+			var st demux.Status
+			tp.status(d, &st)
+			if st.Probing.KeyID != want {
+				using = append(using, d+"="+st.Probing.KeyID)
+			}
+		}
+		for i := 1; i <= hoLanes; i++ {
+			for _, s := range config.Sides {
+				var st gateway.Status
+				name := topology.GatewayName(s, i)
+				tp.status(name, &st)
+				if st.Probes == nil || st.Probes.KeyID != want {
+					using = append(using, fmt.Sprintf("%s=%v", name, st.Probes))
+				}
+			}
+		}
+		if len(using) == 0 && time.Now().After(switchAt) {
+			break
+		}
+		if time.Now().After(deadline) {
+			tp.t.Errorf("key-rotation: not signing with the new generation %s 3 s after the switch: %v", want, using)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Past the old generation's grace: what it signs is refused.
+	time.Sleep(time.Until(switchAt.Add(grace + 100*time.Millisecond)))
+	old := keyring.FromSecret(oldSecret, time.Time{}, time.Time{})
+	if old.ID != oldID {
+		tp.t.Fatalf("key-rotation: old key ID %#02x, want %#02x", old.ID, oldID)
+	}
+	oldRing := &keyring.Ring{Gens: []keyring.Gen{old}}
+	reply := make([]byte, probe.MessageLen)
+	probe.NewSigner(oldRing).Put(reply, probe.Message{Kind: probe.KindReply, Lane: 1, Side: "a", Seq: 1})
+	inner := ipv4UDP(netip.MustParseAddrPort("10.1.0.10:7303"), hoTarget, []byte("old key"))
+	sealed := make([]byte, geneveauth.HeaderLen+len(inner))
+	packet.PutGeneve(sealed, tp.p.Config.VNI, packet.ProtoIPv4, false)
+	copy(sealed[geneveauth.HeaderLen:], inner)
+	k, _ := old.Key(keyring.GenevePath("a", 0, 1))
+	geneveauth.NewSealer(geneveauth.KeyOf(k), old.ID, 0, uint64(time.Now().UnixNano())<<1).Seal(sealed, uint64(time.Now().UnixNano())<<1)
+
+	var st0 demux.Status
+	tp.status("demux-a", &st0)
+	gw0 := tp.gatewayDrops("gw-a1")[gateway.DropUnknownKey.String()]
+	count := tp.listen("hb", hoTarget)
+	sent := tp.rawSend("ha", [][]byte{
+		ipv4UDP(netip.MustParseAddrPort("10.1.0.21:6082"), netip.MustParseAddrPort("10.1.0.2:6082"), reply),
+		ipv4UDP(netip.MustParseAddrPort("10.1.0.2:40000"), netip.MustParseAddrPort("10.1.0.21:6081"), sealed),
+	}, netip.Addr{}, 1000, 500*time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // in flight
+	var st demux.Status
+	tp.status("demux-a", &st)
+	refused := int(st.Probing.Drops["unknown_key"]-st0.Probing.Drops["unknown_key"]) +
+		int(tp.gatewayDrops("gw-a1")[gateway.DropUnknownKey.String()]-gw0)
+	return sent, max(sent-refused, count())
 }
 
 // replayedGeneve: host-a replays GENEVE frames demux-a sealed, captured
@@ -506,9 +609,8 @@ func (tp *hoTopo) pinSpray() (int, int) {
 	// Which good flows the new table sends elsewhere than the old one (the
 	// lane they are pinned to): without any, the case proves nothing.
 	cfg := tp.p.Config
-	flowKey, _ := keyring.FromSecret(cfg.Hash.Key[:], time.Time{}, time.Time{}).Key(keyring.FlowPath)
 	tableLane := func(lanes ...flowhash.LaneID) func(uint16) flowhash.LaneID {
-		sel, err := flowhash.New(flowhash.Config{Key: flowhash.Key(flowKey[:16]), Mode: cfg.Hash.Mode, Symmetric: cfg.Hash.Symmetric, TableSize: cfg.Hash.TableSize})
+		sel, err := flowhash.New(flowhash.Config{Key: tp.flowKey, Mode: cfg.Hash.Mode, Symmetric: cfg.Hash.Symmetric, TableSize: cfg.Hash.TableSize})
 		if err != nil {
 			t.Fatal(err)
 		}
