@@ -187,10 +187,10 @@ func (r *reloader) apply() (string, error) {
 	return msg, nil
 }
 
-// applyKeys gives the prober a reloaded key file's generations (they sign
-// and are accepted from their times on) and says what waits for a
-// restart: the flow-hash key (pins are keyed by it: changing it live
-// would move every established flow) and the GENEVE tags' keys.
+// applyKeys gives the prober and the sealers a reloaded key file's
+// generations (each signs from its From, and is accepted until its
+// Until) and says what waits for a restart: the flow-hash key (pins are
+// keyed by it: changing it live would move every established flow).
 func (r *reloader) applyKeys(keys *keyring.Ring) string {
 	if r.running.Security.KeysDir == "" {
 		return ""
@@ -198,11 +198,7 @@ func (r *reloader) applyKeys(keys *keyring.Ring) string {
 	if r.prober != nil {
 		r.prober.SetKeys(keys)
 	}
-	var ids []string
-	for _, g := range keys.Gens {
-		ids = append(ids, fmt.Sprintf("%#02x", g.ID))
-	}
-	note := "key generations " + strings.Join(ids, " ") + " (probes)"
+	note := "key generations " + keys.String()
 	newest := keys.Gens[0]
 	if k, ok := newest.Key(keyring.FlowPath); ok && flowhash.Key(k[:16]) != r.flowKey {
 		note += fmt.Sprintf("; generation %#02x's flow-hash key applies on restart (established flows keep their pins only within a process)", newest.ID)

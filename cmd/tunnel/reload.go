@@ -68,16 +68,11 @@ func (f *filePeer) reload() (string, error) {
 		if f.rf != nil {
 			f.rf.SetKeys(keys)
 		}
-		ids := make([]string, len(keys.Gens))
-		for i, g := range keys.Gens {
-			ids[i] = fmt.Sprintf("%#02x", g.ID)
-		}
-		note := "key generations " + strings.Join(ids, " ")
 		if f.auth != nil {
 			f.auth.UseKeysOf(geneveOpener(next, keys, node.Side, node.Lane.ID))
 			f.expire(keys)
 		}
-		did = append(did, note)
+		did = append(did, "key generations "+keys.String())
 	}
 	op, np := oldNode.Peer, node.Peer
 	probe := peerProbe(next, np)

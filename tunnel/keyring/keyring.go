@@ -186,6 +186,27 @@ type Ring struct {
 	Gens []Gen
 }
 
+// String lists the generations, newest first, as logs and reloads say
+// them: "0x5c (signs from 2026-12-07T06:01:00Z) 0x1a (until ...)".
+func (r *Ring) String() string {
+	var b strings.Builder
+	for i, g := range r.Gens {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%#02x", g.ID)
+		switch {
+		case !g.From.IsZero() && !g.Until.IsZero():
+			fmt.Fprintf(&b, " (from %s until %s)", stamp(g.From), stamp(g.Until))
+		case !g.From.IsZero():
+			fmt.Fprintf(&b, " (signs from %s)", stamp(g.From))
+		case !g.Until.IsZero():
+			fmt.Fprintf(&b, " (until %s)", stamp(g.Until))
+		}
+	}
+	return b.String()
+}
+
 // ErrNoKey: no generation the ring accepts gives the key asked for.
 var ErrNoKey = errors.New("keyring: no such key")
 
