@@ -86,5 +86,12 @@
 // moves no flow that has a pin. A draining lane is out of the table but
 // keeps its pins.
 //
+// The pin table is indexed by SipHash-1-3 of the same words under a key
+// of the process's own (random at New), not the flow-hash key: a flow
+// that has a pin costs one hash, as before, and a new flow two. So the
+// flow-hash key can change under running flows (SetKey, a rotated
+// secret): established flows keep their pins and lanes, new ones follow
+// the new key's table.
+//
 // Measured figures are in docs/flowhash.md.
 package flowhash

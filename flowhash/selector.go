@@ -1,6 +1,7 @@
 package flowhash
 
 import (
+	"crypto/rand"
 	"fmt"
 	"slices"
 	"sync"
@@ -63,6 +64,11 @@ type Snapshot struct {
 	Lanes   []Lane // sorted by ID
 	Table   *Table
 	gens    [MaxLaneID + 1]uint32 // 0: pins to that lane are void
+	// hasher is the flow hash Table is looked up with: the flow-hash key
+	// is the snapshot's, so that a new key (SetKey) and the table it
+	// builds change in one store.
+	hasher Hasher
+	key    Key
 
 	// A settling snapshot is the one before a lane failed, with that
 	// lane's flows told to wait until settleUntil (on the selector's
@@ -107,8 +113,10 @@ func (s *Snapshot) Gen(id LaneID) uint32 {
 // number of goroutines while SetLanes runs: readers never wait for a
 // rebuild, they keep using the snapshot they loaded.
 type Selector struct {
-	hasher    Hasher
-	key       Key
+	// pinHasher indexes the pin table: keyed by a secret of this process,
+	// not the flow-hash key, so that a new flow-hash key (SetKey) finds
+	// every established flow's pin where it was.
+	pinHasher Hasher
 	tableSize uint32
 	pins      *Pins
 	snap      atomic.Pointer[Snapshot]
@@ -139,15 +147,16 @@ func New(cfg Config) (*Selector, error) {
 	if err != nil {
 		return nil, err
 	}
+	var pinKey Key
+	rand.Read(pinKey[:])
 	s := &Selector{
-		hasher:    NewHasher(cfg.Key, cfg.Mode, cfg.Symmetric),
-		key:       cfg.Key,
+		pinHasher: NewHasher(pinKey, cfg.Mode, cfg.Symmetric),
 		tableSize: cfg.TableSize,
 		pins:      pins,
 		start:     time.Now(),
 	}
 	empty, _ := BuildTable(nil, cfg.TableSize, cfg.Key)
-	s.snap.Store(&Snapshot{Table: empty})
+	s.snap.Store(&Snapshot{Table: empty, hasher: NewHasher(cfg.Key, cfg.Mode, cfg.Symmetric), key: cfg.Key})
 	pins.sel = s
 	return s, nil
 }
@@ -156,11 +165,38 @@ func New(cfg Config) (*Selector, error) {
 // pins are void, or the table sends its flow there anyway.
 func (s *Selector) pinAgrees(w *Words, lane LaneID, gen uint32) bool {
 	snap := s.snap.Load()
-	return snap.gens[lane] != gen || snap.Table.Lookup(s.hasher.sumWords(w)) == lane
+	return snap.gens[lane] != gen || snap.Table.Lookup(snap.hasher.sumWords(w)) == lane
 }
 
-// Hasher returns the selector's hasher.
-func (s *Selector) Hasher() Hasher { return s.hasher }
+// Hasher returns the flow hasher of the current snapshot.
+func (s *Selector) Hasher() Hasher { return s.snap.Load().hasher }
+
+// SetKey makes key the flow-hash key (a rotated secret's): new flows
+// take the lanes the table keyed by it gives, while every established
+// flow keeps the lane it is pinned to (the pin table is not indexed by
+// the flow-hash key). Two demuxes that change keys at the same time keep
+// choosing alike. The table and its spares are built before the one
+// store that makes them current.
+func (s *Selector) SetKey(key Key) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.snap.Load()
+	if cur.after != nil { // a settle in progress ends now: its lane is down
+		cur = cur.after
+	}
+	if key == cur.key {
+		return nil
+	}
+	table, err := BuildTable(upOf(cur.Lanes), s.tableSize, key)
+	if err != nil {
+		return err
+	}
+	h := NewHasher(key, cur.hasher.mode, cur.hasher.symmetric)
+	next := &Snapshot{Version: cur.Version + 1, Lanes: cur.Lanes, Table: table, gens: cur.gens, hasher: h, key: key}
+	s.buildSpares(next)
+	s.snap.Store(next)
+	return nil
+}
 
 // Pins returns the selector's flow pin table.
 func (s *Selector) Pins() *Pins { return s.pins }
@@ -228,7 +264,7 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 			// The table before the failure, the failed lane's pins still
 			// valid so its flows are recognised, and told to wait.
 			next = &Snapshot{Version: final.Version, Lanes: final.Lanes, Table: cur.Table, gens: cur.gens,
-				settleLane: failed, settleUntil: int64(s.Clock() + settle), after: final}
+				hasher: cur.hasher, key: cur.key, settleLane: failed, settleUntil: int64(s.Clock() + settle), after: final}
 			final.Version++ // a new version when the wait ends, for those who publish it (XDP)
 		}
 	}
@@ -286,11 +322,11 @@ func (s *Selector) EndSettleOf(lane LaneID) bool {
 
 // build computes the snapshot for lanes from cur.
 func (s *Selector) build(cur *Snapshot, lanes []Lane) (*Snapshot, error) {
-	table, err := BuildTable(upOf(lanes), s.tableSize, s.key)
+	table, err := BuildTable(upOf(lanes), s.tableSize, cur.key)
 	if err != nil {
 		return nil, err
 	}
-	next := &Snapshot{Version: cur.Version + 1, Lanes: lanes, Table: table}
+	next := &Snapshot{Version: cur.Version + 1, Lanes: lanes, Table: table, hasher: cur.hasher, key: cur.key}
 	for _, l := range lanes {
 		if l.State == LaneDown {
 			continue
@@ -371,14 +407,14 @@ func (s *Selector) buildSpares(snap *Snapshot) {
 		}
 		lanes := slices.Clone(snap.Lanes)
 		lanes[i].State = LaneDown
-		table, err := BuildTable(upOf(lanes), s.tableSize, s.key)
+		table, err := BuildTable(upOf(lanes), s.tableSize, snap.key)
 		if err != nil {
 			return
 		}
-		down := &Snapshot{Version: snap.Version + 2, Lanes: lanes, Table: table, gens: snap.gens}
+		down := &Snapshot{Version: snap.Version + 2, Lanes: lanes, Table: table, gens: snap.gens, hasher: snap.hasher, key: snap.key}
 		down.gens[l.ID] = 0
 		settling := &Snapshot{Version: snap.Version + 1, Lanes: lanes, Table: snap.Table, gens: snap.gens,
-			settleLane: l.ID, after: down}
+			hasher: snap.hasher, key: snap.key, settleLane: l.ID, after: down}
 		spares = append(spares, spare{lane: l.ID, down: down, settling: settling})
 		s.spareBuilds.Add(1)
 	}
@@ -399,16 +435,16 @@ func (s *Selector) Select(pkt []byte, now uint32) (LaneID, Drop) {
 // it is pinned to while that pin's generation is valid; otherwise the
 // Maglev table decides and the choice is pinned.
 func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
-	w := s.hasher.Words(t)
-	sum := s.hasher.sumWords(&w)
+	w := s.pinHasher.Words(t) // the canonical words depend on the mode, not the key
+	at := s.pinHasher.sumWords(&w)
 	snap := s.snap.Load()
-	lane, gen, pinned := s.pins.Lookup(&w, sum, now)
+	lane, gen, pinned := s.pins.Lookup(&w, at, now)
 	if pinned && snap.gens[lane] == gen {
 		if lane != snap.settleLane {
 			return lane, DropNone
 		}
 	} else {
-		lane = snap.Table.Lookup(sum)
+		lane = snap.Table.Lookup(snap.hasher.sumWords(&w))
 		if lane == 0 {
 			return 0, DropNoLane
 		}
@@ -421,11 +457,11 @@ func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
 		if pinned && snap.gens[lane] == gen {
 			return lane, DropNone
 		}
-		if lane = snap.Table.Lookup(sum); lane == 0 {
+		if lane = snap.Table.Lookup(snap.hasher.sumWords(&w)); lane == 0 {
 			return 0, DropNoLane
 		}
 	}
-	s.pins.Insert(&w, sum, lane, snap.gens[lane], t.Proto == ProtoTCP, now)
+	s.pins.Insert(&w, at, lane, snap.gens[lane], t.Proto == ProtoTCP, now)
 	return lane, DropNone
 }
 
@@ -437,11 +473,10 @@ func (s *Selector) LaneOf(pkt []byte) LaneID {
 	if t.Decode(pkt) != DropNone {
 		return 0
 	}
-	w := s.hasher.Words(&t)
-	sum := s.hasher.sumWords(&w)
+	w := s.pinHasher.Words(&t)
 	snap := s.snap.Load()
-	if lane, gen, ok := s.pins.Lookup(&w, sum, s.pins.Now()); ok && snap.gens[lane] == gen {
+	if lane, gen, ok := s.pins.Lookup(&w, s.pinHasher.sumWords(&w), s.pins.Now()); ok && snap.gens[lane] == gen {
 		return lane
 	}
-	return snap.Table.Lookup(sum)
+	return snap.Table.Lookup(snap.hasher.sumWords(&w))
 }

@@ -381,3 +381,61 @@ func TestNewFlowIntoFullTableAllocs(t *testing.T) {
 		t.Errorf("%v allocs per new flow into a full table", allocs)
 	}
 }
+
+// A new flow-hash key (a rotated secret): every established flow stays on
+// its pinned lane; new flows take the lanes the new key's table gives, as
+// a selector started with that key chooses them; a lane that dies
+// afterwards moves only its own flows, through spares built with the new
+// key.
+func TestSetKeyMovesOnlyNewFlows(t *testing.T) {
+	s := mustSelector(t, upLanes(1, 2, 3, 4)...)
+	before := selectAll(t, s, nFlows, 0)
+	newKey := Key{0xfe, 0xed}
+	if err := s.SetKey(newKey); err != nil {
+		t.Fatal(err)
+	}
+	if !s.SparesReady() {
+		t.Fatal("no spares for the new key's table")
+	}
+	if after := selectAll(t, s, nFlows, 1); !slicesEqual(after, before) {
+		t.Fatal("an established flow changed lane with the key")
+	}
+	fresh, err := New(Config{Key: newKey, Pins: PinConfig{Capacity: 1 << 16}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh.SetLanes(upLanes(1, 2, 3, 4))
+	old := mustSelector(t, upLanes(1, 2, 3, 4)...)
+	differ := 0
+	for i := nFlows; i < 2*nFlows; i++ {
+		tu := flowTuple(i)
+		got, _ := s.SelectTuple(&tu, 1)
+		want, _ := fresh.SelectTuple(&tu, 1)
+		if got != want {
+			t.Fatalf("new flow %d: lane %d, the new key's table gives %d", i, got, want)
+		}
+		if was, _ := old.SelectTuple(&tu, 1); was != got {
+			differ++
+		}
+	}
+	if differ < nFlows/2 {
+		t.Fatalf("only %d of %d new flows take another lane under the new key: the key did not change the table", differ, nFlows)
+	}
+	lanes := upLanes(1, 2, 3, 4)
+	lanes[1].State = LaneDown
+	if err := s.SetLanes(lanes); err != nil {
+		t.Fatal(err)
+	}
+	after := selectAll(t, s, nFlows, 2)
+	for i := range before {
+		if before[i] != 2 && after[i] != before[i] {
+			t.Fatalf("flow %d moved from live lane %d to %d when lane 2 died", i, before[i], after[i])
+		}
+		if after[i] == 2 {
+			t.Fatalf("flow %d still on the dead lane", i)
+		}
+	}
+	if s.SetKey(newKey) != nil || s.Hasher() != fresh.Hasher() {
+		t.Error("the same key again changed the hasher")
+	}
+}

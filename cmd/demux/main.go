@@ -128,7 +128,8 @@ func up(args []string) error {
 		lc.Prober = prober
 	}
 	dm.UseLanes(lc)
-	seal, err := newSealers(p, node, keys, time.Now())
+	rot := newRotation(keys, time.Now())
+	seal, err := newSealers(p, node, keys, rot, time.Now())
 	if err != nil {
 		return err
 	}
@@ -140,7 +141,21 @@ func up(args []string) error {
 		return err
 	}
 
-	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, dm: dm, prober: prober, flowKey: flowKey, log: log}
+	if fp == nil {
+		// The flow hash follows a rotated secret live: new flows take the
+		// new key's table, pinned ones stay. The XDP program's key is
+		// fixed when it loads: with it, a new flow key waits for a restart.
+		rot.follow(func(g keyring.Gen) {
+			k, _ := g.Key(keyring.FlowPath)
+			if err := sel.SetKey(flowhash.Key(k[:16])); err != nil {
+				log.Error("flow-hash key not changed", "generation", fmt.Sprintf("%#02x", g.ID), "err", err)
+				return
+			}
+			log.Info("flow-hash key changed: new flows follow its table, established ones stay on their pins", "generation", fmt.Sprintf("%#02x", g.ID))
+		})
+	}
+	rot.use(keys) // a generation of the file still to come switches at its time
+	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, rot: rot, dm: dm, prober: prober, flowKeyFixed: fp != nil, log: log}
 	r.note(specs)
 	var store *membership.Store
 	if p.Discovery.Mode == config.DiscoveryEtcd {

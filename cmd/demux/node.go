@@ -147,14 +147,73 @@ func laneArg(q url.Values) (flowhash.LaneID, error) {
 	return flowhash.LaneID(n), nil
 }
 
+// rotation applies a node's key generations as their times come: at
+// each generation's From, every follower (the sealers, the flow hash)
+// switches to it. A reload hands it the new ring.
+type rotation struct {
+	mu        sync.Mutex
+	keys      *keyring.Ring
+	signing   uint8
+	timer     *time.Timer
+	followers []func(keyring.Gen) // called with mu held, when the signing generation changes
+}
+
+func newRotation(keys *keyring.Ring, now time.Time) *rotation {
+	r := &rotation{keys: keys}
+	if g := keys.Signing(now); g != nil {
+		r.signing = g.ID
+	}
+	return r
+}
+
+// follow adds f, which is told each later change of generation.
+func (r *rotation) follow(f func(keyring.Gen)) {
+	r.mu.Lock()
+	r.followers = append(r.followers, f)
+	r.mu.Unlock()
+}
+
+// use takes a reloaded ring and returns the generation that signs now.
+func (r *rotation) use(keys *keyring.Ring) uint8 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.keys = keys
+	r.switchLocked(time.Now())
+	return r.signing
+}
+
+func (r *rotation) switchLocked(now time.Time) {
+	if g := r.keys.Signing(now); g != nil && g.ID != r.signing {
+		r.signing = g.ID
+		for _, f := range r.followers {
+			f(*g)
+		}
+	}
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+	var next time.Time // the earliest generation still to start signing
+	for _, g := range r.keys.Gens {
+		if g.From.After(now) && (next.IsZero() || g.From.Before(next)) {
+			next = g.From
+		}
+	}
+	if !next.IsZero() {
+		r.timer = time.AfterFunc(next.Sub(now), func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.switchLocked(time.Now())
+		})
+	}
+}
+
 // sealers gives each lane the one Sealer its frames and probes share for
 // the process's life, so that its counter never starts over (a nil
 // *sealers, geneve_auth off, gives none).
 type sealers struct {
 	mu     sync.Mutex
-	keys   *keyring.Ring
 	gen    keyring.Gen // the generation the sealers seal with
-	timer  *time.Timer // switches to the next generation at its From
 	side   string
 	sender uint8
 	start  uint64
@@ -163,8 +222,8 @@ type sealers struct {
 
 // newSealers: the side's demux seals as sender 0, its standby as 1, with
 // its keys of the generation that signs now; counters start at the clock
-// (see dataplane/geneveauth).
-func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, now time.Time) (*sealers, error) {
+// (see dataplane/geneveauth). They follow rot's later generations.
+func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *rotation, now time.Time) (*sealers, error) {
 	if !p.Security.GeneveAuth {
 		return nil, nil
 	}
@@ -172,45 +231,20 @@ func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, now tim
 	if g == nil {
 		return nil, fmt.Errorf("security.geneve_auth: no key generation signs at %s", now.Format(time.RFC3339))
 	}
-	return &sealers{keys: keys, gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
-		m: map[flowhash.LaneID]*geneveauth.Sealer{}}, nil
+	s := &sealers{gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
+		m: map[flowhash.LaneID]*geneveauth.Sealer{}}
+	rot.follow(s.switchTo)
+	return s, nil
 }
 
-// use takes a reloaded ring: the sealers switch to each generation when
-// it starts to sign (its From), with their counters going on. It returns
-// the generation they seal with now.
-func (s *sealers) use(keys *keyring.Ring) uint8 {
+// switchTo seals from now on with g's keys, the counters going on.
+func (s *sealers) switchTo(g keyring.Gen) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.keys = keys
-	s.switchLocked(time.Now())
-	return s.gen.ID
-}
-
-func (s *sealers) switchLocked(now time.Time) {
-	if g := s.keys.Signing(now); g != nil && g.ID != s.gen.ID {
-		s.gen = *g
-		for id, sl := range s.m {
-			k, _ := s.gen.Key(keyring.GenevePath(s.side, s.sender, uint16(id)))
-			sl.SetKey(geneveauth.KeyOf(k), s.gen.ID)
-		}
-	}
-	if s.timer != nil {
-		s.timer.Stop()
-		s.timer = nil
-	}
-	var next time.Time // the earliest generation still to start signing
-	for _, g := range s.keys.Gens {
-		if g.From.After(now) && (next.IsZero() || g.From.Before(next)) {
-			next = g.From
-		}
-	}
-	if !next.IsZero() {
-		s.timer = time.AfterFunc(next.Sub(now), func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.switchLocked(time.Now())
-		})
+	s.gen = g
+	for id, sl := range s.m {
+		k, _ := g.Key(keyring.GenevePath(s.side, s.sender, uint16(id)))
+		sl.SetKey(geneveauth.KeyOf(k), g.ID)
 	}
 }
 

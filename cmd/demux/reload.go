@@ -57,13 +57,16 @@ type reloader struct {
 	node    string
 	bind    conn.Bind
 	seal    *sealers
+	rot     *rotation
 	dm      *demux.Demux
-	prober  *probe.Prober    // nil with health checks off
-	flowKey flowhash.Key     // the one the demux started with
-	keyNote string           // what the last reload said of the keys
-	view    *membership.View // nil: static discovery
-	applied []int            // the lane ids last applied
-	log     *slog.Logger
+	prober  *probe.Prober // nil with health checks off
+	// flowKeyFixed: the XDP program hashes with the flow key it loaded
+	// with; a new one waits for a restart.
+	flowKeyFixed bool
+	keyNote      string           // what the last reload said of the keys
+	view         *membership.View // nil: static discovery
+	applied      []int            // the lane ids last applied
+	log          *slog.Logger
 }
 
 // stored is the store's lanes (none with static discovery).
@@ -187,10 +190,9 @@ func (r *reloader) apply() (string, error) {
 	return msg, nil
 }
 
-// applyKeys gives the prober and the sealers a reloaded key file's
-// generations (each signs from its From, and is accepted until its
-// Until) and says what waits for a restart: the flow-hash key (pins are
-// keyed by it: changing it live would move every established flow).
+// applyKeys gives the prober, and through the rotation the sealers and
+// the flow hash, a reloaded key file's generations: each signs from its
+// From and is accepted until its Until.
 func (r *reloader) applyKeys(keys *keyring.Ring) string {
 	if r.running.Security.KeysDir == "" {
 		return ""
@@ -199,15 +201,12 @@ func (r *reloader) applyKeys(keys *keyring.Ring) string {
 		r.prober.SetKeys(keys)
 	}
 	note := "key generations " + keys.String()
-	newest := keys.Gens[0]
-	if k, ok := newest.Key(keyring.FlowPath); ok && flowhash.Key(k[:16]) != r.flowKey {
-		note += fmt.Sprintf("; generation %#02x's flow-hash key applies on restart (established flows keep their pins only within a process)", newest.ID)
-	}
-	if r.seal != nil {
-		sealing := r.seal.use(keys)
-		note += fmt.Sprintf("; GENEVE tags sealed with %#02x", sealing)
-		if newest.ID != sealing {
-			note += fmt.Sprintf(" until %#02x signs at %s", newest.ID, newest.From.Format(time.RFC3339))
+	signing := r.rot.use(keys)
+	note += fmt.Sprintf("; signing with %#02x", signing)
+	if newest := keys.Gens[0]; newest.ID != signing {
+		note += fmt.Sprintf(" until %#02x from %s", newest.ID, newest.From.Format(time.RFC3339))
+		if r.flowKeyFixed {
+			note += " (its flow-hash key applies when the demux restarts: the XDP program's is fixed at load)"
 		}
 	}
 	if note != r.keyNote {

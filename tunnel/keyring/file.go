@@ -48,7 +48,7 @@ func stamp(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return t.UTC().Format(time.RFC3339)
+	return t.UTC().Format(time.RFC3339Nano) // to the nanosecond: a switch must not come early
 }
 
 func parseStamp(s string) (time.Time, error) {
