@@ -222,3 +222,38 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestKeyPaths: each role needs only its keys of the secret's tree (a
+// gateway no flow key, no other lane's probe key; a gateway that joins
+// through the store, not knowing its lane yet, its side's roots).
+func TestKeyPaths(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "peering.yaml")
+	os.WriteFile(path, []byte(configtest.Example(t, dir, "hash:\n", "security:\n  geneve_auth: true\nhash:\n")), 0o600)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := func(name string) Node {
+		n, err := p.Node(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, c := range []struct {
+		n    Node
+		want string
+	}{
+		{node("demux-a"), "flow probe/a geneve/a/0"},
+		{node("demux-a2"), "flow probe/a geneve/a/1"},
+		{node("demux-b"), "flow probe/b geneve/b/0"},
+		{node("gw-a2"), "probe/a/2 probe/b/2 geneve/a/0/2 geneve/a/1/2"},
+		{node("gw-b1"), "probe/a/1 probe/b/1 geneve/b/0/1"},
+		{Node{Side: SideA}, "probe/a probe/b geneve/a/0 geneve/a/1"},
+	} {
+		if got := strings.Join(p.KeyPaths(c.n), " "); got != c.want {
+			t.Errorf("%+v: %s, want %s", c.n.Side, got, c.want)
+		}
+	}
+}
