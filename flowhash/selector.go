@@ -99,6 +99,10 @@ func (s *Snapshot) Settling() (LaneID, time.Duration) {
 	return s.settleLane, time.Duration(s.settleUntil)
 }
 
+// Hasher is the flow hasher this snapshot's table is looked up with (its
+// key changes with SetKey; the XDP program gets it with the table).
+func (s *Snapshot) Hasher() Hasher { return s.hasher }
+
 // Gen is the pin generation of lane id in this snapshot: 0 while pins to
 // it are void (down, or not in the set). The XDP program gets the same
 // generations, so both paths judge a pin alike.
@@ -169,7 +173,7 @@ func (s *Selector) pinAgrees(w *Words, lane LaneID, gen uint32) bool {
 }
 
 // Hasher returns the flow hasher of the current snapshot.
-func (s *Selector) Hasher() Hasher { return s.snap.Load().hasher }
+func (s *Selector) Hasher() Hasher { return s.snap.Load().Hasher() }
 
 // SetKey makes key the flow-hash key (a rotated secret's): new flows
 // take the lanes the table keyed by it gives, while every established

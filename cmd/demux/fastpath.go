@@ -82,14 +82,18 @@ func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, flowKey flowha
 	return &fastPath{prog: prog, kick: make(chan struct{}, 1), dev: dev, mode: mode}, nil
 }
 
+// wake makes the map sync publish the selector's snapshot now (a lane
+// change, a new flow-hash key).
+func (fp *fastPath) wake() {
+	select {
+	case fp.kick <- struct{}{}:
+	default:
+	}
+}
+
 // lanes hooks the fast path into the demux's lane changes.
 func (fp *fastPath) lanes(lc *demux.LaneConfig) {
-	lc.OnPublish = func() {
-		select {
-		case fp.kick <- struct{}{}:
-		default:
-		}
-	}
+	lc.OnPublish = fp.wake
 	lc.FastPathPackets = fp.prog.LanePackets
 }
 

@@ -141,21 +141,22 @@ func up(args []string) error {
 		return err
 	}
 
-	if fp == nil {
-		// The flow hash follows a rotated secret live: new flows take the
-		// new key's table, pinned ones stay. The XDP program's key is
-		// fixed when it loads: with it, a new flow key waits for a restart.
-		rot.follow(func(g keyring.Gen) {
-			k, _ := g.Key(keyring.FlowPath)
-			if err := sel.SetKey(flowhash.Key(k[:16])); err != nil {
-				log.Error("flow-hash key not changed", "generation", fmt.Sprintf("%#02x", g.ID), "err", err)
-				return
-			}
-			log.Info("flow-hash key changed: new flows follow its table, established ones stay on their pins", "generation", fmt.Sprintf("%#02x", g.ID))
-		})
-	}
+	// The flow hash follows a rotated secret live: new flows take the new
+	// key's table, pinned ones stay; the XDP program gets the key with
+	// that table, at once.
+	rot.follow(func(g keyring.Gen) {
+		k, _ := g.Key(keyring.FlowPath)
+		if err := sel.SetKey(flowhash.Key(k[:16])); err != nil {
+			log.Error("flow-hash key not changed", "generation", fmt.Sprintf("%#02x", g.ID), "err", err)
+			return
+		}
+		if fp != nil {
+			fp.wake()
+		}
+		log.Info("flow-hash key changed: new flows follow its table, established ones stay on their pins", "generation", fmt.Sprintf("%#02x", g.ID))
+	})
 	rot.use(keys) // a generation of the file still to come switches at its time
-	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, rot: rot, dm: dm, prober: prober, flowKeyFixed: fp != nil, log: log}
+	r := &reloader{running: p, node: d.Name, bind: bind, seal: seal, rot: rot, dm: dm, prober: prober, log: log}
 	r.note(specs)
 	var store *membership.Store
 	if p.Discovery.Mode == config.DiscoveryEtcd {

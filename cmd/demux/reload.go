@@ -205,9 +205,6 @@ func (r *reloader) applyKeys(keys *keyring.Ring) string {
 	note += fmt.Sprintf("; signing with %#02x", signing)
 	if newest := keys.Gens[0]; newest.ID != signing {
 		note += fmt.Sprintf(" until %#02x from %s", newest.ID, newest.From.Format(time.RFC3339))
-		if r.flowKeyFixed {
-			note += " (its flow-hash key applies when the demux restarts: the XDP program's is fixed at load)"
-		}
 	}
 	if note != r.keyNote {
 		r.log.Info("keys reloaded", "note", note)

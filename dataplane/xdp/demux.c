@@ -39,10 +39,11 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define PROTO_SCTP 132
 #define ETH_ALEN_ 6
+#define KEY_WORDS 4 // the snapshot's flow-hash key, in 32-bit map values
 
 // Set by the loader before the program is loaded: constants to the
 // verifier, so the mode and symmetric branches fold away.
-volatile const __u64 key0, key1;     // the cluster's hash key, as flowhash reads it
+volatile const __u64 key0, key1;     // the flow-hash key at load (xdp_hash; xdp_demux reads its snapshot's)
 volatile const __u32 table_size = 1; // Maglev table slots (a prime)
 volatile const __u32 hash_mode;      // 0: 5-tuple, 1: 3-tuple, 2: 2-tuple
 volatile const __u32 symmetric;      // order endpoints so both directions hash alike
@@ -92,7 +93,10 @@ struct {
 } lane_stats SEC(".maps");
 
 // The snapshot: [0] the target bank in use, [1..4095] each lane's pin
-// generation (0: pins to it are void), [LANE_SLOTS + i] Maglev slot i.
+// generation (0: pins to it are void), [LANE_SLOTS + i] Maglev slot i,
+// then the flow-hash key the table goes with (KEY_WORDS 32-bit words,
+// little-endian k0 then k1): a new key (a rotated secret) and its table
+// switch together.
 struct snapshot {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LANE_SLOTS + 1); // the loader sets LANE_SLOTS + table_size
@@ -182,8 +186,9 @@ static __always_inline int count(__u32 r, int verdict)
 		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);     \
 	} while (0)
 
-// sip13 is flowhash's SipHash-1-3 of the fixed 40-byte message.
-static __always_inline __u64 sip13(const struct words *m)
+// sip13 is flowhash's SipHash-1-3 of the fixed 40-byte message under
+// the key k0, k1.
+static __always_inline __u64 sip13(__u64 key0, __u64 key1, const struct words *m)
 {
 	__u64 v0 = key0 ^ 0x736f6d6570736575ULL;
 	__u64 v1 = key1 ^ 0x646f72616e646f6dULL;
@@ -366,13 +371,13 @@ static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u
 // flow is what parse finds in a frame.
 struct flow {
 	struct words k; // canonical words, after canonical()
-	__u64 sum;      // their SipHash-1-3
+	__u64 sum;      // their SipHash-1-3 (set by the caller of parse)
 	__u32 inner_len; // the IP packet's length, without link padding
 	__u8 proto;
 	__u8 v6;
 };
 
-// parse reads the frame at ctx into f and hashes it. It returns R_NUM
+// parse reads the frame at ctx into f. It returns R_NUM
 // for a packet this program forwards, else the reason to pass it up.
 // check_dst: the Ethernet and IP destinations must be ours and remote
 // (off only for xdp_hash, which checks the hash vectors).
@@ -449,7 +454,6 @@ static __always_inline __u32 parse(struct xdp_md *ctx, struct flow *f, int check
 		return R_NOT_IP;
 	}
 	canonical(&f->k, ports, f->proto);
-	f->sum = sip13(&f->k);
 	return R_NUM;
 }
 
@@ -467,6 +471,16 @@ int xdp_demux(struct xdp_md *ctx)
 	void *snap = bpf_map_lookup_elem(&snapshots, &zero);
 	if (!snap)
 		return count(R_NO_SNAPSHOT, XDP_PASS);
+	__u32 kw[KEY_WORDS];
+#pragma unroll
+	for (int i = 0; i < KEY_WORDS; i++) {
+		__u32 ki = LANE_SLOTS + table_size + i;
+		__u32 *w = bpf_map_lookup_elem(snap, &ki);
+		if (!w)
+			return count(R_NO_SNAPSHOT, XDP_PASS);
+		kw[i] = *w;
+	}
+	f.sum = sip13((__u64)kw[0] | (__u64)kw[1] << 32, (__u64)kw[2] | (__u64)kw[3] << 32, &f.k);
 	__u32 bank = 0;
 	__u32 lane = choose(snap, &f.k, f.sum, f.proto == IPPROTO_TCP, &bank);
 	if (lane == 0)
@@ -539,7 +553,8 @@ int xdp_hash(struct xdp_md *ctx)
 	struct hash_result res = {};
 	__u32 zero = 0;
 	res.reason = parse(ctx, &f, 0);
-	res.sum = f.sum;
+	if (res.reason == R_NUM)
+		res.sum = sip13(key0, key1, &f.k);
 	res.k = f.k;
 	bpf_map_update_elem(&hash_out, &zero, &res, BPF_ANY);
 	return XDP_PASS;

@@ -85,7 +85,7 @@ func (f flow) packet(t testing.TB, n int, ttl uint8) []byte {
 // program and the userspace demux, sharing one selector as in the demux
 // process, across lane failures, additions and returns: for every packet
 // the program sends, both choose the same lane and produce byte-identical
-// GENEVE frames. ICMP errors, which the program leaves to userspace, take
+// GENEVE frames, also after the flow-hash key changed. ICMP errors, which the program leaves to userspace, take
 // the lane of the flow they report on.
 func TestParityWithGoDemux(t *testing.T) {
 	for _, cfg := range []Config{
@@ -177,6 +177,20 @@ func parity(t *testing.T, cfg Config) {
 	phase("lane 5 added", 1500)
 	publish([]flowhash.Lane{{ID: 1}, {ID: 2}, {ID: 3}, {ID: 4, State: flowhash.LaneDraining}, {ID: 5}})
 	phase("lane 2 back, lane 4 draining", 1500)
+	// A rotated secret's flow-hash key: the program gets it with the
+	// table it built; pinned flows stay in both paths, new flows follow
+	// the new key in both.
+	cfg.Key = flowhash.Key{0x77, byte(cfg.HashMode)} // checkEncap's outer source port is the flow hash
+	if err := sel.SetKey(cfg.Key); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(sel.Snapshot(), testTargets(all...)); err != nil {
+		t.Fatal(err)
+	}
+	for range 400 {
+		flows = append(flows, randFlow(r))
+	}
+	phase("new flow-hash key", 3000)
 	t.Logf("%d packets of %d flows: same lane and identical GENEVE frames; %d ICMP errors took their flow's lane", sent, len(flows), icmpChecked)
 }
 

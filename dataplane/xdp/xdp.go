@@ -35,6 +35,10 @@ import (
 // laneSlots is LANE_SLOTS in demux.c: the snapshot map's per-lane part.
 const laneSlots = flowhash.MaxLaneID + 1
 
+// keyWords is KEY_WORDS in demux.c: the snapshot's flow-hash key after
+// its table, so that a new key switches with the table it built.
+const keyWords = 4
+
 // snapStride is an array map element's size in its memory mapping: the
 // kernel rounds each value up to 8 bytes.
 const snapStride = 8
@@ -152,7 +156,7 @@ func Load(cfg Config) (*Program, error) {
 	}
 	spec.Maps["pins"].MaxEntries = uint32(cfg.PinFlows)
 	inner := spec.Maps["snapshots"].InnerMap
-	inner.MaxEntries = laneSlots + cfg.TableSize
+	inner.MaxEntries = laneSlots + cfg.TableSize + keyWords
 	inner.Flags |= unix.BPF_F_MMAPABLE
 	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}}
 	p.snapBuf = make([]byte, snapStride*int(inner.MaxEntries))
@@ -309,6 +313,10 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	}
 	for i, id := range snap.Table.Slots() {
 		put(laneSlots+i, uint32(id))
+	}
+	k0, k1 := snap.Hasher().KeyWords()
+	for i, w := range [keyWords]uint32{uint32(k0), uint32(k0 >> 32), uint32(k1), uint32(k1 >> 32)} {
+		put(laneSlots+int(p.tableSize)+i, w)
 	}
 	if _, err := p.snapMem[bank].WriteAt(buf, 0); err != nil {
 		return fmt.Errorf("xdp: fill snapshot: %w", err)
