@@ -193,13 +193,7 @@ func (r *rotation) switchLocked(now time.Time) {
 		r.timer.Stop()
 		r.timer = nil
 	}
-	var next time.Time // the earliest generation still to start signing
-	for _, g := range r.keys.Gens {
-		if g.From.After(now) && (next.IsZero() || g.From.Before(next)) {
-			next = g.From
-		}
-	}
-	if !next.IsZero() {
+	if next := r.keys.NextChange(now); !next.IsZero() {
 		r.timer = time.AfterFunc(next.Sub(now), func() {
 			r.mu.Lock()
 			defer r.mu.Unlock()

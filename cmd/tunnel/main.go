@@ -135,7 +135,7 @@ func geneveOpener(p *config.Peering, keys *keyring.Ring, side config.Side, lane 
 	o := geneveauth.NewOpener()
 	now := time.Now()
 	for _, g := range keys.Gens {
-		if !g.Until.IsZero() && !now.Before(g.Until) {
+		if keys.Accepted(g.ID, now) == nil {
 			continue // past its grace
 		}
 		for sender := range p.Networks[side].Demuxes() { // the order of their sender numbers

@@ -101,7 +101,8 @@ func (f *filePeer) reload() (string, error) {
 }
 
 // expire takes a generation's GENEVE keys out of the opener when its
-// grace ends (probes check the time themselves).
+// grace ends, waking at each change of the ring (probes check the time
+// themselves).
 func (f *filePeer) expire(keys *keyring.Ring) {
 	if f.auth == nil {
 		return
@@ -113,18 +114,14 @@ func (f *filePeer) expire(keys *keyring.Ring) {
 		f.expiry = nil
 	}
 	now := time.Now()
-	var next time.Time
-	for _, g := range keys.Gens {
-		if g.Until.After(now) && (next.IsZero() || g.Until.Before(next)) {
-			next = g.Until
-		}
-	}
+	next := keys.NextChange(now)
 	if next.IsZero() {
 		return
 	}
 	p, node := f.p, f.node
 	f.expiry = time.AfterFunc(next.Sub(now), func() {
 		f.auth.UseKeysOf(geneveOpener(p, keys, node.Side, node.Lane.ID))
+		f.expire(keys) // the next change, if one is to come
 	})
 }
 

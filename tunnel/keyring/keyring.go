@@ -234,6 +234,21 @@ func (r *Ring) Accepted(id uint8, now time.Time) *Gen {
 	return nil
 }
 
+// NextChange is the earliest time after now at which a generation starts
+// to sign or stops being accepted (zero: none is to come); a node's
+// timers wake then.
+func (r *Ring) NextChange(now time.Time) time.Time {
+	var next time.Time
+	for _, g := range r.Gens {
+		for _, t := range []time.Time{g.From, g.Until} {
+			if t.After(now) && (next.IsZero() || t.Before(next)) {
+				next = t
+			}
+		}
+	}
+	return next
+}
+
 // Flow returns the flow-hash key of the signing generation at now (16
 // bytes: a SipHash key; the Maglev permutations are keyed by it too).
 func (r *Ring) Flow(now time.Time) ([16]byte, error) {
