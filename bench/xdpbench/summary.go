@@ -48,7 +48,8 @@ func Summarize(results []Result, out io.Writer) error {
 	}
 	for _, load := range Loads {
 		x, u, k := med[key{"xdp", load}], med[key{"userspace", load}], med[key{"kernel-forward", load}]
-		fmt.Fprintf(out, "xdp: ratio %s: xdp/kernel-forward=%.2f xdp/userspace=%.2f\n", load, ratio(x, k), ratio(x, u))
+		s := med[key{"xdp-sealed", load}]
+		fmt.Fprintf(out, "xdp: ratio %s: xdp/kernel-forward=%.2f xdp/userspace=%.2f xdp-sealed/xdp=%.2f\n", load, ratio(x, k), ratio(x, u), ratio(s, x))
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("bench-xdp: no result for %s (the lines above the summary say why)", strings.Join(missing, ", "))

@@ -13,7 +13,7 @@ func TestSummarize(t *testing.T) {
 	for _, path := range Paths {
 		for r, f := range []float64{1, 3, 2} { // median 2
 			for _, load := range Loads {
-				scale := map[string]float64{"xdp": 3, "userspace": 1, "kernel-forward": 2}[path]
+				scale := map[string]float64{"xdp": 3, "xdp-sealed": 1.5, "userspace": 1, "kernel-forward": 2}[path]
 				results = append(results, Result{Path: path, Load: load, Mpps: f * scale, Gbps: float64(r)})
 			}
 		}
@@ -25,7 +25,7 @@ func TestSummarize(t *testing.T) {
 	for _, want := range []string{
 		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00",
 		"xdp: path=userspace pkt=1420 mpps=2.00",
-		"xdp: ratio tcp: xdp/kernel-forward=1.50 xdp/userspace=3.00",
+		"xdp: ratio tcp: xdp/kernel-forward=1.50 xdp/userspace=3.00 xdp-sealed/xdp=0.50",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())

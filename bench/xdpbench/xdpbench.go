@@ -1,6 +1,7 @@
-// Package xdpbench measures the demux's three ways of forwarding on one
-// topology, in one run: the XDP fast path, the userspace demux (--xdp=off)
-// and plain kernel ip_forward (no demux, no GENEVE). UDP load comes from
+// Package xdpbench measures the demux's ways of forwarding on one
+// topology, in one run: the XDP fast path, the same sealing every frame
+// (security.geneve_auth), the userspace demux (--xdp=off) and plain
+// kernel ip_forward (no demux, no GENEVE). UDP load comes from
 // `bench blast` (an XDP live-frames generator: iperf3's one sending thread
 // stops near 0.16 Mpps whatever the size), TCP from iperf3.
 //
@@ -46,9 +47,9 @@ import (
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
-// The three paths and three loads, in the order they are reported.
+// The paths and loads, in the order they are reported.
 var (
-	Paths = []string{"xdp", "userspace", "kernel-forward"}
+	Paths = []string{"xdp", "xdp-sealed", "userspace", "kernel-forward"}
 	Loads = []string{"64", "1400", "tcp"}
 )
 
@@ -76,6 +77,7 @@ type bench struct {
 	lab     *topology.Lab
 	work    string
 	config  string
+	sealed  string // the same peering with security.geneve_auth
 	lanMAC  string
 	pids    []int
 	demuxPI int
@@ -233,7 +235,18 @@ func (b *bench) writeConfig() error {
 	if err := os.WriteFile(b.config, y, 0o600); err != nil {
 		return err
 	}
-	_, err = config.Load(b.config)
+	if _, err = config.Load(b.config); err != nil {
+		return err
+	}
+	p.Security.GeneveAuth = true
+	if y, err = yaml.Marshal(&p); err != nil {
+		return err
+	}
+	b.sealed = filepath.Join(b.work, "peering-sealed.yaml")
+	if err := os.WriteFile(b.sealed, y, 0o600); err != nil {
+		return err
+	}
+	_, err = config.Load(b.sealed)
 	return err
 }
 
@@ -241,11 +254,15 @@ func (b *bench) writeConfig() error {
 func (b *bench) measure(ctx context.Context, path string) ([]Result, error) {
 	switch path {
 	case "xdp":
-		if err := b.startDemux(ctx, "native"); err != nil {
+		if err := b.startDemux(ctx, "native", b.config); err != nil {
+			return nil, err
+		}
+	case "xdp-sealed":
+		if err := b.startDemux(ctx, "native", b.sealed); err != nil {
 			return nil, err
 		}
 	case "userspace":
-		if err := b.startDemux(ctx, "off"); err != nil {
+		if err := b.startDemux(ctx, "off", b.config); err != nil {
 			return nil, err
 		}
 	case "kernel-forward":
@@ -268,7 +285,7 @@ func (b *bench) measure(ctx context.Context, path string) ([]Result, error) {
 	if path == "kernel-forward" {
 		return out, b.lab.RouteDel("demux", topology.Route{Dst: "10.2.0.0/16", Via: "10.9.0.2"})
 	}
-	if path == "xdp" {
+	if strings.HasPrefix(path, "xdp") {
 		if show, err := b.lab.Run("demux", filepath.Join(b.Bin, "demux"), "show", "--config", b.config, "--node", "demux-a"); err == nil {
 			for _, line := range strings.Split(show, "\n") {
 				if strings.HasPrefix(strings.TrimSpace(line), "xdp") {
@@ -290,13 +307,13 @@ type demuxStatus struct {
 // startDemux runs the demux with --xdp mode; it is ready when its status
 // socket answers and, with XDP, the program is attached and every lane's
 // gateway resolved (until then its packets go to userspace).
-func (b *bench) startDemux(ctx context.Context, mode string) error {
+func (b *bench) startDemux(ctx context.Context, mode, cfg string) error {
 	log, err := os.Create(filepath.Join(b.work, "demux-"+mode+".log"))
 	if err != nil {
 		return err
 	}
 	defer log.Close()
-	cmd := b.lab.Command("demux", filepath.Join(b.Bin, "demux"), "up", "--config", b.config, "--node", "demux-a", "--xdp", mode)
+	cmd := b.lab.Command("demux", filepath.Join(b.Bin, "demux"), "up", "--config", cfg, "--node", "demux-a", "--xdp", mode)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return err
@@ -341,7 +358,7 @@ var blastSeconds = regexp.MustCompile(`seconds=([0-9.]+)`)
 // program lan0 gets a pass-all one.
 func (b *bench) udp(ctx context.Context, path, pkt string) (Result, error) {
 	demuxBin := filepath.Join(b.Bin, "demux")
-	if path != "xdp" {
+	if !strings.HasPrefix(path, "xdp") {
 		if _, err := b.lab.Run("demux", demuxBin, "xdp-pass", "--dev", "lan0"); err != nil {
 			return Result{}, err
 		}

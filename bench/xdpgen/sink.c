@@ -36,13 +36,17 @@ int xdp_geneve_sink(struct xdp_md *ctx)
 	struct iphdr *ip = (void *)(eth + 1);
 	__u8 *udp = (void *)(ip + 1);
 	__u8 *gnv = udp + 8;
+	// Plain GENEVE, or sealed (the 6-word option of dataplane/geneveauth,
+	// not checked here: the sink measures the demux, not the gateway).
 	if ((void *)(gnv + 8) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_UDP || *(__be16 *)(udp + 2) != bpf_htons(6081) || (gnv[0] & 0x3f) != 0)
+	    ip->protocol != IPPROTO_UDP || *(__be16 *)(udp + 2) != bpf_htons(6081) ||
+	    ((gnv[0] & 0x3f) != 0 && (gnv[0] & 0x3f) != 6))
 		return to_discard(data, end) ? XDP_DROP : XDP_PASS;
+	int opts = (gnv[0] & 0x3f) * 4;
 	struct ethhdr e;
 	__builtin_memcpy(&e, eth, sizeof(e));
 	e.h_proto = *(__be16 *)(gnv + 2);
-	if (bpf_xdp_adjust_head(ctx, ENCAP))
+	if (bpf_xdp_adjust_head(ctx, ENCAP + opts))
 		return XDP_DROP;
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;

@@ -56,7 +56,7 @@ func ethFrame(pkt []byte) []byte {
 }
 
 // TestGeneveSink covers the benchmark's stand-in gateway (sink.c): it
-// strips GENEVE without options, and drops what is for the discard port
+// strips GENEVE without options or with a sealed frame's 6 words, and drops what is for the discard port
 // (the generator's frames, which bench-xdp counts as XDP drops), plain or
 // decapsulated; everything else goes to the kernel.
 func TestGeneveSink(t *testing.T) {
@@ -81,7 +81,8 @@ func TestGeneveSink(t *testing.T) {
 		{"geneve, udp to the discard port: dropped", geneveFrame(discard, 0), xdpDrop, nil},
 		{"plain udp to the discard port: dropped", ethFrame(discard), xdpDrop, nil},
 		{"plain tcp to port 9: passed as is", ethFrame(tcp9), xdpPass, ethFrame(tcp9)},
-		{"geneve with options: passed as is", geneveFrame(iperf, 2), xdpPass, geneveFrame(iperf, 2)},
+		{"geneve, sealed (6 option words): stripped", geneveFrame(iperf, 6), xdpPass, ethFrame(iperf)},
+		{"geneve with other options: passed as is", geneveFrame(iperf, 2), xdpPass, geneveFrame(iperf, 2)},
 		{"runt: passed", ethFrame(nil)[:20], xdpPass, ethFrame(nil)[:20]},
 	} {
 		opts := &ebpf.RunOptions{Data: append([]byte(nil), c.frame...), DataOut: make([]byte, len(c.frame)+64)}

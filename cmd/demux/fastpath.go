@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 
@@ -23,7 +24,7 @@ type xdpFlags struct {
 }
 
 func (f *xdpFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&f.mode, "xdp", "", "XDP fast path: native (falls back to generic), generic or off (default native; off with security.geneve_auth, which the program does not do)")
+	fs.StringVar(&f.mode, "xdp", string(xdp.Native), "XDP fast path: native (falls back to generic), generic or off")
 	fs.StringVar(&f.dev, "xdp-dev", "", "interface to attach to (default: the one holding the demux's first address)")
 }
 
@@ -35,23 +36,14 @@ type fastPath struct {
 	mode xdp.Mode
 }
 
-// loadFastPath loads the program (not yet attached); nil with --xdp=off,
-// and by default with security.geneve_auth: the program sends GENEVE
-// without the authentication option, which the gateways would refuse.
-func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, flowKey flowhash.Key, remote []netip.Prefix, log *slog.Logger) (*fastPath, error) {
-	if f.mode == "" {
-		f.mode = string(xdp.Native)
-		if p.Security.GeneveAuth {
-			log.Info("XDP fast path off: it does not seal GENEVE frames (security.geneve_auth); the userspace demux carries everything")
-			f.mode = string(xdp.Off)
-		}
-	}
+// loadFastPath loads the program (not yet attached); nil with --xdp=off.
+// With security.geneve_auth the program seals as sender does, each
+// frame's counter from the one it shares with the lane's userspace
+// sealer (fastPath.counter).
+func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, sender uint8, flowKey flowhash.Key, remote []netip.Prefix, log *slog.Logger) (*fastPath, error) {
 	mode, err := xdp.ParseMode(f.mode)
 	if err != nil || mode == xdp.Off {
 		return nil, err
-	}
-	if p.Security.GeneveAuth {
-		return nil, fmt.Errorf("--xdp %s: the XDP program does not seal GENEVE frames, and security.geneve_auth makes the gateways refuse unsealed ones; use --xdp=off (the default with geneve_auth)", mode)
 	}
 	dev := f.dev
 	var mac []byte
@@ -75,6 +67,7 @@ func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, flowKey flowha
 		Key: flowKey, HashMode: p.Hash.Mode, Symmetric: p.Hash.Symmetric,
 		TableSize: p.Hash.TableSize, PinFlows: p.Hash.PinFlows,
 		MTU: p.MTU, VNI: p.VNI, Remote: remote, IngressMAC: mac,
+		Seal: p.Security.GeneveAuth, Sender: sender,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", err)
@@ -97,10 +90,23 @@ func (fp *fastPath) lanes(lc *demux.LaneConfig) {
 	lc.FastPathPackets = fp.prog.LanePackets
 }
 
+// counter is the lane's seal counter in the program's map, which the
+// lane's userspace sealer shares (nil: the program does not seal).
+func (fp *fastPath) counter(lane flowhash.LaneID) *atomic.Uint64 {
+	if fp == nil {
+		return nil
+	}
+	return fp.prog.SealCounter(lane)
+}
+
 // start publishes the lanes, then attaches, and keeps the maps in step
-// until ctx ends.
-func (fp *fastPath) start(ctx context.Context, sel *flowhash.Selector, dm *demux.Demux, log *slog.Logger) error {
+// until ctx ends. A sealing program seals each lane's frames with its
+// sealer's key of the moment (a rotation wakes the sync).
+func (fp *fastPath) start(ctx context.Context, sel *flowhash.Selector, dm *demux.Demux, seal *sealers, log *slog.Logger) error {
 	cfg := xdp.SyncConfig{Selector: sel, Gateways: dm.Gateways, Kick: fp.kick, Log: log}
+	if seal != nil {
+		cfg.Sealer = seal.lane
+	}
 	go fp.prog.Sync(ctx, cfg)
 	at, err := fp.prog.Attach(fp.dev, fp.mode, log)
 	if err != nil {

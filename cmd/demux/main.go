@@ -108,7 +108,7 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	fp, err := loadFastPath(xf, p, d, flowKey, remote, log)
+	fp, err := loadFastPath(xf, p, d, p.Sender(node), flowKey, remote, log)
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func up(args []string) error {
 	}
 	dm.UseLanes(lc)
 	rot := newRotation(keys, time.Now())
-	seal, err := newSealers(p, node, keys, rot, time.Now())
+	seal, err := newSealers(p, node, keys, rot, fp.counter, time.Now())
 	if err != nil {
 		return err
 	}
@@ -143,7 +143,8 @@ func up(args []string) error {
 
 	// The flow hash follows a rotated secret live: new flows take the new
 	// key's table, pinned ones stay; the XDP program gets the key with
-	// that table, at once.
+	// that table, at once, and (sealing) the sealers' new keys, which
+	// switched before this follower ran.
 	rot.follow(func(g keyring.Gen) {
 		k, _ := g.Key(keyring.FlowPath)
 		if err := sel.SetKey(flowhash.Key(k[:16])); err != nil {
@@ -207,7 +208,7 @@ func up(args []string) error {
 		go r.view.Run(ctx)
 	}
 	if fp != nil {
-		if err := fp.start(ctx, sel, dm, log); err != nil {
+		if err := fp.start(ctx, sel, dm, seal, log); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/admin"
@@ -211,13 +212,17 @@ type sealers struct {
 	side   string
 	sender uint8
 	start  uint64
+	shared func(flowhash.LaneID) *atomic.Uint64 // the XDP program's counters, or nil
 	m      map[flowhash.LaneID]*geneveauth.Sealer
 }
 
 // newSealers: the side's demux seals as sender 0, its standby as 1, with
 // its keys of the generation that signs now; counters start at the clock
 // (see dataplane/geneveauth). They follow rot's later generations.
-func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *rotation, now time.Time) (*sealers, error) {
+// shared, if it gives a lane a counter, is the sealing XDP program's:
+// the lane's sealer counts there, so that the program's frames and
+// userspace's are one sequence to the gateway.
+func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *rotation, shared func(flowhash.LaneID) *atomic.Uint64, now time.Time) (*sealers, error) {
 	if !p.Security.GeneveAuth {
 		return nil, nil
 	}
@@ -226,9 +231,16 @@ func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *ro
 		return nil, fmt.Errorf("security.geneve_auth: no key generation signs at %s", now.Format(time.RFC3339))
 	}
 	s := &sealers{gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
-		m: map[flowhash.LaneID]*geneveauth.Sealer{}}
+		shared: shared, m: map[flowhash.LaneID]*geneveauth.Sealer{}}
 	rot.follow(s.switchTo)
 	return s, nil
+}
+
+func (s *sealers) counterOf(id flowhash.LaneID) *atomic.Uint64 {
+	if s.shared == nil {
+		return nil
+	}
+	return s.shared(id)
 }
 
 // switchTo seals from now on with g's keys, the counters going on.
@@ -252,7 +264,12 @@ func (s *sealers) lane(id flowhash.LaneID) *geneveauth.Sealer {
 		return sl
 	}
 	k, _ := s.gen.Key(keyring.GenevePath(s.side, s.sender, uint16(id))) // the ring was checked to hold the sender's root
-	sl := geneveauth.NewSealer(geneveauth.KeyOf(k), s.gen.ID, s.sender, s.start)
+	var sl *geneveauth.Sealer
+	if c := s.counterOf(id); c != nil {
+		sl = geneveauth.NewSealerOn(geneveauth.KeyOf(k), s.gen.ID, s.sender, c, s.start)
+	} else {
+		sl = geneveauth.NewSealer(geneveauth.KeyOf(k), s.gen.ID, s.sender, s.start)
+	}
 	s.m[id] = sl
 	return sl
 }

@@ -82,10 +82,12 @@ func (k Key) words() (uint64, uint64) {
 type Sealer struct {
 	key    atomic.Pointer[sealKey]
 	sender uint8
-	next   atomic.Uint64
+	next   *atomic.Uint64 // &own, or a counter shared with the XDP program
+	own    atomic.Uint64
 }
 
 type sealKey struct {
+	k      Key
 	k0, k1 uint64
 	id     uint8
 }
@@ -94,22 +96,49 @@ type sealKey struct {
 // clock in nanoseconds, see the package comment).
 func NewSealer(k Key, keyID, sender uint8, start uint64) *Sealer {
 	s := &Sealer{sender: sender}
+	s.next = &s.own
 	s.SetKey(k, keyID)
 	s.next.Store(start)
 	return s
+}
+
+// NewSealerOn returns a Sealer that takes its counters from c, which
+// another sealer of the same lane's frames shares (the XDP program,
+// through a memory-mapped map): the gateway's replay window is per
+// sender, so all of one sender's frames to it must count in one
+// sequence. c is raised to start if it is below.
+func NewSealerOn(k Key, keyID, sender uint8, c *atomic.Uint64, start uint64) *Sealer {
+	s := &Sealer{sender: sender, next: c}
+	s.SetKey(k, keyID)
+	for {
+		old := c.Load()
+		if old >= start || c.CompareAndSwap(old, start) {
+			return s
+		}
+	}
 }
 
 // SetKey seals the frames from now on with k, named keyID (a rotated
 // secret's generation); the counter goes on, so the gateway's replay
 // window, which is per sender, keeps working across the change.
 func (s *Sealer) SetKey(k Key, keyID uint8) {
-	sk := &sealKey{id: keyID}
+	sk := &sealKey{k: k, id: keyID}
 	sk.k0, sk.k1 = k.words()
 	s.key.Store(sk)
 }
 
 // KeyID is the key ID the Sealer seals with now.
 func (s *Sealer) KeyID() uint8 { return s.key.Load().id }
+
+// Key is the key and key ID the Sealer seals with now (the XDP program
+// seals the lane's frames with the same).
+func (s *Sealer) Key() (Key, uint8) {
+	k := s.key.Load()
+	return k.k, k.id
+}
+
+// Sender is the sender number the Sealer writes.
+func (s *Sealer) Sender() uint8 { return s.sender }
 
 // Reserve returns the first of n counters for the caller's frames: one
 // atomic add per batch, not per frame.

@@ -3,6 +3,7 @@ package geneveauth
 import (
 	"bytes"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,6 +167,47 @@ func TestRestartedSenderOpens(t *testing.T) {
 	}
 	if err := o.Open(f); !errors.Is(err, ErrReplayed) {
 		t.Fatalf("the old run's frame after the restart: %v", err)
+	}
+}
+
+// Two sealers of one lane on one counter (the userspace demux and the
+// XDP program) seal one sequence: interleaved, each frame opens once;
+// the shared counter is raised to the later start, never lowered.
+func TestSealersShareACounter(t *testing.T) {
+	k := deriveKey(secret, "a", 0, 3)
+	o := NewOpener()
+	o.Add(0, keyID(secret), k)
+	var c atomic.Uint64
+	c.Store(5_000)
+	a := NewSealerOn(k, keyID(secret), 0, &c, 1_000)
+	if c.Load() != 5_000 {
+		t.Fatalf("a start below the counter moved it to %d", c.Load())
+	}
+	b := NewSealerOn(k, keyID(secret), 0, &c, 9_000)
+	if c.Load() != 9_000 {
+		t.Fatalf("counter %d, want raised to the later start 9000", c.Load())
+	}
+	seen := map[uint64]bool{}
+	for i := range 200 {
+		s := a
+		if i%3 == 0 {
+			s = b
+		}
+		n := s.Reserve(1 + i%4)
+		for j := range uint64(1 + i%4) {
+			if seen[n+j] {
+				t.Fatalf("counter %d handed out twice", n+j)
+			}
+			seen[n+j] = true
+			f := frame(inner(60), false)
+			s.Seal(f, n+j)
+			if err := o.Open(f); err != nil {
+				t.Fatalf("frame %d (counter %d): %v", i, n+j, err)
+			}
+		}
+	}
+	if got, id := b.Key(); got != k || id != keyID(secret) || b.Sender() != 0 {
+		t.Fatalf("Key() = %x, %d", got, id)
 	}
 }
 

@@ -9,7 +9,8 @@
 //     -> anything this program does not handle: XDP_PASS (the kernel routes
 //        it into the userspace demux's TUN, which hashes by the same rules)
 //     -> tuple words -> SipHash-1-3 -> pin (LRU) or Maglev slot -> lane
-//     -> TTL/hop limit - 1, trim link padding -> push outer Ethernet, IPv4,
+//     -> TTL/hop limit - 1, trim link padding -> (sealed: counter, SipHash-2-4
+//        tag over header and inner packet) -> push outer Ethernet, IPv4,
 //        UDP, GENEVE -> XDP_TX (gateway on this interface) or redirect
 //
 // Passed to userspace: IPv4 options, fragments, IPv6 extension headers,
@@ -36,6 +37,8 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define LANE_SLOTS 4096 // lane IDs 1..4095; 0 is "no lane"
 #define GENEVE_LEN 8
 #define ENCAP4_LEN (sizeof(struct iphdr) + 8 + GENEVE_LEN)
+#define SEAL_OPT_LEN 24 // geneveauth.OptionLen: the authentication option
+#define SEAL_MAX_LEN 9216 // the largest inner packet a sealed lane may carry
 
 #define PROTO_SCTP 132
 #define ETH_ALEN_ 6
@@ -51,6 +54,8 @@ volatile const __u32 lane_mtu = 1420; // largest inner packet a lane carries
 volatile const __u32 vni;            // GENEVE virtual network identifier
 volatile const __u32 pin_tcp_idle = 350, pin_other_idle = 120; // seconds
 volatile const __u8 ingress_mac[ETH_ALEN_]; // frames to other addresses are not ours
+volatile const __u32 sealed;         // security.geneve_auth: seal every frame (dataplane/geneveauth)
+volatile const __u32 seal_sender;    // this demux's sender number in the option
 
 // Verdict reasons; the Go side names them (reasonNames) in this order.
 enum reason {
@@ -119,7 +124,9 @@ struct target {
 	__u32 ifindex; // egress; 0: not resolved, pass to userspace
 	__be32 saddr, daddr;
 	__be16 dport;
-	__u16 pad;
+	__u8 key_id;   // sealed: the generation the key belongs to
+	__u8 pad;
+	__u64 seal_k0, seal_k1; // sealed: the demux-gateway pair's SipHash key
 };
 
 struct {
@@ -128,6 +135,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct target);
 } targets SEC(".maps");
+
+// Each lane's next seal counter, shared with the userspace demux's
+// sealer of the lane through a memory mapping (geneveauth.NewSealerOn):
+// the gateway's replay window is per sender, so the program's frames
+// and userspace's (packets passed up, probes) count in one sequence.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LANE_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} seal_counters SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -237,6 +256,66 @@ static __always_inline void canonical(struct words *k, __u32 ports, __u8 proto)
 	k->w[4] = (__u64)ports | (__u64)proto << 32;
 }
 
+#define SIP_BLOCK(m)                                                           \
+	do {                                                                   \
+		v3 ^= (m);                                                     \
+		SIPROUND;                                                      \
+		SIPROUND;                                                      \
+		v0 ^= (m);                                                     \
+	} while (0)
+
+// sip24 is geneveauth's tag: SipHash-2-4 under k0, k1 of the three
+// words h0..h2 (the sealed GENEVE header's first 24 bytes) and then the
+// len bytes at inner, which the caller has checked lie before end.
+static __always_inline __u64 sip24(__u64 k0, __u64 k1, __u64 h0, __u64 h1, __u64 h2, void *inner,
+				   void *end, __u32 len)
+{
+	__u64 v0 = k0 ^ 0x736f6d6570736575ULL;
+	__u64 v1 = k1 ^ 0x646f72616e646f6dULL;
+	__u64 v2 = k0 ^ 0x6c7967656e657261ULL;
+	__u64 v3 = k1 ^ 0x7465646279746573ULL;
+	SIP_BLOCK(h0);
+	SIP_BLOCK(h1);
+	SIP_BLOCK(h2);
+	if (len < 8 || len > SEAL_MAX_LEN)
+		return 0; // never: an IP packet has 20 bytes, and the MTU check came first
+	__u32 words = len >> 3;
+	// A bounded loop the verifier walks word by word: w is at a constant
+	// offset from inner in each pass, and dead after the loop, so the
+	// states leaving it prune. The barrier keeps clang from rewriting
+	// the bounds check into arithmetic on end, which the verifier refuses.
+	void *w = inner;
+	for (__u32 i = 0; i < SEAL_MAX_LEN / 8; i++) {
+		if (i >= words)
+			break;
+		void *next = w + 8;
+		asm volatile("" : "+r"(next));
+		if (next > end)
+			return 0;
+		SIP_BLOCK(*(__u64 *)w);
+		w = next;
+	}
+	// The last block: the 0..7 bytes left, read as the top of the
+	// packet's last 8 bytes, under the message length.
+	__u64 m = (__u64)(len + 24) << 56;
+	__u32 rest = len & 7;
+	if (rest) {
+		void *last = inner + (len - 8);
+		void *stop = last + 8;
+		asm volatile("" : "+r"(stop));
+		if (stop > end)
+			return 0;
+		m |= *(__u64 *)last >> (64 - 8 * rest);
+	}
+	SIP_BLOCK(m);
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
 static __always_inline __u16 csum_fold(__u32 sum)
 {
 	sum = (sum & 0xffff) + (sum >> 16);
@@ -317,10 +396,39 @@ static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int 
 
 // encap pushes outer Ethernet, IPv4, UDP and GENEVE in front of the inner
 // packet of inner_len bytes (which starts after the Ethernet header).
-static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u32 inner_len,
-				 __be16 inner_proto, __u64 sum)
+// gnv is the GENEVE header and, sealed, its option up to the counter.
+struct gnv {
+	__u64 w[3];
+};
+
+// geneve_words is the header a frame to t gets, as the Go demux writes it
+// (packet.PutGeneve, geneveauth.Sealer.Seal), in the tag's words.
+static __always_inline void geneve_words(struct gnv *g, const struct target *t, __be16 inner_proto,
+					 __u64 counter)
 {
-	if (bpf_xdp_adjust_head(ctx, -(int)ENCAP4_LEN))
+	__u8 *b = (__u8 *)g->w;
+	b[0] = sealed ? SEAL_OPT_LEN / 4 : 0; // version 0, option length in words
+	b[1] = sealed ? 0x40 : 0;             // not OAM; a critical option follows
+	*(__be16 *)(b + 2) = inner_proto;
+	*(__be32 *)(b + 4) = bpf_htonl(vni << 8);
+	*(__be16 *)(b + 8) = bpf_htons(0xfff0); // packet.GeneveAuthClass
+	b[10] = 0x81;                           // packet.GeneveAuthType
+	b[11] = SEAL_OPT_LEN / 4 - 1;
+	b[12] = seal_sender;
+	b[13] = t->key_id;
+	b[14] = 0;
+	b[15] = 0;
+	g->w[2] = bpf_cpu_to_be64(counter);
+}
+
+// encap pushes outer Ethernet, IPv4, UDP and GENEVE (sealed: with the
+// authentication option g and tag) in front of the inner packet of
+// inner_len bytes (which starts after the Ethernet header).
+static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u32 inner_len,
+				 const struct gnv *g, __u64 tag, __u64 sum)
+{
+	const __u32 glen = sealed ? GENEVE_LEN + SEAL_OPT_LEN : GENEVE_LEN;
+	if (bpf_xdp_adjust_head(ctx, -(int)(ENCAP4_LEN - GENEVE_LEN + glen)))
 		return -1;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -328,14 +436,14 @@ static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u
 	struct iphdr *ip = (void *)(eth + 1);
 	__u8 *udp = (void *)(ip + 1);
 	__u8 *gnv = udp + 8;
-	if ((void *)(gnv + GENEVE_LEN) > end)
+	if ((void *)(gnv + GENEVE_LEN + SEAL_OPT_LEN) > end)
 		return -1;
 
 	__builtin_memcpy(eth->h_dest, t->dst_mac, ETH_ALEN_);
 	__builtin_memcpy(eth->h_source, t->src_mac, ETH_ALEN_);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 
-	__u16 tot = sizeof(*ip) + 8 + GENEVE_LEN + inner_len;
+	__u16 tot = sizeof(*ip) + 8 + glen + inner_len;
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = 0;
@@ -358,13 +466,15 @@ static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u
 	// section 3.3): the top 14 bits of the flow hash, in 49152..65535.
 	*(__be16 *)udp = bpf_htons(0xc000 | (__u16)(sum >> 50));
 	*(__be16 *)(udp + 2) = t->dport;
-	*(__be16 *)(udp + 4) = bpf_htons(8 + GENEVE_LEN + inner_len);
+	*(__be16 *)(udp + 4) = bpf_htons(8 + glen + inner_len);
 	*(__u16 *)(udp + 6) = 0; // no checksum over IPv4 (RFC 8926 section 3.3)
 
-	gnv[0] = 0; // version 0, no options
-	gnv[1] = 0; // not OAM, no critical options
-	*(__be16 *)(gnv + 2) = inner_proto;
-	*(__be32 *)(gnv + 4) = bpf_htonl(vni << 8);
+	*(__u64 *)gnv = g->w[0];
+	if (sealed) {
+		*(__u64 *)(gnv + 8) = g->w[1];
+		*(__u64 *)(gnv + 16) = g->w[2];
+		*(__u64 *)(gnv + 24) = bpf_cpu_to_be64(tag);
+	}
 	return 0;
 }
 
@@ -510,10 +620,28 @@ int xdp_demux(struct xdp_md *ctx)
 	}
 	// Drop the Ethernet padding of short frames: the inner packet ends
 	// where its IP length says.
-	int extra = (int)(end - data) - (int)(sizeof(struct ethhdr) + f.inner_len);
-	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+	__s64 extra = (__s64)(end - data) - (__s64)(sizeof(struct ethhdr) + f.inner_len);
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -(int)extra))
 		return count(R_ENCAP_FAILED, XDP_DROP);
-	if (encap(ctx, t, f.inner_len, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), f.sum))
+
+	struct gnv g = {};
+	__u64 tag = 0;
+	if (sealed) {
+		__u64 *ctr = bpf_map_lookup_elem(&seal_counters, &lane);
+		if (!ctr)
+			return count(R_ENCAP_FAILED, XDP_DROP);
+		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP),
+			     __sync_fetch_and_add(ctr, 1));
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+		void *inner = data + sizeof(struct ethhdr);
+		if (inner + f.inner_len > end)
+			return count(R_MALFORMED, XDP_PASS);
+		tag = sip24(t->seal_k0, t->seal_k1, g.w[0], g.w[1], g.w[2], inner, end, f.inner_len);
+	} else {
+		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), 0);
+	}
+	if (encap(ctx, t, f.inner_len, &g, tag, f.sum))
 		return count(R_ENCAP_FAILED, XDP_DROP);
 
 	struct lane_counter *lc = bpf_map_lookup_elem(&lane_stats, &lane);

@@ -50,7 +50,11 @@ type demuxTarget struct {
 	Saddr   uint32
 	Daddr   uint32
 	Dport   uint16
-	Pad     uint16
+	KeyId   uint8
+	Pad     uint8
+	_       [4]byte
+	SealK0  uint64
+	SealK1  uint64
 }
 
 type demuxWords struct {
@@ -108,14 +112,15 @@ type demuxProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type demuxMapSpecs struct {
-	HashOut   *ebpf.MapSpec `ebpf:"hash_out"`
-	LaneStats *ebpf.MapSpec `ebpf:"lane_stats"`
-	Pins      *ebpf.MapSpec `ebpf:"pins"`
-	Remote    *ebpf.MapSpec `ebpf:"remote"`
-	Snapshots *ebpf.MapSpec `ebpf:"snapshots"`
-	Stats     *ebpf.MapSpec `ebpf:"stats"`
-	Targets   *ebpf.MapSpec `ebpf:"targets"`
-	TxPorts   *ebpf.MapSpec `ebpf:"tx_ports"`
+	HashOut      *ebpf.MapSpec `ebpf:"hash_out"`
+	LaneStats    *ebpf.MapSpec `ebpf:"lane_stats"`
+	Pins         *ebpf.MapSpec `ebpf:"pins"`
+	Remote       *ebpf.MapSpec `ebpf:"remote"`
+	SealCounters *ebpf.MapSpec `ebpf:"seal_counters"`
+	Snapshots    *ebpf.MapSpec `ebpf:"snapshots"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	Targets      *ebpf.MapSpec `ebpf:"targets"`
+	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
 }
 
 // demuxVariableSpecs contains global variables before they are loaded into the kernel.
@@ -129,6 +134,8 @@ type demuxVariableSpecs struct {
 	LaneMtu      *ebpf.VariableSpec `ebpf:"lane_mtu"`
 	PinOtherIdle *ebpf.VariableSpec `ebpf:"pin_other_idle"`
 	PinTcpIdle   *ebpf.VariableSpec `ebpf:"pin_tcp_idle"`
+	SealSender   *ebpf.VariableSpec `ebpf:"seal_sender"`
+	Sealed       *ebpf.VariableSpec `ebpf:"sealed"`
 	Symmetric    *ebpf.VariableSpec `ebpf:"symmetric"`
 	TableSize    *ebpf.VariableSpec `ebpf:"table_size"`
 	Vni          *ebpf.VariableSpec `ebpf:"vni"`
@@ -154,14 +161,15 @@ func (o *demuxObjects) Close() error {
 //
 // It can be passed to loadDemuxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type demuxMaps struct {
-	HashOut   *ebpf.Map `ebpf:"hash_out"`
-	LaneStats *ebpf.Map `ebpf:"lane_stats"`
-	Pins      *ebpf.Map `ebpf:"pins"`
-	Remote    *ebpf.Map `ebpf:"remote"`
-	Snapshots *ebpf.Map `ebpf:"snapshots"`
-	Stats     *ebpf.Map `ebpf:"stats"`
-	Targets   *ebpf.Map `ebpf:"targets"`
-	TxPorts   *ebpf.Map `ebpf:"tx_ports"`
+	HashOut      *ebpf.Map `ebpf:"hash_out"`
+	LaneStats    *ebpf.Map `ebpf:"lane_stats"`
+	Pins         *ebpf.Map `ebpf:"pins"`
+	Remote       *ebpf.Map `ebpf:"remote"`
+	SealCounters *ebpf.Map `ebpf:"seal_counters"`
+	Snapshots    *ebpf.Map `ebpf:"snapshots"`
+	Stats        *ebpf.Map `ebpf:"stats"`
+	Targets      *ebpf.Map `ebpf:"targets"`
+	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
 }
 
 func (m *demuxMaps) Close() error {
@@ -170,6 +178,7 @@ func (m *demuxMaps) Close() error {
 		m.LaneStats,
 		m.Pins,
 		m.Remote,
+		m.SealCounters,
 		m.Snapshots,
 		m.Stats,
 		m.Targets,
@@ -188,6 +197,8 @@ type demuxVariables struct {
 	LaneMtu      *ebpf.Variable `ebpf:"lane_mtu"`
 	PinOtherIdle *ebpf.Variable `ebpf:"pin_other_idle"`
 	PinTcpIdle   *ebpf.Variable `ebpf:"pin_tcp_idle"`
+	SealSender   *ebpf.Variable `ebpf:"seal_sender"`
+	Sealed       *ebpf.Variable `ebpf:"sealed"`
 	Symmetric    *ebpf.Variable `ebpf:"symmetric"`
 	TableSize    *ebpf.Variable `ebpf:"table_size"`
 	Vni          *ebpf.Variable `ebpf:"vni"`

@@ -17,6 +17,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -173,13 +175,6 @@ func kernelForward(pkt []byte) []byte {
 	return p
 }
 
-func boolU32(b bool) uint32 {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // goDemux is the userspace demux with a capturing bind: what it sends to
 // each gateway is what the XDP path must reproduce.
 type goDemux struct {
@@ -210,7 +205,7 @@ func (b *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	return nil
 }
 
-func newGoDemux(t testing.TB, sel *flowhash.Selector, lanes ...flowhash.LaneID) *goDemux {
+func newGoDemux(t testing.TB, sel *flowhash.Selector, seal *testSeal, lanes ...flowhash.LaneID) *goDemux {
 	t.Helper()
 	b := &captureBind{}
 	d, err := demux.New(nopTUN{}, b, demux.Config{Selector: sel, VNI: testVNI, MTU: testMTU, Remote: remote})
@@ -219,7 +214,11 @@ func newGoDemux(t testing.TB, sel *flowhash.Selector, lanes ...flowhash.LaneID) 
 	}
 	var ts []demux.Target
 	for _, l := range lanes {
-		ts = append(ts, demux.Target{ID: l, Endpoint: &conn.StdNetEndpoint{AddrPort: gwAddr(l)}, Addr: gwAddr(l)})
+		dt := demux.Target{ID: l, Endpoint: &conn.StdNetEndpoint{AddrPort: gwAddr(l)}, Addr: gwAddr(l)}
+		if seal != nil {
+			dt.Seal = seal.sealers[l]
+		}
+		ts = append(ts, dt)
 	}
 	d.SetTargets(ts)
 	return &goDemux{d: d, bind: b}
@@ -236,6 +235,102 @@ func (g *goDemux) forward(pkt []byte, now uint32) (netip.AddrPort, []byte, bool)
 		return netip.AddrPort{}, nil, false
 	}
 	return g.bind.sent[0].to, g.bind.sent[0].frame, true
+}
+
+// testSeal is a sealing demux's side of the parity tests: each lane's
+// userspace Sealer on the program's counter for the lane, as the demux
+// wires them, and each gateway's Opener.
+type testSeal struct {
+	p       *Program
+	sealers map[flowhash.LaneID]*geneveauth.Sealer
+	openers map[flowhash.LaneID]*geneveauth.Opener
+}
+
+const testSender = 1 // a standby's sender number: the option carries it
+
+func sealKey(l flowhash.LaneID, gen uint8) geneveauth.Key {
+	return geneveauth.Key{byte(l), gen, 0xa5, 15: byte(l) ^ gen}
+}
+
+func newTestSeal(p *Program, gen uint8, lanes ...flowhash.LaneID) *testSeal {
+	s := &testSeal{p: p, sealers: map[flowhash.LaneID]*geneveauth.Sealer{}, openers: map[flowhash.LaneID]*geneveauth.Opener{}}
+	for _, l := range lanes {
+		s.sealers[l] = geneveauth.NewSealerOn(sealKey(l, gen), gen, testSender, p.SealCounter(l), 1<<40+uint64(l)<<32)
+		s.openers[l] = geneveauth.NewOpener()
+		s.openers[l].Add(testSender, gen, sealKey(l, gen))
+	}
+	return s
+}
+
+// rotate seals with generation gen's keys from now on; the gateways
+// accept both.
+func (s *testSeal) rotate(gen uint8) {
+	for l, sl := range s.sealers {
+		sl.SetKey(sealKey(l, gen), gen)
+		s.openers[l].Add(testSender, gen, sealKey(l, gen))
+	}
+}
+
+// targets gives ts the sealers' keys, as the map sync does.
+func (s *testSeal) targets(ts []Target) []Target {
+	if s == nil {
+		return ts
+	}
+	for i := range ts {
+		k, id := s.sealers[ts[i].Lane].Key()
+		ts[i].Seal = &SealKey{Key: k, ID: id}
+	}
+	return ts
+}
+
+// counters is each lane's next seal counter in the program's map.
+func (s *testSeal) counters() map[flowhash.LaneID]uint64 {
+	if s == nil {
+		return nil
+	}
+	m := map[flowhash.LaneID]uint64{}
+	for l := range s.sealers {
+		m[l] = s.p.SealCounter(l).Load()
+	}
+	return m
+}
+
+// check holds a frame the program sent to the seal: it took the next
+// counter of its lane and no other, the sealers' key ID is in it, and
+// the lane's gateway opens it. Then it sets the lane's counter back, so
+// that the Go demux seals the same packet with the same counter and the
+// frames can be compared byte for byte.
+func (s *testSeal) check(t testing.TB, out []byte, before map[flowhash.LaneID]uint64) {
+	t.Helper()
+	if s == nil {
+		return
+	}
+	e := decodeEncap(t, out)
+	lane := flowhash.LaneID(e.ip.DstIP.To4()[3] - 20)
+	h := packet.Geneve(e.geneve)
+	if h.Len() != geneveauth.HeaderLen {
+		t.Fatalf("lane %d: GENEVE header of %d bytes, want %d (sealed)", lane, h.Len(), geneveauth.HeaderLen)
+	}
+	c := binary.BigEndian.Uint64(e.geneve[packet.GeneveLen+8:])
+	for l, was := range before {
+		want := was
+		if l == lane {
+			want++
+		}
+		if now := s.p.SealCounter(l).Load(); now != want {
+			t.Fatalf("sent to lane %d: lane %d's counter went %d -> %d", lane, l, was, now)
+		}
+	}
+	if c != before[lane] {
+		t.Fatalf("lane %d: frame counter %d, want the lane's next %d", lane, c, before[lane])
+	}
+	if id := e.geneve[packet.GeneveLen+5]; id != s.sealers[lane].KeyID() {
+		t.Fatalf("lane %d: key ID %#02x, the sealer's %#02x", lane, id, s.sealers[lane].KeyID())
+	}
+	if err := s.openers[lane].Open(e.geneve); err != nil {
+		t.Fatalf("lane %d's gateway refuses the program's frame: %v", lane, err)
+	}
+	s.p.SealCounter(lane).Store(c)
 }
 
 // encapsulated is an XDP_TX'd frame taken apart with gopacket, which

@@ -85,15 +85,24 @@ func (f flow) packet(t testing.TB, n int, ttl uint8) []byte {
 // program and the userspace demux, sharing one selector as in the demux
 // process, across lane failures, additions and returns: for every packet
 // the program sends, both choose the same lane and produce byte-identical
-// GENEVE frames, also after the flow-hash key changed. ICMP errors, which the program leaves to userspace, take
-// the lane of the flow they report on.
+// GENEVE frames, also after the flow-hash key changed. ICMP errors, which
+// the program leaves to userspace, take the lane of the flow they report
+// on. Sealed (security.geneve_auth), the frames are byte-identical too,
+// tag included: the program takes each frame's counter from the one it
+// shares with the lane's userspace sealer, its frames open at the
+// gateway, and after a key rotation it seals with the new key.
 func TestParityWithGoDemux(t *testing.T) {
 	for _, cfg := range []Config{
 		{Key: testKey, Symmetric: true},
 		{Key: flowhash.Key{1, 2, 3}, HashMode: flowhash.Mode3Tuple},
 		{Key: flowhash.Key{9}, HashMode: flowhash.Mode2Tuple, Symmetric: true},
+		{Key: testKey, Symmetric: true, Seal: true, Sender: testSender},
 	} {
-		t.Run(cfg.HashMode.String(), func(t *testing.T) { parity(t, cfg) })
+		name := cfg.HashMode.String()
+		if cfg.Seal {
+			name += "-sealed"
+		}
+		t.Run(name, func(t *testing.T) { parity(t, cfg) })
 	}
 }
 
@@ -101,13 +110,17 @@ func parity(t *testing.T, cfg Config) {
 	p := loadTest(t, cfg)
 	sel := newSelector(t, cfg, 1, 2, 3, 4)
 	all := []flowhash.LaneID{1, 2, 3, 4, 5}
-	g := newGoDemux(t, sel, all...)
+	var seal *testSeal
+	if cfg.Seal {
+		seal = newTestSeal(p, 0x31, all...)
+	}
+	g := newGoDemux(t, sel, seal, all...)
 	publish := func(lanes []flowhash.Lane) {
 		t.Helper()
 		if err := sel.SetLanes(lanes); err != nil {
 			t.Fatal(err)
 		}
-		if err := p.Publish(sel.Snapshot(), testTargets(all...)); err != nil {
+		if err := p.Publish(sel.Snapshot(), seal.targets(testTargets(all...))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -130,10 +143,12 @@ func parity(t *testing.T, cfg Config) {
 				n = r.IntN(20) // short: padded frames
 			}
 			pkt := f.packet(t, n, uint8(2+r.IntN(250)))
+			before := seal.counters()
 			verdict, out := run(t, p.DemuxProgram(), eth(pkt))
 			if verdict != xdpTX {
 				t.Fatalf("%s: %s flow %v: verdict %d, want XDP_TX", name, f.proto, f, verdict)
 			}
+			seal.check(t, out, before)
 			to, want, ok := g.forward(kernelForward(pkt), 1)
 			if !ok {
 				t.Fatalf("%s: the Go demux did not forward a packet XDP sent", name)
@@ -184,14 +199,17 @@ func parity(t *testing.T, cfg Config) {
 	if err := sel.SetKey(cfg.Key); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Publish(sel.Snapshot(), testTargets(all...)); err != nil {
+	if seal != nil {
+		seal.rotate(0x32) // the same secret's GENEVE keys, as demux keys --previous makes them
+	}
+	if err := p.Publish(sel.Snapshot(), seal.targets(testTargets(all...))); err != nil {
 		t.Fatal(err)
 	}
 	for range 400 {
 		flows = append(flows, randFlow(r))
 	}
 	phase("new flow-hash key", 3000)
-	t.Logf("%d packets of %d flows: same lane and identical GENEVE frames; %d ICMP errors took their flow's lane", sent, len(flows), icmpChecked)
+	t.Logf("%d packets of %d flows: same lane and identical GENEVE frames (sealed %v); %d ICMP errors took their flow's lane", sent, len(flows), cfg.Seal, icmpChecked)
 }
 
 // icmpErrorAbout is the ICMP error a host on this side sends about a
@@ -216,7 +234,8 @@ func icmpErrorAbout(t testing.TB, f flow) []byte {
 // gateway in a byte-identical GENEVE frame (fed what the kernel would
 // put in the TUN: the packet cut to its IP length, TTL minus one). A
 // packet the program sends is also a whole one: its IP length fits the
-// frame.
+// frame. A sealing program gets each input too: same verdict, a frame
+// the gateway opens, identical to the sealing Go demux's.
 func FuzzXDPParity(f *testing.F) {
 	for _, seed := range [][]byte{
 		tcp4(f, 1000, 80, 100), udp4(f, 53, 5353, 0), tcp6(f, 443, 40000, 1200), udp6(f, 1, 2, 10),
@@ -226,10 +245,16 @@ func FuzzXDPParity(f *testing.F) {
 		f.Add(seed)
 	}
 	cfg := Config{Key: testKey, Symmetric: true}
-	p := loadTest(f, cfg)
-	sel := newSelector(f, cfg, 1, 2, 3)
-	g := newGoDemux(f, sel, 1, 2, 3)
+	sealedCfg := cfg
+	sealedCfg.Seal, sealedCfg.Sender = true, testSender
+	p, ps := loadTest(f, cfg), loadTest(f, sealedCfg)
+	seal := newTestSeal(ps, 0x44, 1, 2, 3)
+	sel, sels := newSelector(f, cfg, 1, 2, 3), newSelector(f, cfg, 1, 2, 3)
+	g, gs := newGoDemux(f, sel, nil, 1, 2, 3), newGoDemux(f, sels, seal, 1, 2, 3)
 	if err := p.Publish(sel.Snapshot(), testTargets(1, 2, 3)); err != nil {
+		f.Fatal(err)
+	}
+	if err := ps.Publish(sels.Snapshot(), seal.targets(testTargets(1, 2, 3))); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
@@ -238,6 +263,11 @@ func FuzzXDPParity(f *testing.F) {
 		}
 		frame := eth(pkt) // padded to Ethernet's minimum, as on a wire
 		verdict, out := run(t, p.DemuxProgram(), frame)
+		before := seal.counters()
+		sealedVerdict, sealedOut := run(t, ps.DemuxProgram(), frame)
+		if sealedVerdict != verdict {
+			t.Fatalf("verdict %d, sealing %d, for % x", verdict, sealedVerdict, pkt)
+		}
 		switch verdict {
 		case xdpPass:
 			return
@@ -255,6 +285,12 @@ func FuzzXDPParity(f *testing.F) {
 			t.Fatalf("the program sent what the Go demux drops: % x", inner)
 		}
 		checkEncap(t, out, inner, to, want, cfg)
+		seal.check(t, sealedOut, before)
+		to, want, ok = gs.forward(kernelForward(inner), 1)
+		if !ok {
+			t.Fatalf("the sealing program sent what the sealing Go demux drops: % x", inner)
+		}
+		checkEncap(t, sealedOut, inner, to, want, sealedCfg)
 	})
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -70,6 +71,10 @@ type SyncConfig struct {
 	Selector *flowhash.Selector
 	// Gateways returns each lane's gateway GENEVE address.
 	Gateways func() map[flowhash.LaneID]netip.AddrPort
+	// Sealer returns the lane's sealer, whose key a sealing program
+	// seals with (nil for a program that does not seal). A key change
+	// (a rotation) should Kick.
+	Sealer func(flowhash.LaneID) *geneveauth.Sealer
 	// Kick wakes Sync at once (the demux signals every lane change).
 	Kick  <-chan struct{}
 	Every time.Duration // neighbour refresh; 100 ms if zero
@@ -142,6 +147,13 @@ func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, last
 		if i := slices.IndexFunc(*last, func(o Target) bool { return o.Lane == l.ID && o.Dst == t.Dst }); t.Ifindex == 0 && i >= 0 && (*last)[i].Ifindex != 0 {
 			t = (*last)[i]
 		}
+		t.Seal = nil
+		if cfg.Sealer != nil {
+			if sl := cfg.Sealer(l.ID); sl != nil {
+				k, id := sl.Key()
+				t.Seal = &SealKey{Key: k, ID: id}
+			}
+		}
 		targets = append(targets, t)
 	}
 	if snap.Version != p.Published() || !slices.EqualFunc(targets, *last, sameTarget) {
@@ -156,7 +168,8 @@ func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, last
 
 func sameTarget(a, b Target) bool {
 	return a.Lane == b.Lane && a.Ifindex == b.Ifindex && a.Src == b.Src && a.Dst == b.Dst &&
-		slices.Equal(a.SrcMAC, b.SrcMAC) && slices.Equal(a.DstMAC, b.DstMAC)
+		slices.Equal(a.SrcMAC, b.SrcMAC) && slices.Equal(a.DstMAC, b.DstMAC) &&
+		(a.Seal == nil) == (b.Seal == nil) && (a.Seal == nil || *a.Seal == *b.Seal)
 }
 
 // logResolution logs each lane whose gateway became reachable for the

@@ -24,11 +24,14 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -72,6 +75,16 @@ type Config struct {
 	VNI        uint32
 	Remote     []netip.Prefix   // destinations the program handles; others pass
 	IngressMAC net.HardwareAddr // the attached interface's address
+	// Seal makes the program seal every frame as geneveauth does
+	// (security.geneve_auth), as Sender; each target carries its key.
+	Seal   bool
+	Sender uint8
+}
+
+// SealKey is the key a lane's frames are sealed with now.
+type SealKey struct {
+	Key geneveauth.Key
+	ID  uint8
 }
 
 // Target is a lane's gateway as this host reaches it.
@@ -82,6 +95,7 @@ type Target struct {
 	DstMAC  net.HardwareAddr
 	Src     netip.Addr     // this host's address toward the gateway (IPv4)
 	Dst     netip.AddrPort // the gateway's GENEVE address (IPv4)
+	Seal    *SealKey       // a sealing program's key for the lane; without one its packets go to userspace
 }
 
 // Program is the loaded XDP program and its maps.
@@ -94,6 +108,10 @@ type Program struct {
 	snaps   [2]*ebpf.Map
 	snapMem [2]*ebpf.Memory
 	snapBuf []byte // the next snapshot, built whole
+	sealed  bool
+	// The seal counters' memory, shared with the userspace sealers
+	// (SealCounter); never unmapped, as sealers outlive the program.
+	counters []byte
 
 	mu        sync.Mutex
 	bank      uint32               // target bank of the snapshot in use
@@ -148,6 +166,7 @@ func Load(cfg Config) (*Program, error) {
 		{"pin_tcp_idle", uint32(flowhash.DefaultTCPIdle.Seconds())},
 		{"pin_other_idle", uint32(flowhash.DefaultOtherIdle.Seconds())},
 		{"ingress_mac", [6]byte(cfg.IngressMAC)},
+		{"sealed", boolU32(cfg.Seal)}, {"seal_sender", uint32(cfg.Sender)},
 	}
 	for _, s := range set {
 		if err := spec.Variables[s.name].Set(s.v); err != nil {
@@ -158,7 +177,10 @@ func Load(cfg Config) (*Program, error) {
 	inner := spec.Maps["snapshots"].InnerMap
 	inner.MaxEntries = laneSlots + cfg.TableSize + keyWords
 	inner.Flags |= unix.BPF_F_MMAPABLE
-	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}}
+	if cfg.Seal && cfg.MTU > sealMaxLen {
+		return nil, fmt.Errorf("xdp: a sealing program carries inner packets up to %d bytes, the lane MTU is %d", sealMaxLen, cfg.MTU)
+	}
+	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}, sealed: cfg.Seal}
 	p.snapBuf = make([]byte, snapStride*int(inner.MaxEntries))
 	for i := range p.snaps {
 		m, err := ebpf.NewMap(inner)
@@ -180,6 +202,13 @@ func Load(cfg Config) (*Program, error) {
 		}
 		return nil, fmt.Errorf("xdp: load program: %w", err)
 	}
+	if cfg.Seal {
+		p.counters, err = unix.Mmap(p.objs.SealCounters.FD(), 0, laneSlots*8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("xdp: map the seal counters: %w", err)
+		}
+	}
 	for _, pfx := range cfg.Remote {
 		if err := p.objs.Remote.Put(remoteKey(pfx), uint8(1)); err != nil {
 			p.Close()
@@ -187,6 +216,26 @@ func Load(cfg Config) (*Program, error) {
 		}
 	}
 	return p, nil
+}
+
+// sealMaxLen is SEAL_MAX_LEN in demux.c.
+const sealMaxLen = 9216
+
+// SealCounter is lane's seal counter in the program's map, for the
+// userspace sealer of the lane to share (geneveauth.NewSealerOn); nil
+// if the program does not seal.
+func (p *Program) SealCounter(lane flowhash.LaneID) *atomic.Uint64 {
+	if p.counters == nil || lane == 0 || lane > flowhash.MaxLaneID {
+		return nil
+	}
+	return (*atomic.Uint64)(unsafe.Pointer(&p.counters[8*int(lane)]))
+}
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // remoteKey is a prefix as the program's LPM trie holds it: IPv4 mapped
@@ -276,7 +325,7 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	bank := p.bank ^ 1
 	var written []flowhash.LaneID
 	for _, t := range targets {
-		v, err := t.value()
+		v, err := t.value(p.sealed)
 		if err != nil {
 			return err
 		}
@@ -329,13 +378,18 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	return nil
 }
 
-func (t Target) value() (demuxTarget, error) {
+func (t Target) value(sealed bool) (demuxTarget, error) {
 	var v demuxTarget
 	if t.Lane == 0 || t.Lane > flowhash.MaxLaneID {
 		return v, fmt.Errorf("xdp: lane id %d out of range", t.Lane)
 	}
-	if t.Ifindex == 0 {
+	if t.Ifindex == 0 || sealed && t.Seal == nil {
 		return v, nil
+	}
+	if sealed {
+		v.KeyId = t.Seal.ID
+		v.SealK0 = binary.LittleEndian.Uint64(t.Seal.Key[0:8])
+		v.SealK1 = binary.LittleEndian.Uint64(t.Seal.Key[8:16])
 	}
 	if len(t.SrcMAC) != 6 || len(t.DstMAC) != 6 || !t.Src.Is4() || !t.Dst.Addr().Is4() {
 		return v, fmt.Errorf("xdp: lane %d target: want IPv4 addresses and 6-byte MACs, have %s -> %s (%s -> %s)",

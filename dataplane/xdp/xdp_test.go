@@ -15,6 +15,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
@@ -158,7 +159,7 @@ func TestFixtures(t *testing.T) {
 	if err := p.Publish(sel.Snapshot(), testTargets(1, 2, 3)); err != nil {
 		t.Fatal(err)
 	}
-	g := newGoDemux(t, newSelector(t, cfg, 1, 2, 3), 1, 2, 3)
+	g := newGoDemux(t, newSelector(t, cfg, 1, 2, 3), nil, 1, 2, 3)
 
 	send := []struct {
 		name string
@@ -307,8 +308,12 @@ func checkEncap(t testing.TB, out, inner []byte, goTo netip.AddrPort, goFrame []
 		t.Errorf("outer UDP %d -> %d len %d csum %#x, want source port %d, length %d, no checksum",
 			e.udp.SrcPort, e.udp.DstPort, e.udp.Length, e.udp.Checksum, want, len(out)-34)
 	}
-	if len(out) != 14+ENCAP4+len(inner) {
-		t.Errorf("frame of %d bytes for a %d-byte packet, want %d", len(out), len(inner), 14+ENCAP4+len(inner))
+	encap := ENCAP4
+	if cfg.Seal {
+		encap += geneveauth.OptionLen
+	}
+	if len(out) != 14+encap+len(inner) {
+		t.Errorf("frame of %d bytes for a %d-byte packet, want %d", len(out), len(inner), 14+encap+len(inner))
 	}
 	if !bytes.Equal(e.geneve, goFrame) {
 		t.Errorf("GENEVE payload differs from the Go demux's:\n xdp % x\n  go % x", e.geneve, goFrame)
