@@ -168,8 +168,18 @@ func New(cfg Config) (*Selector, error) {
 // pinAgrees says whether forgetting a pin moves nothing now: its lane's
 // pins are void, or the table sends its flow there anyway.
 func (s *Selector) pinAgrees(w *Words, lane LaneID, gen uint32) bool {
-	snap := s.snap.Load()
-	return snap.gens[lane] != gen || snap.Table.Lookup(snap.hasher.sumWords(w)) == lane
+	return s.snap.Load().PinAgrees(w, lane, gen)
+}
+
+// PinAgrees says whether forgetting the pin of the flow with canonical
+// words w (to lane, of generation gen) moves nothing under this
+// snapshot: the table sends the flow to lane anyway, or the pin is void
+// (its lane's generation changed). The XDP program's pin sweep asks it.
+func (s *Snapshot) PinAgrees(w *Words, lane LaneID, gen uint32) bool {
+	if lane > MaxLaneID {
+		return true // no pin the data paths would honour
+	}
+	return s.gens[lane] != gen || s.Table.Lookup(s.hasher.sumWords(w)) == lane
 }
 
 // Hasher returns the flow hasher of the current snapshot.

@@ -472,6 +472,9 @@ func printXDP(x *xdp.Status) {
 	cli.PrintCounts("xdp sent", byVerdict["sent"])
 	cli.PrintCounts("xdp passed to userspace", byVerdict["passed"])
 	cli.PrintCounts("xdp dropped", byVerdict["dropped"])
+	pn := x.Pins
+	fmt.Printf("    xdp pins: %d of %d; inserted %d, unpinned %d (map full), swept %d idle, %d agreeing\n",
+		pn.Held, pn.Capacity, pn.Inserts, pn.Unpinned, pn.Expired, pn.Evicted)
 	if len(x.Unresolved) > 0 {
 		fmt.Printf("    lanes without a resolved gateway (userspace sends): %v\n", x.Unresolved)
 	}

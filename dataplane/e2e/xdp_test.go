@@ -58,6 +58,12 @@ func TestXDPFastPath(t *testing.T) {
 	if busy < 2 {
 		t.Errorf("XDP spread 12 streams over %d lanes: %v", busy, s1.XDP.Lanes)
 	}
+	// Every flow it sent is pinned in its map (12 streams, their
+	// control connections and the pings, both ways of the symmetric hash
+	// counted once).
+	if pn := s1.XDP.Pins; pn.Inserts < 12 || pn.Held < 12 || pn.Capacity != flowhash.DefaultPinCapacity || pn.Unpinned != 0 {
+		t.Errorf("XDP pins %+v: want the 12 streams pinned, none unpinned, capacity %d", pn, flowhash.DefaultPinCapacity)
+	}
 
 	// Lane 2 dies: the demux's probes notice, the maps follow, and the
 	// program sends nothing more into lane 2.

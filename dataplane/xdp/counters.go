@@ -3,6 +3,7 @@
 package xdp
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -96,6 +97,7 @@ type Status struct {
 	Snapshot uint64                        `json:"snapshot_version"`
 	Reasons  map[string]uint64             `json:"reasons"`
 	Lanes    map[flowhash.LaneID]LaneCount `json:"lanes"`
+	Pins     PinStats                      `json:"pins"`
 	// Unresolved lists lanes whose gateway has no resolved MAC: their
 	// packets go to the userspace demux.
 	Unresolved []flowhash.LaneID `json:"unresolved,omitempty"`
@@ -105,9 +107,11 @@ type Status struct {
 // Status reports where the program runs and what it counted.
 func (p *Program) Status() *Status {
 	c, err := p.Counters()
+	pins, perr := p.PinStats()
+	err = errors.Join(err, perr)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := &Status{Attachment: p.attached, Snapshot: p.published, Reasons: c.Reasons, Lanes: c.Lanes}
+	st := &Status{Attachment: p.attached, Snapshot: p.published, Reasons: c.Reasons, Lanes: c.Lanes, Pins: pins}
 	for _, t := range p.targets {
 		if t.Ifindex == 0 {
 			st.Unresolved = append(st.Unresolved, t.Lane)
@@ -129,6 +133,17 @@ var (
 		"Inner bytes the XDP fast path sent into each lane.", []string{"lane"}, nil)
 	descAttached = prometheus.NewDesc("clusterpeer_xdp_attached",
 		"1 while the XDP fast path is attached, labelled with its interface and mode.", []string{"interface", "mode"}, nil)
+	descPins = prometheus.NewDesc("clusterpeer_xdp_pins",
+		"Flow pins in the XDP fast path's map, idle ones until swept.", nil, nil)
+	descPinCapacity = prometheus.NewDesc("clusterpeer_xdp_pin_capacity",
+		"The most flow pins the XDP fast path's map holds (hash.pin_flows).", nil, nil)
+	descPinInserts = prometheus.NewDesc("clusterpeer_xdp_pin_inserts_total",
+		"Flow pins the XDP fast path wrote for new flows.", nil, nil)
+	descPinUnpinned = prometheus.NewDesc("clusterpeer_xdp_pin_unpinned_total",
+		"New flows the XDP fast path could not pin, its map full: they follow the table.", nil, nil)
+	descPinRemoved = prometheus.NewDesc("clusterpeer_xdp_pin_removals_total",
+		"Flow pins the sweep deleted: idle, or (under pressure) live ones the table agrees with, whose flows did not move.",
+		[]string{"why"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -137,6 +152,11 @@ func (p *Program) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descLanePackets
 	ch <- descLaneBytes
 	ch <- descAttached
+	ch <- descPins
+	ch <- descPinCapacity
+	ch <- descPinInserts
+	ch <- descPinUnpinned
+	ch <- descPinRemoved
 }
 
 // Collect implements prometheus.Collector.
@@ -146,6 +166,12 @@ func (p *Program) Collect(ch chan<- prometheus.Metric) {
 	for _, name := range reasonNames {
 		ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(st.Reasons[name]), Verdict(name), name)
 	}
+	ch <- prometheus.MustNewConstMetric(descPins, prometheus.GaugeValue, float64(st.Pins.Held))
+	ch <- prometheus.MustNewConstMetric(descPinCapacity, prometheus.GaugeValue, float64(st.Pins.Capacity))
+	ch <- prometheus.MustNewConstMetric(descPinInserts, prometheus.CounterValue, float64(st.Pins.Inserts))
+	ch <- prometheus.MustNewConstMetric(descPinUnpinned, prometheus.CounterValue, float64(st.Pins.Unpinned))
+	ch <- prometheus.MustNewConstMetric(descPinRemoved, prometheus.CounterValue, float64(st.Pins.Expired), "idle")
+	ch <- prometheus.MustNewConstMetric(descPinRemoved, prometheus.CounterValue, float64(st.Pins.Evicted), "agreeing")
 	for id, lc := range st.Lanes {
 		l := strconv.Itoa(int(id))
 		ch <- prometheus.MustNewConstMetric(descLanePackets, prometheus.CounterValue, float64(lc.Packets), l)

@@ -168,12 +168,31 @@ struct pin {
 	__u8 pad[5];
 };
 
+// The pins: a plain hash, not an LRU one, because a kernel LRU evicts
+// by its own order, a pin whose flow it then moves among them. Here the
+// kernel evicts nothing: when the map is full a new flow goes unpinned
+// (it follows the table, counted), and userspace (Program.SweepPins)
+// deletes idle pins and, under pressure, pins the table agrees with,
+// whose loss moves no flow.
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20); // the loader sets hash.pin_flows
 	__type(key, struct words);
 	__type(value, struct pin);
 } pins SEC(".maps");
+
+enum pin_counter {
+	P_INSERTS,  // pins written for new flows (the map holds inserts - userspace's deletes)
+	P_UNPINNED, // new flows not pinned: the map was full
+	P_NUM,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, P_NUM);
+	__type(key, __u32);
+	__type(value, __u64);
+} pin_stats SEC(".maps");
 
 struct remote_key {
 	__u32 prefixlen;
@@ -390,7 +409,19 @@ static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int 
 	__u32 lane = *l;
 	__u32 *gen = bpf_map_lookup_elem(snap, &lane);
 	struct pin np = {.gen = gen ? *gen : 0, .last_seen = now, .lane = lane, .tcp = tcp};
-	bpf_map_update_elem(&pins, k, &np, BPF_ANY);
+	if (p) {
+		// The flow's pin was idle or void: replaced whole (readers on
+		// other CPUs see the old or the new), the count unchanged.
+		bpf_map_update_elem(&pins, k, &np, BPF_EXIST);
+		return lane;
+	}
+	long err = bpf_map_update_elem(&pins, k, &np, BPF_NOEXIST);
+	__u32 c = err == 0 ? P_INSERTS : P_UNPINNED;
+	if (err != -17 /* EEXIST: another CPU pinned it first */) {
+		__u64 *n = bpf_map_lookup_elem(&pin_stats, &c);
+		if (n)
+			*n += 1;
+	}
 	return lane;
 }
 

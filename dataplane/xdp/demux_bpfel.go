@@ -114,6 +114,7 @@ type demuxProgramSpecs struct {
 type demuxMapSpecs struct {
 	HashOut      *ebpf.MapSpec `ebpf:"hash_out"`
 	LaneStats    *ebpf.MapSpec `ebpf:"lane_stats"`
+	PinStats     *ebpf.MapSpec `ebpf:"pin_stats"`
 	Pins         *ebpf.MapSpec `ebpf:"pins"`
 	Remote       *ebpf.MapSpec `ebpf:"remote"`
 	SealCounters *ebpf.MapSpec `ebpf:"seal_counters"`
@@ -163,6 +164,7 @@ func (o *demuxObjects) Close() error {
 type demuxMaps struct {
 	HashOut      *ebpf.Map `ebpf:"hash_out"`
 	LaneStats    *ebpf.Map `ebpf:"lane_stats"`
+	PinStats     *ebpf.Map `ebpf:"pin_stats"`
 	Pins         *ebpf.Map `ebpf:"pins"`
 	Remote       *ebpf.Map `ebpf:"remote"`
 	SealCounters *ebpf.Map `ebpf:"seal_counters"`
@@ -176,6 +178,7 @@ func (m *demuxMaps) Close() error {
 	return _DemuxClose(
 		m.HashOut,
 		m.LaneStats,
+		m.PinStats,
 		m.Pins,
 		m.Remote,
 		m.SealCounters,

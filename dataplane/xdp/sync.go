@@ -115,6 +115,9 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 			return
 		case <-cfg.Kick:
 		case <-tick.C:
+			if err := p.SweepPins(); err != nil {
+				cfg.Log.Error("xdp: pins not swept", "err", err)
+			}
 		case <-handover:
 			settled, handover = 0, nil
 			p.publishIfChanged(cfg.Selector.Snapshot(), cfg, &last)

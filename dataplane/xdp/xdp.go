@@ -70,7 +70,7 @@ type Config struct {
 	HashMode   flowhash.Mode
 	Symmetric  bool
 	TableSize  uint32 // flowhash.DefaultTableSize if zero
-	PinFlows   int    // LRU pin map size; flowhash.DefaultPinCapacity if zero
+	PinFlows   int    // pin map size; flowhash.DefaultPinCapacity if zero
 	MTU        int    // largest inner packet a lane carries
 	VNI        uint32
 	Remote     []netip.Prefix   // destinations the program handles; others pass
@@ -109,6 +109,7 @@ type Program struct {
 	snapMem [2]*ebpf.Memory
 	snapBuf []byte // the next snapshot, built whole
 	sealed  bool
+	pins    *pinSweep
 	// The seal counters' memory, shared with the userspace sealers
 	// (SealCounter); never unmapped, as sealers outlive the program.
 	counters []byte
@@ -118,6 +119,7 @@ type Program struct {
 	written   [2][]flowhash.LaneID // lanes with a target in each bank
 	ports     map[int]bool         // interfaces in tx_ports
 	published uint64               // snapshot version in the map
+	snap      *flowhash.Snapshot   // that snapshot, which the pin sweep judges by
 	targets   []Target             // as last published
 	lanes     []flowhash.LaneID    // lanes of the last snapshot, for counters
 	link      link.Link
@@ -163,8 +165,7 @@ func Load(cfg Config) (*Program, error) {
 		{"key0", k0}, {"key1", k1}, {"table_size", cfg.TableSize},
 		{"hash_mode", uint32(cfg.HashMode)}, {"symmetric", sym},
 		{"lane_mtu", uint32(cfg.MTU)}, {"vni", cfg.VNI},
-		{"pin_tcp_idle", uint32(flowhash.DefaultTCPIdle.Seconds())},
-		{"pin_other_idle", uint32(flowhash.DefaultOtherIdle.Seconds())},
+		{"pin_tcp_idle", pinTCPIdle}, {"pin_other_idle", pinOtherIdle},
 		{"ingress_mac", [6]byte(cfg.IngressMAC)},
 		{"sealed", boolU32(cfg.Seal)}, {"seal_sender", uint32(cfg.Sender)},
 	}
@@ -180,7 +181,7 @@ func Load(cfg Config) (*Program, error) {
 	if cfg.Seal && cfg.MTU > sealMaxLen {
 		return nil, fmt.Errorf("xdp: a sealing program carries inner packets up to %d bytes, the lane MTU is %d", sealMaxLen, cfg.MTU)
 	}
-	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}, sealed: cfg.Seal}
+	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}, sealed: cfg.Seal, pins: newPinSweep(cfg.PinFlows)}
 	p.snapBuf = make([]byte, snapStride*int(inner.MaxEntries))
 	for i := range p.snaps {
 		m, err := ebpf.NewMap(inner)
@@ -373,7 +374,7 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	if err := p.objs.Snapshots.Put(uint32(0), p.snaps[bank]); err != nil {
 		return fmt.Errorf("xdp: swap snapshot: %w", err)
 	}
-	p.bank, p.written[bank], p.published = bank, written, snap.Version
+	p.bank, p.written[bank], p.published, p.snap = bank, written, snap.Version, snap
 	p.targets, p.lanes = slices.Clone(targets), lanes
 	return nil
 }

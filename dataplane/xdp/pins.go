@@ -1,0 +1,168 @@
+//go:build linux
+
+package xdp
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
+)
+
+// The program's pin map is a plain hash the kernel never evicts from
+// (demux.c says why): a new flow finding it full goes unpinned and
+// follows the table. SweepPins keeps room in it, as the userspace pin
+// table's eviction rule does, without ever forgetting a pin whose flow
+// that would move:
+//
+//   - from a quarter full, it deletes idle pins (the program already
+//     treats them as absent; below that they cost nothing);
+//   - from seven eighths full, also pins the published table agrees with
+//     (or whose lane's pins are void) and that have not been seen for
+//     pressureIdle: forgetting them moves nothing, and a flow that is
+//     still alive pins itself again, to the same lane, at its next packet.
+//
+// Each call looks at the next 1/32 of the map's capacity, so a full
+// pass over a full map takes 32 calls (3.2 s at the map sync's 100 ms).
+const (
+	sweepChunks  = 32
+	pressureIdle = 1 // seconds
+)
+
+// pinSweep is SweepPins' state: the Sync goroutine's alone, but for the
+// counters, which Status reads.
+type pinSweep struct {
+	capacity int
+	cursor   ebpf.MapBatchCursor
+	keys     []demuxWords
+	vals     []demuxPin
+	doomed   []demuxWords
+	deleted  atomic.Uint64 // pins deleted here, idle or agreeing
+	expired  atomic.Uint64 // of those, idle
+	evicted  atomic.Uint64 // of those, live but agreeing, under pressure
+	pressure uint32        // pressureIdle; tests set 0
+	// The program's idle times (pin_tcp_idle, pin_other_idle); a test
+	// shortens them for the sweep alone.
+	tcpIdle, otherIdle uint32
+}
+
+func newPinSweep(capacity int) *pinSweep {
+	n := max(capacity/sweepChunks, 256)
+	return &pinSweep{capacity: capacity, keys: make([]demuxWords, n), vals: make([]demuxPin, n), pressure: pressureIdle,
+		tcpIdle: pinTCPIdle, otherIdle: pinOtherIdle}
+}
+
+// PinStats are the program's pin counters.
+type PinStats struct {
+	Held     int    `json:"held"` // pins in the map, idle ones until swept
+	Capacity int    `json:"capacity"`
+	Inserts  uint64 `json:"inserts"`  // pins written for new flows
+	Unpinned uint64 `json:"unpinned"` // new flows the full map could not pin (they follow the table)
+	Expired  uint64 `json:"expired"`  // idle pins the sweep deleted
+	Evicted  uint64 `json:"evicted"`  // live pins the table agrees with, deleted under pressure: none of their flows moved
+}
+
+// PinStats reads the pin counters (two per-CPU lookups).
+func (p *Program) PinStats() (PinStats, error) {
+	st := PinStats{Capacity: p.pins.capacity, Expired: p.pins.expired.Load(), Evicted: p.pins.evicted.Load()}
+	var per []uint64
+	for i, v := range []*uint64{&st.Inserts, &st.Unpinned} {
+		if err := p.objs.PinStats.Lookup(uint32(i), &per); err != nil {
+			return st, fmt.Errorf("xdp: read pin counters: %w", err)
+		}
+		for _, n := range per {
+			*v += n
+		}
+	}
+	st.Held = int(st.Inserts - p.pins.deleted.Load())
+	return st, nil
+}
+
+// SweepPins makes room in the pin map (see pinSweep), judging agreement
+// by the snapshot last published. Called by Sync on its ticks; not safe
+// for concurrent use.
+func (p *Program) SweepPins() error {
+	st, err := p.PinStats()
+	if err != nil {
+		return err
+	}
+	s := p.pins
+	if st.Held < s.capacity/4 {
+		return nil
+	}
+	p.mu.Lock()
+	snap := p.snap
+	p.mu.Unlock()
+	n, err := p.objs.Pins.BatchLookup(&s.cursor, s.keys, s.vals, nil)
+	end := errors.Is(err, ebpf.ErrKeyNotExist)
+	if err != nil && !end {
+		s.cursor = ebpf.MapBatchCursor{}
+		return fmt.Errorf("xdp: read pins: %w", err)
+	}
+	if end {
+		s.cursor = ebpf.MapBatchCursor{} // the next call starts a new pass
+	}
+	now := monotonicSeconds()
+	held := st.Held
+	s.doomed = s.doomed[:0]
+	var expired uint64
+	for i := range n {
+		v := &s.vals[i]
+		idle := s.otherIdle
+		if v.Tcp != 0 {
+			idle = s.tcpIdle
+		}
+		age := int32(now - v.LastSeen)
+		switch {
+		case age > int32(idle):
+			expired++
+		case held > s.capacity/8*7 && age >= int32(s.pressure) && snap != nil &&
+			snap.PinAgrees((*flowhash.Words)(&s.keys[i].W), flowhash.LaneID(v.Lane), v.Gen):
+		default:
+			continue
+		}
+		s.doomed = append(s.doomed, s.keys[i])
+		held--
+	}
+	deleted, err := p.deletePins(s.doomed)
+	s.deleted.Add(uint64(deleted))
+	s.expired.Add(min(expired, uint64(deleted)))
+	s.evicted.Add(uint64(deleted) - min(expired, uint64(deleted)))
+	return err
+}
+
+// deletePins deletes keys, in one batch; a key gone meanwhile ends a
+// batch early, so the rest are then deleted one by one.
+func (p *Program) deletePins(keys []demuxWords) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	n, err := p.objs.Pins.BatchDelete(keys, nil)
+	if err == nil || n == len(keys) {
+		return n, nil
+	}
+	for _, k := range keys[n:] {
+		if p.objs.Pins.Delete(k) == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// The program's idle times, in its seconds.
+var (
+	pinTCPIdle   = uint32(flowhash.DefaultTCPIdle.Seconds())
+	pinOtherIdle = uint32(flowhash.DefaultOtherIdle.Seconds())
+)
+
+// monotonicSeconds is the program's clock (bpf_ktime_get_coarse_ns in
+// seconds).
+func monotonicSeconds() uint32 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
+	return uint32(ts.Sec)
+}
