@@ -77,7 +77,7 @@ type Options struct {
 	// (hash.pin_flows; default a million).
 	PinFlows int
 	// GeneveAuth: the peering seals its GENEVE frames
-	// (security.geneve_auth); the demuxes then run without XDP.
+	// (security.geneve_auth), in the XDP program too if XDP is on.
 	GeneveAuth bool
 	// NodeKeys: no node holds the peering secret; each reads its own keys
 	// from Work/keys (security.keys_dir), written from Work/peering.secret

@@ -310,7 +310,7 @@ func (tp *hoTopo) keyRotation() (int, int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// The demuxes (userspace: the peering seals, so no XDP) hash new flows
+	// The demuxes (userspace: this peering runs no XDP) hash new flows
 	// with the new secret's flow key from the switch on; the good flows,
 	// pinned, stayed where they were (moved=0 says so).
 	for _, d := range []string{"demux-a", "demux-b"} {
