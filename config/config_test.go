@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/config/configtest"
+	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
 func example(t *testing.T, dir string, edits ...string) string {
@@ -255,5 +256,43 @@ func TestKeyPaths(t *testing.T) {
 		if got := strings.Join(p.KeyPaths(c.n), " "); got != c.want {
 			t.Errorf("%+v: %s, want %s", c.n.Side, got, c.want)
 		}
+	}
+}
+
+// TestRingOfAJoiningGateway: a gateway that joins through the store
+// (tunnel join: a lane of id 0 until it registers, no file of its own)
+// reads its side's join-SIDE.keys and gets the side's roots, from which
+// its lane's keys derive once it knows the lane.
+func TestRingOfAJoiningGateway(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "peering.yaml")
+	os.WriteFile(path, []byte(configtest.Example(t, dir,
+		"  key_file: hash.key          # 32 hex digits, owner-only: openssl rand -hex 16\n", "",
+		"hash:\n", "security:\n  geneve_auth: true\n  keys_dir: keys\nhash:\n")), 0o600)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(p.Security.KeysDir, 0o700)
+	gen := keyring.FromSecret([]byte("0123456789abcdef0123456789abcdef"), time.Time{}, time.Time{})
+	joining := Node{Side: SideB, Lane: &Lane{Weight: 1}, Self: &Gateway{Name: "gw-b9"}}
+	cut, err := gen.Only(p.KeyPaths(joining)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &keyring.Ring{Gens: []keyring.Gen{cut}}
+	if err := os.WriteFile(p.KeysFile(JoinKeysName(SideB)), r.Marshal("test"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.Ring(joining, "gw-b9")
+	if err != nil {
+		t.Fatalf("a joining gateway's ring: %v", err)
+	}
+	want, _ := gen.Key(keyring.GenevePath("b", 0, 7))
+	if k, ok := got.Gens[0].Key(keyring.GenevePath("b", 0, 7)); !ok || k != want {
+		t.Fatalf("lane 7's GENEVE key from the join file: held %v, equal %v", ok, k == want)
+	}
+	if _, err := p.Ring(Node{Side: SideB, Lane: &Lane{ID: 2}}, "gw-b9"); err == nil {
+		t.Fatal("a gateway of lane 2 without its own file read the join file")
 	}
 }

@@ -63,8 +63,10 @@ func (p *Peering) Ring(n Node, name string) (*keyring.Ring, error) {
 	if p.Security.KeysDir == "" {
 		return &keyring.Ring{Gens: []keyring.Gen{keyring.FromSecret(p.Hash.Key[:], time.Time{}, time.Time{})}}, nil
 	}
+	// A gateway joining through the store (its lane not known before it
+	// registers: none, or one of id 0) reads its side's join file.
 	path := p.KeysFile(name)
-	if _, err := os.Stat(path); os.IsNotExist(err) && n.Lane == nil && n.Demux == nil {
+	if _, err := os.Stat(path); os.IsNotExist(err) && (n.Lane == nil || n.Lane.ID == 0) && n.Demux == nil {
 		path = p.KeysFile(JoinKeysName(n.Side))
 	}
 	b, err := ReadSecretFile(path)
