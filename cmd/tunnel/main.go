@@ -203,7 +203,8 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		defer j.close()
 		peer = j.peerGateway()
 		if p.Security.GeneveAuth {
-			l.SetAuth(geneveOpener(p, keys, node.Side, node.Lane.ID))
+			ingress.Auth = geneveOpener(p, keys, node.Side, node.Lane.ID)
+			l.SetAuth(ingress.Auth)
 		}
 	}
 	log = log.With("lane", node.Lane.ID)
@@ -232,10 +233,11 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		PublicKey: self.PublicKey, ListenPort: self.Endpoint.AddrPort.Port(), GenevePort: self.Geneve.AddrPort.Port(),
 		Demuxes: demuxes, PeerName: peer.Name,
 	}
+	gk := &gatewayKeys{rf: rf, auth: ingress.Auth}
+	gk.expire(p, keys, node.Side, node.Lane.ID)
 	var fp *filePeer
 	if j == nil {
-		fp = &filePeer{path: p.Path, name: self.Name, lane: l, rf: rf, auth: ingress.Auth, p: p, node: node}
-		fp.expire(keys)
+		fp = &filePeer{path: p.Path, name: self.Name, lane: l, keys: gk, p: p, node: node}
 	}
 	status := func() any {
 		st := status{Status: l.Status(identity), Source: "file"}
@@ -265,9 +267,9 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.Geneve.AddrPort,
 		"listen", self.Endpoint.AddrPort.Port(), "peer", peer.Name, "peer_endpoint", peer.Endpoint.AddrPort,
 		"metrics", self.Metrics, "status", self.Status)
-	// SIGHUP: a gateway of the file applies a changed peer live (filePeer);
-	// a joined gateway's peer changes through the store. Sent to a whole
-	// fleet, it never stops a gateway.
+	// SIGHUP: a gateway of the file applies a changed peer and keys live
+	// (filePeer); a joined gateway's peer changes through the store, and
+	// it reloads its keys. Sent to a whole fleet, it never stops a gateway.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -290,11 +292,11 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 			cond.set(probe.DiagForwardingDown, "wireguard device stopped")
 			return errors.New("wireguard device stopped")
 		case <-hup:
-			if fp == nil {
-				log.Info("SIGHUP: a joined gateway's peer follows the store; restart it to apply a changed config")
-				continue
+			reload := func() (string, error) { return reloadJoined(p.Path, self.Name, node.Side, node.Lane.ID, gk) }
+			if fp != nil {
+				reload = fp.reload
 			}
-			if msg, err := fp.reload(); err != nil {
+			if msg, err := reload(); err != nil {
 				log.Error("SIGHUP: " + err.Error())
 			} else {
 				log.Info("SIGHUP: reloaded: " + msg)

@@ -26,13 +26,78 @@ import (
 type filePeer struct {
 	path, name string
 	lane       *gateway.Lane
-	rf         *probe.Reflector   // nil with health checks off
-	auth       *geneveauth.Opener // nil with geneve_auth off
-	expiry     *time.Timer        // drops a generation from auth at its until
+	keys       *gatewayKeys
 
 	mu   sync.Mutex // p, node: the select loop writes, status reads
 	p    *config.Peering
 	node config.Node
+}
+
+// gatewayKeys are the keys a running gateway checks with, its
+// reflector's (probes) and its opener's (sealed GENEVE): a reload
+// replaces them, and a generation's GENEVE keys leave the opener when
+// its grace ends (probes check the time themselves).
+type gatewayKeys struct {
+	rf   *probe.Reflector   // nil with health checks off
+	auth *geneveauth.Opener // nil with geneve_auth off
+
+	mu     sync.Mutex
+	expiry *time.Timer
+}
+
+// use checks from now on with keys (of peering p, for the gateway of
+// side's lane).
+func (g *gatewayKeys) use(p *config.Peering, keys *keyring.Ring, side config.Side, lane int) {
+	if g.rf != nil {
+		g.rf.SetKeys(keys)
+	}
+	if g.auth != nil {
+		g.auth.UseKeysOf(geneveOpener(p, keys, side, lane))
+	}
+	g.expire(p, keys, side, lane)
+}
+
+// expire arms a timer for the ring's next change, which rebuilds the
+// opener's keys without the generations whose grace has ended.
+func (g *gatewayKeys) expire(p *config.Peering, keys *keyring.Ring, side config.Side, lane int) {
+	if g.auth == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.expiry != nil {
+		g.expiry.Stop()
+		g.expiry = nil
+	}
+	now := time.Now()
+	next := keys.NextChange(now)
+	if next.IsZero() {
+		return
+	}
+	g.expiry = time.AfterFunc(next.Sub(now), func() {
+		g.auth.UseKeysOf(geneveOpener(p, keys, side, lane))
+		g.expire(p, keys, side, lane) // the next change, if one is to come
+	})
+}
+
+// reloadJoined is a gateway that joined through the store on SIGHUP: its
+// peer follows the store, so what a reload gives it is its keys, read
+// again from its side's join file (a rotation); the rest of the file
+// applies on restart.
+func reloadJoined(path, name string, side config.Side, lane int, keys *gatewayKeys) (string, error) {
+	next, err := config.Load(path)
+	if err != nil {
+		return "", fmt.Errorf("reload refused, nothing changed: %w", err)
+	}
+	if next.Security.KeysDir == "" {
+		return "no keys to reload (security.keys_dir is not set); a joined gateway's peer follows the store, the rest of the file applies on restart", nil
+	}
+	ring, err := next.Ring(config.Node{Side: side}, name)
+	if err != nil {
+		return "", fmt.Errorf("reload refused, nothing changed: %w", err)
+	}
+	keys.use(next, ring, side, lane)
+	return "key generations " + ring.String() + "; a joined gateway's peer follows the store, the rest of the file applies on restart", nil
 }
 
 func (f *filePeer) peerName() string {
@@ -65,13 +130,7 @@ func (f *filePeer) reload() (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("reload refused, nothing changed: %w", err)
 		}
-		if f.rf != nil {
-			f.rf.SetKeys(keys)
-		}
-		if f.auth != nil {
-			f.auth.UseKeysOf(geneveOpener(next, keys, node.Side, node.Lane.ID))
-			f.expire(keys)
-		}
+		f.keys.use(next, keys, node.Side, node.Lane.ID)
 		did = append(did, "key generations "+keys.String())
 	}
 	op, np := oldNode.Peer, node.Peer
@@ -98,31 +157,6 @@ func (f *filePeer) reload() (string, error) {
 		msg += "; changed, applies on restart: " + strings.Join(restart, ", ")
 	}
 	return msg, nil
-}
-
-// expire takes a generation's GENEVE keys out of the opener when its
-// grace ends, waking at each change of the ring (probes check the time
-// themselves).
-func (f *filePeer) expire(keys *keyring.Ring) {
-	if f.auth == nil {
-		return
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.expiry != nil {
-		f.expiry.Stop()
-		f.expiry = nil
-	}
-	now := time.Now()
-	next := keys.NextChange(now)
-	if next.IsZero() {
-		return
-	}
-	p, node := f.p, f.node
-	f.expiry = time.AfterFunc(next.Sub(now), func() {
-		f.auth.UseKeysOf(geneveOpener(p, keys, node.Side, node.Lane.ID))
-		f.expire(keys) // the next change, if one is to come
-	})
 }
 
 // restartOnly names the settings this gateway uses that changed but

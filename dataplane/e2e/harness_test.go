@@ -22,6 +22,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/bench/lanewatch"
 	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
+	"github.com/clusterpeer/clusterpeer/config"
 )
 
 // needs skips the test unless it runs as root with the given programs.
@@ -376,4 +377,35 @@ func (tp *topo) iperfServer(node string, port int) (stop func()) {
 	tp.waitListen(node, port)
 	listening = true
 	return stop
+}
+
+// rotateKeys rotates the peering secret (topology RotateKeys: the new
+// one signs switchIn from now, the old one is accepted grace after that)
+// and reloads every node as an operator would: the demuxes by command,
+// the gateways of lanes 1..lanes by SIGHUP. It returns both key IDs and
+// the switch time.
+func (tp *topo) rotateKeys(lanes int, switchIn, grace time.Duration) (newID, oldID uint8, switchAt time.Time) {
+	tp.t.Helper()
+	newID, oldID, err := tp.p.RotateKeys(switchIn, grace)
+	if err != nil {
+		tp.t.Fatal(err)
+	}
+	switchAt = time.Now().Add(switchIn)
+	for _, d := range tp.p.Demuxes() {
+		if _, err := admin.Do(tp.socket(d), "reload", nil); err != nil {
+			tp.t.Errorf("rotate keys: %s reload: %v", d, err)
+		}
+	}
+	for i := 1; i <= lanes; i++ {
+		for _, s := range config.Sides {
+			pid, err := tp.p.PID(topology.GatewayName(s, i))
+			if err == nil {
+				err = syscall.Kill(pid, syscall.SIGHUP)
+			}
+			if err != nil {
+				tp.t.Errorf("rotate keys: SIGHUP %s: %v", topology.GatewayName(s, i), err)
+			}
+		}
+	}
+	return newID, oldID, switchAt
 }

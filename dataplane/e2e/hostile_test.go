@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -258,27 +257,7 @@ func (tp *hoTopo) spoofedGeneve() (int, int) {
 func (tp *hoTopo) keyRotation() (int, int) {
 	const switchIn, grace = 2 * time.Second, 1500 * time.Millisecond
 	oldSecret := tp.p.Secret
-	newID, oldID, err := tp.p.RotateKeys(switchIn, grace)
-	if err != nil {
-		tp.t.Fatal(err)
-	}
-	switchAt := time.Now().Add(switchIn)
-	for _, d := range []string{"demux-a", "demux-b"} {
-		if _, err := admin.Do(tp.socket(d), "reload", nil); err != nil {
-			tp.t.Errorf("key-rotation: %s reload: %v", d, err)
-		}
-	}
-	for i := 1; i <= hoLanes; i++ {
-		for _, s := range config.Sides {
-			pid, err := tp.p.PID(topology.GatewayName(s, i))
-			if err == nil {
-				err = syscall.Kill(pid, syscall.SIGHUP)
-			}
-			if err != nil {
-				tp.t.Errorf("key-rotation: SIGHUP %s: %v", topology.GatewayName(s, i), err)
-			}
-		}
-	}
+	newID, oldID, switchAt := tp.rotateKeys(hoLanes, switchIn, grace)
 	// Every node signs with the new generation after the switch.
 	want := fmt.Sprintf("%#02x", newID)
 	deadline := switchAt.Add(3 * time.Second)

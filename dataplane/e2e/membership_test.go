@@ -28,6 +28,7 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/membership"
 	"github.com/clusterpeer/clusterpeer/membership/etcdtest"
+	"github.com/clusterpeer/clusterpeer/tunnel/gateway"
 	"github.com/clusterpeer/clusterpeer/tunnel/wgkey"
 )
 
@@ -579,4 +580,70 @@ func (tp *msTopo) waitExit(node string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	tp.t.Fatalf("%s (%d) still runs", node, pid)
+}
+
+// TestJoinedGatewayKeys: a gateway that joined through the store (lane 2
+// here, on both sides), with each node holding only its keys
+// (security.keys_dir: it reads its side's join file) and sealed GENEVE,
+// carries its lane's traffic; a rotation by reload reaches it like every
+// other node: after SIGHUP it signs probes with the new generation, and
+// past the old key's grace its lane still carries traffic and no
+// gateway refuses a frame.
+func TestJoinedGatewayKeys(t *testing.T) {
+	etcdtest.Skip(t)
+	needs(t, "iperf3")
+	const n = 2
+	tp := up(t, topology.Options{Prefix: "cpjk", Lanes: n, Etcd: 1, Joined: 1, GeneveAuth: true, NodeKeys: true})
+	for _, d := range tp.p.Demuxes() {
+		if err := tp.p.WaitLanesUp(d, n, 15*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	joined := []string{topology.GatewayName(config.SideA, n), topology.GatewayName(config.SideB, n)}
+	cross := func(when string) {
+		var before []uint64
+		for _, g := range joined {
+			var st gateway.Status
+			tp.status(g, &st)
+			before = append(before, st.GenevePackets)
+		}
+		tp.iperf3("ha", "hb", "10.2.0.10", "-t", "2", "-P", "8")
+		for i, g := range joined {
+			var st gateway.Status
+			tp.status(g, &st)
+			if st.GenevePackets == before[i] {
+				t.Errorf("%s: joined gateway %s took no GENEVE from its demux", when, g)
+			}
+		}
+		for i := 1; i <= n; i++ {
+			for _, s := range config.Sides {
+				var st gateway.Status
+				tp.status(topology.GatewayName(s, i), &st)
+				for _, r := range []string{"no_tag", "unknown_key", "bad_tag", "replayed"} {
+					if st.Drops[r] != 0 {
+						t.Errorf("%s: %s refused %d frames as %s", when, topology.GatewayName(s, i), st.Drops[r], r)
+					}
+				}
+			}
+		}
+	}
+	cross("joined")
+
+	const switchIn, grace = 2 * time.Second, 1500 * time.Millisecond
+	newID, _, switchAt := tp.rotateKeys(n, switchIn, grace)
+	time.Sleep(time.Until(switchAt.Add(grace + 200*time.Millisecond)))
+	want := fmt.Sprintf("%#02x", newID)
+	for _, g := range joined {
+		var st gateway.Status
+		tp.status(g, &st)
+		if st.Probes == nil || st.Probes.KeyID != want {
+			t.Errorf("joined gateway %s signs with %v after the switch, want generation %s", g, st.Probes, want)
+		}
+	}
+	for _, d := range tp.p.Demuxes() {
+		if err := tp.p.WaitLanesUp(d, n, 5*time.Second); err != nil {
+			t.Errorf("past the old key's grace: %v", err)
+		}
+	}
+	cross("past the old key's grace")
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
@@ -159,27 +158,7 @@ func TestXDPSealed(t *testing.T) {
 	cross("sealed")
 
 	const switchIn, grace = 2 * time.Second, 1500 * time.Millisecond
-	newID, _, err := tp.p.RotateKeys(switchIn, grace)
-	if err != nil {
-		t.Fatal(err)
-	}
-	switchAt := time.Now().Add(switchIn)
-	for _, d := range []string{"demux-a", "demux-b"} {
-		if _, err := admin.Do(tp.socket(d), "reload", nil); err != nil {
-			t.Fatalf("%s reload: %v", d, err)
-		}
-	}
-	for i := 1; i <= lanes; i++ {
-		for _, s := range config.Sides {
-			pid, err := tp.p.PID(topology.GatewayName(s, i))
-			if err == nil {
-				err = syscall.Kill(pid, syscall.SIGHUP)
-			}
-			if err != nil {
-				t.Fatalf("SIGHUP %s: %v", topology.GatewayName(s, i), err)
-			}
-		}
-	}
+	newID, _, switchAt := tp.rotateKeys(lanes, switchIn, grace)
 	time.Sleep(time.Until(switchAt.Add(grace + 200*time.Millisecond)))
 	var st demux.Status
 	tp.status("demux-a", &st)
