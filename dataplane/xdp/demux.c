@@ -550,6 +550,15 @@ static __always_inline __u32 parse(struct xdp_md *ctx, struct flow *f, int check
 			return R_NOT_REMOTE;
 		if (ip->ihl != 5)
 			return ip->ihl < 5 ? R_MALFORMED : R_IP_OPTIONS;
+		// The header checksum, as the kernel's ip_rcv checks it before
+		// routing: a corrupt header must not enter a lane (a gateway's
+		// TUN coalescing would write it a valid checksum).
+		__u32 hsum = 0;
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			hsum += ((__u16 *)ip)[i];
+		if (csum_fold(hsum) != 0)
+			return R_MALFORMED;
 		f->inner_len = bpf_ntohs(ip->tot_len);
 		if (f->inner_len < sizeof(*ip) || l3 + f->inner_len > end)
 			return R_MALFORMED;

@@ -217,6 +217,7 @@ func TestFixtures(t *testing.T) {
 		{"vlan", "not_ip", append(append([]byte(ourMAC), 2, 0, 0, 0, 0, 1, 0x81, 0x00), make([]byte, 46)...)},
 		{"ipv4-truncated-header", "malformed", eth(udp4(t, 1, 2, 10))[:14+16]},
 		{"ipv4-total-length-beyond-frame", "malformed", truncate(eth(udp4(t, 1, 2, 100)), 14+60)},
+		{"ipv4-bad-header-checksum", "malformed", eth(withBadChecksum(udp4(t, 1, 2, 10)))},
 		{"ipv4-version-6-in-ipv4-frame", "malformed", ethType(udp6(t, 1, 2, 10), 0x0800)},
 		{"ipv4-udp-no-ports", "malformed", eth(withLen4(udp4(t, 1, 2, 10), 22))},
 		{"ipv6-jumbo-length-0", "malformed", eth(withLen6(udp6(t, 1, 2, 10), 0))},
@@ -243,6 +244,12 @@ func ethType(pkt []byte, typ uint16) []byte {
 	f := eth(pkt)
 	binary.BigEndian.PutUint16(f[12:14], typ)
 	return f
+}
+
+func withBadChecksum(pkt []byte) []byte {
+	p := append([]byte(nil), pkt...)
+	p[10] ^= 0xff
+	return p
 }
 
 func truncate(f []byte, n int) []byte { return append([]byte(nil), f[:n]...) }
