@@ -13,7 +13,8 @@
 //        tag over header and inner packet) -> push outer Ethernet, IPv4,
 //        UDP, GENEVE -> XDP_TX (gateway on this interface) or redirect
 //
-// Passed to userspace: IPv4 options, fragments, IPv6 extension headers,
+// Passed to userspace: IPv4 with a bad header checksum (the kernel drops
+// it), IPv4 options, fragments, IPv6 extension headers,
 // ICMP errors, protocols other than TCP/UDP/SCTP/ICMP, TTL <= 1 (the
 // kernel sends time exceeded), packets over the lane MTU (userspace sends
 // the ICMP error), lanes without a resolved gateway, anything malformed.
