@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -294,5 +295,64 @@ func TestRingOfAJoiningGateway(t *testing.T) {
 	}
 	if _, err := p.Ring(Node{Side: SideB, Lane: &Lane{ID: 2}}, "gw-b9"); err == nil {
 		t.Fatal("a gateway of lane 2 without its own file read the join file")
+	}
+}
+
+// TestJoinRing: with --join-slots, a joining gateway's keys are its
+// slot's alone (no other lane's probe or GENEVE key, no root); a slot
+// without a file falls back to the side's roots file, and with neither
+// the error names both.
+func TestJoinRing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "peering.yaml")
+	os.WriteFile(path, []byte(configtest.Example(t, dir,
+		"  key_file: hash.key          # 32 hex digits, owner-only: openssl rand -hex 16\n", "",
+		"hash:\n", "security:\n  geneve_auth: true\n  keys_dir: keys\nhash:\n")), 0o600)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Discovery.Mode = DiscoveryEtcd // NodeKeys writes the join files for it
+	gen := keyring.FromSecret([]byte("0123456789abcdef0123456789abcdef"), time.Time{}, time.Time{})
+	files, err := p.NodeKeys([]keyring.Gen{gen}, time.Now(), 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Sides {
+		if _, ok := files[JoinKeysName(s)]; ok {
+			t.Errorf("with join slots, %s (the side's roots) was written", JoinKeysName(s))
+		}
+		for slot := 1; slot <= 6; slot++ {
+			_, ok := files[JoinSlotKeysName(s, slot)]
+			inFile := slices.ContainsFunc(p.Lanes, func(l Lane) bool { return l.ID == slot })
+			if ok == inFile {
+				t.Errorf("slot %d of side %s (a lane of the file: %v): join file written %v", slot, s, inFile, ok)
+			}
+		}
+	}
+	os.MkdirAll(p.Security.KeysDir, 0o700)
+	for name, b := range files {
+		os.WriteFile(p.KeysFile(name), b, 0o600)
+	}
+	r, from, err := p.JoinRing(SideA, 5, "gw-a5")
+	if err != nil || from != p.KeysFile("join-a-5") {
+		t.Fatalf("slot 5: %v (read %s)", err, from)
+	}
+	own, _ := gen.Key(keyring.GenevePath("a", 0, 5))
+	if k, ok := r.Gens[0].Key(keyring.GenevePath("a", 0, 5)); !ok || k != own {
+		t.Fatal("slot 5's file lacks its GENEVE key")
+	}
+	for _, other := range []string{keyring.GenevePath("a", 0, 4), keyring.ProbePath("a", 4), keyring.ProbePath("a", 0), keyring.FlowPath} {
+		if _, ok := r.Gens[0].Key(other); ok {
+			t.Errorf("slot 5's file gives %s", other)
+		}
+	}
+	if _, _, err := p.JoinRing(SideA, 9, "gw-a9"); err == nil || !strings.Contains(err.Error(), "join-a-9.keys") || !strings.Contains(err.Error(), "join-a.keys") {
+		t.Errorf("slot 9, no file: %v", err)
+	}
+	roots, _ := p.NodeKeys([]keyring.Gen{gen}, time.Now(), 0)
+	os.WriteFile(p.KeysFile(JoinKeysName(SideA)), roots[JoinKeysName(SideA)], 0o600)
+	if _, from, err := p.JoinRing(SideA, 9, "gw-a9"); err != nil || from != p.KeysFile("join-a") {
+		t.Errorf("slot 9 with the side's roots file: %v (read %s)", err, from)
 	}
 }

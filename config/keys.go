@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
@@ -53,8 +54,35 @@ func (p *Peering) KeysFile(name string) string {
 	return filepath.Join(p.Security.KeysDir, name+".keys")
 }
 
-// JoinKeysName is the key file name of a side's joining gateways.
+// JoinKeysName is the key file name of a side's joining gateways: the
+// side's roots, from which every lane's keys derive.
 func JoinKeysName(s Side) string { return "join-" + string(s) }
+
+// JoinSlotKeysName is the key file of the gateway that joins side s's
+// slot: that lane's keys alone.
+func JoinSlotKeysName(s Side, slot int) string { return fmt.Sprintf("join-%s-%d", s, slot) }
+
+// JoinRing returns the keys of a gateway that joined side's slot through
+// the store: its slot's file if there is one (`demux keys --join-slots`),
+// else the side's (its roots).
+func (p *Peering) JoinRing(side Side, slot int, name string) (*keyring.Ring, string, error) {
+	if p.Security.KeysDir == "" {
+		r, err := p.Ring(Node{Side: side}, name)
+		return r, "", err
+	}
+	path := p.KeysFile(JoinSlotKeysName(side, slot))
+	n := Node{Side: side, Lane: &Lane{ID: slot}}
+	if _, err := os.Stat(path); os.IsNotExist(err) {
+		roots := p.KeysFile(JoinKeysName(side))
+		if _, err := os.Stat(roots); os.IsNotExist(err) {
+			return nil, "", fmt.Errorf("security.keys_dir: no keys for slot %d of side %s: neither %s nor %s exists (`demux keys --join-slots N` writes a file per slot)",
+				slot, side, path, roots)
+		}
+		path, n = roots, Node{Side: side}
+	}
+	r, err := p.readRing(path, n)
+	return r, path, err
+}
 
 // Ring returns the keys of node n, named name: read from its file in
 // security.keys_dir (owner-only, checked to hold what n needs), or, with
@@ -69,6 +97,11 @@ func (p *Peering) Ring(n Node, name string) (*keyring.Ring, error) {
 	if _, err := os.Stat(path); os.IsNotExist(err) && (n.Lane == nil || n.Lane.ID == 0) && n.Demux == nil {
 		path = p.KeysFile(JoinKeysName(n.Side))
 	}
+	return p.readRing(path, n)
+}
+
+// readRing reads the key file at path, checked to hold what n needs.
+func (p *Peering) readRing(path string, n Node) (*keyring.Ring, error) {
 	b, err := ReadSecretFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("security.keys_dir: %w", err)
@@ -86,8 +119,11 @@ func (p *Peering) Ring(n Node, name string) (*keyring.Ring, error) {
 // NodeKeys is what `demux keys` writes: for every node of the file (and,
 // with discovery through etcd, each side's joining gateways), its key
 // file's contents, cut down from gens (the generations of the secrets,
-// newest first) to the keys that node needs.
-func (p *Peering) NodeKeys(gens []keyring.Gen, written time.Time) (map[string][]byte, error) {
+// newest first) to the keys that node needs. Joining gateways get one
+// file per side, the side's roots, or with joinSlots > 0 one per slot
+// 1..joinSlots that no lane of the file holds, that slot's keys alone
+// (a gateway joining another slot then finds no keys).
+func (p *Peering) NodeKeys(gens []keyring.Gen, written time.Time, joinSlots int) (map[string][]byte, error) {
 	type file struct {
 		name string
 		node Node
@@ -99,7 +135,15 @@ func (p *Peering) NodeKeys(gens []keyring.Gen, written time.Time) (map[string][]
 	}
 	if p.Discovery.Mode == DiscoveryEtcd {
 		for _, s := range Sides {
-			files = append(files, file{JoinKeysName(s), Node{Side: s}})
+			if joinSlots == 0 {
+				files = append(files, file{JoinKeysName(s), Node{Side: s}})
+				continue
+			}
+			for slot := 1; slot <= joinSlots; slot++ {
+				if !slices.ContainsFunc(p.Lanes, func(l Lane) bool { return l.ID == slot }) {
+					files = append(files, file{JoinSlotKeysName(s, slot), Node{Side: s, Lane: &Lane{ID: slot}}})
+				}
+			}
 		}
 	}
 	out := map[string][]byte{}

@@ -75,7 +75,8 @@ func (p *Peering) writeFiles() error {
 
 // writeNodeKeys writes every node its key file of gens, as `demux keys` does.
 func (p *Peering) writeNodeKeys(gens []keyring.Gen) error {
-	files, err := p.Config.NodeKeys(gens, time.Now())
+	// Joining gateways get their slot's keys alone (demux keys --join-slots).
+	files, err := p.Config.NodeKeys(gens, time.Now(), p.Lanes)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/config"
+	"github.com/clusterpeer/clusterpeer/flowhash"
 	"github.com/clusterpeer/clusterpeer/tunnel/keyring"
 )
 
@@ -27,6 +28,7 @@ func keys(args []string) error {
 	switchIn := fs.Duration("switch-in", time.Minute, "with --previous: the new secret signs from this long after now (time to reload every node)")
 	grace := fs.Duration("grace", 10*time.Minute, "with --previous: the old secret is accepted this long after the switch")
 	out := fs.String("out", "", "the directory to write NODE.keys into (default: the file's security.keys_dir)")
+	joinSlots := fs.Int("join-slots", 0, "with discovery: etcd, write join-SIDE-SLOT.keys for slots 1..N not in the file, each that lane's keys alone, instead of join-SIDE.keys (the side's roots, from which a joining gateway can derive every lane's keys)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,7 +66,10 @@ func keys(args []string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	files, err := p.NodeKeys(gens, now)
+	if *joinSlots < 0 || *joinSlots > flowhash.MaxLaneID {
+		return fmt.Errorf("keys: --join-slots %d: want 0..%d", *joinSlots, flowhash.MaxLaneID)
+	}
+	files, err := p.NodeKeys(gens, now, *joinSlots)
 	if err != nil {
 		return err
 	}

@@ -151,9 +151,14 @@ func geneveOpener(p *config.Peering, keys *keyring.Ring, side config.Side, lane 
 // then node's lane id and peer come from the store once registered).
 func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, j *joined) error {
 	self, peer := node.Self, node.Peer
-	keys, err := p.Ring(node, self.Name)
-	if err != nil {
-		return err
+	// A gateway of the file reads its keys now; one that joins through
+	// the store once it knows its slot (its slot's file, or its side's).
+	var keys *keyring.Ring
+	if j == nil {
+		var err error
+		if keys, err = p.Ring(node, self.Name); err != nil {
+			return err
+		}
 	}
 	// The reflector (started once the TUN it listens behind exists) is
 	// also how the gateway tells its demuxes that the lane cannot work.
@@ -163,7 +168,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		return err
 	}
 	ingress := gateway.Ingress{Sources: p.Networks[node.Side].DemuxSources(), Local: self.Geneve.Addr(), Own: own, VNI: p.VNI, Probe: peerProbe(p, peer)}
-	if node.Lane != nil {
+	if j == nil {
 		ingress.Auth = geneveOpener(p, keys, node.Side, node.Lane.ID)
 	} else if p.Security.GeneveAuth {
 		ingress.Auth = geneveauth.NewOpener() // no keys: nothing enters until the store gives the lane
@@ -202,6 +207,13 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		}
 		defer j.close()
 		peer = j.peerGateway()
+		var from string
+		if keys, from, err = p.JoinRing(node.Side, node.Lane.ID, self.Name); err != nil {
+			return err
+		}
+		if from != "" {
+			log.Info("keys read", "file", from, "generations", keys.String())
+		}
 		if p.Security.GeneveAuth {
 			ingress.Auth = geneveOpener(p, keys, node.Side, node.Lane.ID)
 			l.SetAuth(ingress.Auth)

@@ -82,8 +82,8 @@ func (g *gatewayKeys) expire(p *config.Peering, keys *keyring.Ring, side config.
 
 // reloadJoined is a gateway that joined through the store on SIGHUP: its
 // peer follows the store, so what a reload gives it is its keys, read
-// again from its side's join file (a rotation); the rest of the file
-// applies on restart.
+// again from its slot's join file or its side's (a rotation); the rest
+// of the file applies on restart.
 func reloadJoined(path, name string, side config.Side, lane int, keys *gatewayKeys) (string, error) {
 	next, err := config.Load(path)
 	if err != nil {
@@ -92,12 +92,12 @@ func reloadJoined(path, name string, side config.Side, lane int, keys *gatewayKe
 	if next.Security.KeysDir == "" {
 		return "no keys to reload (security.keys_dir is not set); a joined gateway's peer follows the store, the rest of the file applies on restart", nil
 	}
-	ring, err := next.Ring(config.Node{Side: side}, name)
+	ring, from, err := next.JoinRing(side, lane, name)
 	if err != nil {
 		return "", fmt.Errorf("reload refused, nothing changed: %w", err)
 	}
 	keys.use(next, ring, side, lane)
-	return "key generations " + ring.String() + "; a joined gateway's peer follows the store, the rest of the file applies on restart", nil
+	return "key generations " + ring.String() + " from " + from + "; a joined gateway's peer follows the store, the rest of the file applies on restart", nil
 }
 
 func (f *filePeer) peerName() string {

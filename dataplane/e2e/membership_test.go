@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -600,6 +601,15 @@ func TestJoinedGatewayKeys(t *testing.T) {
 		}
 	}
 	joined := []string{topology.GatewayName(config.SideA, n), topology.GatewayName(config.SideB, n)}
+	// Each read its slot's file (the topology writes one per slot, as
+	// demux keys --join-slots does), not its side's roots.
+	for i, g := range joined {
+		log, _ := os.ReadFile(filepath.Join(tp.work, g+".log"))
+		want := fmt.Sprintf(`msg="keys read" [^\n]*file=\S*join-%s-%d\.keys`, config.Sides[i], n)
+		if !regexp.MustCompile(want).Match(log) {
+			t.Errorf("%s did not log reading its slot's key file (%s)", g, want)
+		}
+	}
 	cross := func(when string) {
 		var before []uint64
 		for _, g := range joined {
