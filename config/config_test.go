@@ -265,17 +265,7 @@ func TestKeyPaths(t *testing.T) {
 // reads its side's join-SIDE.keys and gets the side's roots, from which
 // its lane's keys derive once it knows the lane.
 func TestRingOfAJoiningGateway(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "peering.yaml")
-	os.WriteFile(path, []byte(configtest.Example(t, dir,
-		"  key_file: hash.key          # 32 hex digits, owner-only: openssl rand -hex 16\n", "",
-		"hash:\n", "security:\n  geneve_auth: true\n  keys_dir: keys\nhash:\n")), 0o600)
-	p, err := Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(p.Security.KeysDir, 0o700)
-	gen := keyring.FromSecret([]byte("0123456789abcdef0123456789abcdef"), time.Time{}, time.Time{})
+	p, gen := keysDirPeering(t)
 	joining := Node{Side: SideB, Lane: &Lane{Weight: 1}, Self: &Gateway{Name: "gw-b9"}}
 	cut, err := gen.Only(p.KeyPaths(joining)...)
 	if err != nil {
@@ -303,17 +293,8 @@ func TestRingOfAJoiningGateway(t *testing.T) {
 // without a file falls back to the side's roots file, and with neither
 // the error names both.
 func TestJoinRing(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "peering.yaml")
-	os.WriteFile(path, []byte(configtest.Example(t, dir,
-		"  key_file: hash.key          # 32 hex digits, owner-only: openssl rand -hex 16\n", "",
-		"hash:\n", "security:\n  geneve_auth: true\n  keys_dir: keys\nhash:\n")), 0o600)
-	p, err := Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, gen := keysDirPeering(t)
 	p.Discovery.Mode = DiscoveryEtcd // NodeKeys writes the join files for it
-	gen := keyring.FromSecret([]byte("0123456789abcdef0123456789abcdef"), time.Time{}, time.Time{})
 	files, err := p.NodeKeys([]keyring.Gen{gen}, time.Now(), 6)
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +311,6 @@ func TestJoinRing(t *testing.T) {
 			}
 		}
 	}
-	os.MkdirAll(p.Security.KeysDir, 0o700)
 	for name, b := range files {
 		os.WriteFile(p.KeysFile(name), b, 0o600)
 	}
@@ -355,4 +335,21 @@ func TestJoinRing(t *testing.T) {
 	if _, from, err := p.JoinRing(SideA, 9, "gw-a9"); err != nil || from != p.KeysFile("join-a") {
 		t.Errorf("slot 9 with the side's roots file: %v (read %s)", err, from)
 	}
+}
+
+// keysDirPeering is the example peering sealing GENEVE with each node's
+// keys in keys_dir (made), and a generation of a test secret.
+func keysDirPeering(t *testing.T) (*Peering, keyring.Gen) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "peering.yaml")
+	os.WriteFile(path, []byte(configtest.Example(t, dir,
+		"  key_file: hash.key          # 32 hex digits, owner-only: openssl rand -hex 16\n", "",
+		"hash:\n", "security:\n  geneve_auth: true\n  keys_dir: keys\nhash:\n")), 0o600)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(p.Security.KeysDir, 0o700)
+	return p, keyring.FromSecret([]byte("0123456789abcdef0123456789abcdef"), time.Time{}, time.Time{})
 }
