@@ -8,7 +8,7 @@
 //   ethernet to us? -> IPv4/IPv6 header, destination in the remote network?
 //     -> anything this program does not handle: XDP_PASS (the kernel routes
 //        it into the userspace demux's TUN, which hashes by the same rules)
-//     -> tuple words -> SipHash-1-3 -> pin (LRU) or Maglev slot -> lane
+//     -> tuple words -> SipHash-1-3 -> pin or Maglev slot -> lane
 //     -> TTL/hop limit - 1, trim link padding -> (sealed: counter, SipHash-2-4
 //        tag over header and inner packet) -> push outer Ethernet, IPv4,
 //        UDP, GENEVE -> XDP_TX (gateway on this interface) or redirect
@@ -426,8 +426,6 @@ static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int 
 	return lane;
 }
 
-// encap pushes outer Ethernet, IPv4, UDP and GENEVE in front of the inner
-// packet of inner_len bytes (which starts after the Ethernet header).
 // gnv is the GENEVE header and, sealed, its option up to the counter.
 struct gnv {
 	__u64 w[3];
@@ -443,6 +441,8 @@ static __always_inline void geneve_words(struct gnv *g, const struct target *t, 
 	b[1] = sealed ? 0x40 : 0;             // not OAM; a critical option follows
 	*(__be16 *)(b + 2) = inner_proto;
 	*(__be32 *)(b + 4) = bpf_htonl(vni << 8);
+	if (!sealed)
+		return;
 	*(__be16 *)(b + 8) = bpf_htons(0xfff0); // packet.GeneveAuthClass
 	b[10] = 0x81;                           // packet.GeneveAuthType
 	b[11] = SEAL_OPT_LEN / 4 - 1;
