@@ -15,6 +15,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -235,6 +236,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		defer rf.Close()
 		reg.MustRegister(rf.Collector(id, self.Name))
 		cond.attach(rf)
+		go watchHandshakes(ctx, l, cond)
 	}
 	var demuxes []string
 	for _, a := range p.Networks[node.Side].DemuxSources() {
@@ -378,7 +380,27 @@ func (c *conditions) sawProbe(inner []byte) {
 	}
 }
 
-var diagOrder = []probe.Diag{probe.DiagAdminDown, probe.DiagForwardingDown, probe.DiagPathDown, probe.DiagNeighborDown}
+var diagOrder = []probe.Diag{probe.DiagAdminDown, probe.DiagForwardingDown, probe.DiagPathDown, probe.DiagNeighborDown, probe.DiagNoHandshake}
+
+// watchHandshakes reports, every 250 ms until ctx ends, whether the lane
+// has a WireGuard session with its peer (gateway.HandshakeWatch): often
+// enough that a lane whose first handshake comes waits little for the
+// report to clear (its notices hold the lane down until then).
+func watchHandshakes(ctx context.Context, l *gateway.Lane, cond *conditions) {
+	var w gateway.HandshakeWatch
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if p, err := l.Peer(); err == nil {
+				cond.set(probe.DiagNoHandshake, w.Check(p, now))
+			}
+		}
+	}
+}
 
 // set records that d holds for the reason missing, or with "" that it
 // no longer does.

@@ -83,7 +83,9 @@ func TestDataPath(t *testing.T) {
 // testPeerKeyReload: gw-b1 is replaced by an instance with a new key, and
 // the file says so. gw-a1 still has the old key for its peer, so lane 1
 // cannot work until gw-a1 is sent SIGHUP: then it takes the new key live
-// (no restart) and the lane comes back on both demuxes.
+// (no restart) and the lane comes back on both demuxes. Meanwhile the new
+// gw-b1, which never completes a handshake, tells demux-b why its lane
+// is down (probe.DiagNoHandshake).
 func testPeerKeyReload(t *testing.T, tp *topo) {
 	k, err := wgkey.Generate()
 	if err != nil {
@@ -132,6 +134,23 @@ func testPeerKeyReload(t *testing.T, tp *topo) {
 		}
 	}
 	waitLane("down", 10*time.Second) // gw-a1 handshakes with the old key
+	var why string
+	for deadline := time.Now().Add(gateway.HandshakeGrace + 5*time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var st demux.Status
+		tp.status("demux-b", &st)
+		for _, l := range st.Lanes {
+			if l.ID == 1 && l.Probes != nil {
+				why = l.Probes.Reason
+			}
+		}
+		if strings.Contains(why, "reports: no valid WireGuard handshake") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("demux-b's lane 1 down for %q, %v after gw-b1 restarted: want gw-b1's report of no handshake", why, gateway.HandshakeGrace+5*time.Second)
+		}
+	}
+	t.Logf("demux-b: lane 1 %s", why)
 	pid, err := tp.p.PID("gw-a1")
 	if err != nil {
 		t.Fatal(err)

@@ -87,6 +87,10 @@ const (
 	DiagForwardingDown Diag = 4 // the gateway's TUN or WireGuard device is gone
 	DiagPathDown       Diag = 5 // the underlay link or address towards the peer is gone
 	DiagAdminDown      Diag = 7 // a planned stop: move the flows, nothing is lost yet
+	// DiagNoHandshake is ours, past BFD's assigned codes: the gateway
+	// has no valid WireGuard session with its peer (none in a while, or
+	// the last one expired), so nothing crosses the lane.
+	DiagNoHandshake Diag = 9
 )
 
 func (d Diag) String() string {
@@ -101,6 +105,8 @@ func (d Diag) String() string {
 		return "underlay path down"
 	case DiagAdminDown:
 		return "administratively down"
+	case DiagNoHandshake:
+		return "no valid WireGuard handshake"
 	}
 	return fmt.Sprintf("diagnostic %d", uint8(d))
 }

@@ -160,10 +160,13 @@ func (s *Session) Signal(now time.Time, seq uint64, reason string, delivers bool
 	return s.Fail(now, reason, delivers)
 }
 
-// Fail is Signal for a fault its caller checked otherwise.
+// Fail is Signal for a fault its caller checked otherwise. On a lane
+// already down the report becomes its reason: why it stays down (a
+// lane that went down by silence then learns, from its gateway, why).
 func (s *Session) Fail(now time.Time, reason string, delivers bool) bool {
 	s.run, s.lastSignal = 0, now
 	if !s.up {
+		s.reason = reason
 		return false
 	}
 	s.goDown(now, reason)
