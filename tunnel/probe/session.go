@@ -198,12 +198,8 @@ func (s *Session) ConfirmWait() time.Duration {
 }
 
 // distrustFor: after a suspicion was disproved, reports of its kind are
-// not acted on for this long (the lane's probes still judge it). At 1 s
-// a 2-s forgery gave a forger two or three polls of a lane, and one of
-// them met a stall past ConfirmWait in a CI run of make hostile with
-// XDP (lane 1 down, 12 flows moved); a real death is still known at
-// once from its probes' errors, or by silence.
-const distrustFor = 5 * time.Second
+// not acted on for this long (the lane's probes still judge it).
+const distrustFor = time.Second
 
 // Disproved counts the suspicions a reply disproved.
 func (s *Session) Disproved() uint64 { return s.disproved }
