@@ -590,8 +590,8 @@ func (tp *hoTopo) malformed() (int, int) {
 // it 10 times: twice that, under the race detector, lost good packets
 // in one CI run. With XDP the case offers the review's rate, and sends
 // what the peering takes: on veths every sprayed packet is carried
-// through to a gateway within the send, so about 22,000-25,000 a second
-// here, 110,000-125,000 distinct tuples into 2,048 pins.)
+// through to a gateway within the send, so about 22,000-27,000 a second
+// here, 110,000-135,000 distinct tuples into 2,048 pins.)
 // accepted: evictions that moved a flow, and idle flows that moved.
 func (tp *hoTopo) pinSpray() (int, int) {
 	t := tp.t
