@@ -261,9 +261,9 @@ func TestKeyPaths(t *testing.T) {
 }
 
 // TestRingOfAJoiningGateway: a gateway that joins through the store
-// (tunnel join: a lane of id 0 until it registers, no file of its own)
-// reads its side's join-SIDE.keys and gets the side's roots, from which
-// its lane's keys derive once it knows the lane.
+// (tunnel join: no file of its own), with only its side's join-SIDE.keys
+// written, gets the side's roots, from which its lane's keys derive once
+// it knows the lane; a gateway of the file never reads that file.
 func TestRingOfAJoiningGateway(t *testing.T) {
 	p, gen := keysDirPeering(t)
 	joining := Node{Side: SideB, Lane: &Lane{Weight: 1}, Self: &Gateway{Name: "gw-b9"}}
@@ -275,7 +275,7 @@ func TestRingOfAJoiningGateway(t *testing.T) {
 	if err := os.WriteFile(p.KeysFile(JoinKeysName(SideB)), r.Marshal("test"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := p.Ring(joining, "gw-b9")
+	got, _, err := p.JoinRing(SideB, 7, "gw-b9")
 	if err != nil {
 		t.Fatalf("a joining gateway's ring: %v", err)
 	}

@@ -91,13 +91,7 @@ func (p *Peering) Ring(n Node, name string) (*keyring.Ring, error) {
 	if p.Security.KeysDir == "" {
 		return &keyring.Ring{Gens: []keyring.Gen{keyring.FromSecret(p.Hash.Key[:], time.Time{}, time.Time{})}}, nil
 	}
-	// A gateway joining through the store (its lane not known before it
-	// registers: none, or one of id 0) reads its side's join file.
-	path := p.KeysFile(name)
-	if _, err := os.Stat(path); os.IsNotExist(err) && (n.Lane == nil || n.Lane.ID == 0) && n.Demux == nil {
-		path = p.KeysFile(JoinKeysName(n.Side))
-	}
-	return p.readRing(path, n)
+	return p.readRing(p.KeysFile(name), n) // a joining gateway's: JoinRing
 }
 
 // readRing reads the key file at path, checked to hold what n needs.
