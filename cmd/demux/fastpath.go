@@ -13,6 +13,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
+	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
@@ -97,6 +98,15 @@ func (fp *fastPath) counter(lane flowhash.LaneID) *atomic.Uint64 {
 		return nil
 	}
 	return fp.prog.SealCounter(lane)
+}
+
+// recent is where the program notes the tags it seals (nil: it does
+// not seal, or there is no program).
+func (fp *fastPath) recent() *geneveauth.Recent {
+	if fp == nil {
+		return nil
+	}
+	return fp.prog.SealRecent()
 }
 
 // start publishes the lanes, then attaches, and keeps the maps in step

@@ -129,7 +129,7 @@ func up(args []string) error {
 	}
 	dm.UseLanes(lc)
 	rot := newRotation(keys, time.Now())
-	seal, err := newSealers(p, node, keys, rot, fp.counter, time.Now())
+	seal, err := newSealers(p, node, keys, rot, fp.counter, fp.recent(), time.Now())
 	if err != nil {
 		return err
 	}

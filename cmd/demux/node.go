@@ -213,6 +213,7 @@ type sealers struct {
 	sender uint8
 	start  uint64
 	shared func(flowhash.LaneID) *atomic.Uint64 // the XDP program's counters, or nil
+	recent *geneveauth.Recent                   // the tags sealed lately, the XDP program's too
 	m      map[flowhash.LaneID]*geneveauth.Sealer
 }
 
@@ -221,8 +222,10 @@ type sealers struct {
 // (see dataplane/geneveauth). They follow rot's later generations.
 // shared, if it gives a lane a counter, is the sealing XDP program's:
 // the lane's sealer counts there, so that the program's frames and
-// userspace's are one sequence to the gateway.
-func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *rotation, shared func(flowhash.LaneID) *atomic.Uint64, now time.Time) (*sealers, error) {
+// userspace's are one sequence to the gateway; recent, if not nil, is
+// where the program notes its frames' tags, which the sealers note
+// theirs in too (the ICMP watch checks errors against them).
+func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *rotation, shared func(flowhash.LaneID) *atomic.Uint64, recent *geneveauth.Recent, now time.Time) (*sealers, error) {
 	if !p.Security.GeneveAuth {
 		return nil, nil
 	}
@@ -231,7 +234,10 @@ func newSealers(p *config.Peering, node config.Node, keys *keyring.Ring, rot *ro
 		return nil, fmt.Errorf("security.geneve_auth: no key generation signs at %s", now.Format(time.RFC3339))
 	}
 	s := &sealers{gen: *g, side: string(node.Side), sender: p.Sender(node), start: uint64(now.UnixNano()),
-		shared: shared, m: map[flowhash.LaneID]*geneveauth.Sealer{}}
+		shared: shared, recent: recent, m: map[flowhash.LaneID]*geneveauth.Sealer{}}
+	if s.recent == nil {
+		s.recent = geneveauth.NewRecent()
+	}
 	rot.follow(s.switchTo)
 	return s, nil
 }
@@ -270,6 +276,7 @@ func (s *sealers) lane(id flowhash.LaneID) *geneveauth.Sealer {
 	} else {
 		sl = geneveauth.NewSealer(geneveauth.KeyOf(k), s.gen.ID, s.sender, s.start)
 	}
+	sl.Remember(s.recent, uint16(id))
 	s.m[id] = sl
 	return sl
 }

@@ -15,6 +15,9 @@ type ICMPSink interface {
 	// Suspect polls a lane whose data an error quoted: such an error is
 	// easy to forge, so it takes the lane down only if the poll fails.
 	Suspect(lane flowhash.LaneID, reason string)
+	// Gone takes a lane down: an error quoted one of its sealed data
+	// frames, whose tag only the demux and whoever saw the frame know.
+	Gone(lane flowhash.LaneID, reason string)
 }
 
 // WatchICMP acts on the ICMP port and host unreachable errors that come
@@ -24,7 +27,9 @@ type ICMPSink interface {
 // millisecond at any data rate, and the kernel rate-limits these errors
 // per host, so the first ones count. A frame counts only if it went to a
 // lane's gateway and carried a probe the prober sent there lately (the
-// lane goes down at once), or a packet of a flow on that lane (its pin,
+// lane goes down at once), or, with geneve_auth, a data frame the lane
+// sealed lately (its tag says so: down at once, and nothing else is
+// believed), or, without it, a packet of a flow on that lane (its pin,
 // or where the keyed table sends it: the lane is polled, and goes down if
 // the poll goes unanswered, since any host that can forge the gateway's
 // address can quote a packet of its own flow); port unreachable must come
@@ -78,7 +83,19 @@ func (d *Demux) icmpError(sink ICMPSink, q icmpwatch.Quote) {
 		sink.QuotedProbe(q.Payload, q.Dst.Addr(), q.From, q.Port)
 		return
 	}
-	if (q.Port && q.From != q.Dst.Addr()) || d.cfg.Selector.LaneOf(inner) != t.ID {
+	if q.Port && q.From != q.Dst.Addr() {
+		d.C.ICMPUnmatched.Add(1)
+		return
+	}
+	if t.Seal != nil {
+		if !t.Seal.Sent(q.Payload) {
+			d.C.ICMPUnmatched.Add(1) // forged, or about a frame too old to tell
+			return
+		}
+		sink.Gone(t.ID, q.Reason()+" quoting a sealed frame: gateway "+t.Name+" gone")
+		return
+	}
+	if d.cfg.Selector.LaneOf(inner) != t.ID {
 		d.C.ICMPUnmatched.Add(1)
 		return
 	}

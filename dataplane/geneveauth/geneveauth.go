@@ -28,6 +28,11 @@
 // TAI64N timestamps). A demux whose clock was stepped back by more than
 // its downtime is refused as replaying until it catches up; the gateway
 // counts that as replayed and the demux's lanes go down, loudly.
+//
+// A demux also remembers the tags of the frames it sealed lately
+// (Recent), so that it can tell an ICMP error about a frame it sent,
+// which quotes the frame's option, from a forged one (Sealer.Sent):
+// only a host that saw the frame knows its tag.
 package geneveauth
 
 import (
@@ -35,6 +40,7 @@ import (
 	"errors"
 	"math"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.zx2c4.com/wireguard/replay"
 
@@ -84,6 +90,8 @@ type Sealer struct {
 	sender uint8
 	next   *atomic.Uint64 // &own, or a counter shared with the XDP program
 	own    atomic.Uint64
+	recent *Recent // where Seal notes its tags (nil: nowhere)
+	lane   uint16
 }
 
 type sealKey struct {
@@ -144,6 +152,11 @@ func (s *Sealer) Sender() uint8 { return s.sender }
 // atomic add per batch, not per frame.
 func (s *Sealer) Reserve(n int) uint64 { return s.next.Add(uint64(n)) - uint64(n) }
 
+// Remember has Seal note each tag in r, under lane (the lane's sealers
+// share r with the lane's other sealers and the XDP program), for Sent.
+// It is for building a Sealer, before its first Seal.
+func (s *Sealer) Remember(r *Recent, lane uint16) { s.recent, s.lane = r, lane }
+
 // Seal writes the option into frame, whose first 8 bytes are a GENEVE
 // header without options (packet.PutGeneve) followed by OptionLen bytes
 // of room and the inner packet, and tags it with counter.
@@ -158,7 +171,59 @@ func (s *Sealer) Seal(frame []byte, counter uint64) {
 	frame[offSender], frame[offKeyID] = s.sender, k.id
 	frame[offKeyID+1], frame[offKeyID+2] = 0, 0
 	binary.BigEndian.PutUint64(frame[offCounter:], counter)
-	binary.BigEndian.PutUint64(frame[offTag:], siphash.Sum24(k.k0, k.k1, frame[:offTag], frame[HeaderLen:]))
+	tag := siphash.Sum24(k.k0, k.k1, frame[:offTag], frame[HeaderLen:])
+	binary.BigEndian.PutUint64(frame[offTag:], tag)
+	if s.recent != nil {
+		s.recent.tags[RecentSlot(s.lane, counter)].Store(tag)
+	}
+}
+
+// Sent reports whether quoted, the start of a GENEVE frame as an ICMP
+// error quotes it, is one this Sealer's lane sealed among its last
+// RecentSlots frames (nearly always: a slot another lane's frame took
+// since forgets one): its counter is one of those and its tag the one
+// noted for it. A forger who has not seen the frame must guess 64 bits.
+func (s *Sealer) Sent(quoted []byte) bool {
+	if s.recent == nil || len(quoted) < HeaderLen || packet.Geneve(quoted).OptionsLen() < OptionLen ||
+		binary.BigEndian.Uint16(quoted[packet.GeneveLen:]) != packet.GeneveAuthClass ||
+		quoted[packet.GeneveLen+2] != packet.GeneveAuthType || quoted[offSender] != s.sender {
+		return false
+	}
+	counter, tag := binary.BigEndian.Uint64(quoted[offCounter:]), binary.BigEndian.Uint64(quoted[offTag:])
+	next := s.next.Load()
+	if counter >= next || next-counter > RecentSlots || tag == 0 {
+		return false // not sent yet, too old, or a slot never written
+	}
+	return s.recent.tags[RecentSlot(s.lane, counter)].Load() == tag
+}
+
+// RecentSlots is how many tags a Recent holds, of all lanes' frames
+// together: at a million frames a second, the last 65 ms.
+const RecentSlots = 1 << 16
+
+// Recent holds the tags of the frames a demux sealed lately, for Sent:
+// a slot per counter of a lane, lanes spread across the slots so that
+// their counters (which start at one clock) do not take each other's.
+// The XDP program writes the same slots (RECENT_SLOTS in demux.c).
+type Recent struct {
+	tags []atomic.Uint64
+}
+
+// NewRecent returns an empty Recent.
+func NewRecent() *Recent { return &Recent{tags: make([]atomic.Uint64, RecentSlots)} }
+
+// RecentOn returns a Recent in mem, RecentSlots 8-byte words shared with
+// the XDP program (a memory-mapped map), or nil if mem is too short.
+func RecentOn(mem []byte) *Recent {
+	if len(mem) < RecentSlots*8 {
+		return nil
+	}
+	return &Recent{tags: unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&mem[0])), RecentSlots)}
+}
+
+// RecentSlot is the slot of lane's frame with counter.
+func RecentSlot(lane uint16, counter uint64) uint32 {
+	return uint32(counter^uint64(lane)*0x9e3779b97f4a7c15) & (RecentSlots - 1)
 }
 
 // Opener checks sealed frames at a gateway. It keeps each sender's

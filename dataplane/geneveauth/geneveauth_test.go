@@ -228,6 +228,7 @@ func TestRotation(t *testing.T) {
 
 func TestSealOpenAllocs(t *testing.T) {
 	s, o := pair(1)
+	s.Remember(NewRecent(), 1)
 	f := frame(inner(1400), false)
 	if n := testing.AllocsPerRun(1000, func() {
 		s.Seal(f, s.Reserve(1))
@@ -243,6 +244,7 @@ func BenchmarkSeal(b *testing.B) {
 	for _, n := range []int{64, 1400} {
 		b.Run(map[int]string{64: "64B", 1400: "1400B"}[n], func(b *testing.B) {
 			s, _ := pair(1)
+			s.Remember(NewRecent(), 1)
 			f := frame(inner(n), false)
 			b.SetBytes(int64(n))
 			for b.Loop() {
@@ -301,5 +303,90 @@ func TestRotationKeepsTheWindow(t *testing.T) {
 	}
 	if a := testing.AllocsPerRun(100, func() { s.Seal(f, s.Reserve(1)); o.Open(f) }); a != 0 {
 		t.Errorf("%v allocations per frame", a)
+	}
+}
+
+// TestSentKnowsItsOwnFrames: an ICMP error quotes the start of a frame;
+// Sent believes it only if this lane sealed that frame lately. A forger
+// who guesses a counter, takes a real one with a made-up tag, quotes
+// another lane's frame or another sender's, or one long gone, is told
+// no.
+func TestSentKnowsItsOwnFrames(t *testing.T) {
+	r := NewRecent()
+	s1, _ := pair(1)
+	s2, _ := pair(2)
+	s1.Remember(r, 1)
+	s2.Remember(r, 2)
+	seal := func(s *Sealer) []byte {
+		f := frame(inner(600), false)
+		s.Seal(f, s.Reserve(1))
+		return f
+	}
+	f1, f2 := seal(s1), seal(s2)
+	// ICMP quotes at most 548 bytes of the datagram: the frame's start.
+	if !s1.Sent(f1[:HeaderLen]) || !s2.Sent(f2[:100]) {
+		t.Fatal("a lane's own frame, just sealed, not recognised")
+	}
+	if s1.Sent(f2) || s2.Sent(f1) {
+		t.Error("a frame of lane 2 recognised as lane 1's (or the other way)")
+	}
+	forged := func(change func(f []byte)) []byte {
+		f := bytes.Clone(f1)
+		change(f)
+		return f
+	}
+	for name, f := range map[string][]byte{
+		"tag guessed":       forged(func(f []byte) { f[offTag] ^= 1 }),
+		"tag zero":          forged(func(f []byte) { clear(f[offTag : offTag+8]) }),
+		"counter not sent":  forged(func(f []byte) { f[offCounter+7]++ }),
+		"counter far back":  forged(func(f []byte) { f[offCounter+5]-- }),
+		"other sender":      forged(func(f []byte) { f[offSender] = 1 }),
+		"no option":         frame(inner(60), false)[:packet.GeneveLen+4],
+		"cut in the option": f1[:HeaderLen-1],
+	} {
+		if s1.Sent(f) {
+			t.Errorf("%s: recognised as sent", name)
+		}
+	}
+	// A slot never written reads zero; an unused counter below the
+	// first one must not pass with a zero tag either.
+	if s1.Sent(forged(func(f []byte) { clear(f[offTag : offTag+8]); f[offCounter+7] -= 3 })) {
+		t.Error("a counter before the first frame, tag zero: recognised")
+	}
+	// Forgotten once the lane has sealed RecentSlots frames since.
+	for range RecentSlots {
+		s1.Seal(frame(nil, false), s1.Reserve(1))
+	}
+	if s1.Sent(f1) {
+		t.Error("a frame RecentSlots frames old still recognised")
+	}
+	if f := seal(s1); !s1.Sent(f) {
+		t.Error("the newest frame not recognised")
+	}
+	var none Sealer
+	if none.Sent(f1) {
+		t.Error("a Sealer that remembers nothing recognised a frame")
+	}
+}
+
+// TestSentSharedWithAnotherSealer: the lane's sealers (the data path's,
+// or the XDP program's through the same memory) note into one Recent,
+// so a frame either sealed is recognised by both.
+func TestSentSharedWithAnotherSealer(t *testing.T) {
+	mem := make([]byte, RecentSlots*8)
+	r := RecentOn(mem)
+	if RecentOn(mem[:8]) != nil {
+		t.Fatal("RecentOn took memory too short for its slots")
+	}
+	var c atomic.Uint64
+	k := deriveKey(secret, "a", 0, 3)
+	a := NewSealerOn(k, keyID(secret), 0, &c, 5000)
+	b := NewSealerOn(k, keyID(secret), 0, &c, 5000)
+	a.Remember(r, 3)
+	b.Remember(r, 3)
+	f := frame(inner(64), false)
+	b.Seal(f, b.Reserve(1))
+	if !a.Sent(f) {
+		t.Fatal("a frame the lane's other sealer sealed not recognised")
 	}
 }

@@ -149,6 +149,18 @@ struct {
 	__type(value, __u64);
 } seal_counters SEC(".maps");
 
+// The tags of the frames sealed lately, by all lanes, shared with the
+// userspace sealers (geneveauth.Recent): the demux tells an ICMP error
+// about a frame it sent from a forged one by the tag it quotes.
+#define RECENT_SLOTS (1 << 16) // geneveauth.RecentSlots
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RECENT_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} seal_recent SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
 	__uint(max_entries, 64);
@@ -671,14 +683,19 @@ int xdp_demux(struct xdp_md *ctx)
 		__u64 *ctr = bpf_map_lookup_elem(&seal_counters, &lane);
 		if (!ctr)
 			return count(R_ENCAP_FAILED, XDP_DROP);
-		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP),
-			     __sync_fetch_and_add(ctr, 1));
+		__u64 c = __sync_fetch_and_add(ctr, 1);
+		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), c);
 		data = (void *)(long)ctx->data;
 		end = (void *)(long)ctx->data_end;
 		void *inner = data + sizeof(struct ethhdr);
 		if (inner + f.inner_len > end)
 			return count(R_MALFORMED, XDP_PASS);
 		tag = sip24(t->seal_k0, t->seal_k1, g.w[0], g.w[1], g.w[2], inner, end, f.inner_len);
+		// geneveauth.RecentSlot
+		__u32 slot = (__u32)(c ^ ((__u64)lane * 0x9e3779b97f4a7c15ULL)) & (RECENT_SLOTS - 1);
+		__u64 *r = bpf_map_lookup_elem(&seal_recent, &slot);
+		if (r)
+			*r = tag;
 	} else {
 		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), 0);
 	}

@@ -118,6 +118,7 @@ type demuxMapSpecs struct {
 	Pins         *ebpf.MapSpec `ebpf:"pins"`
 	Remote       *ebpf.MapSpec `ebpf:"remote"`
 	SealCounters *ebpf.MapSpec `ebpf:"seal_counters"`
+	SealRecent   *ebpf.MapSpec `ebpf:"seal_recent"`
 	Snapshots    *ebpf.MapSpec `ebpf:"snapshots"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	Targets      *ebpf.MapSpec `ebpf:"targets"`
@@ -168,6 +169,7 @@ type demuxMaps struct {
 	Pins         *ebpf.Map `ebpf:"pins"`
 	Remote       *ebpf.Map `ebpf:"remote"`
 	SealCounters *ebpf.Map `ebpf:"seal_counters"`
+	SealRecent   *ebpf.Map `ebpf:"seal_recent"`
 	Snapshots    *ebpf.Map `ebpf:"snapshots"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 	Targets      *ebpf.Map `ebpf:"targets"`
@@ -182,6 +184,7 @@ func (m *demuxMaps) Close() error {
 		m.Pins,
 		m.Remote,
 		m.SealCounters,
+		m.SealRecent,
 		m.Snapshots,
 		m.Stats,
 		m.Targets,

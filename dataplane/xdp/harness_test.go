@@ -256,6 +256,7 @@ func newTestSeal(p *Program, gen uint8, lanes ...flowhash.LaneID) *testSeal {
 	s := &testSeal{p: p, sealers: map[flowhash.LaneID]*geneveauth.Sealer{}, openers: map[flowhash.LaneID]*geneveauth.Opener{}}
 	for _, l := range lanes {
 		s.sealers[l] = geneveauth.NewSealerOn(sealKey(l, gen), gen, testSender, p.SealCounter(l), 1<<40+uint64(l)<<32)
+		s.sealers[l].Remember(p.SealRecent(), uint16(l))
 		s.openers[l] = geneveauth.NewOpener()
 		s.openers[l].Add(testSender, gen, sealKey(l, gen))
 	}
@@ -297,7 +298,9 @@ func (s *testSeal) counters() map[flowhash.LaneID]uint64 {
 
 // check holds a frame the program sent to the seal: it took the next
 // counter of its lane and no other, the sealers' key ID is in it, and
-// the lane's gateway opens it. Then it sets the lane's counter back, so
+// the lane's gateway opens it, and the program noted its tag where the
+// lane's sealer looks (an ICMP error quoting the frame is believed).
+// Then it sets the lane's counter back, so
 // that the Go demux seals the same packet with the same counter and the
 // frames can be compared byte for byte.
 func (s *testSeal) check(t testing.TB, out []byte, before map[flowhash.LaneID]uint64) {
@@ -329,6 +332,9 @@ func (s *testSeal) check(t testing.TB, out []byte, before map[flowhash.LaneID]ui
 	}
 	if err := s.openers[lane].Open(e.geneve); err != nil {
 		t.Fatalf("lane %d's gateway refuses the program's frame: %v", lane, err)
+	}
+	if !s.sealers[lane].Sent(e.geneve[:geneveauth.HeaderLen]) {
+		t.Fatalf("lane %d: the program's frame %d is not in the tags it shares with userspace", lane, c)
 	}
 	s.p.SealCounter(lane).Store(c)
 }

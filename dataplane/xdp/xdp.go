@@ -113,6 +113,7 @@ type Program struct {
 	// The seal counters' memory, shared with the userspace sealers
 	// (SealCounter); never unmapped, as sealers outlive the program.
 	counters []byte
+	recent   *geneveauth.Recent // the tags sealed lately, shared the same way
 
 	mu        sync.Mutex
 	bank      uint32               // target bank of the snapshot in use
@@ -175,6 +176,9 @@ func Load(cfg Config) (*Program, error) {
 		}
 	}
 	spec.Maps["pins"].MaxEntries = uint32(cfg.PinFlows)
+	if !cfg.Seal {
+		spec.Maps["seal_recent"].MaxEntries = 1 // written only by a sealing program
+	}
 	inner := spec.Maps["snapshots"].InnerMap
 	inner.MaxEntries = laneSlots + cfg.TableSize + keyWords
 	inner.Flags |= unix.BPF_F_MMAPABLE
@@ -209,6 +213,12 @@ func Load(cfg Config) (*Program, error) {
 			p.Close()
 			return nil, fmt.Errorf("xdp: map the seal counters: %w", err)
 		}
+		mem, err := unix.Mmap(p.objs.SealRecent.FD(), 0, geneveauth.RecentSlots*8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("xdp: map the sealed tags: %w", err)
+		}
+		p.recent = geneveauth.RecentOn(mem)
 	}
 	for _, pfx := range cfg.Remote {
 		if err := p.objs.Remote.Put(remoteKey(pfx), uint8(1)); err != nil {
@@ -231,6 +241,11 @@ func (p *Program) SealCounter(lane flowhash.LaneID) *atomic.Uint64 {
 	}
 	return (*atomic.Uint64)(unsafe.Pointer(&p.counters[8*int(lane)]))
 }
+
+// SealRecent is where the program notes the tags of the frames it
+// sealed, for the userspace sealers to note theirs in too
+// (geneveauth.Sealer.Remember); nil if the program does not seal.
+func (p *Program) SealRecent() *geneveauth.Recent { return p.recent }
 
 func boolU32(b bool) uint32 {
 	if b {

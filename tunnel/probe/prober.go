@@ -654,6 +654,22 @@ func (p *Prober) Suspect(lane flowhash.LaneID, reason string) {
 	p.poke()
 }
 
+// Gone takes lane down on a failure signal its caller checked: an ICMP
+// error quoting a data frame whose tag says this demux sealed it lately
+// (dataplane/geneveauth: Sealer.Sent). Run, which Gone wakes, reports
+// the change.
+func (p *Prober) Gone(lane flowhash.LaneID, reason string) {
+	p.mu.Lock()
+	if l := p.lanes[lane]; l != nil {
+		p.C.Signals[SignalICMP].Add(1)
+		if l.s.Fail(time.Now(), reason, false) {
+			p.changes = append(p.changes, p.change(l.t.Lane, l.s))
+		}
+	}
+	p.mu.Unlock()
+	p.poke()
+}
+
 // BeforeJudging has Run call f before every judgement of the lanes: f
 // hands over failure signals that wait in other queues (the demux's ICMP
 // watch), so that after a stall a signal that arrived first counts first,

@@ -499,3 +499,47 @@ func TestProberSignerAcrossGoroutines(t *testing.T) {
 		p.Suspect(1, "test")
 	}
 }
+
+// TestGoneTakesTheLaneDown: a signal the demux checked (an ICMP error
+// quoting a data frame it sealed) takes an up lane down at once, with no
+// poll and no wait, as an ICMP signal; its flows wait 1 ms (a gone
+// gateway holds nothing that could still arrive).
+func TestGoneTakesTheLaneDown(t *testing.T) {
+	changes := make(chan Change, 4)
+	p, err := NewProber(ProberConfig{Keys: testKey(5), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Params: fastParams, OnChange: func(c Change) { changes <- c }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.SetTargets([]Target{{Lane: 1, Near: netip.MustParseAddrPort("127.0.0.7:6081"), Far: netip.MustParseAddr("127.0.0.8")}}); err != nil {
+		t.Fatal(err)
+	}
+	l := p.lanes[1]
+	now := time.Now()
+	for range 3 {
+		l.s.Reply(l.s.Sent(now), now, now)
+	}
+	if !l.s.Evaluate(now.Add(time.Millisecond)) || !l.s.Up() {
+		t.Fatal("lane not up")
+	}
+	p.Gone(2, "no such lane") // ignored
+	p.Gone(1, "ICMP port unreachable from 127.0.0.7 for 127.0.0.7:6081 quoting a sealed frame: gateway gw gone")
+	if l.s.Up() {
+		t.Fatal("Gone left the lane up")
+	}
+	if n := p.C.Signals[SignalICMP].Load(); n != 1 {
+		t.Errorf("%d ICMP signals counted, want 1", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	select {
+	case c := <-changes:
+		if c.Up || c.ByTimeout || c.Delivers || c.Settle != time.Millisecond || !strings.Contains(c.Reason, "sealed frame") {
+			t.Errorf("change %+v; want down by the signal, settle 1ms", c)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run reported no change")
+	}
+}
