@@ -128,6 +128,7 @@ var (
 	descDrops     = prometheus.NewDesc("clusterpeer_demux_drops_total", "Packets the demux dropped, by reason.", []string{"reason"}, nil)
 	descICMP      = prometheus.NewDesc("clusterpeer_demux_icmp_sent_total", "ICMP fragmentation-needed / packet-too-big errors sent.", nil, nil)
 	descICMPLim   = prometheus.NewDesc("clusterpeer_demux_icmp_limited_total", "Too-big errors not sent: over the sender's budget or the demux's.", nil, nil)
+	descICMPUnm   = prometheus.NewDesc("clusterpeer_demux_icmp_unmatched_total", "ICMP errors about a lane's gateway that quoted nothing this demux sent there lately (forged, stale or about another lane): ignored.", nil, nil)
 	descReadErrs  = prometheus.NewDesc("clusterpeer_demux_tun_read_errors_total", "Failed reads of the demux TUN (survived; a TUN failing for 5 s stops the demux).", nil, nil)
 	descPinned    = prometheus.NewDesc("clusterpeer_demux_pinned_flows", "Flows currently pinned to a lane (idle ones leave within seconds of their timeout).", nil, nil)
 	descPinIns    = prometheus.NewDesc("clusterpeer_demux_pin_inserts_total", "Flow pins written (new flows, and flows whose lane died).", nil, nil)
@@ -152,7 +153,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (d *Demux) Describe(ch chan<- *prometheus.Desc) {
-	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descICMPLim, descReadErrs, descPinned, descPinIns, descPinEvict, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
+	for _, x := range []*prometheus.Desc{descPackets, descBytes, descDrops, descICMP, descICMPLim, descICMPUnm, descReadErrs, descPinned, descPinIns, descPinEvict, descHeld, descSignals, descLanePkts, descLaneBytes, descLaneDrops, descLaneUp,
 		descHealthy, descState, descTrans, descFailovers, descChanged, descRTT, descLoss, descProbes, descAnswers, descReplyDrop} {
 		ch <- x
 	}
@@ -167,6 +168,7 @@ func (d *Demux) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytes, counter, float64(st.Bytes))
 	ch <- prometheus.MustNewConstMetric(descICMP, counter, float64(st.ICMPSent))
 	ch <- prometheus.MustNewConstMetric(descICMPLim, counter, float64(st.ICMPLimited))
+	ch <- prometheus.MustNewConstMetric(descICMPUnm, counter, float64(st.ICMPUnmatched))
 	ch <- prometheus.MustNewConstMetric(descReadErrs, counter, float64(st.ReadErrors))
 	ch <- prometheus.MustNewConstMetric(descPinned, prometheus.GaugeValue, float64(st.PinnedFlows))
 	ps := d.cfg.Selector.Pins().Stats()

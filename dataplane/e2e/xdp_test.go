@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/xdp"
@@ -117,7 +120,10 @@ func laneState(st demux.Status, id flowhash.LaneID) string {
 // lane's userspace sealer (probes, packets passed up) share one counter.
 // After the keys are rotated by reload, past the old key's grace, the
 // program seals with the new key: traffic still crosses through it and
-// nothing is refused.
+// nothing is refused. Last, gw-a1 is killed under UDP flows: the ICMP
+// errors its host returns quote frames the program sealed, whose tags
+// demux-a finds among those it shares with the program, and lane 1 goes
+// down on them at once (a signal, not a poll or silence).
 func TestXDPSealed(t *testing.T) {
 	needs(t, "iperf3", "ping", "ethtool")
 	tp := up(t, topology.Options{Prefix: "cpxs", Lanes: lanes, XDP: "native", GeneveAuth: true, NodeKeys: true})
@@ -166,4 +172,53 @@ func TestXDPSealed(t *testing.T) {
 		t.Errorf("demux-a signs with generation %s after the switch, want %s", st.Probing.KeyID, want)
 	}
 	cross("past the old key's grace")
+
+	// 48 flows, one packet each every 2 ms: lane 1 carries about 8,000
+	// packets a second, so its gateway's host answers data frames first.
+	dst := netip.MustParseAddrPort("10.2.0.10:7000")
+	var recv *udpflows.Receiver
+	var send *udpflows.Sender
+	var err error
+	tp.inNS("hb", func() { recv, err = udpflows.Listen(dst) })
+	if err == nil {
+		tp.inNS("ha", func() {
+			send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: 48, Packets: 1500, Size: 64, Interval: 2 * time.Millisecond})
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go recv.Run(ctx, time.Second)
+	go send.Run(ctx)
+	var before demux.Status
+	tp.status("demux-a", &before)
+	time.Sleep(time.Second)
+	killed := time.Now()
+	tp.kill("gw-a1")
+	var after demux.Status
+	for time.Since(killed) < 2*time.Second {
+		tp.status("demux-a", &after)
+		if laneState(after, 1) == "down" {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if laneState(after, 1) != "down" {
+		t.Fatalf("demux-a's lane 1 %s 2 s after gw-a1 was killed", laneState(after, 1))
+	}
+	sealedSignals := after.Probing.Signals["icmp_data"] - before.Probing.Signals["icmp_data"]
+	var line string
+	for _, l := range tp.laneDowns()[filepath.Join(tp.work, "demux-a.log")] {
+		if strings.Contains(l, "lane=1 ") {
+			line = l
+		}
+	}
+	t.Logf("lane 1 down on demux-a within %s of the kill (status polled every 5 ms); signals on sealed data frames %d, ICMP errors not believed %d; %s",
+		time.Since(killed).Round(time.Millisecond), sealedSignals, after.ICMPUnmatched-before.ICMPUnmatched, line)
+	if sealedSignals == 0 || !strings.Contains(line, "quoting a sealed frame") || !strings.Contains(line, "detected=signal") {
+		t.Errorf("lane 1 not taken down by an ICMP error quoting a frame the program sealed (%d such signals): %s", sealedSignals, line)
+	}
 }

@@ -93,12 +93,13 @@ var replyDropNames = [numReplyDrops]string{"bad_format", "bad_mac", "stale", "ba
 
 // Which signal took a lane down.
 const (
-	SignalICMP   = iota // an ICMP error quoting a recent probe: the near gateway's process or host is gone
-	SignalNotice        // a gateway's authenticated notice answering a recent probe
+	SignalICMP     = iota // an ICMP error quoting a recent probe: the near gateway's process or host is gone
+	SignalNotice          // a gateway's authenticated notice answering a recent probe
+	SignalICMPData        // an ICMP error quoting a data frame the lane sealed lately (Gone)
 	numSignals
 )
 
-var signalNames = [numSignals]string{"icmp", "notice"}
+var signalNames = [numSignals]string{"icmp", "notice", "icmp_data"}
 
 // maxReadsPerWake bounds the datagrams read from one socket before the
 // lanes are judged again, so that a flood on the probe port cannot hold
@@ -661,7 +662,7 @@ func (p *Prober) Suspect(lane flowhash.LaneID, reason string) {
 func (p *Prober) Gone(lane flowhash.LaneID, reason string) {
 	p.mu.Lock()
 	if l := p.lanes[lane]; l != nil {
-		p.C.Signals[SignalICMP].Add(1)
+		p.C.Signals[SignalICMPData].Add(1)
 		if l.s.Fail(time.Now(), reason, false) {
 			p.changes = append(p.changes, p.change(l.t.Lane, l.s))
 		}

@@ -528,8 +528,8 @@ func TestGoneTakesTheLaneDown(t *testing.T) {
 	if l.s.Up() {
 		t.Fatal("Gone left the lane up")
 	}
-	if n := p.C.Signals[SignalICMP].Load(); n != 1 {
-		t.Errorf("%d ICMP signals counted, want 1", n)
+	if n := p.C.Signals[SignalICMPData].Load(); n != 1 {
+		t.Errorf("%d ICMP data signals counted, want 1", n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
