@@ -330,10 +330,12 @@ func TestForwardAllocs(t *testing.T) {
 	}
 }
 
-// sealTargets gives every lane of d a Sealer and returns the gateways'
-// Openers, by gateway address.
+// sealTargets gives every lane of d a Sealer, its tags noted in one
+// Recent as a sealing demux's are (for the ICMP watch), and returns the
+// gateways' Openers, by gateway address.
 func sealTargets(d *Demux) map[string]*geneveauth.Opener {
 	openers := map[string]*geneveauth.Opener{}
+	recent := geneveauth.NewRecent()
 	var ts []Target
 	for _, t := range d.targets.Load() {
 		if t == nil {
@@ -345,6 +347,7 @@ func sealTargets(d *Demux) map[string]*geneveauth.Opener {
 		openers[t.Endpoint.DstToString()] = o
 		tt := *t
 		tt.Seal = geneveauth.NewSealer(k, 7, 0, 1<<40)
+		tt.Seal.Remember(recent, uint16(t.ID))
 		ts = append(ts, tt)
 	}
 	d.SetTargets(ts)

@@ -42,12 +42,6 @@ func sentFrames(t *testing.T, d *Demux, bind *fakeBind) map[netip.AddrPort][][]b
 func TestICMPErrorSealed(t *testing.T) {
 	d, _, bind := newTestDemux(t, 3)
 	sealTargets(d)
-	r := geneveauth.NewRecent()
-	for _, tg := range d.targets.Load() {
-		if tg != nil {
-			tg.Seal.Remember(r, uint16(tg.ID))
-		}
-	}
 	sent := sentFrames(t, d, bind)
 	var sink sinkCalls
 	for dst, frames := range sent {

@@ -48,17 +48,12 @@ import (
 // runs the whole peering: a flood at its full rate would measure the
 // CPU, not the checks).
 //
-// It runs with the userspace demux alone; HOSTILE_XDP=1 (make hostile)
-// runs it again with the XDP program (native, sealing) in front of it,
-// and XDP= runs that mode only; each line says which (demux=). The XDP
-// run is not in make test: its forged-icmp case met a stall past the
-// poll's wait once in eight runs here (docs/security.md).
+// It runs with the userspace demux alone, then with the XDP program
+// (native, sealing) in front of it; XDP= runs one mode only. Each line
+// says which (demux=).
 func TestHostile(t *testing.T) {
 	needs(t, "ss")
-	modes := []string{"off"}
-	if os.Getenv("HOSTILE_XDP") == "1" {
-		modes = append(modes, "native")
-	}
+	modes := []string{"off", "native"}
 	if x := os.Getenv("XDP"); x != "" {
 		modes = []string{x}
 	}
