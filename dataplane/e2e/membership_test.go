@@ -273,12 +273,21 @@ func (tp *msTopo) runOnce(sc msScenario) msResult {
 	watched := make(chan struct{})
 	go func() { w.Run(watchCtx); close(watched) }()
 	received := make(chan []udpflows.FlowResult, 1)
-	go func() { recv.Run(ctx, 500*time.Millisecond); received <- recv.Results() }()
+	recvDone := make(chan struct{})
+	go func() { recv.Run(ctx, 500*time.Millisecond); received <- recv.Results(); close(recvDone) }()
 	freshCtx, stopFresh := context.WithCancel(ctx)
 	var fresh sync.WaitGroup
 	for _, f := range []struct{ from, to string }{{"ha", "10.2.0.10:7200"}, {"hb", "10.1.0.10:7200"}} {
 		fresh.Go(func() { tp.freshTuples(freshCtx, f.from, f.to) })
 	}
+	// A run that fails half way (t.Fatal) stops its traffic before the
+	// next scenario opens the same ports (once: "address already in use").
+	defer func() {
+		cancel()
+		<-recvDone
+		fresh.Wait()
+		<-watched
+	}()
 	defer tp.iperfServer("hb", 5399)()
 	tcp := make(chan string, 1)
 	go func() {
@@ -418,8 +427,37 @@ func (tp *msTopo) waitCarrying(ids []int, addr map[int]string, start time.Time) 
 			return time.Since(start)
 		}
 	}
+	for _, id := range ids {
+		tp.t.Log(tp.describeProcess(fmt.Sprintf("gw-a%d", id)))
+	}
 	tp.t.Fatalf("lanes %v not carrying traffic on both demuxes 20 s after the change: %v", ids, tp.lanePackets())
 	return 0
+}
+
+// describeProcess says what node's process is doing: its state, where
+// the kernel has it wait and its kernel stack; a Go process is then sent
+// SIGQUIT, which writes its goroutines' stacks into its log (dumped
+// with the others). For a node that never wrote a line (a replacement
+// gateway, twice in some dozens of runs).
+func (tp *msTopo) describeProcess(node string) string {
+	pid, err := tp.p.PID(node)
+	if err != nil {
+		return fmt.Sprintf("%s: no pid: %v", node, err)
+	}
+	proc := "/proc/" + strconv.Itoa(pid) + "/"
+	read := func(f string) string {
+		b, err := os.ReadFile(proc + f)
+		if err != nil {
+			return err.Error()
+		}
+		return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	out := fmt.Sprintf("%s (pid %d): cmdline %q; stat %s; wchan %s; kernel stack:\n%s", node, pid, read("cmdline"), read("stat"), read("wchan"), read("stack"))
+	if strings.Contains(read("cmdline"), "tunnel") {
+		syscall.Kill(pid, syscall.SIGQUIT)
+		time.Sleep(200 * time.Millisecond)
+	}
+	return out
 }
 
 // waitAll waits until both demuxes show each lane in the state given

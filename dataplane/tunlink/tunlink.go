@@ -1,15 +1,95 @@
-// Package tunlink prepares the kernel side of a TUN the way wg-quick does:
-// link up and the given prefixes routed into it, over netlink.
+// Package tunlink creates a TUN, with one queue per reader, and prepares
+// its kernel side the way wg-quick does: link up and the given prefixes
+// routed into it, over netlink.
 package tunlink
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
 )
+
+// Create makes the TUN name with queues queues (IFF_MULTI_QUEUE when more
+// than one), each a device of its own for one reader, with wireguard-go's
+// virtio header and offloads (GSO super-packets in, GRO out). The kernel
+// hands each flow to one queue (by the hash of its addresses and ports),
+// so readers that each keep their own packets in order keep every flow's.
+//
+// A TUN of that name that its previous owner still holds (a process
+// killed a moment ago, whose files the kernel is still closing, or a
+// supervisor's restart racing it) refuses a new owner with EBUSY: Create
+// tries again for up to BusyWait before it gives up. (A replacement
+// gateway started right after its predecessor's SIGKILL failed so, in
+// 2 of some dozens of e2e runs.)
+func Create(name string, queues, mtu int) ([]tun.Device, error) {
+	deadline := time.Now().Add(BusyWait)
+	for {
+		devs, err := create(name, queues, mtu)
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return devs, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BusyWait is how long Create waits for a TUN name its previous owner
+// still holds (a variable for the tests).
+var BusyWait = 10 * time.Second
+
+func create(name string, queues, mtu int) ([]tun.Device, error) {
+	if queues <= 1 {
+		t, err := tun.CreateTUN(name, mtu)
+		if err != nil {
+			return nil, err
+		}
+		return []tun.Device{t}, nil
+	}
+	var devs []tun.Device
+	fail := func(err error) ([]tun.Device, error) {
+		for _, d := range devs {
+			d.Close()
+		}
+		return nil, err
+	}
+	for q := range queues {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fail(fmt.Errorf("open /dev/net/tun: %w", err))
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			unix.Close(fd)
+			return fail(err)
+		}
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_MULTI_QUEUE)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			if q == 0 && errors.Is(err, unix.EINVAL) {
+				err = fmt.Errorf("%w (a TUN of that name without multiple queues exists?)", err)
+			}
+			return fail(fmt.Errorf("tun %s queue %d: %w", name, q, err))
+		}
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return fail(err)
+		}
+		f := os.NewFile(uintptr(fd), "/dev/net/tun")
+		d, err := tun.CreateTUNFromFile(f, mtu)
+		if err != nil {
+			f.Close()
+			return fail(fmt.Errorf("tun %s queue %d: %w", name, q, err))
+		}
+		devs = append(devs, d)
+	}
+	return devs, nil
+}
 
 // TxQueueLen is the TUN's queue towards the process reading it. The
 // kernel's default, 500 packets, is 20 ms of a modest 24 kpps load: a

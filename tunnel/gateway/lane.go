@@ -28,7 +28,6 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
-	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
@@ -92,10 +91,11 @@ func Start(cfg Config) (l *Lane, err error) {
 	// packets) draw ICMP port unreachable at once, which is how they learn
 	// the gateway is gone. Measured here: 2-8 ms from SIGKILL to the first
 	// port unreachable this way, 15-26 ms the other way round.
-	kernel, err := tun.CreateTUN(cfg.Tun, cfg.MTU)
+	kernels, err := tunlink.Create(cfg.Tun, 1, cfg.MTU)
 	if err != nil {
 		return nil, fmt.Errorf("create tun %s: %w", cfg.Tun, err)
 	}
+	kernel := kernels[0]
 	gsock, err := listenGeneve(cfg.Geneve, max(kernel.BatchSize(), conn.IdealBatchSize))
 	if err != nil {
 		kernel.Close()
