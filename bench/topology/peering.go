@@ -71,7 +71,10 @@ type Options struct {
 	// demux ports (XDP_TX'd frames arrive only at a peer that runs one)
 	// and the hosts sending with checksum offload off; generic needs the
 	// hosts' TSO/GSO off. docs/xdp.md has the kernel facts behind this.
-	XDP      string
+	XDP string
+	// Queues > 0: the demuxes read their TUN with that many queues
+	// (`demux up --queues`; 0: the default, one per CPU).
+	Queues   int
 	LogLevel string // the nodes' --log-level (default info)
 	// PinFlows > 0: the demuxes' flow pin table holds that many flows
 	// (hash.pin_flows; default a million).
@@ -477,7 +480,7 @@ func (p *Peering) startNodes() error {
 	}
 	demuxes := p.Demuxes()
 	for _, d := range demuxes {
-		if err := p.Start(demuxNS(d), "demux", d, p.DemuxConfigPath(), "--xdp", p.XDP); err != nil {
+		if err := p.Start(demuxNS(d), "demux", d, p.DemuxConfigPath(), "--xdp", p.XDP, "--queues", strconv.Itoa(p.Queues)); err != nil {
 			return err
 		}
 	}

@@ -26,6 +26,7 @@ func topologyCmd(args []string) error {
 	bin := fs.String("bin", "bin", "directory with the demux and tunnel binaries")
 	health := fs.String("health", "", "the peering's health section, e.g. '{interval: 10ms}'")
 	fs.StringVar(&o.XDP, "xdp", "off", "the demuxes' fast path: off, native or generic")
+	fs.IntVar(&o.Queues, "queues", 0, "the demuxes' TUN queues (0: one per CPU)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "the nodes' log level")
 	fs.IntVar(&o.DemuxLanes, "demux-lanes", 0, "the demuxes start with only the first N lanes (demux.yaml)")
 	fs.BoolVar(&o.HA, "ha", false, "network A gets a standby demux and keepalived")

@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,9 +64,19 @@ func main() {
 
 func up(args []string) error {
 	var xf xdpFlags
-	log, p, node, err := cli.UpWith(args, true, xf.add)
+	queues := 0
+	log, p, node, err := cli.UpWith(args, true, func(fs *flag.FlagSet) {
+		xf.add(fs)
+		fs.IntVar(&queues, "queues", 0, fmt.Sprintf("TUN queues, each read by a loop of its own (default: one per CPU, at most %d)", maxQueues))
+	})
 	if err != nil {
 		return err
+	}
+	if queues < 0 || queues > 64 {
+		return fmt.Errorf("--queues %d: want 1-64 (0: one per CPU)", queues)
+	}
+	if queues == 0 {
+		queues = min(runtime.NumCPU(), maxQueues)
 	}
 	d := node.Demux
 	keys, err := p.Ring(node, d.Name)
@@ -82,11 +93,11 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	t, err := tun.CreateTUN(d.Tun, p.MTU)
+	tuns, err := tunlink.Create(d.Tun, queues, p.MTU)
 	if err != nil {
 		return fmt.Errorf("create tun %s: %w", d.Tun, err)
 	}
-	defer t.Close()
+	defer closeAll(tuns)
 	if err := tunlink.Up(d.Tun, p.Networks[node.Side.Other()].Prefixes); err != nil {
 		return err
 	}
@@ -104,9 +115,12 @@ func up(args []string) error {
 
 	cfg := demuxConfig(p, node, sel, log)
 	remote := cfg.Remote
-	dm, err := demux.New(t, bind, cfg)
+	dm, err := demux.New(tuns[0], bind, cfg)
 	if err != nil {
 		return err
+	}
+	for _, t := range tuns[1:] {
+		dm.AddQueue(t)
 	}
 	fp, err := loadFastPath(xf, p, d, p.Sender(node), flowKey, remote, log)
 	if err != nil {
@@ -212,10 +226,20 @@ func up(args []string) error {
 			return err
 		}
 	}
-	log.Info("demux up", "peering", p.Name, "side", node.Side, "tun", d.Tun, "mtu", p.MTU,
+	log.Info("demux up", "peering", p.Name, "side", node.Side, "tun", d.Tun, "queues", len(tuns), "mtu", p.MTU,
 		"lanes", len(p.Lanes), "hash", identity.Hash, "metrics", d.Metrics, "status", d.Status,
 		"probe_interval", p.Health.Interval, "detect_multiplier", p.Health.DetectMultiplier)
-	return serve(ctx, t, dm, done, r, log)
+	return serve(ctx, tuns, dm, done, r, log)
+}
+
+// maxQueues is the most TUN queues --queues defaults to: past a few
+// cores the gateways, not the demux, need the CPU.
+const maxQueues = 8
+
+func closeAll(tuns []tun.Device) {
+	for _, t := range tuns {
+		t.Close()
+	}
 }
 
 // startHealth opens the lane prober (none with health.enabled: false) and
@@ -244,7 +268,7 @@ func startHealth(p *config.Peering, node config.Node, keys *keyring.Ring, dm *de
 
 // serve runs until a signal ends the demux or its data path fails: SIGHUP
 // reloads, and the lanes' timers tick.
-func serve(ctx context.Context, t tun.Device, dm *demux.Demux, done <-chan error, r *reloader, log *slog.Logger) error {
+func serve(ctx context.Context, tuns []tun.Device, dm *demux.Demux, done <-chan error, r *reloader, log *slog.Logger) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -254,7 +278,7 @@ func serve(ctx context.Context, t tun.Device, dm *demux.Demux, done <-chan error
 		select {
 		case <-ctx.Done():
 			log.Info("demux stopping")
-			t.Close()
+			closeAll(tuns)
 			<-done
 			return nil
 		case err := <-done:
@@ -391,7 +415,7 @@ func show(args []string) error {
 func printStatus(full status) {
 	st := full.Status
 	fmt.Printf("demux: %s (peering %s, side %s)\n", st.Node, st.Peering, st.Side)
-	fmt.Printf("  tun: %s  mtu: %d  vni: %d  hash: %s\n", st.Tun, st.MTU, st.VNI, st.Hash)
+	fmt.Printf("  tun: %s (%d queues)  mtu: %d  vni: %d  hash: %s\n", st.Tun, st.Queues, st.MTU, st.VNI, st.Hash)
 	if pr := st.Probing; pr != nil {
 		fmt.Printf("  probes: every %s per lane, down after %d unanswered (or at once on a failure signal), up after %d answered\n",
 			pr.Interval, pr.Multiplier, pr.UpAfter)

@@ -2,16 +2,19 @@
 // network routes to the remote prefixes come in through a TUN, and each
 // leaves inside GENEVE for the local gateway of the lane its flow hashes to.
 //
-// Stages, per batch read from the TUN (one read may be a GSO super-packet
-// that the TUN splits into MTU-sized segments):
+// Stages, per batch read from a TUN queue (one read may be a GSO
+// super-packet that the TUN splits into MTU-sized segments):
 //
-//	TUN read -> flowhash select -> too big? ICMP back into the TUN
-//	         -> GENEVE header written in the headroom -> per-lane batch
-//	         -> batched UDP send (GSO) to the lane's gateway
+//	TUN queue read -> flowhash select -> too big? ICMP back into the TUN
+//	               -> GENEVE header written in the headroom -> per-lane batch
+//	               -> batched UDP send (GSO) to the lane's gateway
 //
-// One goroutine runs the loop, so packets of a flow leave in the order they
-// came. Nothing on the way allocates or locks; counters are atomics added
-// once per batch and lane.
+// One goroutine runs each queue's loop, one queue per core (AddQueue): the
+// kernel gives each flow to one queue, and a loop sends what it read in
+// the order it came, so packets of a flow leave in order. Nothing on the
+// way allocates or locks; counters are atomics added once per batch and
+// lane. (The rare paths lock: a too-big packet's ICMP budget, packets held
+// while a failed lane settles.)
 package demux
 
 import (
@@ -21,6 +24,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -98,29 +102,37 @@ type Counters struct {
 	Lanes          [flowhash.MaxLaneID + 1]LaneCounters
 }
 
-// Demux forwards from a TUN to lanes.
+// Demux forwards from a TUN's queues to lanes.
 type Demux struct {
 	cfg     Config
-	tun     tun.Device
 	bind    conn.Bind
+	sendMax int
 	targets atomic.Pointer[[flowhash.MaxLaneID + 1]*Target]
 	lanes   lanes
 	held    holdQueue
+	queues  []*queue
 	C       Counters
 
-	// Loop state, owned by the Run goroutine.
-	bufs       [][]byte
-	sizes      []int
-	pending    [flowhash.MaxLaneID + 1][][]byte
-	used       []flowhash.LaneID
-	icmpBufs   [][]byte
-	icmpOut    [][]byte
+	// The ICMP budget, which every queue's too-big packets spend.
+	icmpMu     sync.Mutex
 	icmpSecond uint32
 	icmpLeft   int
 	icmpSeed   maphash.Seed
 	icmpSource [icmpBuckets]icmpBucket
-	sendMax    int
-	readLog    ratelog.Limiter
+}
+
+// queue is one TUN queue and its loop's state, owned by the goroutine
+// that runs the loop.
+type queue struct {
+	d        *Demux
+	tun      tun.Device
+	bufs     [][]byte
+	sizes    []int
+	pending  [flowhash.MaxLaneID + 1][][]byte
+	used     []flowhash.LaneID
+	icmpBufs [][]byte
+	icmpOut  [][]byte
+	readLog  ratelog.Limiter
 }
 
 // icmpBucket is the ICMP budget left to the sources hashing to it.
@@ -141,28 +153,39 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	d := &Demux{cfg: cfg, tun: t, bind: b, sendMax: b.BatchSize()}
+	d := &Demux{cfg: cfg, bind: b, sendMax: b.BatchSize()}
 	d.icmpSecond = ^uint32(0) // no second yet: the first too-big refills the budget
 	d.icmpSeed = maphash.MakeSeed()
-	d.readLog.Every = 10 * time.Second
 	for i := range d.icmpSource {
 		d.icmpSource[i].second = ^uint32(0)
 	}
 	d.targets.Store(new([flowhash.MaxLaneID + 1]*Target))
-	d.bufs = make([][]byte, t.BatchSize())
-	for i := range d.bufs {
-		d.bufs[i] = make([]byte, Headroom+65535)
-	}
-	d.sizes = make([]int, len(d.bufs))
-	d.icmpBufs = make([][]byte, len(d.bufs))
-	for i := range d.icmpBufs {
-		d.icmpBufs[i] = make([]byte, Headroom+packet.TooBigBufLen)
-	}
-	d.icmpOut = make([][]byte, 0, len(d.bufs))
-	d.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
 	d.held.init(cfg.MTU)
+	d.AddQueue(t)
 	return d, nil
 }
+
+// AddQueue has Run read another queue of the TUN (tunlink.Create), with
+// a loop of its own. Call it before Run.
+func (d *Demux) AddQueue(t tun.Device) {
+	q := &queue{d: d, tun: t}
+	q.readLog.Every = 10 * time.Second
+	q.bufs = make([][]byte, t.BatchSize())
+	for i := range q.bufs {
+		q.bufs[i] = make([]byte, Headroom+65535)
+	}
+	q.sizes = make([]int, len(q.bufs))
+	q.icmpBufs = make([][]byte, len(q.bufs))
+	for i := range q.icmpBufs {
+		q.icmpBufs[i] = make([]byte, Headroom+packet.TooBigBufLen)
+	}
+	q.icmpOut = make([][]byte, 0, len(q.bufs))
+	q.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
+	d.queues = append(d.queues, q)
+}
+
+// Queues is how many TUN queues the demux reads.
+func (d *Demux) Queues() int { return len(d.queues) }
 
 // SetTargets replaces the lanes' gateway addresses. The selector decides
 // which lanes take traffic; a lane without a target counts its packets as
@@ -187,18 +210,33 @@ func (d *Demux) Gateways() map[flowhash.LaneID]netip.AddrPort {
 	return m
 }
 
-// Run forwards until the TUN is closed; it returns nil then. Read errors
-// are counted and logged (throttled) and survived: a super-packet with
-// more segments than a batch is dropped, and other errors end Run only
-// after failing reads alone for tunFailFor, so that a TUN that is gone
-// stops the demux (for its supervisor to restart) and a passing fault
-// does not.
+// Run forwards, a loop per queue, until the TUN is closed; it returns nil
+// then. Read errors are counted and logged (throttled) and survived: a
+// super-packet with more segments than a batch is dropped, and other
+// errors end Run only after a queue's reads failed alone for tunFailFor,
+// so that a TUN that is gone stops the demux (for its supervisor to
+// restart) and a passing fault does not. Run returns the first queue's
+// error at once: the caller closes the TUN, which ends the others.
 func (d *Demux) Run() error {
+	errs := make(chan error, len(d.queues))
+	for _, q := range d.queues {
+		go func() { errs <- q.run() }()
+	}
+	for range d.queues {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (q *queue) run() error {
+	d := q.d
 	var failingSince time.Time
 	for {
-		n, err := d.tun.Read(d.bufs, d.sizes, Headroom)
+		n, err := q.tun.Read(q.bufs, q.sizes, Headroom)
 		if n > 0 {
-			d.Forward(d.bufs[:n], d.sizes[:n], d.cfg.Selector.Pins().Now())
+			q.forward(q.bufs[:n], q.sizes[:n], d.cfg.Selector.Pins().Now())
 		}
 		if err == nil {
 			failingSince = time.Time{}
@@ -209,7 +247,7 @@ func (d *Demux) Run() error {
 		}
 		d.C.ReadErrors.Add(1)
 		if errors.Is(err, tun.ErrTooManySegments) {
-			d.readLog.Warn(d.cfg.Log, "tun read: super-packet with more segments than a batch; dropped", "err", err)
+			q.readLog.Warn(d.cfg.Log, "tun read: super-packet with more segments than a batch; dropped", "err", err)
 			continue
 		}
 		now := time.Now()
@@ -219,7 +257,7 @@ func (d *Demux) Run() error {
 		if now.Sub(failingSince) > tunFailFor {
 			return fmt.Errorf("tun read: failing for %v: %w", tunFailFor, err)
 		}
-		d.readLog.Warn(d.cfg.Log, "tun read failed; the demux carries on", "err", err)
+		q.readLog.Warn(d.cfg.Log, "tun read failed; the demux carries on", "err", err)
 		time.Sleep(time.Millisecond) // a persistent fault must not spin a core
 	}
 }
@@ -228,8 +266,14 @@ func (d *Demux) Run() error {
 // gives up (a variable for the tests).
 var tunFailFor = 5 * time.Second
 
-// Forward handles one batch: bufs[i][Headroom:Headroom+sizes[i]] is a packet.
+// Forward handles one batch as the first queue's loop does:
+// bufs[i][Headroom:Headroom+sizes[i]] is a packet.
 func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
+	d.queues[0].forward(bufs, sizes, now)
+}
+
+func (q *queue) forward(bufs [][]byte, sizes []int, now uint32) {
+	d := q.d
 	sel := d.cfg.Selector
 	targets := d.targets.Load()
 	var bytes uint64
@@ -254,33 +298,33 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 			continue
 		}
 		if size > d.cfg.MTU {
-			d.tooBig(pkt, now)
+			q.tooBig(pkt, now)
 			continue
 		}
 		frame := d.encap(b, size, targets[lane])
-		if len(d.pending[lane]) == 0 {
-			d.used = append(d.used, lane)
+		if len(q.pending[lane]) == 0 {
+			q.used = append(q.used, lane)
 		}
-		d.pending[lane] = append(d.pending[lane], frame)
+		q.pending[lane] = append(q.pending[lane], frame)
 	}
 	d.C.Packets.Add(uint64(len(bufs)))
 	d.C.Bytes.Add(bytes)
 	if d.held.n.Load() > 0 {
 		d.flushHeld()
 	}
-	for _, lane := range d.used {
-		d.sendFrames(d.pending[lane], targets[lane])
-		clear(d.pending[lane]) // drop references to the read buffers
-		d.pending[lane] = d.pending[lane][:0]
+	for _, lane := range q.used {
+		d.sendFrames(q.pending[lane], targets[lane])
+		clear(q.pending[lane]) // drop references to the read buffers
+		q.pending[lane] = q.pending[lane][:0]
 	}
-	d.used = d.used[:0]
-	if len(d.icmpOut) > 0 {
-		if _, err := d.tun.Write(d.icmpOut, Headroom); err != nil {
+	q.used = q.used[:0]
+	if len(q.icmpOut) > 0 {
+		if _, err := q.tun.Write(q.icmpOut, Headroom); err != nil {
 			d.cfg.Log.Debug("tun write icmp", "err", err)
 		} else {
-			d.C.ICMPSent.Add(uint64(len(d.icmpOut)))
+			d.C.ICMPSent.Add(uint64(len(q.icmpOut)))
 		}
-		d.icmpOut = d.icmpOut[:0]
+		q.icmpOut = q.icmpOut[:0]
 	}
 }
 
@@ -361,12 +405,15 @@ func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 // budget. The kernel in front of the TUN normally does this already (the
 // TUN's MTU is the lane MTU); this covers a TUN whose MTU was raised and
 // lanes with a smaller MTU.
-func (d *Demux) tooBig(pkt []byte, now uint32) {
+func (q *queue) tooBig(pkt []byte, now uint32) {
+	d := q.d
 	d.C.TooBig.Add(1)
+	d.icmpMu.Lock()
+	defer d.icmpMu.Unlock()
 	if now != d.icmpSecond {
 		d.icmpSecond, d.icmpLeft = now, ICMPPerSecond
 	}
-	if d.icmpLeft == 0 || len(d.icmpOut) == len(d.icmpBufs) {
+	if d.icmpLeft == 0 || len(q.icmpOut) == len(q.icmpBufs) {
 		d.C.ICMPLimited.Add(1)
 		return
 	}
@@ -382,12 +429,12 @@ func (d *Demux) tooBig(pkt []byte, now uint32) {
 		d.C.ICMPLimited.Add(1)
 		return
 	}
-	buf := d.icmpBufs[len(d.icmpOut)]
+	buf := q.icmpBufs[len(q.icmpOut)]
 	n := packet.PutTooBig(buf[Headroom:], pkt, d.cfg.MTU, src)
 	if n == 0 {
 		return
 	}
 	d.icmpLeft--
 	bk.left--
-	d.icmpOut = append(d.icmpOut, buf[:Headroom+n])
+	q.icmpOut = append(q.icmpOut, buf[:Headroom+n])
 }

@@ -72,6 +72,7 @@ func (f *fakeTUN) Close() error             { f.once.Do(func() { close(f.closed)
 type fakeBind struct {
 	conn.Bind
 	record bool
+	mu     sync.Mutex // the queues' loops send at once
 	sent   map[string][][]byte
 	fail   bool
 }
@@ -81,6 +82,8 @@ func (b *fakeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return net.ErrClosed
 	}
 	if b.record {
+		b.mu.Lock()
+		defer b.mu.Unlock()
 		for _, f := range bufs {
 			b.sent[ep.DstToString()] = append(b.sent[ep.DstToString()], append([]byte(nil), f...))
 		}
@@ -135,10 +138,11 @@ func newTestDemux(t testing.TB, lanes int) (*Demux, *fakeTUN, *fakeBind) {
 
 // load copies packets into the demux's read buffers as the TUN would.
 func load(d *Demux, pkts [][]byte) ([][]byte, []int) {
+	q := d.queues[0]
 	for i, p := range pkts {
-		d.sizes[i] = copy(d.bufs[i][Headroom:], p)
+		q.sizes[i] = copy(q.bufs[i][Headroom:], p)
 	}
-	return d.bufs[:len(pkts)], d.sizes[:len(pkts)]
+	return q.bufs[:len(pkts)], q.sizes[:len(pkts)]
 }
 
 // TestForwardEncapsulates: 32 flows x 4 packets, interleaved, leave as
@@ -478,6 +482,107 @@ func TestRunStops(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		t.Errorf("%d goroutines after, %d before", n, before)
 	}
+}
+
+// TestQueuesKeepEachFlowInOrder: with several TUN queues, each read by
+// its own loop at once, every packet leaves for its flow's lane and each
+// flow's packets leave in the order its queue gave them (the kernel puts
+// a flow on one queue). Run returns nil once every queue is closed; a
+// queue whose reads keep failing ends Run with its error.
+func TestQueuesKeepEachFlowInOrder(t *testing.T) {
+	d, q0, bind := newTestDemux(t, 3)
+	queues := []*fakeTUN{q0, newFakeTUN(), newFakeTUN()}
+	for _, q := range queues[1:] {
+		d.AddQueue(q)
+	}
+	if d.Queues() != 3 {
+		t.Fatalf("Queues() = %d, want 3", d.Queues())
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run() }()
+	const flows, perFlow = 48, 60
+	var wg sync.WaitGroup
+	for qi, q := range queues {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := range perFlow {
+				var batch [][]byte
+				for f := qi; f < flows; f += len(queues) { // flow f on queue f mod 3
+					batch = append(batch, udp4(t, uint16(9000+f), uint32(seq), 64))
+				}
+				q.in <- batch
+			}
+		}()
+	}
+	wg.Wait()
+	want := uint64(flows * perFlow)
+	for t0 := time.Now(); d.C.Packets.Load() < want && time.Since(t0) < 5*time.Second; {
+		time.Sleep(time.Millisecond)
+	}
+	for _, q := range queues {
+		q.Close()
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v after every queue closed", err)
+	}
+	next := map[uint16]uint32{}
+	laneOf := map[uint16]string{}
+	n := 0
+	bind.mu.Lock()
+	for dst, frames := range bind.sent {
+		for _, f := range frames {
+			_, inner, err := packet.ParseGeneve(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sport := packet.UDP(inner[packet.IPv4MinLen:]).SrcPort()
+			seq := binary.BigEndian.Uint32(inner[packet.IPv4MinLen+packet.UDPLen:])
+			if was, ok := laneOf[sport]; ok && was != dst {
+				t.Fatalf("flow %d sent to %s and %s", sport, was, dst)
+			}
+			laneOf[sport] = dst
+			if seq != next[sport] {
+				t.Fatalf("flow %d: packet %d left after %d", sport, seq, next[sport]-1)
+			}
+			next[sport]++
+			n++
+		}
+	}
+	bind.mu.Unlock()
+	if n != flows*perFlow || len(laneOf) != flows {
+		t.Fatalf("%d packets of %d flows left, want %d of %d", n, len(laneOf), flows*perFlow, flows)
+	}
+
+	// One queue's TUN gone: its error ends Run although the others work.
+	d2, _, _ := newTestDemux(t, 2)
+	bad, good := newFakeTUN(), newFakeTUN()
+	d2.queues = d2.queues[:0]
+	d2.AddQueue(good)
+	d2.AddQueue(bad)
+	old := tunFailFor
+	tunFailFor = 20 * time.Millisecond
+	defer func() { tunFailFor = old }()
+	go func() { done <- d2.Run() }()
+	go func() {
+		for {
+			select {
+			case bad.errs <- syscall.EBADFD:
+			case <-bad.closed:
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EBADFD) {
+			t.Errorf("Run: %v, want the failing queue's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run went on although one queue's reads all failed")
+	}
+	good.Close()
+	bad.Close()
 }
 
 // BenchmarkForward: select + GENEVE encap + per-lane batching, per packet.

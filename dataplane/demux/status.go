@@ -17,6 +17,7 @@ type Status struct {
 	Peering  string `json:"peering"`
 	Side     string `json:"side"`
 	Tun      string `json:"tun"`
+	Queues   int    `json:"tun_queues"` // each read by a loop of its own
 	MTU      int    `json:"mtu"`
 	VNI      uint32 `json:"vni"`
 	Hash     string `json:"hash"`
@@ -76,6 +77,7 @@ type LaneStatus struct {
 // Status fills the counters and lanes into st (whose identity fields the
 // caller sets).
 func (d *Demux) Status(st Status) Status {
+	st.Queues = len(d.queues)
 	st.Packets = d.C.Packets.Load()
 	st.Bytes = d.C.Bytes.Load()
 	st.TooBig = d.C.TooBig.Load()
