@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -126,6 +127,7 @@ type Demux struct {
 type queue struct {
 	d        *Demux
 	tun      tun.Device
+	fd       int // the queue's file descriptor, for readable (-1: none)
 	bufs     [][]byte
 	sizes    []int
 	pending  [flowhash.MaxLaneID + 1][][]byte
@@ -168,7 +170,13 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 // AddQueue has Run read another queue of the TUN (tunlink.Create), with
 // a loop of its own. Call it before Run.
 func (d *Demux) AddQueue(t tun.Device) {
-	q := &queue{d: d, tun: t}
+	q := &queue{d: d, tun: t, fd: -1}
+	if f := t.File(); f != nil {
+		// Not f.Fd(), which would make the descriptor blocking.
+		if rc, err := f.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { q.fd = int(fd) })
+		}
+	}
 	q.readLog.Every = 10 * time.Second
 	q.bufs = make([][]byte, t.BatchSize())
 	for i := range q.bufs {
@@ -235,6 +243,15 @@ func (q *queue) run() error {
 	var failingSince time.Time
 	for {
 		n, err := q.tun.Read(q.bufs, q.sizes, Headroom)
+		// What the kernel queued meanwhile joins the batch: one send per
+		// lane then carries many frames (coalesced by UDP GSO into one
+		// datagram for the gateway's GRO), where one read per system
+		// call made every small packet a send of its own.
+		for err == nil && n < len(q.bufs)-readAheadRoom && q.readable() {
+			var m int
+			m, err = q.tun.Read(q.bufs[n:], q.sizes[n:], Headroom)
+			n += m
+		}
 		if n > 0 {
 			q.forward(q.bufs[:n], q.sizes[:n], d.cfg.Selector.Pins().Now())
 		}
@@ -260,6 +277,23 @@ func (q *queue) run() error {
 		q.readLog.Warn(d.cfg.Log, "tun read failed; the demux carries on", "err", err)
 		time.Sleep(time.Millisecond) // a persistent fault must not spin a core
 	}
+}
+
+// readAheadRoom is the room a batch keeps for the segments of one more
+// super-packet: a read ahead stops with fewer buffers left. (A TCP
+// super-packet over a 1420-byte lane is at most 48 segments.)
+const readAheadRoom = 64
+
+// readable reports whether the queue holds a packet now (poll with no
+// wait: a read would not block). A device with no file (a test's) never
+// does.
+func (q *queue) readable() bool {
+	if q.fd < 0 {
+		return false
+	}
+	fds := [1]unix.PollFd{{Fd: int32(q.fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds[:], 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
 }
 
 // tunFailFor is how long TUN reads may fail without a packet before Run
