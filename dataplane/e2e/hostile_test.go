@@ -365,12 +365,17 @@ func (tp *hoTopo) replayedGeneve() (int, int) {
 		return 0, 0
 	}
 	before := tp.gatewayDrops("gw-a1")[gateway.DropReplayed.String()]
+	// The demux sends a lane's batch as one UDP GSO datagram, which the
+	// capture sees whole: replay each GENEVE frame in it as the datagram
+	// the gateway received it in.
+	var replays [][]byte
 	for _, f := range frames {
-		// The captured checksum is the partial one of a veth's offload;
-		// 0 says "none" (IPv4), which the tag does not cover either.
-		f[26], f[27] = 0, 0
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(f[12:16])), binary.BigEndian.Uint16(f[20:22]))
+		for _, g := range geneveFrames(f[28:]) {
+			replays = append(replays, ipv4UDP(src, netip.MustParseAddrPort("10.1.0.21:6081"), g))
+		}
 	}
-	sent := tp.rawSend("ha", frames, netip.Addr{}, hoRate, hoAttack)
+	sent := tp.rawSend("ha", replays, netip.Addr{}, hoRate, hoAttack)
 	time.Sleep(200 * time.Millisecond) // in flight
 	refused := int(tp.gatewayDrops("gw-a1")[gateway.DropReplayed.String()] - before)
 	return sent, max(sent-refused, 0)
@@ -922,6 +927,32 @@ func ipv4UDP(src, dst netip.AddrPort, payload []byte) []byte {
 	buf := gopacket.NewSerializeBuffer()
 	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, u, gopacket.Payload(payload))
 	return buf.Bytes()
+}
+
+// geneveFrames splits a captured UDP payload into the GENEVE frames it
+// holds: one, or a GSO datagram's several, each as long as its header
+// and the inner packet's IP length.
+func geneveFrames(b []byte) [][]byte {
+	var out [][]byte
+	for len(b) >= packet.GeneveLen {
+		h := packet.Geneve(b)
+		inner := b[min(h.Len(), len(b)):]
+		var n int
+		switch {
+		case len(inner) >= 20 && inner[0]>>4 == 4:
+			n = int(binary.BigEndian.Uint16(inner[2:4]))
+		case len(inner) >= 40 && inner[0]>>4 == 6:
+			n = 40 + int(binary.BigEndian.Uint16(inner[4:6]))
+		default:
+			return out
+		}
+		if h.Len()+n > len(b) || n == 0 {
+			return out
+		}
+		out = append(out, b[:h.Len()+n])
+		b = b[h.Len()+n:]
+	}
+	return out
 }
 
 // icmpUnreachable is an ICMP destination unreachable from src to dst
