@@ -480,7 +480,11 @@ func (p *Peering) startNodes() error {
 	}
 	demuxes := p.Demuxes()
 	for _, d := range demuxes {
-		if err := p.Start(demuxNS(d), "demux", d, p.DemuxConfigPath(), "--xdp", p.XDP, "--queues", strconv.Itoa(p.Queues)); err != nil {
+		args := []string{"--xdp", p.XDP}
+		if p.Queues > 0 {
+			args = append(args, "--queues", strconv.Itoa(p.Queues))
+		}
+		if err := p.Start(demuxNS(d), "demux", d, p.DemuxConfigPath(), args...); err != nil {
 			return err
 		}
 	}
