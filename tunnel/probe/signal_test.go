@@ -420,26 +420,11 @@ func FuzzSignals(f *testing.F) {
 // lane's detection time ran out and its gateway's ICMP error arrived, the
 // error (handed over by the BeforeJudging hook) decides, not the silence.
 func TestSignalsQueuedElsewhereCountBeforeSilence(t *testing.T) {
-	changes := make(chan Change, 4)
-	p, err := NewProber(ProberConfig{Keys: testKey(3), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-		Params: fastParams, OnChange: func(c Change) { changes <- c }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.SetTargets([]Target{{Lane: 1, Near: netip.MustParseAddrPort("127.0.0.7:6081"), Far: netip.MustParseAddr("127.0.0.8")}}); err != nil {
-		t.Fatal(err)
-	}
 	// Up a second ago, then silent for far longer than the detection time:
 	// what a prober finds when it runs again after a stall.
-	l := p.lanes[1]
 	then := time.Now().Add(-time.Second)
-	for range 3 {
-		l.s.Reply(l.s.Sent(then), then, then)
-	}
-	if !l.s.Evaluate(then.Add(time.Millisecond)) || !l.s.Up() {
-		t.Fatal("lane not up")
-	}
+	p, changes := proberWithLaneUp(t, 3, then)
+	l := p.lanes[1]
 	for range 2 * fastParams.Multiplier {
 		l.s.Sent(then.Add(2 * time.Millisecond))
 	}
@@ -500,29 +485,38 @@ func TestProberSignerAcrossGoroutines(t *testing.T) {
 	}
 }
 
+// proberWithLaneUp returns a prober (keyed by testKey(key), closed at
+// the test's end) whose lane 1, to 127.0.0.7, came up at when, and the
+// channel its changes go to once it runs.
+func proberWithLaneUp(t *testing.T, key byte, when time.Time) (*Prober, chan Change) {
+	t.Helper()
+	changes := make(chan Change, 4)
+	p, err := NewProber(ProberConfig{Keys: testKey(key), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Params: fastParams, OnChange: func(c Change) { changes <- c }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if err := p.SetTargets([]Target{{Lane: 1, Near: netip.MustParseAddrPort("127.0.0.7:6081"), Far: netip.MustParseAddr("127.0.0.8")}}); err != nil {
+		t.Fatal(err)
+	}
+	l := p.lanes[1]
+	for range 3 {
+		l.s.Reply(l.s.Sent(when), when, when)
+	}
+	if !l.s.Evaluate(when.Add(time.Millisecond)) || !l.s.Up() {
+		t.Fatal("lane not up")
+	}
+	return p, changes
+}
+
 // TestGoneTakesTheLaneDown: a signal the demux checked (an ICMP error
 // quoting a data frame it sealed) takes an up lane down at once, with no
 // poll and no wait, as an ICMP signal; its flows wait 1 ms (a gone
 // gateway holds nothing that could still arrive).
 func TestGoneTakesTheLaneDown(t *testing.T) {
-	changes := make(chan Change, 4)
-	p, err := NewProber(ProberConfig{Keys: testKey(5), VNI: 7, Port: freePort(t), Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-		Params: fastParams, OnChange: func(c Change) { changes <- c }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := p.SetTargets([]Target{{Lane: 1, Near: netip.MustParseAddrPort("127.0.0.7:6081"), Far: netip.MustParseAddr("127.0.0.8")}}); err != nil {
-		t.Fatal(err)
-	}
+	p, changes := proberWithLaneUp(t, 5, time.Now())
 	l := p.lanes[1]
-	now := time.Now()
-	for range 3 {
-		l.s.Reply(l.s.Sent(now), now, now)
-	}
-	if !l.s.Evaluate(now.Add(time.Millisecond)) || !l.s.Up() {
-		t.Fatal("lane not up")
-	}
 	p.Gone(2, "no such lane") // ignored
 	p.Gone(1, "ICMP port unreachable from 127.0.0.7 for 127.0.0.7:6081 quoting a sealed frame: gateway gw gone")
 	if l.s.Up() {
