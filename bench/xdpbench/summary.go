@@ -12,11 +12,14 @@ import (
 // ratios; it fails, naming them, if a path measured nothing under a load.
 func Summarize(results []Result, out io.Writer) error {
 	type key struct{ path, load string }
-	runs := map[key][2][]float64{}
+	runs := map[key][3][]float64{}
 	for _, r := range results {
 		k := key{r.Path, r.Load}
 		x := runs[k]
 		x[0], x[1] = append(x[0], r.Mpps), append(x[1], r.Gbps)
+		if r.ProgNs > 0 {
+			x[2] = append(x[2], r.ProgNs)
+		}
 		runs[k] = x
 	}
 	fmt.Fprintln(out, "bench-xdp: pkt=64 and pkt=1400 are UDP (bench blast, 256 flows), pkt=1420 is TCP (iperf3, 4 streams of MTU-sized segments)")
@@ -34,7 +37,11 @@ func Summarize(results []Result, out io.Writer) error {
 			if load == "tcp" {
 				pkt = fmt.Sprint(tcpBytes)
 			}
-			fmt.Fprintf(out, "xdp: path=%s pkt=%s mpps=%.2f gbps=%.2f\n", path, pkt, mpps, gbps)
+			fmt.Fprintf(out, "xdp: path=%s pkt=%s mpps=%.2f gbps=%.2f", path, pkt, mpps, gbps)
+			if ns := runs[k][2]; len(ns) > 0 {
+				fmt.Fprintf(out, " prog_ns=%.0f", report.Median(ns))
+			}
+			fmt.Fprintln(out)
 			if !(mpps > 0) {
 				missing = append(missing, path+" "+load)
 			}

@@ -35,6 +35,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 
 	"github.com/clusterpeer/clusterpeer/admin"
@@ -57,6 +59,10 @@ var (
 type Result struct {
 	Path, Load string
 	Mpps, Gbps float64
+	// ProgNs is the XDP program's own run time per packet under the same
+	// load, from the kernel's BPF statistics (XDP paths, UDP loads; 0
+	// where the kernel keeps none).
+	ProgNs float64
 }
 
 // Options configure a run.
@@ -321,11 +327,10 @@ func (b *bench) startDemux(ctx context.Context, mode, cfg string) error {
 	b.demuxPI = cmd.Process.Pid
 	b.pids = append(b.pids, b.demuxPI)
 	go cmd.Wait()
-	sock := config.DefaultStatusDir + "/benchxdp-demux-a.sock"
 	var st demuxStatus
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		st = demuxStatus{}
-		err := admin.Fetch(sock, &st)
+		err := admin.Fetch(demuxSocket, &st)
 		if err == nil && (mode == "off" || (st.XDP != nil && st.XDP.Interface != "" && len(st.XDP.Unresolved) == 0)) {
 			return nil
 		}
@@ -337,6 +342,34 @@ func (b *bench) startDemux(ctx context.Context, mode, cfg string) error {
 			return fmt.Errorf("demux --xdp %s not ready after 10 s (%v, xdp %+v); its log:\n%s", mode, err, st.XDP, l)
 		}
 	}
+}
+
+// demuxSocket is the bench demux's status socket.
+const demuxSocket = config.DefaultStatusDir + "/benchxdp-demux-a.sock"
+
+// progCost offers the load again for a while with the kernel keeping BPF
+// statistics (off for the throughput figures: they cost a clock read per
+// run) and returns the demux's XDP program's run time per packet.
+func (b *bench) progCost(ctx context.Context, pkt string) float64 {
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		b.progress("no BPF statistics (Linux 5.8+): %v", err)
+		return 0
+	}
+	defer stats.Close()
+	var st0, st1 demuxStatus
+	if err := admin.Fetch(demuxSocket, &st0); err != nil || st0.XDP == nil {
+		return 0
+	}
+	secs := min(int(b.Duration.Seconds()), 2)
+	if _, err := b.lab.Run("src", "timeout", strconv.Itoa(secs+30), filepath.Join(b.Bin, "bench"), "blast", "--dev", "lan0",
+		"--dst-mac", b.lanMAC, "--dst", dest, "--size", pkt, "--flows", "256", "--duration", fmt.Sprintf("%ds", secs)); err != nil {
+		return 0
+	}
+	if err := admin.Fetch(demuxSocket, &st1); err != nil || st1.XDP == nil || st1.XDP.Runs <= st0.XDP.Runs {
+		return 0
+	}
+	return float64(st1.XDP.RunTime-st0.XDP.RunTime) / float64(st1.XDP.Runs-st0.XDP.Runs)
 }
 
 func (b *bench) stopDemux() {
@@ -391,7 +424,12 @@ func (b *bench) udp(ctx context.Context, path, pkt string) (Result, error) {
 	if s <= 0 {
 		return Result{}, nil
 	}
-	return Result{Mpps: float64(got) / s / 1e6, Gbps: float64(got) * float64(size) * 8 / s / 1e9}, ctx.Err()
+	r := Result{Mpps: float64(got) / s / 1e6, Gbps: float64(got) * float64(size) * 8 / s / 1e9}
+	if strings.HasPrefix(path, "xdp") {
+		r.ProgNs = b.progCost(ctx, pkt)
+		b.progress("%s udp %s B: the XDP program ran %.0f ns a packet (BPF statistics)", path, pkt, r.ProgNs)
+	}
+	return r, ctx.Err()
 }
 
 var queueDrops = regexp.MustCompile(`rx_queue_\d+_xdp_drops:\s*(\d+)`)

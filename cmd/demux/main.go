@@ -499,6 +499,9 @@ func printXDP(x *xdp.Status) {
 	pn := x.Pins
 	fmt.Printf("    xdp pins: %d of %d; inserted %d, unpinned %d (map full), swept %d idle, %d agreeing\n",
 		pn.Held, pn.Capacity, pn.Inserts, pn.Unpinned, pn.Expired, pn.Evicted)
+	if x.Runs > 0 {
+		fmt.Printf("    xdp program: %.0f ns a packet over %d runs (while kernel.bpf_stats_enabled)\n", float64(x.RunTime)/float64(x.Runs), x.Runs)
+	}
 	if len(x.Unresolved) > 0 {
 		fmt.Printf("    lanes without a resolved gateway (userspace sends): %v\n", x.Unresolved)
 	}

@@ -185,6 +185,7 @@ type goDemux struct {
 type nopTUN struct{ tun.Device }
 
 func (nopTUN) BatchSize() int { return 128 }
+func (nopTUN) File() *os.File { return nil }
 
 type captureBind struct {
 	conn.Bind

@@ -12,8 +12,10 @@ import (
 	"os"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
@@ -396,5 +398,36 @@ func TestHashVectors(t *testing.T) {
 	t.Logf("%d vectors hashed in BPF and equal; passed to userspace by reason: %v", hashed, passed)
 	if hashed < len(vf.Hashes)/2 {
 		t.Errorf("only %d of %d vectors hashed in BPF", hashed, len(vf.Hashes))
+	}
+}
+
+// TestStatusCountsRuns: while the kernel keeps BPF statistics, the
+// status has the program's runs and run time (what `demux show` and
+// `bench xdp` turn into a cost per packet); without them, nothing.
+func TestStatusCountsRuns(t *testing.T) {
+	p := loadTest(t, Config{Key: testKey})
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		t.Skipf("BPF_ENABLE_STATS (Linux 5.8+): %v", err)
+	}
+	before := p.Status()
+	frame := eth(udp4(t, 1000, 2000, 64))
+	for range 200 {
+		run(t, p.DemuxProgram(), frame)
+	}
+	after := p.Status()
+	stats.Close()
+	if runs := after.Runs - before.Runs; runs < 200 || after.RunTime <= before.RunTime {
+		t.Fatalf("200 runs with statistics on: status counted %d runs, run time %d -> %d ns", runs, before.RunTime, after.RunTime)
+	}
+	t.Logf("%.0f ns a run (BPF_PROG_TEST_RUN)", float64(after.RunTime-before.RunTime)/float64(after.Runs-before.Runs))
+	for range 50 {
+		run(t, p.DemuxProgram(), frame)
+	}
+	// Off again (unless the sysctl keeps them on): no more are counted.
+	if b, _ := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); len(b) > 0 && b[0] == '0' {
+		if off := p.Status(); off.Runs != after.Runs {
+			t.Errorf("statistics off again, yet %d more runs counted", off.Runs-after.Runs)
+		}
 	}
 }
