@@ -122,8 +122,9 @@ func laneState(st demux.Status, id flowhash.LaneID) string {
 // program seals with the new key: traffic still crosses through it and
 // nothing is refused. Last, gw-a1 is killed under UDP flows: the ICMP
 // errors its host returns quote frames the program sealed, whose tags
-// demux-a finds among those it shares with the program, and lane 1 goes
-// down on them at once (a signal, not a poll or silence).
+// demux-a finds among those it shares with the program: every one is
+// believed, and lane 1 goes down on a signal at once (on the first error,
+// which may quote a probe instead), not after a poll or silence.
 func TestXDPSealed(t *testing.T) {
 	needs(t, "iperf3", "ping", "ethtool")
 	tp := up(t, topology.Options{Prefix: "cpxs", Lanes: lanes, XDP: "native", GeneveAuth: true, NodeKeys: true})
@@ -218,7 +219,10 @@ func TestXDPSealed(t *testing.T) {
 	}
 	t.Logf("lane 1 down on demux-a within %s of the kill (status polled every 5 ms); signals on sealed data frames %d, ICMP errors not believed %d; %s",
 		time.Since(killed).Round(time.Millisecond), sealedSignals, after.ICMPUnmatched-before.ICMPUnmatched, line)
-	if sealedSignals == 0 || !strings.Contains(line, "quoting a sealed frame") || !strings.Contains(line, "detected=signal") {
-		t.Errorf("lane 1 not taken down by an ICMP error quoting a frame the program sealed (%d such signals): %s", sealedSignals, line)
+	// The first error may quote a probe instead (down at once as well):
+	// what must hold is that the errors about sealed data frames were
+	// believed, every one, and the lane went down on a signal.
+	if unbelieved := after.ICMPUnmatched - before.ICMPUnmatched; sealedSignals == 0 || unbelieved > 0 || !strings.Contains(line, "detected=signal") {
+		t.Errorf("gw-a1 killed: %d errors about sealed data frames believed, %d not; lane 1: %s", sealedSignals, unbelieved, line)
 	}
 }
