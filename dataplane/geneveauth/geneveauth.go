@@ -184,9 +184,7 @@ func (s *Sealer) Seal(frame []byte, counter uint64) {
 // since forgets one): its counter is one of those and its tag the one
 // noted for it. A forger who has not seen the frame must guess 64 bits.
 func (s *Sealer) Sent(quoted []byte) bool {
-	if s.recent == nil || len(quoted) < HeaderLen || packet.Geneve(quoted).OptionsLen() < OptionLen ||
-		binary.BigEndian.Uint16(quoted[packet.GeneveLen:]) != packet.GeneveAuthClass ||
-		quoted[packet.GeneveLen+2] != packet.GeneveAuthType || quoted[offSender] != s.sender {
+	if s.recent == nil || len(quoted) < HeaderLen || !hasOption(quoted) || quoted[offSender] != s.sender {
 		return false
 	}
 	counter, tag := binary.BigEndian.Uint64(quoted[offCounter:]), binary.BigEndian.Uint64(quoted[offTag:])
@@ -195,6 +193,14 @@ func (s *Sealer) Sent(quoted []byte) bool {
 		return false // not sent yet, too old, or a slot never written
 	}
 	return s.recent.tags[RecentSlot(s.lane, counter)].Load() == tag
+}
+
+// hasOption reports whether frame, a GENEVE header of at least
+// packet.GeneveLen bytes and what follows, starts its options with ours.
+func hasOption(frame []byte) bool {
+	return packet.Geneve(frame).OptionsLen() >= OptionLen && len(frame) >= HeaderLen &&
+		binary.BigEndian.Uint16(frame[packet.GeneveLen:]) == packet.GeneveAuthClass &&
+		frame[packet.GeneveLen+2] == packet.GeneveAuthType && frame[packet.GeneveLen+3]&0x1f == OptionLen/4-1
 }
 
 // RecentSlots is how many tags a Recent holds, of all lanes' frames
@@ -268,9 +274,7 @@ func (o *Opener) UseKeysOf(n *Opener) { o.keys.Store(n.keys.Load()) }
 // and the inner packet) and, if it is sealed by a known sender with a
 // key it holds and a counter not seen, records the counter.
 func (o *Opener) Open(frame []byte) error {
-	h := packet.Geneve(frame)
-	if h.OptionsLen() < OptionLen || binary.BigEndian.Uint16(frame[packet.GeneveLen:]) != packet.GeneveAuthClass ||
-		frame[packet.GeneveLen+2] != packet.GeneveAuthType || frame[packet.GeneveLen+3]&0x1f != OptionLen/4-1 {
+	if !hasOption(frame) {
 		return ErrNoTag
 	}
 	sender, id := frame[offSender], frame[offKeyID]

@@ -44,47 +44,46 @@ func Create(name string, queues, mtu int) ([]tun.Device, error) {
 var BusyWait = 10 * time.Second
 
 func create(name string, queues, mtu int) ([]tun.Device, error) {
-	if queues <= 1 {
-		t, err := tun.CreateTUN(name, mtu)
-		if err != nil {
-			return nil, err
-		}
-		return []tun.Device{t}, nil
+	// As tun.CreateTUN opens one, with IFF_MULTI_QUEUE for several.
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if queues > 1 {
+		flags |= unix.IFF_MULTI_QUEUE
 	}
 	var devs []tun.Device
-	fail := func(err error) ([]tun.Device, error) {
+	fail := func(q int, err error) ([]tun.Device, error) {
 		for _, d := range devs {
 			d.Close()
 		}
+		if queues > 1 {
+			return nil, fmt.Errorf("tun %s queue %d: %w", name, q, err)
+		}
 		return nil, err
 	}
-	for q := range queues {
+	for q := range max(queues, 1) {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fail(fmt.Errorf("open /dev/net/tun: %w", err))
+			return fail(q, fmt.Errorf("open /dev/net/tun: %w", err))
 		}
 		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			unix.Close(fd)
-			return fail(err)
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_MULTI_QUEUE)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			if q == 0 && errors.Is(err, unix.EINVAL) {
+		if err == nil {
+			ifr.SetUint16(flags)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+			if q == 0 && queues > 1 && errors.Is(err, unix.EINVAL) {
 				err = fmt.Errorf("%w (a TUN of that name without multiple queues exists?)", err)
 			}
-			return fail(fmt.Errorf("tun %s queue %d: %w", name, q, err))
 		}
-		if err := unix.SetNonblock(fd, true); err != nil {
+		if err == nil {
+			err = unix.SetNonblock(fd, true)
+		}
+		if err != nil {
 			unix.Close(fd)
-			return fail(err)
+			return fail(q, err)
 		}
 		f := os.NewFile(uintptr(fd), "/dev/net/tun")
 		d, err := tun.CreateTUNFromFile(f, mtu)
 		if err != nil {
 			f.Close()
-			return fail(fmt.Errorf("tun %s queue %d: %w", name, q, err))
+			return fail(q, err)
 		}
 		devs = append(devs, d)
 	}
