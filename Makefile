@@ -25,9 +25,15 @@ test: deps check
 deps:
 	@scripts/install-deps.sh
 
-# The binaries, into bin/.
+# The binaries, into bin/, stamped with the version and commit they print
+# (--version, show, clusterpeer_build_info).
+# Before the first release tag, the version is 0.1.0~git<commit date>.<commit>
+# (a Debian version: it sorts before 0.1.0 and by date).
+VERSION  ?= $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//' | grep . || git log -1 --format=0.1.0~git%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0.1.0)
+REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
+LDFLAGS  := -X github.com/clusterpeer/clusterpeer/cmd/internal/cli.version=$(VERSION) -X github.com/clusterpeer/clusterpeer/cmd/internal/cli.revision=$(REVISION)
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
 # Two networks, a demux each and three lanes in namespaces, iperf3 across
 # (root; removes everything it made when it ends, also on Ctrl-C).

@@ -49,7 +49,7 @@ import (
 )
 
 func main() {
-	cli.Main("bench", map[string]cli.Command{
+	cli.Main("bench", "measure a peering's throughput against its number of gateways, in network namespaces", map[string]cli.Command{
 		"run":      {Usage: "run [flags]", Help: "sweep lanes x profiles with iperf3; write report.json, report.md, chart.png", Run: run},
 		"check":    {Usage: "check REPORT.json", Help: "exit 1 unless every figure of a run's report is there and positive", Run: check},
 		"render":   {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},

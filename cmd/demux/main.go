@@ -35,6 +35,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
+	"github.com/clusterpeer/clusterpeer/cmd/internal/service"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
@@ -46,7 +47,7 @@ import (
 )
 
 func main() {
-	cli.Main("demux", map[string]cli.Command{
+	cli.Main("demux", "spread a network's traffic over the lanes of an encrypted cluster peering, by flow", map[string]cli.Command{
 		"up":         {Usage: "up --config FILE --node NAME", Help: "run the demux until SIGINT/SIGTERM", Run: up},
 		"show":       {Usage: "show --config FILE --node NAME [--json]", Help: "print lanes, state and counters", Run: show},
 		"check":      {Usage: "check --config FILE", Help: "validate a config and exit", Run: cli.Check},
@@ -184,7 +185,7 @@ func up(args []string) error {
 
 	role := newHARole(p.Networks[node.Side], d.Name)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(dm)
+	reg.MustRegister(dm, cli.BuildInfo("demux"), cli.KeysExpiry(rot.expiry))
 	reg.MustRegister(role.collectors()...)
 	if fp != nil {
 		reg.MustRegister(fp.prog)
@@ -194,7 +195,7 @@ func up(args []string) error {
 	}
 	identity := identityOf(p, node)
 	srv, err := admin.Serve(d.Metrics, p.Metrics.WebConfig, d.Status, reg, func() any {
-		st := status{Status: dm.Status(identity), HA: role.status()}
+		st := status{Status: dm.Status(identity), HA: role.status(), Build: cli.BuildOf()}
 		if fp != nil {
 			st.XDP = fp.prog.Status()
 		}
@@ -229,7 +230,26 @@ func up(args []string) error {
 	log.Info("demux up", "peering", p.Name, "side", node.Side, "tun", d.Tun, "queues", len(tuns), "mtu", p.MTU,
 		"lanes", len(p.Lanes), "hash", identity.Hash, "metrics", d.Metrics, "status", d.Status,
 		"probe_interval", p.Health.Interval, "detect_multiplier", p.Health.DetectMultiplier)
-	return serve(ctx, tuns, dm, done, r, log)
+	lanesUp := func() (bool, string) { return lanesSummary(dm.Status(identity)) }
+	go service.Ready(ctx, readyWait, lanesUp)
+	go service.Watchdog(ctx, func() { lanesUp() })
+	return serve(ctx, tuns, dm, done, r, lanesUp, log)
+}
+
+// readyWait is how long `demux up` waits for its first lane before it
+// tells systemd it is ready anyway: its TUN and sockets are up, and lanes
+// come up whenever their gateways answer.
+const readyWait = 10 * time.Second
+
+// lanesSummary says whether a lane is up, and how many are, for systemd.
+func lanesSummary(st demux.Status) (bool, string) {
+	up := 0
+	for _, l := range st.Lanes {
+		if l.Healthy {
+			up++
+		}
+	}
+	return up > 0, fmt.Sprintf("%d of %d lanes up", up, len(st.Lanes))
 }
 
 // maxQueues is the most TUN queues --queues defaults to: past a few
@@ -268,7 +288,7 @@ func startHealth(p *config.Peering, node config.Node, keys *keyring.Ring, dm *de
 
 // serve runs until a signal ends the demux or its data path fails: SIGHUP
 // reloads, and the lanes' timers tick.
-func serve(ctx context.Context, tuns []tun.Device, dm *demux.Demux, done <-chan error, r *reloader, log *slog.Logger) error {
+func serve(ctx context.Context, tuns []tun.Device, dm *demux.Demux, done <-chan error, r *reloader, lanesUp func() (bool, string), log *slog.Logger) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -278,15 +298,19 @@ func serve(ctx context.Context, tuns []tun.Device, dm *demux.Demux, done <-chan 
 		select {
 		case <-ctx.Done():
 			log.Info("demux stopping")
+			service.Notify("STOPPING=1")
 			closeAll(tuns)
 			<-done
 			return nil
 		case err := <-done:
 			return err
 		case <-hup:
+			service.Notify(service.Reloading())
 			if msg, err := r.reload(); err == nil {
 				log.Info("SIGHUP: " + msg)
 			}
+			_, lanes := lanesUp()
+			service.Notify("READY=1\nSTATUS=" + lanes)
 		case now := <-tick.C:
 			dm.TickLanes(now)
 			r.forgetLost()
@@ -349,6 +373,7 @@ type status struct {
 	XDP   *xdp.Status  `json:"xdp,omitempty"`
 	HA    *haStatus    `json:"ha,omitempty"`
 	Store *storeStatus `json:"store,omitempty"`
+	Build cli.Build    `json:"build"`
 }
 
 // storeStatus is the membership store as this demux sees it.
@@ -415,6 +440,7 @@ func show(args []string) error {
 func printStatus(full status) {
 	st := full.Status
 	fmt.Printf("demux: %s (peering %s, side %s)\n", st.Node, st.Peering, st.Side)
+	fmt.Printf("  version: %s (commit %s)\n", full.Build.Version, full.Build.Revision)
 	fmt.Printf("  tun: %s (%d queues)  mtu: %d  vni: %d  hash: %s\n", st.Tun, st.Queues, st.MTU, st.VNI, st.Hash)
 	if pr := st.Probing; pr != nil {
 		fmt.Printf("  probes: every %s per lane, down after %d unanswered (or at once on a failure signal), up after %d answered\n",

@@ -175,6 +175,13 @@ func (r *rotation) follow(f func(keyring.Gen)) {
 }
 
 // use takes a reloaded ring and returns the generation that signs now.
+// expiry is when the keys the demux runs with end (zero: never).
+func (r *rotation) expiry() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.keys.Expiry()
+}
+
 func (r *rotation) use(keys *keyring.Ring) uint8 {
 	r.mu.Lock()
 	defer r.mu.Unlock()

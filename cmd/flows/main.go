@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	cli.Main("flows", map[string]cli.Command{
+	cli.Main("flows", "send and receive sequence-numbered UDP flows; report loss, reordering and gaps per flow", map[string]cli.Command{
 		"send": {Usage: "send --dst IP:PORT [--flows N] [--rate PPS] [--duration D] [--size B]", Help: "send flows at a fixed rate", Run: send},
 		"recv": {Usage: "recv --listen IP:PORT [--idle D] [--json FILE]", Help: "receive and report per flow", Run: recv},
 	})

@@ -36,6 +36,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
+	"github.com/clusterpeer/clusterpeer/cmd/internal/service"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/flowhash"
@@ -47,7 +48,7 @@ import (
 )
 
 func main() {
-	cli.Main("tunnel", map[string]cli.Command{
+	cli.Main("tunnel", "run one gateway of an encrypted cluster peering: one end of a WireGuard lane", map[string]cli.Command{
 		"up":      {Usage: "up --config FILE --node NAME", Help: "run the gateway until SIGINT/SIGTERM", Run: up},
 		"show":    {Usage: "show --config FILE --node NAME [--json]", Help: "print the lane, peer and counters", Run: show},
 		"genkey":  {Usage: "genkey", Help: "print a new private key (base64)", Run: genkey},
@@ -224,7 +225,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 
 	id := strconv.Itoa(node.Lane.ID)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(l.Collector(id, self.Name))
+	reg.MustRegister(l.Collector(id, self.Name), cli.BuildInfo("tunnel"))
 	if j != nil {
 		reg.MustRegister(j.view.Collector(self.Name))
 	}
@@ -249,12 +250,13 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	}
 	gk := &gatewayKeys{rf: rf, auth: ingress.Auth}
 	gk.expire(p, keys, node.Side, node.Lane.ID)
+	reg.MustRegister(cli.KeysExpiry(gk.until))
 	var fp *filePeer
 	if j == nil {
 		fp = &filePeer{path: p.Path, name: self.Name, lane: l, keys: gk, p: p, node: node}
 	}
 	status := func() any {
-		st := status{Status: l.Status(identity), Source: "file"}
+		st := status{Status: l.Status(identity), Source: "file", Build: cli.BuildOf()}
 		if fp != nil {
 			st.PeerName = fp.peerName()
 		}
@@ -281,6 +283,10 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	log.Info("tunnel up", "peering", p.Name, "side", node.Side, "tun", self.Tun, "geneve", self.Geneve.AddrPort,
 		"listen", self.Endpoint.AddrPort.Port(), "peer", peer.Name, "peer_endpoint", peer.Endpoint.AddrPort,
 		"metrics", self.Metrics, "status", self.Status)
+	// Ready at once: a gateway's lane opens when the demuxes' first probes
+	// cross it, so it has nothing of its own to wait for.
+	service.Notify("READY=1\nSTATUS=lane " + id + " to " + peer.Name)
+	go service.Watchdog(ctx, func() { status() })
 	// SIGHUP: a gateway of the file applies a changed peer and keys live
 	// (filePeer); a joined gateway's peer changes through the store, and
 	// it reloads its keys. Sent to a whole fleet, it never stops a gateway.
@@ -297,6 +303,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 			if j != nil {
 				j.leave(log)
 			}
+			service.Notify("STOPPING=1")
 			drainBeforeStop(l, cond, log)
 			log.Info("tunnel stopping")
 			return nil
@@ -306,6 +313,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 			cond.set(probe.DiagForwardingDown, "wireguard device stopped")
 			return errors.New("wireguard device stopped")
 		case <-hup:
+			service.Notify(service.Reloading())
 			reload := func() (string, error) { return reloadJoined(p.Path, self.Name, node.Side, node.Lane.ID, gk) }
 			if fp != nil {
 				reload = fp.reload
@@ -315,6 +323,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 			} else {
 				log.Info("SIGHUP: reloaded: " + msg)
 			}
+			service.Notify("READY=1")
 		}
 	}
 }
@@ -335,6 +344,7 @@ type status struct {
 	gateway.Status
 	Source string             `json:"source"` // file or store
 	Store  *membership.Health `json:"store,omitempty"`
+	Build  cli.Build          `json:"build"`
 }
 
 // ownAddrs are this host's addresses (but loopback's): the sources of
@@ -534,6 +544,7 @@ func show(args []string) error {
 		return err
 	}
 	fmt.Printf("gateway: %s (peering %s, side %s, lane %d)\n", st.Node, st.Peering, st.Side, st.Lane)
+	fmt.Printf("  version: %s (commit %s)\n", st.Build.Version, st.Build.Revision)
 	fmt.Printf("  public key: %s\n  listening port: %d  geneve port: %d  tun: %s  mtu: %d\n",
 		st.PublicKey, st.ListenPort, st.GenevePort, st.Tun, st.MTU)
 	fmt.Printf("  demux: %s\n", strings.Join(st.Demuxes, ", "))

@@ -42,7 +42,18 @@ type gatewayKeys struct {
 	auth *geneveauth.Opener // nil with geneve_auth off
 
 	mu     sync.Mutex
+	ring   *keyring.Ring
 	expiry *time.Timer
+}
+
+// until is when the keys the gateway runs with end (zero: never).
+func (g *gatewayKeys) until() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ring == nil {
+		return time.Time{}
+	}
+	return g.ring.Expiry()
 }
 
 // use checks from now on with keys (of peering p, for the gateway of
@@ -60,11 +71,12 @@ func (g *gatewayKeys) use(p *config.Peering, keys *keyring.Ring, side config.Sid
 // expire arms a timer for the ring's next change, which rebuilds the
 // opener's keys without the generations whose grace has ended.
 func (g *gatewayKeys) expire(p *config.Peering, keys *keyring.Ring, side config.Side, lane int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.ring = keys
 	if g.auth == nil {
 		return
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.expiry != nil {
 		g.expiry.Stop()
 		g.expiry = nil

@@ -234,6 +234,21 @@ func (r *Ring) Accepted(id uint8, now time.Time) *Gen {
 	return nil
 }
 
+// Expiry is when the ring's last generation stops being accepted: after
+// it the node has no key at all. Zero: a generation has no end.
+func (r *Ring) Expiry() time.Time {
+	var last time.Time
+	for _, g := range r.Gens {
+		if g.Until.IsZero() {
+			return time.Time{}
+		}
+		if g.Until.After(last) {
+			last = g.Until
+		}
+	}
+	return last
+}
+
 // NextChange is the earliest time after now at which a generation starts
 // to sign or stops being accepted (zero: none is to come); a node's
 // timers wake then.

@@ -163,3 +163,16 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestExpiry(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	a, b := []byte("secret a 0123456789abcdef012345"), []byte("secret b 0123456789abcdef012345")
+	ending := &Ring{Gens: []Gen{FromSecret(a, t0, t0.Add(48*time.Hour)), FromSecret(b, time.Time{}, t0.Add(time.Hour))}}
+	if got := ending.Expiry(); !got.Equal(t0.Add(48 * time.Hour)) {
+		t.Errorf("two ending generations: expiry %s, want the later end", got)
+	}
+	open := &Ring{Gens: []Gen{FromSecret(a, t0, time.Time{}), FromSecret(b, time.Time{}, t0.Add(time.Hour))}}
+	if got := open.Expiry(); !got.IsZero() {
+		t.Errorf("a generation without end: expiry %s, want none", got)
+	}
+}

@@ -31,21 +31,31 @@ type Command struct {
 }
 
 // Main dispatches os.Args to a subcommand and exits with its status.
-func Main(prog string, cmds map[string]Command) {
+// summary says in a line what prog does (usage, man page). Besides cmds,
+// every program answers --version, `completion bash` and `manpage`
+// (the package build makes its man page and completion from these).
+func Main(prog, summary string, cmds map[string]Command) {
 	usage := func() {
-		fmt.Fprintf(os.Stderr, "usage: %s <command> [flags]\n\ncommands:\n", prog)
-		names := make([]string, 0, len(cmds))
-		for n := range cmds {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		for _, n := range names {
+		fmt.Fprintf(os.Stderr, "%s: %s\n\nusage: %s <command> [flags]\n\ncommands:\n", prog, summary, prog)
+		for _, n := range sortedNames(cmds) {
 			fmt.Fprintf(os.Stderr, "  %-44s %s\n", prog+" "+cmds[n].Usage, cmds[n].Help)
 		}
+		fmt.Fprintf(os.Stderr, "  %-44s %s\n", prog+" --version", "print the version and commit")
 	}
 	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
 		usage()
 		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "--version", "-version", "version":
+		fmt.Printf("%s %s\n", prog, BuildOf())
+		return
+	case "completion", "manpage":
+		if err := document(os.Args[1], prog, summary, cmds, os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "%s %s: %v\n", prog, os.Args[1], err)
+			os.Exit(1)
+		}
+		return
 	}
 	c, ok := cmds[os.Args[1]]
 	if !ok {
@@ -54,15 +64,27 @@ func Main(prog string, cmds map[string]Command) {
 		os.Exit(2)
 	}
 	if err := c.Run(os.Args[2:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) { // -h: the flag package printed the flags
+			os.Exit(0)
+		}
 		fmt.Fprintf(os.Stderr, "%s %s: %v\n", prog, os.Args[1], err)
 		os.Exit(1)
 	}
 }
 
+func sortedNames(cmds map[string]Command) []string {
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
 // NodeFlags are the flags every node command takes.
 type NodeFlags struct {
-	Config, Node, LogLevel string
-	JSON                   bool
+	Config, Node, LogLevel, LogFormat string
+	JSON                              bool
 	// Args receives the arguments after the flags, for a command that
 	// takes them (nil: such arguments are an error).
 	Args *[]string
@@ -82,6 +104,7 @@ func (f *NodeFlags) ParseWith(name string, args []string, withJSON bool, extra f
 	fs.StringVar(&f.Config, "config", "/etc/clusterpeer/peering.yaml", "the peering's config file")
 	fs.StringVar(&f.Node, "node", "", "this node's name in the config")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.LogFormat, "log-format", "text", "text (logfmt) or json (one object a line, for a log shipper)")
 	if withJSON {
 		fs.BoolVar(&f.JSON, "json", false, "print JSON")
 	}
@@ -109,13 +132,29 @@ func (f *NodeFlags) Load() (*config.Peering, config.Node, error) {
 	return p, n, err
 }
 
-// Logger returns a text slog logger on stderr at the flag's level.
+// Logger returns a slog logger on stderr at the flags' level and format.
 func (f *NodeFlags) Logger() (*slog.Logger, error) {
+	return NewLogger(os.Stderr, f.LogLevel, f.LogFormat, f.Node)
+}
+
+// NewLogger is a logger writing to w at level ("debug" ... "error") in
+// format ("text" or "json"; "" is text), every record naming node.
+func NewLogger(w io.Writer, level, format, node string) (*slog.Logger, error) {
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(strings.ToUpper(f.LogLevel))); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.LogLevel)
+	if err := lvl.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("node", f.Node), nil
+	opts := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler
+	switch format {
+	case "text", "":
+		h = slog.NewTextHandler(w, opts)
+	case "json":
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	}
+	return slog.New(h).With("node", node), nil
 }
 
 // SignalContext is cancelled on SIGINT or SIGTERM.

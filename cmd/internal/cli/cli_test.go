@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestParseFlagUsage(t *testing.T) {
+	text := "Usage of up:\n" +
+		"  -config string\n    \tthe peering's config file (default \"/etc/clusterpeer/peering.yaml\")\n" +
+		"  -json\n    \tprint JSON\n" +
+		"  -q\tquiet, on one line\n" +
+		"  -queues int\n    \tTUN queues, each read\n    \tby a loop of its own\n"
+	got := parseFlagUsage(text)
+	want := []flagDoc{
+		{"config", "string", `the peering's config file (default "/etc/clusterpeer/peering.yaml")`},
+		{"json", "", "print JSON"},
+		{"q", "", "quiet, on one line"},
+		{"queues", "int", "TUN queues, each read by a loop of its own"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d flags %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("flag %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if f := parseFlagUsage("genkey takes no arguments\n"); len(f) != 0 {
+		t.Errorf("a command without flags: got %+v", f)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	var b bytes.Buffer
+	log, err := NewLogger(&b, "info", "json", "demux-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Debug("hidden")
+	log.Info("lane down", "lane", 2)
+	var rec map[string]any
+	if err := json.Unmarshal(b.Bytes(), &rec); err != nil {
+		t.Fatalf("json log line %q: %v", b.String(), err)
+	}
+	if rec["msg"] != "lane down" || rec["node"] != "demux-a" || rec["lane"] != 2.0 || rec["level"] != "INFO" {
+		t.Errorf("json record %v", rec)
+	}
+	b.Reset()
+	log, _ = NewLogger(&b, "debug", "text", "gw-a1")
+	log.Debug("x", "k", "v w")
+	if got := b.String(); !strings.Contains(got, `level=DEBUG msg=x node=gw-a1 k="v w"`) {
+		t.Errorf("text log line %q", got)
+	}
+	for _, bad := range [][2]string{{"loud", "text"}, {"info", "xml"}} {
+		if _, err := NewLogger(&b, bad[0], bad[1], "n"); err == nil || !strings.Contains(err.Error(), "want") {
+			t.Errorf("level %q format %q: got %v, want an error saying what is allowed", bad[0], bad[1], err)
+		}
+	}
+}
+
+func TestBuildInfo(t *testing.T) {
+	b := BuildOf()
+	if b.Version == "" || b.Revision == "" || !strings.HasPrefix(b.Go, "go") {
+		t.Fatalf("BuildOf() = %+v: every field must say something", b)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(BuildInfo("demux"))
+	want := `# HELP clusterpeer_build_info A metric with a constant '1' value labelled by the binary, its version, commit and Go version.
+# TYPE clusterpeer_build_info gauge
+clusterpeer_build_info{binary="demux",goversion="` + b.Go + `",revision="` + b.Revision + `",version="` + b.Version + `"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestManPageEscapes(t *testing.T) {
+	cmds := map[string]Command{"up": {Usage: "up --config FILE", Help: ".starts with a dot, has a \\"}}
+	page := manPage("demux", "spread traffic", "1.0", []string{"up"}, cmds, map[string][]flagDoc{"up": {{"config", "string", "the file"}}})
+	for _, want := range []string{".TH DEMUX 8", `.SS "demux up \-\-config FILE"`, `\&.starts with a dot, has a \e.`, ".B \\-\\-config \\fIstring\\fR\nthe file\n", ".BR tunnel (8)"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("man page lacks %q:\n%s", want, page)
+		}
+	}
+}
