@@ -142,6 +142,9 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 			nw.Standby = &config.Demux{Name: "demux-a2", Addresses: []netip.Addr{parse(netip.ParseAddr, "10.1.0.3"), parse(netip.ParseAddr, "fd00:a::3")}, Tun: "cpdemux"}
 			nw.HA = &config.HA{VIPs: []netip.Addr{parse(netip.ParseAddr, "10.1.0.1"), parse(netip.ParseAddr, "fd00:a::1")}, Interface: "lan0", RouterID: 42, Notify: filepath.Join(p.Work, "ha-notify.sh")}
 		}
+		if p.RunAs != nil {
+			nw.Demux.Status = p.Socket(nw.Demux.Name)
+		}
 		f.Networks[s] = nw
 	}
 	for i := 1; i <= lanes; i++ {
@@ -159,6 +162,9 @@ func (p *Peering) File(lanes int, keys map[string]wgkey.Key) *config.Peering {
 				PublicKey:      keys[name].Public().Base64(),
 				PrivateKeyFile: name + ".key",
 				Tun:            fmt.Sprintf("%s-g%s%d", p.Options.Prefix, s, i),
+			}
+			if p.RunAs != nil {
+				g.Status = p.Socket(name)
 			}
 			if p.Underlay6 {
 				g.Geneve = HostPort("[fd00:%s::%d]:6081", s, 20+i)

@@ -110,6 +110,10 @@ type Options struct {
 	// run `tunnel join --slot N`; the last Spare of those are not started
 	// (StartJoined starts them).
 	Etcd, Joined, Spare int
+	// RunAs, if set, runs every demux and gateway as that user with only
+	// the capabilities its systemd unit grants (deploy/systemd), through
+	// setpriv; see unprivileged.go.
+	RunAs *Unprivileged
 }
 
 // Peering is a built peering.
@@ -153,6 +157,11 @@ func Up(o Options) (_ *Peering, err error) {
 	}
 	if err := p.writeFiles(); err != nil {
 		return nil, err
+	}
+	if o.RunAs != nil {
+		if err := p.unprivileged(); err != nil {
+			return nil, err
+		}
 	}
 	if o.Etcd > 0 {
 		if err := p.startEtcd(); err != nil {
@@ -198,6 +207,9 @@ func (o *Options) check() error {
 		errs = append(errs, fmt.Errorf("joined %d, spare %d of %d lanes: want spare <= joined < lanes (lane 1 is the file's)", o.Joined, o.Spare, o.Lanes))
 	case o.Etcd > 0 && (o.DemuxLanes > 0 || o.StockB1 || o.Baseline != ""):
 		errs = append(errs, errors.New("etcd: not with demux lanes, a stock peer or a baseline"))
+	}
+	if o.RunAs != nil && (o.Etcd > 0 || o.HA || o.StockB1 || o.Baseline != "") {
+		errs = append(errs, errors.New("run as: not with etcd, HA, a stock peer or a baseline (they run as root)"))
 	}
 	switch o.XDP {
 	case "":
@@ -372,6 +384,9 @@ func (p *Peering) warm() error {
 // to Work/NODE.pid and Work/pids, where Down finds it.
 func (p *Peering) Start(ns, binary, node, configPath string, extra ...string) error {
 	args := append([]string{filepath.Join(p.Bin, binary), "up", "--config", configPath, "--node", node, "--log-level", p.LogLevel}, extra...)
+	if p.RunAs != nil {
+		args = p.RunAs.Wrap(p.Work, UnitCaps(binary, p.XDP != "off"), args)
+	}
 	return p.spawn(ns, node, nil, args...)
 }
 
@@ -441,6 +456,9 @@ func (p *Peering) DemuxConfigPath() string {
 
 // Socket is a node's status socket.
 func (p *Peering) Socket(node string) string {
+	if p.RunAs != nil {
+		return filepath.Join(statusDir(p.Options.Prefix), node+".sock")
+	}
 	return fmt.Sprintf("%s/%s-%s.sock", config.DefaultStatusDir, p.Options.Prefix, node)
 }
 
@@ -624,6 +642,7 @@ func Down(prefix, work string) error {
 	for _, s := range append(socks, uapi...) {
 		os.Remove(s)
 	}
+	os.RemoveAll(statusDir(prefix)) // RunAs's
 	return err
 }
 

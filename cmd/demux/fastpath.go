@@ -10,7 +10,9 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
 	"github.com/clusterpeer/clusterpeer/config"
 	"github.com/clusterpeer/clusterpeer/dataplane/demux"
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
@@ -71,7 +73,9 @@ func loadFastPath(f xdpFlags, p *config.Peering, d *config.Demux, sender uint8, 
 		Seal: p.Security.GeneveAuth, Sender: sender,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", err)
+		// Loading takes CAP_BPF, and CAP_PERFMON for the verifier to allow
+		// what the program does with pointers; CAP_NET_ADMIN attaches it.
+		return nil, fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", cli.NeedsCaps(err, unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_NET_ADMIN))
 	}
 	return &fastPath{prog: prog, kick: make(chan struct{}, 1), dev: dev, mode: mode}, nil
 }
@@ -120,7 +124,7 @@ func (fp *fastPath) start(ctx context.Context, sel *flowhash.Selector, dm *demux
 	go fp.prog.Sync(ctx, cfg)
 	at, err := fp.prog.Attach(fp.dev, fp.mode, log)
 	if err != nil {
-		return fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", err)
+		return fmt.Errorf("%w (run with --xdp=off to use the userspace demux alone)", cli.NeedsCaps(err, unix.CAP_NET_ADMIN))
 	}
 	log.Info("xdp: fast path attached", "interface", at.Interface, "mode", at.Mode)
 	if isVeth(at.Interface) && at.Mode == xdp.Native {

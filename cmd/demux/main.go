@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
@@ -96,11 +97,11 @@ func up(args []string) error {
 	}
 	tuns, err := tunlink.Create(d.Tun, queues, p.MTU)
 	if err != nil {
-		return fmt.Errorf("create tun %s: %w", d.Tun, err)
+		return cli.NeedsCaps(fmt.Errorf("create tun %s: %w", d.Tun, err), unix.CAP_NET_ADMIN)
 	}
 	defer closeAll(tuns)
 	if err := tunlink.Up(d.Tun, p.Networks[node.Side.Other()].Prefixes); err != nil {
-		return err
+		return cli.NeedsCaps(err, unix.CAP_NET_ADMIN)
 	}
 	// The ICMP errors the demux writes back into the TUN come from this
 	// host's own address (as a router's do); without accept_local the

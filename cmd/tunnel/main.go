@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/cmd/internal/cli"
@@ -198,7 +199,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 		Log:          log,
 	})
 	if err != nil {
-		return err
+		return cli.NeedsCaps(err, unix.CAP_NET_ADMIN)
 	}
 	defer l.Close()
 	ctx, stop := cli.SignalContext()

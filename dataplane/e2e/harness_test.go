@@ -52,6 +52,9 @@ func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "clusterpeer-e2e-bin")
+		if buildErr == nil { // TestNonRoot's user runs them too
+			buildErr = os.Chmod(binDir, 0o755)
+		}
 		if buildErr != nil {
 			return
 		}
@@ -90,6 +93,11 @@ type topo struct {
 func up(t *testing.T, o topology.Options) *topo {
 	t.Helper()
 	o.Work, o.Bin = t.TempDir(), binaries(t)
+	if o.RunAs != nil { // its user must reach the peering's files
+		if err := os.Chmod(filepath.Dir(o.Work), 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// XDP=native|generic and RPS=1 in the environment run any test's
 	// peering that way (docs/xdp.md: the failover scenarios with XDP).
 	if x := os.Getenv("XDP"); x != "" && o.XDP == "" {

@@ -136,9 +136,11 @@ func Start(cfg Config) (l *Lane, err error) {
 		return nil, fmt.Errorf("wireguard up: %w", err)
 	}
 	if cfg.UAPI {
+		// `wg show` is a window on the lane, not part of it: a gateway
+		// that may not write /var/run/wireguard (a non-root one whose
+		// unit lacks RuntimeDirectory=wireguard) carries traffic without.
 		if err := l.listenUAPI(); err != nil {
-			dev.Close()
-			return nil, err
+			cfg.Log.Warn("`wg show` will not see this lane (`tunnel show` does)", "err", err)
 		}
 	}
 	if err := l.watchPeer(); err != nil {

@@ -3,8 +3,15 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -87,5 +94,40 @@ func TestManPageEscapes(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Errorf("man page lacks %q:\n%s", want, page)
 		}
+	}
+}
+
+func TestNeedsCaps(t *testing.T) {
+	perm := fmt.Errorf("create tun cp0: %w", syscall.EPERM)
+	onlyAdmin := func() (uint64, error) { return 1 << unix.CAP_NET_ADMIN, nil }
+	err := needsCaps(perm, onlyAdmin, unix.CAP_BPF, unix.CAP_NET_ADMIN)
+	if !errors.Is(err, syscall.EPERM) {
+		t.Errorf("%v: the cause is lost", err)
+	}
+	for _, want := range []string{"create tun cp0: operation not permitted", "needs CAP_BPF and CAP_NET_ADMIN", "lacks CAP_BPF (uid", "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q lacks %q", err, want)
+		}
+	}
+	if err := needsCaps(perm, onlyAdmin, unix.CAP_NET_ADMIN); !strings.Contains(err.Error(), "holds CAP_NET_ADMIN, so a security policy") {
+		t.Errorf("held and refused: %v", err)
+	}
+	other := errors.New("no such device")
+	if err := needsCaps(other, onlyAdmin, unix.CAP_NET_ADMIN); err != other {
+		t.Errorf("another error changed: %v", err)
+	}
+	if needsCaps(nil, onlyAdmin, unix.CAP_NET_ADMIN) != nil {
+		t.Error("nil became an error")
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	denied := fmt.Errorf("tun queue 0: %w", &fs.PathError{Op: "open", Path: dir, Err: syscall.EACCES})
+	if err := needsCaps(denied, onlyAdmin, unix.CAP_NET_ADMIN); !errors.Is(err, syscall.EACCES) || !strings.Contains(err.Error(), dir+" (mode 0755, owner uid") {
+		t.Errorf("a file's mode refused: %v", err)
+	}
+	if _, err := effectiveCaps(); err != nil {
+		t.Errorf("effectiveCaps: %v", err)
 	}
 }
