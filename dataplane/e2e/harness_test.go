@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -416,4 +417,25 @@ func (tp *topo) rotateKeys(lanes int, switchIn, grace time.Duration) (newID, old
 		}
 	}
 	return newID, oldID, switchAt
+}
+
+// scrape returns the body of /metrics of the node in namespace ns.
+func (tp *topo) scrape(ns string) string {
+	tp.t.Helper()
+	var body string
+	tp.inNS(ns, func() {
+		// Dial here: net/http would dial from another thread, outside
+		// the namespace.
+		c, err := net.DialTimeout("tcp", "127.0.0.1:9100", 2*time.Second)
+		if err != nil {
+			tp.t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+		b, _ := io.ReadAll(c)
+		_, body, _ = strings.Cut(string(b), "\r\n\r\n")
+	})
+	return body
 }
