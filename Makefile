@@ -7,7 +7,7 @@ FAILOVER_RUNS ?= 10
 MEMBERSHIP_RUNS ?= 5
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: test deps check build demo compare failover membership hostile fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
+.PHONY: test deps check build package ops-check demo compare failover membership hostile fuzz microbench vectors generate bench-xdp bench-xdp-quick bench bench-quick bench-tools
 
 # Installs missing Debian packages, checks formatting and vet, then runs
 # every test (root-only tests skip without root) with the race detector,
@@ -34,6 +34,18 @@ REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff -
 LDFLAGS  := -X github.com/clusterpeer/clusterpeer/cmd/internal/cli.version=$(VERSION) -X github.com/clusterpeer/clusterpeer/cmd/internal/cli.revision=$(REVISION)
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
+
+# The Debian package, build/clusterpeer_VERSION_ARCH.deb (deploy/nfpm.yaml,
+# scripts/package.sh): binaries, systemd units, man pages, completions,
+# the example config, dashboard and alerting rules; lintian-checked.
+package: deps
+	@VERSION='$(VERSION)' REVISION='$(REVISION)' GO='$(GO)' scripts/package.sh
+
+# One line on whether it installs and runs as a service should: units,
+# non-root peering, package, lintian, promtool, alert rules, dashboard
+# (root; about 2 minutes). Exits non-zero on any problem.
+ops-check: deps
+	@VERSION='$(VERSION)' REVISION='$(REVISION)' GO='$(GO)' scripts/ops-check.sh
 
 # Two networks, a demux each and three lanes in namespaces, iperf3 across
 # (root; removes everything it made when it ends, also on Ctrl-C).

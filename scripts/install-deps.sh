@@ -16,6 +16,8 @@ pkgs=(
   keepalived      # VRRP for the active/standby demux pair (HA tests, make failover)
   nftables        # fault injection: one-way loss and blackholes in the failover scenarios
   etcd-server     # the membership store (discovery: etcd) in tests and make membership
+  prometheus      # promtool: lints live scrapes, checks and unit-tests the alerting rules (deploy/)
+  lintian         # checks the Debian package make package builds
 )
 
 missing=()
@@ -30,5 +32,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages with a service (prometheus, etcd-server, keepalived) would start
+# it on install; only their programs are wanted. A policy-rc.d that says
+# no is how Debian keeps maintainer scripts from starting services; one
+# the machine has already is left as it is.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
