@@ -127,4 +127,3 @@ func lintianLines(s string) []string {
 	}
 	return out
 }
-
