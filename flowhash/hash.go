@@ -133,7 +133,11 @@ func srcAfterDst(t *Tuple, sp, dp uint16) bool {
 // the hasher's mode and symmetric option, with flags cleared. For logs,
 // tests and vectors; the data path uses Words.
 func (h Hasher) Canonical(t *Tuple) Tuple {
-	w := h.Words(t)
+	return h.Words(t).Tuple()
+}
+
+// Tuple is the tuple the words encode (a pin's flow, for operators).
+func (w Words) Tuple() Tuple {
 	var c Tuple
 	binary.LittleEndian.PutUint64(c.Src[0:8], w[0])
 	binary.LittleEndian.PutUint64(c.Src[8:16], w[1])

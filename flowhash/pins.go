@@ -89,6 +89,10 @@ func pinTag(sum uint64) uint32 { return uint32(sum >> 20) }
 type pinSlot struct {
 	key [5]atomic.Uint64
 	val atomic.Uint64 // packed pin; 0 = empty
+	// packets the flow sent since it was pinned here (Lookup counts them):
+	// `demux flows --top` ranks flows by it. A flow keeps to one TUN
+	// queue, so the add is uncontended.
+	packets atomic.Uint64
 }
 
 // A pin packs into 64 bits: lastSeen(32) | tcp(1) | gen(19) | lane(12).
@@ -166,8 +170,8 @@ func (p *Pins) expired(v uint64, now uint32) bool {
 func age(now, seen uint32) int64 { return int64(int32(now - seen)) }
 
 // Lookup returns the lane and generation pinned for the flow with canonical
-// words w and hash sum, refreshing its idle timer. ok is false when there
-// is no live pin.
+// words w and hash sum, refreshing its idle timer and counting the packet.
+// ok is false when there is no live pin.
 func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32, ok bool) {
 	i1, i2 := p.bucketPair(sum)
 	b1, b2 := &p.buckets[i1], &p.buckets[i2]
@@ -179,6 +183,7 @@ func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32
 	if slot == nil || p.expired(v, now) {
 		return 0, 0, false
 	}
+	slot.packets.Add(1)
 	lane, gen, seen, _ := unpackPin(v)
 	if age(now, seen) > 0 {
 		// Best effort: if a writer replaced the slot meanwhile, the CAS
@@ -186,6 +191,24 @@ func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32
 		slot.val.CompareAndSwap(v, v&(1<<32-1)|uint64(now)<<32)
 	}
 	return lane, gen, true
+}
+
+// Peek is Lookup without refreshing the pin: it also says when the
+// flow's last packet was (for `demux which`, which must not keep a pin
+// alive by looking at it).
+func (p *Pins) Peek(w *Words, sum uint64, now uint32) (lane LaneID, gen, lastSeen uint32, ok bool) {
+	i1, i2 := p.bucketPair(sum)
+	b1, b2 := &p.buckets[i1], &p.buckets[i2]
+	tag := pinTag(sum)
+	slot, v := b1.read(w, tag)
+	if slot == nil && b2 != b1 {
+		slot, v = b2.read(w, tag)
+	}
+	if slot == nil || p.expired(v, now) {
+		return 0, 0, 0, false
+	}
+	lane, gen, lastSeen, _ = unpackPin(v)
+	return lane, gen, lastSeen, true
 }
 
 // read finds w's slot and its value, consistently with writers.
@@ -227,12 +250,14 @@ func (p *Pins) Insert(w *Words, sum uint64, lane LaneID, gen uint32, tcp bool, n
 			p.held.Add(1)
 		}
 		slot.val.Store(0) // readers that match the new key early see "empty"
+		slot.packets.Store(0)
 		b.tags[k].Store(tag)
 		for i := range slot.key {
 			slot.key[i].Store(w[i])
 		}
 	}
 	slot.val.Store(packPin(lane, gen, tcp, now))
+	slot.packets.Add(1) // the packet that pinned it
 	if hi != lo {
 		hi.seq.Store(shi + 2)
 	}
@@ -353,6 +378,53 @@ func (p *Pins) Sweep(now uint32, n int) {
 			}
 		}
 		b.seq.Store(s + 2)
+	}
+}
+
+// Pin is a live pin as Each reads it.
+type Pin struct {
+	Words    Words
+	Lane     LaneID
+	Gen      uint32
+	LastSeen uint32 // on the table's clock (Now)
+	Packets  uint64 // since it was pinned
+}
+
+// Each calls fn with every live pin. It takes no lock: a pin being
+// written meanwhile is read again, so fn sees each pin whole (once per
+// bucket visit). A full scan of a million slots takes milliseconds: for
+// operators' commands, not the data path.
+func (p *Pins) Each(now uint32, fn func(Pin)) {
+	var found [pinWays]Pin
+	for i := range p.buckets {
+		b := &p.buckets[i]
+		for spins := 0; ; spins++ {
+			s := b.seq.Load()
+			n := 0
+			if s&1 == 0 {
+				for k := range b.slots {
+					sl := &b.slots[k]
+					v := sl.val.Load()
+					if v == 0 || p.expired(v, now) {
+						continue
+					}
+					pin := &found[n]
+					for j := range pin.Words {
+						pin.Words[j] = sl.key[j].Load()
+					}
+					pin.Lane, pin.Gen, pin.LastSeen, _ = unpackPin(v)
+					pin.Packets = sl.packets.Load()
+					n++
+				}
+				if b.seq.Load() == s {
+					for _, pin := range found[:n] {
+						fn(pin)
+					}
+					break
+				}
+			}
+			backoff(spins)
+		}
 	}
 }
 

@@ -264,3 +264,40 @@ func TestPinsConcurrentReadersWriters(t *testing.T) {
 		t.Fatal(e)
 	}
 }
+
+func TestPinsCountPacketsForEach(t *testing.T) {
+	s := mustSelector(t, upLanes(1, 2)...)
+	now := s.Pins().Now()
+	sent := map[Words]uint64{}
+	for i := range 40 {
+		tu := flowTuple(i)
+		for range i%5 + 1 {
+			if _, d := s.SelectTuple(&tu, now); d != DropNone {
+				t.Fatal(d)
+			}
+		}
+		sent[s.pinHasher.Words(&tu)] = uint64(i%5 + 1)
+	}
+	seen := 0
+	s.Pins().Each(now, func(p Pin) {
+		seen++
+		if want, ok := sent[p.Words]; !ok || p.Packets != want {
+			t.Errorf("pin %v: %d packets, want %d (known %v)", p.Words.Tuple(), p.Packets, want, ok)
+		}
+		tu := p.Words.Tuple()
+		if c := s.Explain(&tu); !c.Pinned || c.Lane != p.Lane {
+			t.Errorf("pin of %v on lane %d, Explain says %+v", tu, p.Lane, c)
+		}
+	})
+	if seen != len(sent) {
+		t.Errorf("Each saw %d pins, want %d", seen, len(sent))
+	}
+	// Looking (LaneOf, Explain) counts nothing.
+	tu := flowTuple(7)
+	s.Explain(&tu)
+	s.Pins().Each(now, func(p Pin) {
+		if p.Words == s.pinHasher.Words(&tu) && p.Packets != 3 {
+			t.Errorf("Explain counted a packet: %d", p.Packets)
+		}
+	})
+}

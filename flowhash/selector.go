@@ -479,6 +479,44 @@ func (s *Selector) SelectTuple(t *Tuple, now uint32) (LaneID, Drop) {
 	return lane, DropNone
 }
 
+// Choice is what the selector would do with a flow's next packet, and
+// why: `demux which` prints it.
+type Choice struct {
+	Lane   LaneID // 0: none (no lane up, or held: Settling)
+	Table  LaneID // the lane the Maglev table gives the flow
+	Pinned bool   // a live pin of a valid generation decides
+	// PinnedTo is the lane of a pin that no longer counts (its lane's
+	// pins were voided, e.g. the lane failed): the table decides.
+	PinnedTo LaneID
+	PinIdle  time.Duration // since the pin's last packet
+	Settling bool          // the flow's lane just failed: held until the settle window ends
+	Words    Words         // the flow's canonical words (the XDP pin map's key)
+}
+
+// Explain says which lane t's flow takes and why, without pinning it or
+// refreshing its pin.
+func (s *Selector) Explain(t *Tuple) Choice {
+	w := s.pinHasher.Words(t)
+	snap := s.snap.Load()
+	c := Choice{Words: w, Table: snap.Table.Lookup(snap.hasher.sumWords(&w))}
+	lane, gen, seen, ok := s.pins.Peek(&w, s.pinHasher.sumWords(&w), s.pins.Now())
+	switch {
+	case ok && snap.gens[lane] == gen:
+		c.Lane, c.Pinned = lane, true
+	case ok:
+		c.Lane, c.PinnedTo = c.Table, lane
+	default:
+		c.Lane = c.Table
+	}
+	if ok {
+		c.PinIdle = time.Duration(max(age(s.pins.Now(), seen), 0)) * time.Second
+	}
+	if c.Lane != 0 && c.Lane == snap.settleLane && s.Clock() < time.Duration(snap.settleUntil) {
+		c.Lane, c.Settling = 0, true
+	}
+	return c
+}
+
 // LaneOf returns the lane pkt's flow takes now without pinning it: its
 // valid pin's lane, else the table's (0 if none or undecodable). For
 // checking that a quoted packet is one this demux would have sent there.
@@ -489,7 +527,7 @@ func (s *Selector) LaneOf(pkt []byte) LaneID {
 	}
 	w := s.pinHasher.Words(&t)
 	snap := s.snap.Load()
-	if lane, gen, ok := s.pins.Lookup(&w, s.pinHasher.sumWords(&w), s.pins.Now()); ok && snap.gens[lane] == gen {
+	if lane, gen, _, ok := s.pins.Peek(&w, s.pinHasher.sumWords(&w), s.pins.Now()); ok && snap.gens[lane] == gen {
 		return lane
 	}
 	return snap.Table.Lookup(snap.hasher.sumWords(&w))

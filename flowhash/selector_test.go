@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func mustSelector(t testing.TB, lanes ...Lane) *Selector {
@@ -437,5 +438,46 @@ func TestSetKeyMovesOnlyNewFlows(t *testing.T) {
 	}
 	if s.SetKey(newKey) != nil || s.Hasher() != fresh.Hasher() {
 		t.Error("the same key again changed the hasher")
+	}
+}
+
+func TestExplain(t *testing.T) {
+	s := mustSelector(t, upLanes(1, 2, 3)...)
+	now := s.Pins().Now()
+	// A flow never seen: the table decides, and looking pins nothing.
+	var fresh Tuple
+	for i := 0; ; i++ {
+		fresh = flowTuple(i)
+		if c := s.Explain(&fresh); c.Lane == 3 {
+			if c.Pinned || c.Table != 3 || c.Settling || c.PinnedTo != 0 {
+				t.Fatalf("a new flow: %+v", c)
+			}
+			break
+		}
+	}
+	if c := s.Explain(&fresh); c.Pinned {
+		t.Fatalf("Explain pinned the flow: %+v", c)
+	}
+	// Seen once: pinned to its lane.
+	if lane, _ := s.SelectTuple(&fresh, now); lane != 3 {
+		t.Fatalf("selected lane %d", lane)
+	}
+	if c := s.Explain(&fresh); !c.Pinned || c.Lane != 3 || c.PinIdle != 0 {
+		t.Fatalf("a pinned flow: %+v", c)
+	}
+	// Lane 3 fails with a settle window: the flow is held, its pin void.
+	lanes := upLanes(1, 2, 3)
+	lanes[2].State, lanes[2].Settle = LaneDown, time.Hour
+	if err := s.SetLanes(lanes); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.Explain(&fresh); !c.Settling || c.Lane != 0 {
+		t.Fatalf("a flow of a lane in its settle window: %+v", c)
+	}
+	s.EndSettle()
+	s.EndSettleOf(3)
+	c := s.Explain(&fresh)
+	if c.Pinned || c.PinnedTo != 3 || c.Lane == 3 || c.Lane == 0 || c.Lane != c.Table {
+		t.Fatalf("a flow whose lane failed: %+v", c)
 	}
 }

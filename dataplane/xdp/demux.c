@@ -179,6 +179,11 @@ struct pin {
 	__u16 lane;
 	__u8 tcp;
 	__u8 pad[5];
+	// Packets since the flow was pinned, for `demux flows --top`: a plain
+	// add to the line the lookup just read, not an atomic one (a flow is on
+	// one CPU but for a moment when RSS moves it; a count lost then is a
+	// statistic's error, not a forwarding one).
+	__u64 packets;
 };
 
 // The pins: a plain hash, not an LRU one, because a kernel LRU evicts
@@ -411,6 +416,7 @@ static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int 
 			if (gen && *gen != 0 && *gen == p->gen) {
 				if (p->last_seen != now)
 					p->last_seen = now; // once a second per flow
+				p->packets++;
 				return lane;
 			}
 		}
@@ -421,7 +427,7 @@ static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int 
 		return 0;
 	__u32 lane = *l;
 	__u32 *gen = bpf_map_lookup_elem(snap, &lane);
-	struct pin np = {.gen = gen ? *gen : 0, .last_seen = now, .lane = lane, .tcp = tcp};
+	struct pin np = {.gen = gen ? *gen : 0, .last_seen = now, .lane = lane, .tcp = tcp, .packets = 1};
 	if (p) {
 		// The flow's pin was idle or void: replaced whole (readers on
 		// other CPUs see the old or the new), the count unchanged.

@@ -34,6 +34,7 @@ type demuxPin struct {
 	Lane     uint16
 	Tcp      uint8
 	Pad      [5]uint8
+	Packets  uint64
 }
 
 type demuxRemoteKey struct {

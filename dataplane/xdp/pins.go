@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -182,4 +183,54 @@ func monotonicSeconds() uint32 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
 	return uint32(ts.Sec)
+}
+
+// FlowPin is a live pin of the program's map, for operators' commands.
+type FlowPin struct {
+	flowhash.Pin // LastSeen on the program's clock (CLOCK_MONOTONIC seconds)
+	Idle         time.Duration
+}
+
+func (p *Program) flowPin(w flowhash.Words, v *demuxPin, now uint32) (FlowPin, bool) {
+	idle := int32(now - v.LastSeen)
+	limit := p.pins.otherIdle
+	if v.Tcp != 0 {
+		limit = p.pins.tcpIdle
+	}
+	if idle > int32(limit) {
+		return FlowPin{}, false // the program treats it as absent
+	}
+	return FlowPin{Pin: flowhash.Pin{Words: w, Lane: flowhash.LaneID(v.Lane), Gen: v.Gen, LastSeen: v.LastSeen, Packets: v.Packets},
+		Idle: time.Duration(max(idle, 0)) * time.Second}, true
+}
+
+// Pin is the program's live pin of the flow with canonical words w.
+func (p *Program) Pin(w flowhash.Words) (FlowPin, bool) {
+	var v demuxPin
+	if err := p.objs.Pins.Lookup(demuxWords{W: w}, &v); err != nil {
+		return FlowPin{}, false
+	}
+	return p.flowPin(w, &v, monotonicSeconds())
+}
+
+// EachPin calls fn with every live pin of the program's map, read in
+// batches (a cursor of its own: the sweep's is not disturbed).
+func (p *Program) EachPin(fn func(FlowPin)) error {
+	var cursor ebpf.MapBatchCursor
+	keys, vals := make([]demuxWords, 4096), make([]demuxPin, 4096)
+	now := monotonicSeconds()
+	for {
+		n, err := p.objs.Pins.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			if fp, ok := p.flowPin(keys[i].W, &vals[i], now); ok {
+				fn(fp)
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("xdp: read pins: %w", err)
+		}
+	}
 }

@@ -174,3 +174,44 @@ func BenchmarkSweepPins(b *testing.B) {
 		b.Fatalf("the sweep deleted live pins below pressure: %+v", st)
 	}
 }
+
+// TestPinCountsPackets: the program counts each pinned flow's packets,
+// and Pin and EachPin read them by the flow's words.
+func TestPinCountsPackets(t *testing.T) {
+	cfg := Config{Key: testKey, Symmetric: true, PinFlows: testPins}
+	p := loadTest(t, cfg)
+	sel := newSelector(t, cfg, 1, 2, 3)
+	if err := p.Publish(sel.Snapshot(), testTargets(1, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	want := map[flowhash.Words]uint64{}
+	for i := range 12 {
+		pkt := flow{src: net.IP{10, 1, 0, byte(i)}, dst: net.IP{10, 2, 0, 10}, proto: 6, sport: uint16(40000 + i), dport: 5201}.packet(t, 100, 64)
+		lane := laneOf(t, p, pkt)
+		for range i {
+			if got := laneOf(t, p, pkt); got != lane {
+				t.Fatalf("flow %d moved", i)
+			}
+		}
+		var tu flowhash.Tuple
+		tu.Decode(pkt)
+		w := sel.Hasher().Words(&tu)
+		want[w] = uint64(i + 1)
+		fp, ok := p.Pin(w)
+		if !ok || fp.Packets != uint64(i+1) || fp.Lane != lane || fp.Idle > time.Second {
+			t.Errorf("flow %d: pin %+v %v, want %d packets on lane %d", i, fp, ok, i+1, lane)
+		}
+	}
+	seen := 0
+	if err := p.EachPin(func(fp FlowPin) {
+		seen++
+		if fp.Packets != want[fp.Words] {
+			t.Errorf("EachPin: %v has %d packets, want %d", fp.Words.Tuple(), fp.Packets, want[fp.Words])
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if seen != len(want) {
+		t.Errorf("EachPin saw %d pins, want %d", seen, len(want))
+	}
+}
