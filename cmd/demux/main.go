@@ -12,6 +12,8 @@
 //	demux health  --config peering.yaml --node demux-a      (keepalived's track_script)
 //	demux notify  --config peering.yaml --node demux-a ...  (keepalived's notify)
 //	demux members --config peering.yaml                     (the store's registrations)
+//	demux which --config peering.yaml --node demux-a 10.1.0.5 10.2.0.9 tcp 40000 443
+//	demux flows --config peering.yaml --node demux-a --top 5  (each lane's busiest flows)
 package main
 
 import (
@@ -61,6 +63,8 @@ func main() {
 		"notify":     {Usage: "notify --config FILE --node NAME INSTANCE NAME STATE [PRIO]", Help: "keepalived's notify: tell the demux its role, run ha.notify", Run: notify},
 		"undrain":    {Usage: "undrain --config FILE --node NAME --lane N", Help: "return a drained lane to service", Run: action("undrain", true)},
 		"members":    {Usage: "members --config FILE [--json]", Help: "list the store's registrations, verified (discovery: etcd)", Run: cli.Members},
+		"which":      {Usage: "which --config FILE --node NAME SRC DST PROTO [SPORT DPORT]", Help: "say which lane a flow takes, why (table or pin), and which path carries it", Run: whichCmd},
+		"flows":      {Usage: "flows --config FILE --node NAME [--top N] [--interval D]", Help: "list each lane's busiest pinned flows (packets/s over D)", Run: flowsCmd},
 	})
 }
 
@@ -212,6 +216,9 @@ func up(args []string) error {
 	for name, act := range adminActions(dm, r.reload, role, log) {
 		srv.Handle(name, act)
 	}
+	fr := flowReader{sel: sel, fp: fp, lanes: func() []demux.LaneStatus { return dm.Status(identity).Lanes }}
+	srv.Handle("which", fr.which)
+	srv.Handle("flows", fr.flows)
 
 	ctx, stop := cli.SignalContext()
 	defer stop()

@@ -154,17 +154,15 @@ func TestNonRoot(t *testing.T) {
 	tp.waitLog("demux-a", "SIGHUP: ")
 
 	// A node missing a capability names it.
+	// Each in a network namespace of its own that ends with it (not a
+	// named one: `ip netns add` would bind /run/netns over itself and
+	// hide the topology's namespaces from their own cleanup).
 	scratch := func(name string, caps []string, args ...string) string {
-		ns := tp.prefix + "-x" + name
-		exec.Command("ip", "netns", "add", ns).Run()
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		if out, err := exec.Command("ip", "-n", ns, "link", "add", "x0", "type", "veth", "peer", "name", "x1").CombinedOutput(); err != nil {
-			t.Fatalf("%s: veth: %v %s", ns, err, out)
-		}
-		argv := append([]string{"netns", "exec", ns}, u.Wrap(tp.work, caps, args)...)
+		argv := append([]string{"--net", "--mount", "--propagation", "private", "bash", "-c",
+			`ip link add x0 type veth peer name x1 && exec "$@"`, name}, u.Wrap(tp.work, caps, args)...)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "unshare", argv...).CombinedOutput()
 		if err == nil {
 			t.Errorf("%s: started without %v", name, caps)
 		}

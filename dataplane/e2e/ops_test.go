@@ -2,14 +2,19 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterpeer/clusterpeer/bench/topology"
+	"github.com/clusterpeer/clusterpeer/bench/udpflows"
 	"github.com/clusterpeer/clusterpeer/deploy"
 )
 
@@ -26,6 +31,7 @@ func TestOperationsMetrics(t *testing.T) {
 	}
 	tp := up(t, topology.Options{Prefix: "cpom", Lanes: 2, Etcd: 1, XDP: xdpMode, GeneveAuth: true, NodeKeys: true})
 	tp.run("ha", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.10")
+	testWhichAndFlows(t, tp, xdpMode != "off")
 
 	exported := map[string]bool{}
 	problems := 0
@@ -107,4 +113,67 @@ func anyMatch(re *regexp.Regexp, names map[string]bool) bool {
 		}
 	}
 	return false
+}
+
+// testWhichAndFlows sends 8 UDP flows of 1,000 packets/s each, asks
+// `demux flows --top` for each lane's busiest flows, and `demux which`
+// for each flow it lists: the same lane, pinned by the path that carries
+// it (the XDP program, or the userspace demux).
+func testWhichAndFlows(t *testing.T, tp *topo, xdpOn bool) {
+	dst := netip.MustParseAddrPort("10.2.0.10:7000")
+	var recv *udpflows.Receiver
+	var send *udpflows.Sender
+	var err error
+	tp.inNS("hb", func() { recv, err = udpflows.Listen(dst) })
+	if err == nil {
+		tp.inNS("ha", func() {
+			send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: 8, Packets: 4000, Size: 64, Interval: time.Millisecond})
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go recv.Run(ctx, time.Second)
+	go send.Run(ctx)
+	time.Sleep(time.Second)
+
+	demuxCmd := func(args ...string) string {
+		return tp.run("ha", append([]string{tp.bin + "/demux"}, append(args, "--config", tp.config(), "--node", "demux-a")...)...)
+	}
+	out := demuxCmd("flows", "--top", "20", "--interval", "1s")
+	t.Logf("demux flows:\n%s", out)
+	header := regexp.MustCompile(`^lane (\d+) \(gw-a\d+, up\): \d+ active flows$`)
+	row := regexp.MustCompile(`^\s+(\d+)\s+(XDP|userspace|both)\s+udp (\S+):(\d+) -> 10\.2\.0\.10:7000$`)
+	wantPath, pinnedBy := "userspace", "pinned by the userspace demux"
+	if xdpOn {
+		wantPath, pinnedBy = "XDP", "pinned by the XDP fast path"
+	}
+	lane, listed := "", 0
+	for _, l := range strings.Split(out, "\n") {
+		if m := header.FindStringSubmatch(l); m != nil {
+			lane = m[1]
+			continue
+		}
+		m := row.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		listed++
+		if rate, _ := strconv.Atoi(m[1]); rate < 200 || rate > 3000 || m[2] != wantPath {
+			t.Errorf("flow %s:%s: %s packets/s by %s; want about 1000, by %s", m[3], m[4], m[1], m[2], wantPath)
+		}
+		which := demuxCmd("which", m[3], "10.2.0.10", "udp", m[4], "7000")
+		if want := "\n  lane " + lane + " (gw-a" + lane + ", up): " + pinnedBy; !strings.Contains(which, want) {
+			t.Errorf("flows lists %s:%s on lane %s; which says:\n%s", m[3], m[4], lane, which)
+		}
+	}
+	if listed != 8 {
+		t.Errorf("demux flows listed %d of the 8 flows", listed)
+	}
+	if out, err := tp.try("ha", tp.bin+"/demux", "which", "--config", tp.config(), "--node", "demux-a", "10.1.0.10", "fd00:b::10", "tcp", "1", "2"); err == nil || !strings.Contains(out, "one is IPv4, the other IPv6") {
+		t.Errorf("which with mixed families: %v %s", err, out)
+	}
 }

@@ -112,7 +112,16 @@ func (f *NodeFlags) ParseWith(name string, args []string, withJSON bool, extra f
 		return err
 	}
 	if f.Args != nil {
-		*f.Args = fs.Args()
+		// Flags may come after the arguments too (demux which SRC DST
+		// PROTO --node X), as operators type them.
+		var pos []string
+		for rest := fs.Args(); len(rest) > 0; rest = fs.Args() {
+			pos = append(pos, rest[0])
+			if err := fs.Parse(rest[1:]); err != nil {
+				return err
+			}
+		}
+		*f.Args = pos
 	} else if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}

@@ -131,3 +131,18 @@ func TestNeedsCaps(t *testing.T) {
 		t.Errorf("effectiveCaps: %v", err)
 	}
 }
+
+func TestArgsAmongFlags(t *testing.T) {
+	var rest []string
+	f := NodeFlags{Args: &rest}
+	if err := f.Parse("which", []string{"10.1.0.5", "--node", "demux-a", "10.2.0.9", "tcp", "--config", "p.yaml", "1", "2"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if f.Node != "demux-a" || f.Config != "p.yaml" || strings.Join(rest, " ") != "10.1.0.5 10.2.0.9 tcp 1 2" {
+		t.Errorf("node %q config %q args %q", f.Node, f.Config, rest)
+	}
+	var g NodeFlags
+	if err := g.Parse("show", []string{"--node", "x", "extra"}, false); err == nil {
+		t.Error("a command without arguments took one")
+	}
+}
