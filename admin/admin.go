@@ -80,7 +80,7 @@ func Serve(metricsAddr, webConfig, statusPath string, reg *prometheus.Registry, 
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		h := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		h := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: idleTimeout}
 		s.servers = append(s.servers, h)
 		go func() {
 			err := web.Serve(ln, h, &web.FlagConfig{WebConfigFile: &webConfig}, log)
@@ -114,7 +114,7 @@ func Serve(metricsAddr, webConfig, statusPath string, reg *prometheus.Registry, 
 		enc.SetIndent("", "  ")
 		enc.Encode(status())
 	})
-	s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ConnContext: withPeer}, ln, log)
+	s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: idleTimeout, ConnContext: withPeer}, ln, log)
 	return s, nil
 }
 
@@ -192,10 +192,18 @@ func (s *Server) Close() {
 	}
 }
 
+// idleTimeout closes a kept-alive connection its client left idle: a
+// scraper or a status client that never closes one would otherwise hold
+// a descriptor and a goroutine of the node for good (make soak found a
+// demux gaining one per drain command).
+const idleTimeout = 30 * time.Second
+
+// client is one request's: its connection is closed after the answer
+// (keep-alive off), since each call makes a client of its own.
 func client(statusPath string, timeout time.Duration) *http.Client {
 	return &http.Client{
 		Timeout: timeout,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", statusPath)
 		}},

@@ -205,3 +205,30 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
+
+// TestCallsLeaveNoConnection: status reads and actions close their
+// connection, so neither the caller nor the node keeps a descriptor or a
+// goroutine per call (a demux once gained one per drain command).
+func TestCallsLeaveNoConnection(t *testing.T) {
+	_, path := serve(t)
+	if _, err := Do(path, "poke", nil); err != nil { // the server's goroutines start
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	for range 20 {
+		var v map[string]string
+		if err := Fetch(path, &v); err != nil || v["node"] != "n" {
+			t.Fatal(v, err)
+		}
+		if msg, err := Do(path, "poke", nil); err != nil || msg != "poked" {
+			t.Fatal(msg, err)
+		}
+	}
+	var after int
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if after = runtime.NumGoroutine(); after <= before+2 {
+			return
+		}
+	}
+	t.Errorf("goroutines %d before 40 calls, %d after: connections kept open", before, after)
+}

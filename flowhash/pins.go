@@ -173,14 +173,8 @@ func age(now, seen uint32) int64 { return int64(int32(now - seen)) }
 // words w and hash sum, refreshing its idle timer and counting the packet.
 // ok is false when there is no live pin.
 func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32, ok bool) {
-	i1, i2 := p.bucketPair(sum)
-	b1, b2 := &p.buckets[i1], &p.buckets[i2]
-	tag := pinTag(sum)
-	slot, v := b1.read(w, tag)
-	if slot == nil && b2 != b1 {
-		slot, v = b2.read(w, tag)
-	}
-	if slot == nil || p.expired(v, now) {
+	slot, v := p.live(w, sum, now)
+	if slot == nil {
 		return 0, 0, false
 	}
 	slot.packets.Add(1)
@@ -197,6 +191,16 @@ func (p *Pins) Lookup(w *Words, sum uint64, now uint32) (lane LaneID, gen uint32
 // flow's last packet was (for `demux which`, which must not keep a pin
 // alive by looking at it).
 func (p *Pins) Peek(w *Words, sum uint64, now uint32) (lane LaneID, gen, lastSeen uint32, ok bool) {
+	slot, v := p.live(w, sum, now)
+	if slot == nil {
+		return 0, 0, 0, false
+	}
+	lane, gen, lastSeen, _ = unpackPin(v)
+	return lane, gen, lastSeen, true
+}
+
+// live finds the flow's live pin in either of its buckets (nil if none).
+func (p *Pins) live(w *Words, sum uint64, now uint32) (*pinSlot, uint64) {
 	i1, i2 := p.bucketPair(sum)
 	b1, b2 := &p.buckets[i1], &p.buckets[i2]
 	tag := pinTag(sum)
@@ -205,10 +209,9 @@ func (p *Pins) Peek(w *Words, sum uint64, now uint32) (lane LaneID, gen, lastSee
 		slot, v = b2.read(w, tag)
 	}
 	if slot == nil || p.expired(v, now) {
-		return 0, 0, 0, false
+		return nil, 0
 	}
-	lane, gen, lastSeen, _ = unpackPin(v)
-	return lane, gen, lastSeen, true
+	return slot, v
 }
 
 // read finds w's slot and its value, consistently with writers.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -384,4 +385,34 @@ func (l *Lab) WaitListen(ctx context.Context, ns string, port int, timeout time.
 			return fmt.Errorf("nothing listens on tcp port %d in %s after %s", port, l.NS(ns), timeout)
 		}
 	}
+}
+
+// Metrics returns the body of http://127.0.0.1:9100/metrics (the nodes'
+// default metrics address) as namespace ns sees it. The connection is
+// dialled on the namespace's thread: net/http would dial from another,
+// outside it.
+func (l *Lab) Metrics(ns string) (string, error) {
+	var body string
+	err := l.InNS(ns, func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:9100", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n"); err != nil {
+			return err
+		}
+		b, err := io.ReadAll(c)
+		if err != nil {
+			return err
+		}
+		head, rest, ok := strings.Cut(string(b), "\r\n\r\n")
+		if !ok || !strings.Contains(head, " 200 ") {
+			return fmt.Errorf("metrics in %s: %.80q", ns, head)
+		}
+		body = rest
+		return nil
+	})
+	return body, err
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -422,20 +421,43 @@ func (tp *topo) rotateKeys(lanes int, switchIn, grace time.Duration) (newID, old
 // scrape returns the body of /metrics of the node in namespace ns.
 func (tp *topo) scrape(ns string) string {
 	tp.t.Helper()
-	var body string
-	tp.inNS(ns, func() {
-		// Dial here: net/http would dial from another thread, outside
-		// the namespace.
-		c, err := net.DialTimeout("tcp", "127.0.0.1:9100", 2*time.Second)
-		if err != nil {
-			tp.t.Error(err)
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-		b, _ := io.ReadAll(c)
-		_, body, _ = strings.Cut(string(b), "\r\n\r\n")
-	})
+	body, err := tp.p.Metrics(ns)
+	if err != nil {
+		tp.t.Error(err)
+	}
 	return body
+}
+
+// sendFlows starts cfg's sequence-numbered UDP flows from host-a to
+// cfg.Dst at host-b; they stop when sent or when the test ends. wait
+// returns, once the receiver has heard nothing for a second, what each
+// flow delivered.
+func (tp *topo) sendFlows(cfg udpflows.SendConfig) (wait func() []udpflows.FlowResult) {
+	tp.t.Helper()
+	var recv *udpflows.Receiver
+	var send *udpflows.Sender
+	var err error
+	tp.inNS("hb", func() { recv, err = udpflows.Listen(cfg.Dst) })
+	if err == nil {
+		tp.inNS("ha", func() { send, err = udpflows.NewSender(cfg) })
+	}
+	if err != nil {
+		if recv != nil {
+			recv.Results() // closes its socket
+		}
+		tp.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	received := make(chan struct{})
+	tp.t.Cleanup(func() {
+		cancel()
+		<-received
+		send.Close()
+	})
+	go func() { recv.Run(ctx, time.Second); close(received) }()
+	go send.Run(ctx)
+	return func() []udpflows.FlowResult {
+		<-received
+		return recv.Results()
+	}
 }

@@ -102,25 +102,7 @@ func TestNonRoot(t *testing.T) {
 	}
 
 	// Failover: gw-a2 killed under 24 flows; every flow goes on.
-	dst := netip.MustParseAddrPort("10.2.0.10:7000")
-	var recv *udpflows.Receiver
-	var send *udpflows.Sender
-	var err error
-	tp.inNS("hb", func() { recv, err = udpflows.Listen(dst) })
-	if err == nil {
-		tp.inNS("ha", func() {
-			send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: 24, Packets: 1000, Size: 64, Interval: 3 * time.Millisecond})
-		})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer send.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	received := make(chan struct{})
-	go func() { recv.Run(ctx, time.Second); close(received) }()
-	go send.Run(ctx)
+	flows := tp.sendFlows(udpflows.SendConfig{Dst: netip.MustParseAddrPort("10.2.0.10:7000"), Flows: 24, Packets: 1000, Size: 64, Interval: 3 * time.Millisecond})
 	time.Sleep(time.Second)
 	tp.kill("gw-a2")
 	var st demux.Status
@@ -133,8 +115,7 @@ func TestNonRoot(t *testing.T) {
 	if laneState(st, 2) != "down" {
 		t.Fatalf("demux-a's lane 2 is %s 3 s after gw-a2 was killed", laneState(st, 2))
 	}
-	<-received
-	res := recv.Results()
+	res := flows()
 	if len(res) != 24 {
 		t.Fatalf("%d of 24 flows arrived", len(res))
 	}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -123,24 +122,7 @@ func anyMatch(re *regexp.Regexp, names map[string]bool) bool {
 // for each flow it lists: the same lane, pinned by the path that carries
 // it (the XDP program, or the userspace demux).
 func testWhichAndFlows(t *testing.T, tp *topo, xdpOn bool) {
-	dst := netip.MustParseAddrPort("10.2.0.10:7000")
-	var recv *udpflows.Receiver
-	var send *udpflows.Sender
-	var err error
-	tp.inNS("hb", func() { recv, err = udpflows.Listen(dst) })
-	if err == nil {
-		tp.inNS("ha", func() {
-			send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: 8, Packets: 4000, Size: 64, Interval: time.Millisecond})
-		})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer send.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go recv.Run(ctx, time.Second)
-	go send.Run(ctx)
+	tp.sendFlows(udpflows.SendConfig{Dst: netip.MustParseAddrPort("10.2.0.10:7000"), Flows: 8, Packets: 4000, Size: 64, Interval: time.Millisecond})
 	time.Sleep(time.Second)
 
 	demuxCmd := func(args ...string) string {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -176,24 +175,7 @@ func TestXDPSealed(t *testing.T) {
 
 	// 48 flows, one packet each every 2 ms: lane 1 carries about 8,000
 	// packets a second, so its gateway's host answers data frames first.
-	dst := netip.MustParseAddrPort("10.2.0.10:7000")
-	var recv *udpflows.Receiver
-	var send *udpflows.Sender
-	var err error
-	tp.inNS("hb", func() { recv, err = udpflows.Listen(dst) })
-	if err == nil {
-		tp.inNS("ha", func() {
-			send, err = udpflows.NewSender(udpflows.SendConfig{Dst: dst, Flows: 48, Packets: 1500, Size: 64, Interval: 2 * time.Millisecond})
-		})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer send.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go recv.Run(ctx, time.Second)
-	go send.Run(ctx)
+	tp.sendFlows(udpflows.SendConfig{Dst: netip.MustParseAddrPort("10.2.0.10:7000"), Flows: 48, Packets: 1500, Size: 64, Interval: 2 * time.Millisecond})
 	var before demux.Status
 	tp.status("demux-a", &before)
 	time.Sleep(time.Second)
