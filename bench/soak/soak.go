@@ -93,6 +93,7 @@ func (c *Config) defaults() error {
 type Sample struct {
 	At         time.Duration `json:"at"`
 	RSS        uint64        `json:"rss_bytes"`
+	HeapInuse  uint64        `json:"heap_inuse_bytes"` // Go's heap in use: what RSS holds for the program, not the allocator
 	Goroutines int           `json:"goroutines"`
 	FDs        int           `json:"fds"`
 }
@@ -289,7 +290,10 @@ func last(s []Sample) Sample {
 }
 
 // growth compares, for each node, the last three samples with the first
-// three after warm-up (medians), and keeps the largest.
+// three after warm-up, and keeps the largest. Memory by the medians;
+// goroutines and descriptors by the least of each three: a leak raises
+// that floor, while one that a sample caught in passing (a reload's, a
+// handshake's) does not.
 func (r *Result) growth(warmUp time.Duration) {
 	r.Worst = map[string]string{}
 	median := func(s []Sample, f func(Sample) float64) float64 {
@@ -299,6 +303,13 @@ func (r *Result) growth(warmUp time.Duration) {
 		}
 		slices.Sort(v)
 		return v[len(v)/2]
+	}
+	least := func(s []Sample, f func(Sample) float64) float64 {
+		m := f(s[0])
+		for _, x := range s[1:] {
+			m = min(m, f(x))
+		}
+		return m
 	}
 	for n, s := range r.Samples {
 		i := slices.IndexFunc(s, func(x Sample) bool { return x.At >= warmUp })
@@ -311,11 +322,11 @@ func (r *Result) growth(warmUp time.Duration) {
 			r.RSSGrowthPct, r.Worst["rss"] = g, n
 		}
 		gor := func(x Sample) float64 { return float64(x.Goroutines) }
-		if g := int(median(end, gor) - median(base, gor)); g > r.GoroutineGrowth || r.Worst["goroutines"] == "" {
+		if g := int(least(end, gor) - least(base, gor)); g > r.GoroutineGrowth || r.Worst["goroutines"] == "" {
 			r.GoroutineGrowth, r.Worst["goroutines"] = g, n
 		}
 		fds := func(x Sample) float64 { return float64(x.FDs) }
-		if g := int(median(end, fds) - median(base, fds)); g > r.FDGrowth || r.Worst["fds"] == "" {
+		if g := int(least(end, fds) - least(base, fds)); g > r.FDGrowth || r.Worst["fds"] == "" {
 			r.FDGrowth, r.Worst["fds"] = g, n
 		}
 	}
@@ -351,6 +362,10 @@ func sample(p *topology.Peering, node string) (Sample, error) {
 	for _, l := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
 			s.Goroutines, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+		if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			s.HeapInuse = uint64(f)
 		}
 	}
 	return s, nil

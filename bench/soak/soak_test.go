@@ -32,6 +32,7 @@ func TestGrowthAfterWarmUp(t *testing.T) {
 		growing = append(growing, Sample{At: at(i), RSS: 100 << 20, Goroutines: 20 + max(i-3, 0), FDs: 40 + max(i-3, 0)})
 	}
 	flat[9].Goroutines = 90 // a passing burst (a reload) is not growth
+	flat[10].FDs = 41
 	r := Result{Samples: map[string][]Sample{"demux-a": flat, "gw-a1": growing}}
 	r.growth(30 * time.Second)
 	if r.RSSGrowthPct != 0 || r.GoroutineGrowth != 6 || r.FDGrowth != 6 || r.Worst["goroutines"] != "gw-a1" {

@@ -114,6 +114,9 @@ type Options struct {
 	// the capabilities its systemd unit grants (deploy/systemd), through
 	// setpriv; see unprivileged.go.
 	RunAs *Unprivileged
+	// Env is added to every demux's and gateway's environment (a test's
+	// NOTIFY_SOCKET, as systemd sets it).
+	Env []string
 }
 
 // Peering is a built peering.
@@ -387,7 +390,7 @@ func (p *Peering) Start(ns, binary, node, configPath string, extra ...string) er
 	if p.RunAs != nil {
 		args = p.RunAs.Wrap(p.Work, UnitCaps(binary, p.XDP != "off"), args)
 	}
-	return p.spawn(ns, node, nil, args...)
+	return p.spawn(ns, node, p.Env, args...)
 }
 
 // spawn starts args in ns as node (its log, pid files).

@@ -2,15 +2,20 @@ package e2e
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterpeer/clusterpeer/bench/topology"
 	"github.com/clusterpeer/clusterpeer/bench/udpflows"
@@ -28,8 +33,11 @@ func TestOperationsMetrics(t *testing.T) {
 	if xdpMode == "" {
 		xdpMode = "native"
 	}
-	tp := up(t, topology.Options{Prefix: "cpom", Lanes: 2, Etcd: 1, XDP: xdpMode, GeneveAuth: true, NodeKeys: true})
+	manager := listenNotify(t)
+	tp := up(t, topology.Options{Prefix: "cpom", Lanes: 2, Etcd: 1, XDP: xdpMode, GeneveAuth: true, NodeKeys: true,
+		Env: []string{"NOTIFY_SOCKET=" + manager.path}})
 	tp.run("ha", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.2.0.10")
+	testNotify(t, tp, manager)
 	testWhichAndFlows(t, tp, xdpMode != "off")
 
 	exported := map[string]bool{}
@@ -161,4 +169,108 @@ func testWhichAndFlows(t *testing.T, tp *topo, xdpOn bool) {
 	if out, err := tp.try("ha", tp.bin+"/demux", "which", "--config", tp.config(), "--node", "demux-a", "10.1.0.10", "fd00:b::10", "tcp", "1", "2"); err == nil || !strings.Contains(out, "one is IPv4, the other IPv6") {
 		t.Errorf("which with mixed families: %v %s", err, out)
 	}
+}
+
+// notifyManager listens as systemd does for the nodes' sd_notify
+// datagrams, each with its sender's pid (SO_PASSCRED).
+type notifyManager struct {
+	path string
+	got  chan notice
+}
+
+type notice struct {
+	pid   int
+	state string
+}
+
+func listenNotify(t *testing.T) notifyManager {
+	m := notifyManager{path: filepath.Join(t.TempDir(), "notify"), got: make(chan notice, 64)}
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: m.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	raw, _ := c.SyscallConn()
+	raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		b, oob := make([]byte, 4096), make([]byte, 256)
+		for {
+			n, oobn, _, _, err := c.ReadMsgUnix(b, oob)
+			if err != nil {
+				return
+			}
+			pid := 0
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) > 0 {
+				if cred, err := unix.ParseUnixCredentials(&msgs[0]); err == nil {
+					pid = int(cred.Pid)
+				}
+			}
+			select {
+			case m.got <- notice{pid, string(b[:n])}:
+			default:
+			}
+		}
+	}()
+	return m
+}
+
+// testNotify: every node told the manager it was ready (a demux once a
+// lane was up: the topology waited for all of them), and a SIGHUP'd
+// demux says it reloads, then that it is ready again.
+func testNotify(t *testing.T, tp *topo, m notifyManager) {
+	nodes := map[int]string{}
+	for _, n := range []string{"demux-a", "demux-b", "gw-a1", "gw-b1", "gw-a2", "gw-b2"} {
+		pid, err := tp.p.PID(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[pid] = n
+	}
+	ready := map[string]string{}
+	next := func(within time.Duration) (notice, bool) {
+		select {
+		case n := <-m.got:
+			return n, true
+		case <-time.After(within):
+			return notice{}, false
+		}
+	}
+	for len(ready) < len(nodes) {
+		n, ok := next(15 * time.Second)
+		if !ok {
+			t.Fatalf("READY=1 from %d of %d nodes in 15 s: %v", len(ready), len(nodes), ready)
+		}
+		if node := nodes[n.pid]; node != "" && strings.HasPrefix(n.state, "READY=1\n") {
+			ready[node] = n.state
+		}
+	}
+	for node, state := range ready {
+		// A demux is ready at its first lane up (the second may follow).
+		want := regexp.MustCompile(`^READY=1\nSTATUS=lane \d to gw-[ab]\d$`)
+		if strings.HasPrefix(node, "demux-") {
+			want = regexp.MustCompile(`^READY=1\nSTATUS=[12] of 2 lanes up$`)
+		}
+		if !want.MatchString(state) {
+			t.Errorf("%s: %q, want %s", node, state, want)
+		}
+	}
+	pid, _ := tp.p.PID("demux-a")
+	syscall.Kill(pid, syscall.SIGHUP)
+	var seq []string
+	for len(seq) < 2 {
+		n, ok := next(5 * time.Second)
+		if !ok {
+			break
+		}
+		if n.pid == pid {
+			seq = append(seq, strings.SplitN(n.state, "\n", 2)[0])
+		}
+	}
+	if strings.Join(seq, " ") != "RELOADING=1 READY=1" {
+		t.Errorf("demux-a on SIGHUP told the manager %q, want RELOADING=1 then READY=1", seq)
+	}
+	t.Logf("sd_notify: %d nodes ready (%s: %q), demux-a's reload: %v", len(ready), "demux-a", ready["demux-a"], seq)
 }
