@@ -14,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
 )
 
@@ -65,15 +66,23 @@ type DeviceCounters struct {
 type batch struct {
 	bufs  [][]byte
 	sizes []int
-	srcs  []netip.Addr
+	srcs  []netip.AddrPort
 	pkts  [][]byte // accepted packets, aliasing bufs
 	next  int
 }
 
-const (
-	bufLen       = 65535 + 16 // a GRO'd datagram or a GSO super-packet, plus headroom
-	kernelOffset = 16         // headroom the kernel TUN needs for its virtio header
-)
+// kernelOffset is the headroom the kernel TUN needs for its virtio header.
+const kernelOffset = 16
+
+// slotLen is a batch buffer's size: one packet of the lane's MTU, read
+// from the kernel TUN after its headroom, or one GENEVE frame (header
+// and every option it may carry). Both sources read larger units into
+// buffers of their own (a GSO super-packet, a GRO'd datagram) and split
+// them into these; at 64 KiB a slot, a gateway held 32 MiB of batches,
+// most of it never touched.
+func slotLen(mtu int) int {
+	return max(kernelOffset+mtu, packet.GeneveLen+packet.GeneveMaxOptions+mtu)
+}
 
 // NewDevice wires the GENEVE receive functions (of an open socket) and
 // the kernel TUN into one tun.Device. closeGeneve closes that socket.
@@ -99,11 +108,11 @@ func NewDevice(kernel tun.Device, geneve []GeneveReceive, closeGeneve func() err
 		b := &batch{
 			bufs:  make([][]byte, batchSize),
 			sizes: make([]int, batchSize),
-			srcs:  make([]netip.Addr, batchSize),
+			srcs:  make([]netip.AddrPort, batchSize),
 			pkts:  make([][]byte, 0, batchSize),
 		}
 		for i := range b.bufs {
-			b.bufs[i] = make([]byte, bufLen)
+			b.bufs[i] = make([]byte, slotLen(mtu))
 		}
 		d.free <- b
 	}
@@ -164,10 +173,13 @@ func (d *Device) readGeneve(fn GeneveReceive) {
 		var bytes uint64
 		in := d.ingress.Load() // once per batch
 		for i := range n {
-			if b.sizes[i] == 0 {
+			if b.sizes[i] <= 0 {
+				if b.sizes[i] < 0 {
+					d.C.Drops[DropOversize].Add(1)
+				}
 				continue
 			}
-			inner, drop := in.Check(b.srcs[i], b.bufs[i][:b.sizes[i]])
+			inner, drop := in.Check(b.srcs[i].Addr(), b.bufs[i][:b.sizes[i]])
 			if drop != DropNone {
 				d.C.Drops[drop].Add(1)
 				continue

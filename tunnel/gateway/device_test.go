@@ -32,11 +32,11 @@ func newFakeGeneve() *fakeGeneve {
 	return &fakeGeneve{in: make(chan datagram, 64), closed: make(chan struct{})}
 }
 
-func (g *fakeGeneve) receive(bufs [][]byte, sizes []int, srcs []netip.Addr) (int, error) {
+func (g *fakeGeneve) receive(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, error) {
 	select {
 	case d := <-g.in:
 		sizes[0] = copy(bufs[0], d.payload)
-		srcs[0] = d.src
+		srcs[0] = netip.AddrPortFrom(d.src, 6081)
 		return 1, nil
 	case <-g.closed:
 		return 0, net.ErrClosed

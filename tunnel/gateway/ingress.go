@@ -29,13 +29,14 @@ const (
 	DropUnknownKey          // sealed by a sender or with a key this gateway does not hold
 	DropBadTag              // the tag does not match: forged or changed on the way
 	DropReplayed            // a counter seen before, or older than the replay window
+	DropOversize            // a GENEVE datagram longer than a frame of the lane's MTU can be
 	NumDrops
 )
 
 var dropNames = [NumDrops]string{
 	"none", "unknown_source", "truncated", "bad_version", "bad_options",
 	"critical_option", "wrong_vni", "bad_protocol", "oam", "awaiting_peer",
-	"forwarded", "no_tag", "unknown_key", "bad_tag", "replayed",
+	"forwarded", "no_tag", "unknown_key", "bad_tag", "replayed", "oversize",
 }
 
 func (d Drop) String() string {

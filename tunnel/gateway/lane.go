@@ -107,7 +107,7 @@ func Start(cfg Config) (l *Lane, err error) {
 			kernel.Close()
 		}
 	}()
-	wb := &watchedBind{Bind: conn.NewStdNetBind()}
+	wb := &watchedBind{Bind: newLaneBind()}
 	wb.peer.Store(&cfg.PeerEndpoint)
 	if err := tunlink.Up(cfg.Tun, cfg.Remote); err != nil {
 		return nil, err
