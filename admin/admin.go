@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -114,6 +115,11 @@ func Serve(metricsAddr, webConfig, statusPath string, reg *prometheus.Registry, 
 		enc.SetIndent("", "  ")
 		enc.Encode(status())
 	})
+	// Go's profiles, for whoever may open the socket (its owner): where
+	// a node spends its CPU and what it allocates, on the live process.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.start(&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: idleTimeout, ConnContext: withPeer}, ln, log)
 	return s, nil
 }

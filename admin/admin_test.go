@@ -232,3 +232,18 @@ func TestCallsLeaveNoConnection(t *testing.T) {
 	}
 	t.Errorf("goroutines %d before 40 calls, %d after: connections kept open", before, after)
 }
+
+// TestProfiles: the status socket serves Go's profiles (the heap's, for
+// one).
+func TestProfiles(t *testing.T) {
+	_, path := serve(t)
+	resp, err := client(path, 5*time.Second).Get("http://node/debug/pprof/heap?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "heap profile:") {
+		t.Errorf("heap profile: %s %.80q", resp.Status, body)
+	}
+}

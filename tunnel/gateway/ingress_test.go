@@ -137,7 +137,7 @@ func TestIngressCheckLocal(t *testing.T) {
 func TestParsePeer(t *testing.T) {
 	uapi := "private_key=" + "aa" + "\nlisten_port=51820\npublic_key=8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a\n" +
 		"endpoint=198.18.1.2:51820\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\nrx_bytes=10\ntx_bytes=20\nallowed_ip=10.2.0.0/16\n"
-	p, err := parsePeer(uapi)
+	p, err := parsePeer([]byte(uapi), PeerStatus{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestParsePeer(t *testing.T) {
 		p.RxBytes != 10 || p.TxBytes != 20 || p.LastHandshake.Unix() != 1700000000 {
 		t.Errorf("parsed %+v", p)
 	}
-	if _, err := parsePeer("private_key=aa\n"); err == nil {
+	if _, err := parsePeer([]byte("private_key=aa\n"), PeerStatus{}); err == nil {
 		t.Error("no peer: want an error")
 	}
 }

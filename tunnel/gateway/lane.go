@@ -12,7 +12,7 @@
 package gateway
 
 import (
-	"bufio"
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -75,6 +75,13 @@ type Lane struct {
 	icmp   *icmpWatch
 	watch  chan struct{} // closed to stop the path watch
 	closed bool
+
+	// Peer's scratch: it runs every 250 ms (the handshake watch), and
+	// reading the device anew each time was a gateway's steadiest
+	// garbage.
+	peerMu  sync.Mutex
+	peerBuf bytes.Buffer
+	peerWas PeerStatus
 }
 
 // Start creates the TUN, binds the GENEVE and WireGuard ports and brings
@@ -316,44 +323,56 @@ type PeerStatus struct {
 
 // Peer reads the peer's state from the device (public data only).
 func (l *Lane) Peer() (PeerStatus, error) {
-	s, err := l.dev.IpcGet()
-	if err != nil {
+	l.peerMu.Lock()
+	defer l.peerMu.Unlock()
+	l.peerBuf.Reset()
+	if err := l.dev.IpcGetOperation(&l.peerBuf); err != nil {
 		return PeerStatus{}, err
 	}
-	return parsePeer(s)
+	p, err := parsePeer(l.peerBuf.Bytes(), l.peerWas)
+	if err == nil {
+		l.peerWas = p
+	}
+	return p, err
 }
 
 // parsePeer reads the first peer of a UAPI "get" answer; the private key
-// line is skipped, never kept.
-func parsePeer(s string) (PeerStatus, error) {
+// line is skipped, never kept. Strings equal to was's are was's, so that
+// an unchanged peer costs no allocation.
+func parsePeer(b []byte, was PeerStatus) (PeerStatus, error) {
 	var p PeerStatus
 	var sec, nsec int64
 	inPeer := false
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte("\n"))
+		k, v, ok := bytes.Cut(line, []byte("="))
 		if !ok {
 			continue
 		}
-		switch k {
+		switch string(k) {
 		case "public_key":
 			if inPeer {
 				return p, nil // only one peer
 			}
 			inPeer = true
-			if b, err := hex.DecodeString(v); err == nil && len(b) == len(wgkey.Key{}) {
-				p.PublicKey = wgkey.Key(b).Base64()
+			var key wgkey.Key
+			if n, err := hex.Decode(key[:], v); err == nil && n == len(key) {
+				p.PublicKey = key.Base64()
 			}
 		case "endpoint":
-			p.Endpoint = v
+			p.Endpoint = was.Endpoint
+			if string(v) != was.Endpoint {
+				p.Endpoint = string(v)
+			}
 		case "last_handshake_time_sec":
-			sec, _ = strconv.ParseInt(v, 10, 64)
+			sec, _ = strconv.ParseInt(string(v), 10, 64)
 		case "last_handshake_time_nsec":
-			nsec, _ = strconv.ParseInt(v, 10, 64)
+			nsec, _ = strconv.ParseInt(string(v), 10, 64)
 		case "rx_bytes":
-			p.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+			p.RxBytes, _ = strconv.ParseUint(string(v), 10, 64)
 		case "tx_bytes":
-			p.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+			p.TxBytes, _ = strconv.ParseUint(string(v), 10, 64)
 		}
 	}
 	if !inPeer {
