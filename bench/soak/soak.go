@@ -46,11 +46,14 @@ type Config struct {
 	Flows             int           // concurrent flows
 	Period            time.Duration // each flow sends a packet this often (default 4 s)
 	Churn             time.Duration // every Churn a tenth of the flows end and as many start (default 5 s)
-	WarmUp            time.Duration // growth is measured from its end (default a fifth of Duration, at least 30 s)
-	Sample            time.Duration // how often the nodes are sampled (default 10 s)
-	Drain             time.Duration // every Drain, demux-a drains the next lane for half of it (default 60 s; <0: none)
-	Reload            time.Duration // every Reload, every node reloads (default 45 s; <0: none)
-	Log               io.Writer     // progress lines; nil: none
+	// WarmUp is the least warm-up (default a fifth of Duration, at least
+	// 30 s); a node's own lasts until it has also collected its garbage
+	// twice under the load (see Result.growth).
+	WarmUp time.Duration
+	Sample time.Duration // how often the nodes are sampled (default 10 s)
+	Drain  time.Duration // every Drain, demux-a drains the next lane for half of it (default 60 s; <0: none)
+	Reload time.Duration // every Reload, every node reloads (default 45 s; <0: none)
+	Log    io.Writer     // progress lines; nil: none
 }
 
 func (c *Config) defaults() error {
@@ -96,6 +99,7 @@ type Sample struct {
 	HeapInuse  uint64        `json:"heap_inuse_bytes"` // Go's heap in use: what RSS holds for the program, not the allocator
 	Goroutines int           `json:"goroutines"`
 	FDs        int           `json:"fds"`
+	GCs        uint64        `json:"gc_cycles"` // garbage collections since the process started
 }
 
 // Result is what a soak measured.
@@ -111,11 +115,12 @@ type Result struct {
 	// Growth after warm-up: the median of the last three samples against
 	// the median of the first three after warm-up, the largest of any
 	// node (and which).
-	RSSGrowthPct    float64             `json:"rss_growth_pct"`
-	GoroutineGrowth int                 `json:"goroutine_growth"`
-	FDGrowth        int                 `json:"fd_growth"`
-	Worst           map[string]string   `json:"worst"` // measure -> node
-	Samples         map[string][]Sample `json:"samples"`
+	WarmedUp        map[string]time.Duration `json:"warmed_up"` // node -> when its warm-up ended
+	RSSGrowthPct    float64                  `json:"rss_growth_pct"`
+	GoroutineGrowth int                      `json:"goroutine_growth"`
+	FDGrowth        int                      `json:"fd_growth"`
+	Worst           map[string]string        `json:"worst"` // measure -> node
+	Samples         map[string][]Sample      `json:"samples"`
 }
 
 // Line is the summary line `make soak` prints.
@@ -262,7 +267,18 @@ loop:
 	res.Flows, res.FlowsTotal, res.Sent = cfg.Flows, int(send.total()), send.sent.Load()
 	res.Received, res.Lost = recv.result()
 	res.growth(cfg.WarmUp)
+	for _, n := range nodes {
+		fmt.Fprintf(cfg.Log, "soak: %s warmed up at %s (%d collections by then)\n", n, res.WarmedUp[n].Round(time.Second), gcsAt(res.Samples[n], res.WarmedUp[n]))
+	}
 	return res, nil
+}
+
+// gcsAt is a node's collection count at the sample taken at at.
+func gcsAt(s []Sample, at time.Duration) uint64 {
+	if i := slices.IndexFunc(s, func(x Sample) bool { return x.At == at }); i >= 0 {
+		return s[i].GCs
+	}
+	return 0
 }
 
 func gateways(lanes int) []string {
@@ -290,12 +306,21 @@ func last(s []Sample) Sample {
 }
 
 // growth compares, for each node, the last three samples with the first
-// three after warm-up, and keeps the largest. Memory by the medians;
-// goroutines and descriptors by the least of each three: a leak raises
-// that floor, while one that a sample caught in passing (a reload's, a
-// handshake's) does not.
+// three after warm-up, and keeps the largest, each by the medians of
+// the three: a leak raises a median, while a burst or a dip that one
+// sample caught in passing (a reload restarting goroutines) does not.
+//
+// A node's warm-up lasts at least warmUp, and until it has collected its
+// garbage twice since the first sample. Until its first collection under
+// the load, a Go heap grows into fresh memory up to the collector's goal
+// (twice the live heap), and resident memory with it; the goal that the
+// first one sets reflects the load, and from the second on the heap
+// reuses what it freed. A demux allocating little reaches that point in
+// minutes, so a fixed warm-up counted the heap finding its size as growth.
+// A node with fewer collections is judged from warmUp.
 func (r *Result) growth(warmUp time.Duration) {
 	r.Worst = map[string]string{}
+	r.WarmedUp = map[string]time.Duration{}
 	median := func(s []Sample, f func(Sample) float64) float64 {
 		v := make([]float64, len(s))
 		for i := range s {
@@ -304,29 +329,26 @@ func (r *Result) growth(warmUp time.Duration) {
 		slices.Sort(v)
 		return v[len(v)/2]
 	}
-	least := func(s []Sample, f func(Sample) float64) float64 {
-		m := f(s[0])
-		for _, x := range s[1:] {
-			m = min(m, f(x))
-		}
-		return m
-	}
 	for n, s := range r.Samples {
-		i := slices.IndexFunc(s, func(x Sample) bool { return x.At >= warmUp })
+		i := slices.IndexFunc(s, func(x Sample) bool { return x.At >= warmUp && x.GCs >= s[0].GCs+2 })
+		if i < 0 || len(s)-i < 3 {
+			i = slices.IndexFunc(s, func(x Sample) bool { return x.At >= warmUp })
+		}
 		if i < 0 || len(s)-i < 3 {
 			continue
 		}
+		r.WarmedUp[n] = s[i].At
 		base, end := s[i:min(i+3, len(s))], s[len(s)-3:]
 		rss := func(x Sample) float64 { return float64(x.RSS) }
 		if g := (median(end, rss) - median(base, rss)) / median(base, rss) * 100; g > r.RSSGrowthPct || r.Worst["rss"] == "" {
 			r.RSSGrowthPct, r.Worst["rss"] = g, n
 		}
 		gor := func(x Sample) float64 { return float64(x.Goroutines) }
-		if g := int(least(end, gor) - least(base, gor)); g > r.GoroutineGrowth || r.Worst["goroutines"] == "" {
+		if g := int(median(end, gor) - median(base, gor)); g > r.GoroutineGrowth || r.Worst["goroutines"] == "" {
 			r.GoroutineGrowth, r.Worst["goroutines"] = g, n
 		}
 		fds := func(x Sample) float64 { return float64(x.FDs) }
-		if g := int(least(end, fds) - least(base, fds)); g > r.FDGrowth || r.Worst["fds"] == "" {
+		if g := int(median(end, fds) - median(base, fds)); g > r.FDGrowth || r.Worst["fds"] == "" {
 			r.FDGrowth, r.Worst["fds"] = g, n
 		}
 	}
@@ -362,6 +384,9 @@ func sample(p *topology.Peering, node string) (Sample, error) {
 	for _, l := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
 			s.Goroutines, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+		if v, ok := strings.CutPrefix(l, "go_gc_duration_seconds_count "); ok {
+			s.GCs, _ = strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 		}
 		if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
 			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)

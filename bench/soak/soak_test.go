@@ -32,12 +32,35 @@ func TestGrowthAfterWarmUp(t *testing.T) {
 		growing = append(growing, Sample{At: at(i), RSS: 100 << 20, Goroutines: 20 + max(i-3, 0), FDs: 40 + max(i-3, 0)})
 	}
 	flat[9].Goroutines = 90 // a passing burst (a reload) is not growth
+	flat[4].Goroutines = 17 // nor a passing dip just after warm-up
 	flat[10].FDs = 41
 	r := Result{Samples: map[string][]Sample{"demux-a": flat, "gw-a1": growing}}
 	r.growth(30 * time.Second)
 	if r.RSSGrowthPct != 0 || r.GoroutineGrowth != 6 || r.FDGrowth != 6 || r.Worst["goroutines"] != "gw-a1" {
 		t.Fatalf("growth %+v", r)
 	}
+
+	// A heap finding its size: memory rises until the node's second
+	// collection (at 60 s, past the 30 s warm-up), then holds; a node
+	// that never collects twice is judged from 30 s.
+	var sizing, never []Sample
+	for i := range 12 {
+		gcs := uint64(3 + min(i/3, 2)) // collections at 30 s and 60 s
+		sizing = append(sizing, Sample{At: at(i), RSS: uint64(50+10*min(i, 6)) << 20, GCs: gcs, Goroutines: 20, FDs: 40})
+		never = append(never, Sample{At: at(i), RSS: uint64(50+10*min(i, 6)) << 20, GCs: 3, Goroutines: 20, FDs: 40})
+	}
+	r = Result{Samples: map[string][]Sample{"demux-a": sizing}}
+	r.growth(30 * time.Second)
+	if r.RSSGrowthPct != 0 || r.WarmedUp["demux-a"] != 60*time.Second {
+		t.Errorf("a heap finding its size: growth %.1f%%, warmed up at %s; want 0 at 1m0s", r.RSSGrowthPct, r.WarmedUp["demux-a"])
+	}
+	r = Result{Samples: map[string][]Sample{"demux-a": never}}
+	r.growth(30 * time.Second)
+	if r.RSSGrowthPct < 10 || r.WarmedUp["demux-a"] != 30*time.Second {
+		t.Errorf("no second collection: growth %.1f%% from %s; want it judged from 30s", r.RSSGrowthPct, r.WarmedUp["demux-a"])
+	}
+	r = Result{Samples: map[string][]Sample{"demux-a": flat, "gw-a1": growing}}
+	r.growth(30 * time.Second)
 	r.Lost, r.Received = 3, 100
 	if p := strings.Join(r.Problems(), "; "); !strings.Contains(p, "3 packets lost") || !strings.Contains(p, "gw-a1 has 6 more goroutines") {
 		t.Errorf("problems: %s", p)

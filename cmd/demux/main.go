@@ -241,6 +241,7 @@ func up(args []string) error {
 	lanesUp := func() (bool, string) { return lanesSummary(dm.Status(identity)) }
 	go service.Ready(ctx, readyWait, lanesUp)
 	go service.Watchdog(ctx, func() { lanesUp() })
+	go service.ReleaseMemory(ctx, service.ReleaseEvery)
 	return serve(ctx, tuns, dm, done, r, lanesUp, log)
 }
 

@@ -288,6 +288,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	// cross it, so it has nothing of its own to wait for.
 	service.Notify("READY=1\nSTATUS=lane " + id + " to " + peer.Name)
 	go service.Watchdog(ctx, func() { status() })
+	go service.ReleaseMemory(ctx, service.ReleaseEvery)
 	// SIGHUP: a gateway of the file applies a changed peer and keys live
 	// (filePeer); a joined gateway's peer changes through the store, and
 	// it reloads its keys. Sent to a whole fleet, it never stops a gateway.

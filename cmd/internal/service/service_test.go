@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -112,5 +114,40 @@ func TestReloading(t *testing.T) {
 	usec, ok := strings.CutPrefix(s, "RELOADING=1\nMONOTONIC_USEC=")
 	if n, err := strconv.ParseInt(usec, 10, 64); !ok || err != nil || n <= 0 {
 		t.Errorf("Reloading() = %q", s)
+	}
+}
+
+var garbage [][]byte // global, so that it is live until dropped
+
+// TestReleaseMemory: freed heap goes back to the kernel within a period,
+// and the loop ends with its context.
+func TestReleaseMemory(t *testing.T) {
+	released := func() uint64 {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/released:bytes"}}
+		metrics.Read(s)
+		return s[0].Value.Uint64()
+	}
+	garbage = make([][]byte, 64)
+	for i := range garbage {
+		garbage[i] = make([]byte, 1<<20)
+		garbage[i][0] = 1
+	}
+	runtime.GC() // while it is live: nothing of it is free yet
+	before := released()
+	garbage = nil
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ReleaseMemory(ctx, 10*time.Millisecond); close(done) }()
+	for t0 := time.Now(); released() < before+32<<20 && time.Since(t0) < 5*time.Second; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := released(); got < before+32<<20 {
+		t.Errorf("released %d MiB after freeing 64 MiB, %d before", got>>20, before>>20)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReleaseMemory did not end with its context")
 	}
 }
