@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
+	"github.com/clusterpeer/clusterpeer/dataplane/rxtime"
 )
 
 // Quote is an ICMP error about a UDP datagram this host sent.
@@ -94,10 +95,11 @@ type Watch struct {
 
 	// Drain reads the socket itself, not through conn: conn's reads take
 	// a lock the goroutine holds while it waits for the next error.
-	mu     sync.Mutex // fd, closed, buf
+	mu     sync.Mutex // fd, closed, buf, recv
 	fd     int
 	closed bool
 	buf    []byte
+	recv   rxtime.Receiver
 }
 
 // Listen opens the raw socket (CAP_NET_RAW) for IPv4 or IPv6.
@@ -159,24 +161,21 @@ func (w *Watch) Drain() {
 		if w.closed || w.fd < 0 {
 			return
 		}
-		n, from, err := unix.Recvfrom(w.fd, w.buf, unix.MSG_DONTWAIT) // never waits
+		n, _, from, err := w.recv.Recvmsg(w.fd, w.buf, nil, unix.MSG_DONTWAIT) // never waits
 		if err != nil {
 			return
 		}
 		msg := w.buf[:n]
-		var src netip.Addr
-		switch sa := from.(type) {
-		case *unix.SockaddrInet4:
+		src := from.Addr()
+		switch {
+		case !src.IsValid():
+			continue
+		case !w.v6:
 			// An IPv4 raw socket hands the IP header too.
-			src = netip.AddrFrom4(sa.Addr)
 			if len(msg) < packet.IPv4MinLen || len(msg) < packet.IPv4(msg).HeaderLen() {
 				continue
 			}
 			msg = msg[packet.IPv4(msg).HeaderLen():]
-		case *unix.SockaddrInet6:
-			src = netip.AddrFrom16(sa.Addr)
-		default:
-			continue
 		}
 		if q, ok := Parse(msg, src, w.v6); ok {
 			w.fn(q)

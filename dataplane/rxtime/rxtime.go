@@ -5,10 +5,13 @@ package rxtime
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/udpbatch"
 )
 
 // OOBLen is the control buffer Recv needs.
@@ -28,6 +31,53 @@ func Recv(fd int, buf, oob []byte, flags int) (int, unix.Sockaddr, time.Time, er
 		return 0, nil, time.Time{}, err
 	}
 	return n, from, Parse(oob[:oobn]), nil
+}
+
+// Receiver reads one datagram at a time from a descriptor, as Recv does,
+// without allocating: its message header and the sender's address are
+// made once (unix.Recvmsg makes both for every call). A Receiver is one
+// goroutine's.
+type Receiver struct {
+	hdr  unix.Msghdr
+	iov  unix.Iovec
+	name unix.RawSockaddrInet6 // large enough for either family
+	none [1]byte               // where an empty buf reads to
+}
+
+// Recvmsg reads one datagram from fd with flags into buf, and its
+// control messages into oob; with unix.MSG_ERRQUEUE, an entry of the
+// socket's error queue, whose address is the failed datagram's
+// destination. It returns both lengths and the address. Errors are
+// unix.Errno values (unix.EAGAIN: nothing queued).
+func (r *Receiver) Recvmsg(fd int, buf, oob []byte, flags int) (n, oobn int, from netip.AddrPort, err error) {
+	if len(buf) == 0 {
+		buf = r.none[:]
+	}
+	r.iov.Base = &buf[0]
+	r.iov.SetLen(len(buf))
+	r.hdr.Iov, r.hdr.Iovlen = &r.iov, 1
+	r.hdr.Name, r.hdr.Namelen = (*byte)(unsafe.Pointer(&r.name)), unix.SizeofSockaddrInet6
+	r.hdr.Control = nil
+	r.hdr.SetControllen(0)
+	if len(oob) > 0 {
+		r.hdr.Control = &oob[0]
+		r.hdr.SetControllen(len(oob))
+	}
+	r.hdr.Flags = 0
+	for {
+		got, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.hdr)), uintptr(flags))
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, 0, netip.AddrPort{}, e
+		}
+		from = netip.AddrPort{}
+		if r.hdr.Namelen > 0 {
+			from = udpbatch.SockaddrAddrPort(&r.name)
+		}
+		return int(got), int(r.hdr.Controllen), from, nil
+	}
 }
 
 // Parse returns the SCM_TIMESTAMPNS time in a control message buffer, or

@@ -218,7 +218,7 @@ func (r *Reader) Read(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, e
 	n := 0
 	for i := range r.got {
 		m := &r.m.hdrs[i]
-		src := sockaddrAddrPort(&r.m.names[i])
+		src := SockaddrAddrPort(&r.m.names[i])
 		if !r.c.gro {
 			sizes[i], srcs[i] = int(m.Len), src
 			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
@@ -249,14 +249,18 @@ func (r *Reader) Read(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, e
 	return n, nil
 }
 
-// sockaddrAddrPort is the address the kernel wrote (either family;
-// unmapped).
-func sockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+// SockaddrAddrPort is the address the kernel wrote into sa (either
+// family: an IPv4 one is read through its own layout; unmapped). An
+// unknown family reads as the zero AddrPort.
+func SockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
-	if sa.Family == unix.AF_INET {
+	switch sa.Family {
+	case unix.AF_INET:
 		return netip.AddrPortFrom(netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr), port)
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
 	}
-	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+	return netip.AddrPort{}
 }
 
 // groSize is the segment size of a coalesced read (UDP_GRO control

@@ -20,13 +20,41 @@ import (
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
-// Resolve finds how this host reaches a gateway: the route's interface and
-// source address, and the next hop's MAC from the neighbour table. A
-// gateway without a usable neighbour entry comes back with Ifindex 0 (its
-// lane's packets go to userspace, whose sends make the kernel resolve it;
-// lane probes keep the entries fresh). IPv6 gateways are not handled by
-// the program and also come back unresolved.
-func Resolve(lane flowhash.LaneID, gw netip.AddrPort) Target {
+// resolver finds how this host reaches each lane's gateway: the route's
+// interface and source address, and the next hop's MAC from the
+// neighbour table. A gateway without a usable neighbour entry comes back
+// with Ifindex 0 (its lane's packets go to userspace, whose sends make
+// the kernel resolve it; lane probes keep the entries fresh). IPv6
+// gateways are not handled by the program and also come back
+// unresolved.
+//
+// Sync asks every 100 ms, so what a round of lanes shares is read once:
+// an interface's neighbour table once per round, its own MAC once per
+// linkTTL. Reading both for every lane every round was most of a
+// demux's garbage (netlink dumps, parsed whole), and of its resident
+// memory's sawtooth.
+type resolver struct {
+	neighs map[int][]netlink.Neigh // this round's, by interface
+	links  map[int]ownMAC
+	now    func() time.Time
+}
+
+type ownMAC struct {
+	mac net.HardwareAddr
+	at  time.Time
+}
+
+// linkTTL is how long an interface's own MAC is taken as read.
+const linkTTL = 10 * time.Second
+
+func newResolver() *resolver {
+	return &resolver{links: map[int]ownMAC{}, now: time.Now}
+}
+
+// round starts a round: neighbour tables are read afresh.
+func (r *resolver) round() { clear(r.neighs) }
+
+func (r *resolver) resolve(lane flowhash.LaneID, gw netip.AddrPort) Target {
 	t := Target{Lane: lane, Dst: gw}
 	if !gw.Addr().Unmap().Is4() {
 		return t
@@ -36,22 +64,28 @@ func Resolve(lane flowhash.LaneID, gw netip.AddrPort) Target {
 	if err != nil || len(routes) == 0 {
 		return t
 	}
-	r := routes[0]
+	rt := routes[0]
 	next := t.Dst.Addr()
-	if gwIP, ok := netip.AddrFromSlice(r.Gw); ok && gwIP.Unmap().IsValid() && !gwIP.IsUnspecified() {
+	if gwIP, ok := netip.AddrFromSlice(rt.Gw); ok && gwIP.Unmap().IsValid() && !gwIP.IsUnspecified() {
 		next = gwIP.Unmap()
 	}
-	src, ok := netip.AddrFromSlice(r.Src)
+	src, ok := netip.AddrFromSlice(rt.Src)
 	if !ok || !src.Unmap().Is4() {
 		return t
 	}
-	l, err := netlink.LinkByIndex(r.LinkIndex)
-	if err != nil || len(l.Attrs().HardwareAddr) != 6 {
+	mac := r.linkMAC(rt.LinkIndex)
+	if len(mac) != 6 {
 		return t
 	}
-	neighs, err := netlink.NeighList(r.LinkIndex, netlink.FAMILY_V4)
-	if err != nil {
-		return t
+	neighs, ok := r.neighs[rt.LinkIndex]
+	if !ok {
+		if neighs, err = netlink.NeighList(rt.LinkIndex, netlink.FAMILY_V4); err != nil {
+			return t
+		}
+		if r.neighs == nil {
+			r.neighs = map[int][]netlink.Neigh{}
+		}
+		r.neighs[rt.LinkIndex] = neighs
 	}
 	for _, n := range neighs {
 		ip, _ := netip.AddrFromSlice(n.IP)
@@ -59,11 +93,26 @@ func Resolve(lane flowhash.LaneID, gw netip.AddrPort) Target {
 			n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE|netlink.NUD_PERMANENT|netlink.NUD_NOARP) == 0 {
 			continue
 		}
-		t.Ifindex, t.Src = r.LinkIndex, src.Unmap()
-		t.SrcMAC, t.DstMAC = l.Attrs().HardwareAddr, n.HardwareAddr
+		t.Ifindex, t.Src = rt.LinkIndex, src.Unmap()
+		t.SrcMAC, t.DstMAC = mac, n.HardwareAddr
 		return t
 	}
 	return t
+}
+
+// linkMAC is interface idx's own MAC, read at most once per linkTTL.
+func (r *resolver) linkMAC(idx int) net.HardwareAddr {
+	now := r.now()
+	if m, ok := r.links[idx]; ok && now.Sub(m.at) < linkTTL {
+		return m.mac
+	}
+	l, err := netlink.LinkByIndex(idx)
+	if err != nil {
+		delete(r.links, idx)
+		return nil
+	}
+	r.links[idx] = ownMAC{l.Attrs().HardwareAddr, now}
+	return l.Attrs().HardwareAddr
 }
 
 // SyncConfig says where Sync gets the lane set from.
@@ -91,6 +140,7 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
 	var last []Target
+	res := newResolver()
 	var settled flowhash.LaneID // the lane whose settle window the maps still show
 	var handover <-chan time.Time
 	for {
@@ -108,7 +158,7 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 			handover = time.After(HandoverTime)
 		}
 		if handover == nil || settling != 0 {
-			p.publishIfChanged(snap, cfg, &last)
+			p.publishIfChanged(snap, cfg, res, &last)
 		}
 		select {
 		case <-ctx.Done():
@@ -120,7 +170,7 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 			}
 		case <-handover:
 			settled, handover = 0, nil
-			p.publishIfChanged(cfg.Selector.Snapshot(), cfg, &last)
+			p.publishIfChanged(cfg.Selector.Snapshot(), cfg, res, &last)
 		}
 	}
 }
@@ -131,8 +181,9 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 const HandoverTime = 20 * time.Millisecond
 
 // publishIfChanged publishes snap if it or the targets changed.
-func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, last *[]Target) {
+func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, res *resolver, last *[]Target) {
 	gws := cfg.Gateways()
+	res.round()
 	targets := make([]Target, 0, len(snap.Lanes))
 	settling, _ := snap.Settling()
 	for _, l := range snap.Lanes {
@@ -143,7 +194,7 @@ func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, last
 		if !ok || l.ID == settling {
 			continue
 		}
-		t := Resolve(l.ID, gw)
+		t := res.resolve(l.ID, gw)
 		// Keep a lane's last resolution through a failed lookup (a
 		// netlink hiccup, a neighbour entry being re-probed): moving
 		// its packets to userspace and back could reorder a flow.

@@ -139,6 +139,7 @@ type Prober struct {
 	C ProberCounters
 
 	buf, oob, frame []byte
+	recv            rxtime.Receiver // drain's: one goroutine reads
 	changes         []Change
 	settled         []flowhash.LaneID
 }
@@ -487,29 +488,19 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
 }
 
-func addrOf(sa unix.Sockaddr) netip.Addr {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(sa.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(sa.Addr).Unmap()
-	}
-	return netip.Addr{}
-}
-
 // drain reads what waits on socket i, without blocking: first its ICMP
 // error queue, then up to maxReadsPerWake datagrams.
 func (p *Prober) drain(i int) {
 	fd := p.socks[i].fd
 	for range maxReadsPerWake {
-		n, oobn, _, from, err := unix.Recvmsg(fd, p.buf, p.oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		n, oobn, to, err := p.recv.Recvmsg(fd, p.buf, p.oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {
 			break
 		}
-		p.icmpError(p.buf[:n], p.oob[:oobn], from)
+		p.icmpError(p.buf[:n], p.oob[:oobn], to.Addr())
 	}
 	for range maxReadsPerWake {
-		n, oobn, _, from, err := unix.Recvmsg(fd, p.buf, p.oob, unix.MSG_DONTWAIT)
+		n, oobn, from, err := p.recv.Recvmsg(fd, p.buf, p.oob, unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EAGAIN) {
 			return
 		}
@@ -517,7 +508,7 @@ func (p *Prober) drain(i int) {
 			continue // an ICMP error reported once more as the socket's error: the queue has it
 		}
 		now := time.Now()
-		p.datagram(p.buf[:n], addrOf(from), monotonicRx(now, rxtime.Parse(p.oob[:oobn])), now)
+		p.datagram(p.buf[:n], from.Addr(), monotonicRx(now, rxtime.Parse(p.oob[:oobn])), now)
 	}
 }
 
@@ -595,12 +586,12 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 // icmpError handles an entry of a socket's error queue: b is the payload
 // of the datagram it concerns (a probe frame this prober sent, if it is
 // genuine), oob holds the extended error, to its original destination.
-func (p *Prober) icmpError(b, oob []byte, to unix.Sockaddr) {
+func (p *Prober) icmpError(b, oob []byte, to netip.Addr) {
 	ee, offender, ok := parseExtendedErr(oob)
 	if !ok || !unreachable(ee) {
 		return // a local error (e.g. message too long): nothing about the lane
 	}
-	p.QuotedProbe(b, addrOf(to), offender, ee.Errno == uint32(unix.ECONNREFUSED))
+	p.QuotedProbe(b, to, offender, ee.Errno == uint32(unix.ECONNREFUSED))
 }
 
 // QuotedProbe acts on an ICMP port (port) or host unreachable from

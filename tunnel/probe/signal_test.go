@@ -212,7 +212,7 @@ func TestICMPErrorsMustQuoteARecentProbe(t *testing.T) {
 			extendedErr(unix.SockExtendedErr{Errno: uint32(unix.EMSGSIZE), Origin: unix.SO_EE_ORIGIN_ICMP, Type: 3, Code: 4}, near.Addr()), to, false},
 	} {
 		before := p.C.Drops[ReplyICMPUnknown].Load()
-		p.icmpError(c.b, c.oob, c.to)
+		p.icmpError(c.b, c.oob, addrOf(c.to))
 		if !l.s.Up() {
 			t.Fatalf("%s: took the lane down", c.name)
 		}
@@ -220,7 +220,7 @@ func TestICMPErrorsMustQuoteARecentProbe(t *testing.T) {
 			t.Errorf("%s: counted %d as unmatched", c.name, got)
 		}
 	}
-	p.icmpError(frame(key, probe), portUnreach, to)
+	p.icmpError(frame(key, probe), portUnreach, addrOf(to))
 	if l.s.Up() || l.s.ByTimeout() || p.C.Signals[SignalICMP].Load() != 1 {
 		t.Errorf("a genuine ICMP port unreachable: up %v, signals %v", l.s.Up(), p.SignalCounts())
 	}
@@ -406,7 +406,7 @@ func FuzzSignals(f *testing.F) {
 	defer rf.Close() // no condition: it sends nothing to the addresses the input names
 	f.Fuzz(func(t *testing.T, b, oob []byte) {
 		p.datagram(b, near.Addr(), now, now)
-		p.icmpError(b, oob, sockaddr(near))
+		p.icmpError(b, oob, near.Addr())
 		p.QuotedProbe(b, near.Addr(), near.Addr(), true)
 		if !l.s.Up() {
 			t.Fatal("a lane went down without the key")
@@ -536,4 +536,14 @@ func TestGoneTakesTheLaneDown(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Run reported no change")
 	}
+}
+
+func addrOf(sa unix.Sockaddr) netip.Addr {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return netip.Addr{}
 }
