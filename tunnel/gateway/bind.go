@@ -29,10 +29,18 @@ type laneBind struct {
 	mu    sync.Mutex // orders Open, Close and SetMark
 	socks []*udpbatch.Conn
 	mark  uint32
-	// send is socks for Send, which reads it without the lock: by family
-	// (0: IPv4, 1: IPv6), nil where none is open.
-	send    atomic.Pointer[[2]*udpbatch.Conn]
-	writers [2]sync.Pool // *boundWriter, by family
+	// send is socks' writers for Send, which reads it without the lock:
+	// by family (0: IPv4, 1: IPv6), nil where none is open.
+	send atomic.Pointer[[2]*sockWriter]
+}
+
+// sockWriter is a socket's one Writer. WireGuard sends a peer's packets
+// from one goroutine (handshakes from others, rarely), so its lock, taken
+// per batch, is almost never contended.
+type sockWriter struct {
+	mu sync.Mutex
+	c  *udpbatch.Conn
+	w  *udpbatch.Writer
 }
 
 // bindBuffer is each socket's send and receive buffer (wireguard-go's).
@@ -110,9 +118,9 @@ func (b *laneBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		fns[i] = receiveFrom(c)
 	}
 	b.socks = socks
-	var send [2]*udpbatch.Conn
+	var send [2]*sockWriter
 	for _, c := range socks {
-		send[family(c.IsV6())] = c
+		send[family(c.IsV6())] = &sockWriter{c: c, w: c.NewWriter(conn.IdealBatchSize)}
 	}
 	b.send.Store(&send)
 	return fns, port, nil
@@ -163,13 +171,6 @@ func (b *laneBind) SetMark(mark uint32) error {
 	return err
 }
 
-// boundWriter is a pooled Writer with the socket it writes on, so that
-// one that outlives a Close is not reused on the next Open's sockets.
-type boundWriter struct {
-	c *udpbatch.Conn
-	w *udpbatch.Writer
-}
-
 // Send writes bufs to the peer at ep, in order, in as few system calls
 // as the kernel's offloads allow.
 func (b *laneBind) Send(bufs [][]byte, ep conn.Endpoint) error {
@@ -178,18 +179,14 @@ func (b *laneBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return fmt.Errorf("send to %T: not this bind's endpoint", ep)
 	}
 	f := family(e.ap.Addr().Is6())
-	socks := b.send.Load()
-	if socks == nil || socks[f] == nil {
+	ws := b.send.Load()
+	if ws == nil || ws[f] == nil {
 		return &net.OpError{Op: "write", Net: "udp", Err: syscall.EAFNOSUPPORT}
 	}
-	c := socks[f]
-	bw, _ := b.writers[f].Get().(*boundWriter)
-	if bw == nil || bw.c != c {
-		bw = &boundWriter{c: c, w: c.NewWriter(conn.IdealBatchSize)}
-	}
-	err := bw.w.Write(bufs, e.ap)
-	b.writers[f].Put(bw)
-	return err
+	w := ws[f]
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(bufs, e.ap)
 }
 
 func family(v6 bool) int {

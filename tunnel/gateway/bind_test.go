@@ -159,4 +159,4 @@ func TestLaneBindNoAllocations(t *testing.T) {
 }
 
 // v4Port is the port a bind's IPv4 socket listens on.
-func v4Port(b *laneBind) uint16 { return b.send.Load()[0].Port() }
+func v4Port(b *laneBind) uint16 { return b.send.Load()[0].c.Port() }
