@@ -38,7 +38,7 @@ func (r *Report) Markdown(w io.Writer) {
 	for _, test := range r.Settings.Tests {
 		p("## %s: Gbit/s delivered, median of %d runs of %g s\n\n", strings.ToUpper(test), r.Settings.Reps, r.Settings.DurationSec)
 		if test == "tcp" {
-			p("%d streams; efficiency is T(N) / (N x T(1)) at the largest N whose N x T(1) stays under the line rate. ", r.Settings.Streams)
+			p("%s; efficiency is T(N) / (N x T(1)) at the largest N whose N x T(1) stays under the line rate. ", r.Settings.StreamsText())
 		} else {
 			offered := map[string]string{
 				"tcp":  "90% of the same cell's TCP median",
@@ -47,7 +47,7 @@ func (r *Report) Markdown(w io.Writer) {
 			if offered == "" {
 				offered = r.Settings.UDPRate + " bit/s"
 			}
-			p("%d streams, offered at %s; loss in brackets. ", r.Settings.Streams, offered)
+			p("%s, offered at %s; loss in brackets. ", r.Settings.StreamsText(), offered)
 		}
 		p("Each gateway: its profile's vCPUs x the scale as a CPU quota, its link rate on both links. ")
 		p("kernel: routed through one gateway pair without encryption (no CPU quota applies to the kernel's forwarding); ")

@@ -55,14 +55,23 @@ type Env struct {
 	Seconds     float64 `json:"seconds"` // the whole run
 }
 
+// StreamsText says how many streams the runs used.
+func (s Settings) StreamsText() string {
+	if s.Streams == 0 && s.StreamsPerLane > 0 {
+		return fmt.Sprintf("%d streams per lane", s.StreamsPerLane)
+	}
+	return fmt.Sprintf("%d streams", s.Streams)
+}
+
 // Settings are the run's knobs.
 type Settings struct {
-	Lanes       []int    `json:"lanes"`
-	Tests       []string `json:"tests"`
-	DurationSec float64  `json:"duration_sec"`
-	Reps        int      `json:"reps"`
-	Streams     int      `json:"streams"`
-	UDPRate     string   `json:"udp_rate"` // tcp, link or bits/s (bench run --udp-rate)
+	Lanes          []int    `json:"lanes"`
+	Tests          []string `json:"tests"`
+	DurationSec    float64  `json:"duration_sec"`
+	Reps           int      `json:"reps"`
+	Streams        int      `json:"streams"`                    // fixed for every cell; 0: StreamsPerLane
+	StreamsPerLane int      `json:"streams_per_lane,omitempty"` // per lane of the cell's topology
+	UDPRate        string   `json:"udp_rate"`                   // tcp, link or bits/s (bench run --udp-rate)
 }
 
 // Cell is one path x lanes x profile x test, measured Reps times.
@@ -72,6 +81,7 @@ type Cell struct {
 	Profile    string  `json:"profile"`
 	Test       string  `json:"test"`                  // tcp or udp
 	OfferedBps float64 `json:"offered_bps,omitempty"` // udp
+	Streams    int     `json:"streams,omitempty"`     // iperf3 -P (absent in reports before it was recorded)
 	Runs       []Run   `json:"runs"`
 	MedianBps  float64 `json:"median_bps"`
 	// Medians over the runs, per component (gw-a, gw-b: the gateways of

@@ -4,7 +4,7 @@
 // routing and one plain wireguard-go tunnel over the same links.
 //
 //	bench run [--profiles bench/profiles.yaml] [--profile c4.large,...] [--lanes 1-6]
-//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams 8] [--out DIR]
+//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams-per-lane 4 | --streams N] [--out DIR]
 //	bench check REPORT.json
 //	bench render REPORT.json
 //	bench xdp [--duration 5s] [--runs 3]
@@ -69,7 +69,8 @@ func run(args []string) error {
 	tests := fs.String("tests", "tcp,udp", "iperf3 tests: tcp, udp or both")
 	duration := fs.Duration("duration", 5*time.Second, "each iperf3 run (whole seconds)")
 	reps := fs.Int("reps", 3, "runs per figure; the report gives the median")
-	streams := fs.Int("streams", 8, "iperf3 parallel streams (-P)")
+	streams := fs.Int("streams", 0, "iperf3 parallel streams (-P) for every cell (default: --streams-per-lane for each lane)")
+	perLane := fs.Int("streams-per-lane", 4, "iperf3 streams for each lane of a topology, so that every lane carries some (the baselines count as one lane)")
 	scale := fs.String("scale", "", "host CPUs per emulated vCPU: auto or a number (default: the profiles file's)")
 	out := fs.String("out", "bench/results", "directory for report.json, report.md and chart.png")
 	bin := fs.String("bin", "bin", "directory with the demux and tunnel binaries")
@@ -114,8 +115,8 @@ func run(args []string) error {
 			return fmt.Errorf("--udp-rate: %w", err)
 		}
 	}
-	if *reps < 1 || *streams < 1 || *duration < time.Second {
-		return errors.New("--reps and --streams must be at least 1, --duration at least 1s")
+	if *reps < 1 || *streams < 0 || *perLane < 1 || *duration < time.Second {
+		return errors.New("--reps and --streams-per-lane must be at least 1, --streams 0 or more, --duration at least 1s")
 	}
 	pf, err := profile.Load(*profilesPath)
 	if err != nil {
@@ -140,7 +141,7 @@ func run(args []string) error {
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	o := harness.Options{
 		Profiles: pf, Selected: profiles, Emulation: emu, Lanes: lanes, Tests: testList,
-		Duration: *duration, Reps: *reps, Streams: *streams,
+		Duration: *duration, Reps: *reps, Streams: *streams, StreamsPerLane: *perLane,
 		Bin: abs(*bin), WGO: abs(*wgo), Health: hs, UDPOfTCP: udpOfTCP, UDPRate: udpBps, Progress: os.Stderr,
 	}
 	if err := harness.Check(o); err != nil {
@@ -159,7 +160,7 @@ func run(args []string) error {
 		LineRateBps: float64(emu.LineRate(pf.VPC)),
 		Profiles:    profiles,
 		Limits:      map[string]profile.Limits{},
-		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, UDPRate: *udpRate},
+		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, StreamsPerLane: perLaneSetting(*streams, *perLane), UDPRate: *udpRate},
 	}
 	for _, p := range profiles {
 		rep.Limits[p.Name] = emu.Limits(p)
@@ -321,4 +322,13 @@ func render(args []string) error {
 	}
 	fmt.Printf("bench render: wrote %s, %s\n", md, png)
 	return nil
+}
+
+// perLaneSetting is what the report records of --streams-per-lane: nothing
+// when --streams fixed the count.
+func perLaneSetting(streams, perLane int) int {
+	if streams > 0 {
+		return 0
+	}
+	return perLane
 }
