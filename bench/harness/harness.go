@@ -45,6 +45,7 @@ type Options struct {
 	// iperf3's parallel streams (-P): Streams if set, else StreamsPerLane
 	// for each lane of the topology (StreamsFor).
 	Streams, StreamsPerLane int
+	Bidir                   bool   // iperf3 --bidir: both ways at once
 	Bin                     string // directory holding demux and tunnel
 	WGO                     string // upstream wireguard-go binary for the baseline
 	Health                  config.Health
@@ -281,7 +282,7 @@ func shape(ctx context.Context, ns, dev string, rate uint64) error {
 // cell runs one test Reps times on the current topology and profile.
 func (h *harness) cell(ctx context.Context, t topo, p profile.Profile, c *report.Cell) error {
 	c.Streams = h.o.StreamsFor(t.lanes)
-	test := iperf.Test{Server: server, UDP: c.Test == "udp", Streams: c.Streams, Duration: h.o.Duration}
+	test := iperf.Test{Server: server, UDP: c.Test == "udp", Streams: c.Streams, Duration: h.o.Duration, Bidir: h.o.Bidir}
 	if test.UDP {
 		l := h.o.Emulation.Limits(p)
 		switch {

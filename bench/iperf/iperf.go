@@ -25,6 +25,7 @@ type Test struct {
 	Duration time.Duration // -t, whole seconds
 	Rate     uint64        // UDP: bits per second over all streams
 	Length   int           // UDP datagram payload (-l); 0: 1200
+	Bidir    bool          // both directions at once (--bidir); Rate is then over both
 }
 
 // Args are the iperf3 client arguments for t, JSON output included.
@@ -34,13 +35,18 @@ func (t Test) Args() []string {
 	if t.Port != 0 {
 		a = append(a, "-p", strconv.Itoa(t.Port))
 	}
+	ways := uint64(1)
+	if t.Bidir {
+		a = append(a, "--bidir")
+		ways = 2
+	}
 	if t.UDP {
 		l := t.Length
 		if l == 0 {
 			l = 1200
 		}
-		// -b is per stream.
-		a = append(a, "-u", "-b", strconv.FormatUint(t.Rate/uint64(max(1, t.Streams)), 10), "-l", strconv.Itoa(l))
+		// -b is per stream and, with --bidir, per direction.
+		a = append(a, "-u", "-b", strconv.FormatUint(t.Rate/uint64(max(1, t.Streams))/ways, 10), "-l", strconv.Itoa(l))
 	}
 	return a
 }
@@ -48,8 +54,9 @@ func (t Test) Args() []string {
 // Result is what one run measured.
 type Result struct {
 	Seconds      float64 `json:"seconds"`
-	Bps          float64 `json:"bps"`      // delivered to the receiver
-	SentBps      float64 `json:"sent_bps"` // offered by the sender
+	Bps          float64 `json:"bps"`                   // delivered to the receiver (with --bidir: both receivers)
+	SentBps      float64 `json:"sent_bps"`              // offered by the sender (with --bidir: both senders)
+	ReverseBps   float64 `json:"reverse_bps,omitempty"` // with --bidir, the part of Bps the server sent
 	Retransmits  int64   `json:"retransmits,omitempty"`
 	LostPercent  float64 `json:"lost_percent,omitempty"`
 	JitterMs     float64 `json:"jitter_ms,omitempty"`
@@ -65,7 +72,11 @@ type report struct {
 		Sum         *summary `json:"sum"` // UDP: the receiver's loss and jitter
 		SumSent     *summary `json:"sum_sent"`
 		SumReceived *summary `json:"sum_received"`
-		CPU         struct {
+		// With --bidir, the same for what the server sent.
+		SumReverse         *summary `json:"sum_bidir_reverse"`
+		SumSentReverse     *summary `json:"sum_sent_bidir_reverse"`
+		SumReceivedReverse *summary `json:"sum_received_bidir_reverse"`
+		CPU                struct {
 			HostTotal   float64 `json:"host_total"`
 			RemoteTotal float64 `json:"remote_total"`
 		} `json:"cpu_utilization_percent"`
@@ -107,6 +118,17 @@ func Parse(data []byte) (Result, error) {
 		res.LostPercent = e.Sum.LostPercent
 		res.JitterMs = e.Sum.JitterMs
 		res.Bps = e.Sum.Bps * (e.Sum.Packets - e.Sum.LostPackets) / e.Sum.Packets
+	}
+	if e.SumReceivedReverse != nil && e.SumSentReverse != nil { // --bidir
+		res.ReverseBps = e.SumReceivedReverse.Bps
+		res.SentBps += e.SumSentReverse.Bps
+		res.Retransmits += e.SumSentReverse.Retransmits
+		if f, r := e.Sum, e.SumReverse; f != nil && r != nil && f.Packets > 0 && r.Packets > 0 { // UDP
+			res.ReverseBps = r.Bps * (r.Packets - r.LostPackets) / r.Packets
+			res.LostPercent = 100 * (f.LostPackets + r.LostPackets) / (f.Packets + r.Packets)
+			res.JitterMs = max(f.JitterMs, r.JitterMs)
+		}
+		res.Bps += res.ReverseBps
 	}
 	if !(res.Seconds > 0) {
 		return Result{}, errors.New("iperf3 report: the test lasted 0 seconds")

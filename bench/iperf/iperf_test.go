@@ -1,6 +1,7 @@
 package iperf
 
 import (
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -92,4 +93,30 @@ func mustRead(t *testing.T, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestParseBidir: with --bidir what both receivers got is summed, and
+// the server's part is kept apart (real iperf3 3.12 reports, loopback,
+// 2 streams each way).
+func TestParseBidir(t *testing.T) {
+	r, err := Parse(mustRead(t, "testdata/tcp-bidir-p2.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := func(a, b float64) bool { return math.Abs(a-b) < 2 }
+	if !near(r.ReverseBps, 3741555931.93) || !near(r.Bps, 15083230669.91+3741555931.93) || !near(r.SentBps, 15134134145.85+3836468414.87) {
+		t.Errorf("tcp: %+v", r)
+	}
+	r, err = Parse(mustRead(t, "testdata/udp-bidir-p2.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2 streams at 50 Mbit/s each way, nothing lost.
+	if r.ReverseBps < 99e6 || r.ReverseBps > 100e6 || r.Bps < 199e6 || r.Bps > 200e6 || r.LostPercent != 0 {
+		t.Errorf("udp: %+v", r)
+	}
+	args := strings.Join(Test{Server: "10.2.0.10", UDP: true, Streams: 4, Rate: 800e6, Bidir: true, Duration: time.Second}.Args(), " ")
+	if !strings.Contains(args, "--bidir") || !strings.Contains(args, "-b 100000000 ") {
+		t.Errorf("args %q: want --bidir and 100 Mbit/s a stream a way", args)
+	}
 }

@@ -228,6 +228,9 @@ func (e Emulation) Limits(p Profile) Limits {
 // LineRate is the VPC's one-way rate on this host, in bits per second.
 func (e Emulation) LineRate(v VPC) uint64 { return e.rate(v.OneWayGbps) }
 
+// LineRateBothWays is the VPC's rate with traffic both ways at once.
+func (e Emulation) LineRateBothWays(v VPC) uint64 { return e.rate(v.BothWaysGbps) }
+
 func (e Emulation) rate(gbps float64) uint64 {
 	if e.ScaleNetwork {
 		gbps *= e.Scale

@@ -32,7 +32,11 @@ func (r *Report) Markdown(w io.Writer) {
 	if r.VPC.Enforce {
 		enf = "enforced with tc on each network's host link"
 	}
-	p("| line rate | %.2f Gbit/s one way (VPC %g Gbit/s one way, %g both ways; %s) |\n", r.LineRateBps/1e9, r.VPC.OneWayGbps, r.VPC.BothWaysGbps, enf)
+	way := "one way"
+	if r.Settings.Bidir {
+		way = "both ways"
+	}
+	p("| line rate | %.2f Gbit/s %s (VPC %g Gbit/s one way, %g both ways; %s) |\n", r.LineRateBps/1e9, way, r.VPC.OneWayGbps, r.VPC.BothWaysGbps, enf)
 	p("| profiles | %s |\n\n", r.ProfileFile)
 
 	for _, test := range r.Settings.Tests {

@@ -32,7 +32,7 @@ type Report struct {
 	Emulation   profile.Emulation         `json:"emulation"`
 	ProfileFile string                    `json:"profile_file"`
 	VPC         profile.VPC               `json:"vpc"`
-	LineRateBps float64                   `json:"line_rate_bps"` // the VPC's one-way rate on this host
+	LineRateBps float64                   `json:"line_rate_bps"` // the VPC's one-way rate on this host (both-ways with Settings.Bidir)
 	Profiles    []profile.Profile         `json:"profiles"`
 	Settings    Settings                  `json:"settings"`
 	Cells       []*Cell                   `json:"cells"`
@@ -55,12 +55,16 @@ type Env struct {
 	Seconds     float64 `json:"seconds"` // the whole run
 }
 
-// StreamsText says how many streams the runs used.
+// StreamsText says how many streams the runs used, and which way.
 func (s Settings) StreamsText() string {
+	t := fmt.Sprintf("%d streams", s.Streams)
 	if s.Streams == 0 && s.StreamsPerLane > 0 {
-		return fmt.Sprintf("%d streams per lane", s.StreamsPerLane)
+		t = fmt.Sprintf("%d streams per lane", s.StreamsPerLane)
 	}
-	return fmt.Sprintf("%d streams", s.Streams)
+	if s.Bidir {
+		t += " each way, both ways at once (iperf3 --bidir; figures are the sum of both directions)"
+	}
+	return t
 }
 
 // Settings are the run's knobs.
@@ -72,6 +76,10 @@ type Settings struct {
 	Streams        int      `json:"streams"`                    // fixed for every cell; 0: StreamsPerLane
 	StreamsPerLane int      `json:"streams_per_lane,omitempty"` // per lane of the cell's topology
 	UDPRate        string   `json:"udp_rate"`                   // tcp, link or bits/s (bench run --udp-rate)
+	// Bidir: every run sent both ways at once (iperf3 --bidir); its
+	// figure is what both receivers got, and the line rate the VPC's
+	// both-ways rate.
+	Bidir bool `json:"bidir,omitempty"`
 }
 
 // Cell is one path x lanes x profile x test, measured Reps times.

@@ -4,7 +4,7 @@
 // routing and one plain wireguard-go tunnel over the same links.
 //
 //	bench run [--profiles bench/profiles.yaml] [--profile c4.large,...] [--lanes 1-6]
-//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams-per-lane 4 | --streams N] [--out DIR]
+//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams-per-lane 4 | --streams N] [--bidir] [--out DIR]
 //	bench check REPORT.json
 //	bench render REPORT.json
 //	bench xdp [--duration 5s] [--runs 3]
@@ -70,6 +70,7 @@ func run(args []string) error {
 	duration := fs.Duration("duration", 5*time.Second, "each iperf3 run (whole seconds)")
 	reps := fs.Int("reps", 3, "runs per figure; the report gives the median")
 	streams := fs.Int("streams", 0, "iperf3 parallel streams (-P) for every cell (default: --streams-per-lane for each lane)")
+	bidir := fs.Bool("bidir", false, "send both ways at once (iperf3 --bidir): figures are the sum of both directions, against the VPC's both-ways rate")
 	perLane := fs.Int("streams-per-lane", 4, "iperf3 streams for each lane of a topology, so that every lane carries some (the baselines count as one lane)")
 	scale := fs.String("scale", "", "host CPUs per emulated vCPU: auto or a number (default: the profiles file's)")
 	out := fs.String("out", "bench/results", "directory for report.json, report.md and chart.png")
@@ -141,7 +142,7 @@ func run(args []string) error {
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	o := harness.Options{
 		Profiles: pf, Selected: profiles, Emulation: emu, Lanes: lanes, Tests: testList,
-		Duration: *duration, Reps: *reps, Streams: *streams, StreamsPerLane: *perLane,
+		Duration: *duration, Reps: *reps, Streams: *streams, StreamsPerLane: *perLane, Bidir: *bidir,
 		Bin: abs(*bin), WGO: abs(*wgo), Health: hs, UDPOfTCP: udpOfTCP, UDPRate: udpBps, Progress: os.Stderr,
 	}
 	if err := harness.Check(o); err != nil {
@@ -157,10 +158,10 @@ func run(args []string) error {
 		Emulation:   emu,
 		ProfileFile: *profilesPath,
 		VPC:         pf.VPC,
-		LineRateBps: float64(emu.LineRate(pf.VPC)),
+		LineRateBps: float64(lineRate(emu, pf.VPC, *bidir)),
 		Profiles:    profiles,
 		Limits:      map[string]profile.Limits{},
-		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, StreamsPerLane: perLaneSetting(*streams, *perLane), UDPRate: *udpRate},
+		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, StreamsPerLane: perLaneSetting(*streams, *perLane), UDPRate: *udpRate, Bidir: *bidir},
 	}
 	for _, p := range profiles {
 		rep.Limits[p.Name] = emu.Limits(p)
@@ -331,4 +332,13 @@ func perLaneSetting(streams, perLane int) int {
 		return 0
 	}
 	return perLane
+}
+
+// lineRate is the rate a run's figures are drawn against: one way, or
+// with --bidir both ways.
+func lineRate(emu profile.Emulation, v profile.VPC, bidir bool) uint64 {
+	if bidir {
+		return emu.LineRateBothWays(v)
+	}
+	return emu.LineRate(v)
 }
