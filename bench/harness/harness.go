@@ -23,6 +23,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/clusterpeer/clusterpeer/admin"
 	"github.com/clusterpeer/clusterpeer/bench/cgroup"
 	"github.com/clusterpeer/clusterpeer/bench/iperf"
@@ -45,10 +48,13 @@ type Options struct {
 	// iperf3's parallel streams (-P): Streams if set, else StreamsPerLane
 	// for each lane of the topology (StreamsFor).
 	Streams, StreamsPerLane int
-	Bidir                   bool   // iperf3 --bidir: both ways at once
-	Bin                     string // directory holding demux and tunnel
-	WGO                     string // upstream wireguard-go binary for the baseline
-	Health                  config.Health
+	Bidir                   bool // iperf3 --bidir: both ways at once
+	// XDP is the demuxes' fast path (topology.Options.XDP: native,
+	// generic or off, the userspace demux alone).
+	XDP    string
+	Bin    string // directory holding demux and tunnel
+	WGO    string // upstream wireguard-go binary for the baseline
+	Health config.Health
 	// UDP's offered rate: UDPOfTCP > 0 offers that share of the same
 	// cell's TCP median (so TCP runs first); else UDPRate bits/s; else
 	// min(line rate, lanes x the profile's link rate).
@@ -98,6 +104,19 @@ func Run(ctx context.Context, o Options, rep *report.Report) error {
 	defer h.cg.Close()
 	rep.Env.Cgroup = h.cg.Version()
 
+	if o.XDP != "" && o.XDP != "off" {
+		// The XDP program runs in the kernel's receive path, in no
+		// cgroup: its run time per packet comes from BPF statistics,
+		// kept while this is open (a clock read per run: on for the
+		// whole run, so every figure pays it alike).
+		stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+		if err != nil {
+			h.progress("no BPF statistics (Linux 5.8+), the XDP program's time is not counted: %v", err)
+		} else {
+			defer stats.Close()
+		}
+	}
+
 	topos := []topo{{report.Kernel, 1}, {report.WireGuardGo, 1}}
 	for _, n := range o.Lanes {
 		topos = append(topos, topo{report.Clusterpeer, n})
@@ -139,6 +158,8 @@ func (h *harness) measure(ctx context.Context, t topo) (err error) {
 		Work: filepath.Join(h.work, fmt.Sprintf("%s-%d", t.path, t.lanes)),
 	}
 	switch t.path {
+	case report.Clusterpeer:
+		o.XDP = h.o.XDP
 	case report.Kernel:
 		o.Baseline = topology.Kernel
 	case report.WireGuardGo:
@@ -301,14 +322,14 @@ func (h *harness) cell(ctx context.Context, t topo, p profile.Profile, c *report
 	}
 	for rep := 1; rep <= h.o.Reps; rep++ {
 		h.progress("%s, %d lane(s), %s, %s, run %d/%d", t.path, t.lanes, p.Name, c.Test, rep, h.o.Reps)
-		run, err := h.run(ctx, test)
+		run, err := h.run(ctx, t, test)
 		if err != nil && ctx.Err() == nil {
 			// Now and then a UDP run at a CPU-bound gateway's limit does not
 			// end: iperf3's control connection shares a lane whose queues
 			// are full. One retry, counted in the report.
 			h.progress("%s, %d lane(s), %s, %s, run %d/%d again: %v", t.path, t.lanes, p.Name, c.Test, rep, h.o.Reps, err)
 			c.Retries++
-			run, err = h.run(ctx, test)
+			run, err = h.run(ctx, t, test)
 		}
 		if err != nil {
 			return err
@@ -320,7 +341,7 @@ func (h *harness) cell(ctx context.Context, t topo, p profile.Profile, c *report
 
 // run is one iperf3 client run against a fresh one-off server, with the
 // CPU each component used meanwhile.
-func (h *harness) run(ctx context.Context, test iperf.Test) (report.Run, error) {
+func (h *harness) run(ctx context.Context, t topo, test iperf.Test) (report.Run, error) {
 	srv := exec.Command("ip", "netns", "exec", h.ns("hb"), "iperf3", "-s", "-1", "-B", server)
 	if err := srv.Start(); err != nil {
 		return report.Run{}, fmt.Errorf("iperf3 server: %w", err)
@@ -338,6 +359,7 @@ func (h *harness) run(ctx context.Context, test iperf.Test) (report.Run, error) 
 	if err := h.p.WaitListen(ctx, "hb", 5201, 2*time.Second); err != nil {
 		return report.Run{}, err
 	}
+	w0, werr := h.counters(t)
 	before, err := h.snapshot()
 	if err != nil {
 		return report.Run{}, err
@@ -352,7 +374,58 @@ func (h *harness) run(ctx context.Context, test iperf.Test) (report.Run, error) 
 	}
 	run := report.Run{Result: res}
 	run.CPU, run.Throttled, run.HostBusy = usage(before, after)
+	if w1, err := h.counters(t); werr == nil && err == nil && t.path == report.Clusterpeer {
+		run.Work = &report.Work{
+			Seconds:         after.at.Sub(before.at).Seconds(),
+			DemuxPackets:    w1.DemuxPackets - w0.DemuxPackets,
+			DemuxXDPSeconds: w1.DemuxXDPSeconds - w0.DemuxXDPSeconds,
+			GatewayPackets:  w1.GatewayPackets - w0.GatewayPackets,
+		}
+	}
 	return run, nil
+}
+
+// counters reads side a's demux and gateway counters from their metrics
+// (totals so far: a run's are the difference). Only a clusterpeer
+// topology has them.
+func (h *harness) counters(t topo) (report.Work, error) {
+	var w report.Work
+	if t.path != report.Clusterpeer {
+		return w, nil
+	}
+	body, err := h.p.Metrics("da")
+	if err != nil {
+		return w, err
+	}
+	w.DemuxPackets = metricSum(body, "clusterpeer_demux_packets_total") + metricSum(body, "clusterpeer_xdp_lane_packets_total")
+	w.DemuxXDPSeconds = metricSum(body, "clusterpeer_xdp_program_run_seconds_total")
+	for i := 1; i <= t.lanes; i++ {
+		body, err := h.p.Metrics(fmt.Sprintf("ga%d", i))
+		if err != nil {
+			return w, err
+		}
+		w.GatewayPackets += metricSum(body, "clusterpeer_gateway_geneve_packets_total") + metricSum(body, "clusterpeer_gateway_delivered_packets_total")
+	}
+	return w, nil
+}
+
+// metricSum adds up every series of a metric in a Prometheus text scrape.
+func metricSum(body, name string) float64 {
+	var sum float64
+	for _, l := range strings.Split(body, "\n") {
+		rest, ok := strings.CutPrefix(l, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(f) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // noteLaneDowns records lanes that the demuxes took down during the runs

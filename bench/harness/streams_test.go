@@ -28,3 +28,24 @@ func TestStreamsFor(t *testing.T) {
 		t.Errorf("fixed: %q", got)
 	}
 }
+
+// TestMetricSum: every series of one metric is added up, and a metric
+// whose name only starts the same is not.
+func TestMetricSum(t *testing.T) {
+	body := `# HELP clusterpeer_xdp_lane_packets_total Inner packets.
+# TYPE clusterpeer_xdp_lane_packets_total counter
+clusterpeer_xdp_lane_packets_total{lane="1"} 1000
+clusterpeer_xdp_lane_packets_total{lane="2"} 2.5e+03
+clusterpeer_xdp_lane_packets_totals 7
+clusterpeer_demux_packets_total 42
+`
+	if got := metricSum(body, "clusterpeer_xdp_lane_packets_total"); got != 3500 {
+		t.Errorf("lane packets %v, want 3500", got)
+	}
+	if got := metricSum(body, "clusterpeer_demux_packets_total"); got != 42 {
+		t.Errorf("demux packets %v", got)
+	}
+	if got := metricSum(body, "clusterpeer_missing_total"); got != 0 {
+		t.Errorf("missing %v", got)
+	}
+}

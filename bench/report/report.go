@@ -80,6 +80,9 @@ type Settings struct {
 	// figure is what both receivers got, and the line rate the VPC's
 	// both-ways rate.
 	Bidir bool `json:"bidir,omitempty"`
+	// Demux: the demuxes' path, xdp (the XDP program in front of the
+	// userspace demux) or userspace; "" in reports from before the choice.
+	Demux string `json:"demux,omitempty"`
 }
 
 // Cell is one path x lanes x profile x test, measured Reps times.
@@ -109,6 +112,32 @@ type Run struct {
 	CPU       map[string]float64 `json:"cpu"`
 	Throttled map[string]float64 `json:"throttled"`
 	HostBusy  float64            `json:"host_busy"`
+	Work      *Work              `json:"work,omitempty"` // clusterpeer topologies
+}
+
+// Work is what side a's demux and gateways did during a run, from their
+// own counters, so that CPU can be put per packet.
+type Work struct {
+	Seconds         float64 `json:"seconds"`           // between the CPU snapshots
+	DemuxPackets    float64 `json:"demux_packets"`     // demux-a: read from its TUN, plus sent by its XDP program
+	DemuxXDPSeconds float64 `json:"demux_xdp_seconds"` // its XDP program's run time (BPF statistics; 0 without XDP)
+	GatewayPackets  float64 `json:"gateway_packets"`   // side a's gateways: GENEVE frames in, plus packets delivered
+}
+
+// Cost is a run's CPU per packet: the demux's (its process and its XDP
+// program, which runs in the kernel's receive path and so in no cgroup)
+// and side a's gateways', in nanoseconds, and the demux's CPU over the
+// gateways' for the same traffic (CPU per Gbit/s over one gateway's: each
+// of N gateways carries a Nth at a Nth of the CPU). ok is false without
+// counters or CPU.
+func (r Run) Cost() (demuxNs, gatewayNs, share float64, ok bool) {
+	w := r.Work
+	if w == nil || w.DemuxPackets <= 0 || w.GatewayPackets <= 0 || r.CPU["gw-a"] <= 0 {
+		return 0, 0, 0, false
+	}
+	demux := r.CPU["demux-a"]*w.Seconds + w.DemuxXDPSeconds
+	gw := r.CPU["gw-a"] * w.Seconds
+	return demux / w.DemuxPackets * 1e9, gw / w.GatewayPackets * 1e9, demux / gw, true
 }
 
 // Finish computes the cell's medians from its runs.
@@ -177,6 +206,11 @@ type Summary struct {
 	Ratio      float64 `json:"ratio"`      // our T(1) / wireguard-go
 	Efficiency float64 `json:"efficiency"` // T(N) / (N x T(1))
 	EffLanes   int     `json:"efficiency_lanes"`
+	// The best aggregate's cost per packet (Run.Cost, medians over its
+	// runs); absent where no run had counters.
+	DemuxNsPerPkt   float64 `json:"demux_ns_per_pkt,omitempty"`
+	GatewayNsPerPkt float64 `json:"gateway_ns_per_pkt,omitempty"`
+	DemuxShare      float64 `json:"demux_share,omitempty"`
 }
 
 // Summarize fills r.Summary from the TCP cells. The best aggregate is the
@@ -202,6 +236,15 @@ func (r *Report) Summarize() error {
 	s := &Summary{Profile: best.Profile, Lanes: best.Lanes, Gbps: best.MedianBps / 1e9, WgoGbps: wgo.MedianBps / 1e9,
 		Ratio: one.MedianBps / wgo.MedianBps}
 	s.EffLanes, s.Efficiency = r.Efficiency(best.Profile)
+	var dns, gns, share []float64
+	for _, run := range best.Runs {
+		if d, g, sh, ok := run.Cost(); ok {
+			dns, gns, share = append(dns, d), append(gns, g), append(share, sh)
+		}
+	}
+	if len(dns) > 0 {
+		s.DemuxNsPerPkt, s.GatewayNsPerPkt, s.DemuxShare = Median(dns), Median(gns), Median(share)
+	}
 	r.Summary = s
 	return nil
 }
@@ -224,7 +267,16 @@ func (r *Report) Efficiency(prof string) (lanes int, eff float64) {
 	return lanes, eff
 }
 
-// Line is the run's last line, in the form CI and the README quote.
+// CPULine follows Line: the best aggregate's cost per packet; "" where
+// the report has none (one from before it was measured).
+func (s *Summary) CPULine() string {
+	if s.DemuxNsPerPkt == 0 {
+		return ""
+	}
+	return fmt.Sprintf("bench-cpu: demux_ns_per_pkt=%.0f gateway_ns_per_pkt=%.0f demux_share=%.2f", s.DemuxNsPerPkt, s.GatewayNsPerPkt, s.DemuxShare)
+}
+
+// Line is the run's summary line, in the form CI and the README quote.
 func (s *Summary) Line() string {
 	return fmt.Sprintf("bench: lanes=%d gbps=%.2f wgo_gbps=%.2f ratio=%.2f efficiency=%.2f", s.Lanes, s.Gbps, s.WgoGbps, s.Ratio, s.Efficiency)
 }
@@ -275,6 +327,14 @@ func (r *Report) Check() error {
 		}
 		if c.Path != Kernel && !(c.CPU["gw-a"] > 0) {
 			errs = append(errs, fmt.Errorf("%s: no CPU accounted to the gateways", name))
+		}
+		if c.Path == Clusterpeer && c.Error == "" {
+			for _, run := range c.Runs {
+				if _, _, _, ok := run.Cost(); !ok {
+					errs = append(errs, fmt.Errorf("%s: a run has no packet counts for its CPU per packet", name))
+					break
+				}
+			}
 		}
 	}
 	if s := r.Summary; s == nil {

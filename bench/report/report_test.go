@@ -25,7 +25,11 @@ func sample() *Report {
 	add := func(path string, lanes int, prof, test string, gbps ...float64) {
 		c := &Cell{Path: path, Lanes: lanes, Profile: prof, Test: test}
 		for _, g := range gbps {
-			c.Runs = append(c.Runs, Run{Result: iperf.Result{Seconds: 2, Bps: g * 1e9, LostPercent: 1}, CPU: map[string]float64{"gw-a": 0.1, "demux-a": 0.3}, Throttled: map[string]float64{"gw-a": 0.5}, HostBusy: 0.8})
+			run := Run{Result: iperf.Result{Seconds: 2, Bps: g * 1e9, LostPercent: 1}, CPU: map[string]float64{"gw-a": 0.1, "demux-a": 0.3}, Throttled: map[string]float64{"gw-a": 0.5}, HostBusy: 0.8}
+			if path == Clusterpeer {
+				run.Work = &Work{Seconds: 2, DemuxPackets: g * 1e5, GatewayPackets: g * 1e5}
+			}
+			c.Runs = append(c.Runs, run)
 		}
 		c.Finish()
 		r.Cells = append(r.Cells, c)
@@ -144,8 +148,9 @@ func TestCheckFindsProblems(t *testing.T) {
 	r.Cells[3].Error = "iperf3: unable to connect"
 	r.Cells[4].Runs[1].Bps = 0
 	r.Cells[5].CPU = nil
+	r.Cells[4].Runs[2].Work = nil // cells 2-5: clusterpeer, small, tcp
 	err := r.Check()
-	for _, want := range []string{"2 runs, want 3", "unable to connect", "a run measured 0 bit/s", "no CPU accounted"} {
+	for _, want := range []string{"2 runs, want 3", "unable to connect", "a run measured 0 bit/s", "no CPU accounted", "no packet counts"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("check: %v, want %q", err, want)
 		}
@@ -153,5 +158,27 @@ func TestCheckFindsProblems(t *testing.T) {
 	r.Summary = nil
 	if err := r.Check(); err == nil || !strings.Contains(err.Error(), "no summary") {
 		t.Errorf("no summary: %v", err)
+	}
+}
+
+// TestCost: CPU per packet counts the demux's XDP program beside its
+// process, and the summary takes the best cell's medians.
+func TestCost(t *testing.T) {
+	run := Run{CPU: map[string]float64{"demux-a": 0.1, "gw-a": 1.0},
+		Work: &Work{Seconds: 2, DemuxPackets: 1e6, DemuxXDPSeconds: 0.1, GatewayPackets: 2e6}}
+	d, g, share, ok := run.Cost()
+	// demux: 0.1 CPU x 2 s + 0.1 s of XDP = 0.3 s for 1e6 packets; gateways: 2 s for 2e6.
+	if !ok || math.Abs(d-300) > 1e-9 || math.Abs(g-1000) > 1e-9 || math.Abs(share-0.15) > 1e-9 {
+		t.Errorf("cost %v %v %v %v", d, g, share, ok)
+	}
+	if _, _, _, ok := (Run{CPU: run.CPU}).Cost(); ok {
+		t.Error("a run without counters has a cost")
+	}
+	s := &Summary{DemuxNsPerPkt: d, GatewayNsPerPkt: g, DemuxShare: share}
+	if got := s.CPULine(); got != "bench-cpu: demux_ns_per_pkt=300 gateway_ns_per_pkt=1000 demux_share=0.15" {
+		t.Errorf("line %q", got)
+	}
+	if (&Summary{}).CPULine() != "" {
+		t.Error("a summary without costs prints a cost line")
 	}
 }

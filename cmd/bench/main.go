@@ -4,7 +4,8 @@
 // routing and one plain wireguard-go tunnel over the same links.
 //
 //	bench run [--profiles bench/profiles.yaml] [--profile c4.large,...] [--lanes 1-6]
-//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams-per-lane 4 | --streams N] [--bidir] [--out DIR]
+//	          [--tests tcp,udp] [--duration 5s] [--reps 3] [--streams-per-lane 4 | --streams N] [--bidir]
+//	          [--demux userspace|xdp] [--out DIR]
 //	bench check REPORT.json
 //	bench render REPORT.json
 //	bench xdp [--duration 5s] [--runs 3]
@@ -15,6 +16,9 @@
 // stderr and ends with the summary line on stdout:
 //
 //	bench: lanes=<best N> gbps=<x.xx> wgo_gbps=<x.xx> ratio=<x.xx> efficiency=<x.xx>
+//	bench-cpu: demux_ns_per_pkt=<n> gateway_ns_per_pkt=<n> demux_share=<x.xx>
+//
+// (the second: the best aggregate's CPU per packet, report.Run.Cost),
 //
 // check is what CI runs on a quick run's report: every cell measured,
 // every figure positive. render redraws the Markdown and the chart from
@@ -70,6 +74,11 @@ func run(args []string) error {
 	duration := fs.Duration("duration", 5*time.Second, "each iperf3 run (whole seconds)")
 	reps := fs.Int("reps", 3, "runs per figure; the report gives the median")
 	streams := fs.Int("streams", 0, "iperf3 parallel streams (-P) for every cell (default: --streams-per-lane for each lane)")
+	// Not yet xdp by default: through the gateways, TCP over the XDP
+	// path carries half of what the userspace demux does here (its
+	// frames reach a gateway one by one, where the userspace demux's
+	// arrive as GSO batches), docs/bench.md.
+	demuxPath := fs.String("demux", "userspace", "the demuxes' path: userspace (the userspace demux alone) or xdp (the XDP program, native, in front of it)")
 	bidir := fs.Bool("bidir", false, "send both ways at once (iperf3 --bidir): figures are the sum of both directions, against the VPC's both-ways rate")
 	perLane := fs.Int("streams-per-lane", 4, "iperf3 streams for each lane of a topology, so that every lane carries some (the baselines count as one lane)")
 	scale := fs.String("scale", "", "host CPUs per emulated vCPU: auto or a number (default: the profiles file's)")
@@ -116,6 +125,9 @@ func run(args []string) error {
 			return fmt.Errorf("--udp-rate: %w", err)
 		}
 	}
+	if _, ok := xdpMode[*demuxPath]; !ok {
+		return fmt.Errorf("--demux %q: want xdp or userspace", *demuxPath)
+	}
 	if *reps < 1 || *streams < 0 || *perLane < 1 || *duration < time.Second {
 		return errors.New("--reps and --streams-per-lane must be at least 1, --streams 0 or more, --duration at least 1s")
 	}
@@ -142,7 +154,7 @@ func run(args []string) error {
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	o := harness.Options{
 		Profiles: pf, Selected: profiles, Emulation: emu, Lanes: lanes, Tests: testList,
-		Duration: *duration, Reps: *reps, Streams: *streams, StreamsPerLane: *perLane, Bidir: *bidir,
+		Duration: *duration, Reps: *reps, Streams: *streams, StreamsPerLane: *perLane, Bidir: *bidir, XDP: xdpMode[*demuxPath],
 		Bin: abs(*bin), WGO: abs(*wgo), Health: hs, UDPOfTCP: udpOfTCP, UDPRate: udpBps, Progress: os.Stderr,
 	}
 	if err := harness.Check(o); err != nil {
@@ -161,7 +173,7 @@ func run(args []string) error {
 		LineRateBps: float64(lineRate(emu, pf.VPC, *bidir)),
 		Profiles:    profiles,
 		Limits:      map[string]profile.Limits{},
-		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, StreamsPerLane: perLaneSetting(*streams, *perLane), UDPRate: *udpRate, Bidir: *bidir},
+		Settings:    report.Settings{Lanes: lanes, Tests: testList, DurationSec: duration.Seconds(), Reps: *reps, Streams: *streams, StreamsPerLane: perLaneSetting(*streams, *perLane), UDPRate: *udpRate, Bidir: *bidir, Demux: *demuxPath},
 	}
 	for _, p := range profiles {
 		rep.Limits[p.Name] = emu.Limits(p)
@@ -193,6 +205,9 @@ func run(args []string) error {
 		return sumErr
 	}
 	fmt.Println(rep.Summary.Line())
+	if l := rep.Summary.CPULine(); l != "" {
+		fmt.Println(l)
+	}
 	return nil
 }
 
@@ -342,3 +357,6 @@ func lineRate(emu profile.Emulation, v profile.VPC, bidir bool) uint64 {
 	}
 	return emu.LineRate(v)
 }
+
+// xdpMode is the topology's XDP mode for each --demux.
+var xdpMode = map[string]string{"xdp": "native", "userspace": "off"}
