@@ -337,8 +337,8 @@ func (l *Lane) Peer() (PeerStatus, error) {
 }
 
 // parsePeer reads the first peer of a UAPI "get" answer; the private key
-// line is skipped, never kept. Strings equal to was's are was's, so that
-// an unchanged peer costs no allocation.
+// line is skipped, never kept. An endpoint equal to was's is was's, so
+// that an unchanged one costs no allocation.
 func parsePeer(b []byte, was PeerStatus) (PeerStatus, error) {
 	var p PeerStatus
 	var sec, nsec int64
