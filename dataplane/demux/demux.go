@@ -135,6 +135,9 @@ type queue struct {
 	icmpBufs [][]byte
 	icmpOut  [][]byte
 	readLog  ratelog.Limiter
+	// batches is odd while the loop is inside a batch (forward), so that
+	// fence can wait for the batch it is in; added to twice per batch.
+	batches atomic.Uint64
 }
 
 // icmpBucket is the ICMP budget left to the sources hashing to it.
@@ -307,6 +310,8 @@ func (d *Demux) Forward(bufs [][]byte, sizes []int, now uint32) {
 }
 
 func (q *queue) forward(bufs [][]byte, sizes []int, now uint32) {
+	q.batches.Add(1)
+	defer q.batches.Add(1)
 	d := q.d
 	sel := d.cfg.Selector
 	targets := d.targets.Load()

@@ -75,9 +75,13 @@ type fakeBind struct {
 	mu     sync.Mutex // the queues' loops send at once
 	sent   map[string][][]byte
 	fail   bool
+	block  func() // if set, each Send calls it first
 }
 
 func (b *fakeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.block != nil {
+		b.block()
+	}
 	if b.fail {
 		return net.ErrClosed
 	}

@@ -299,6 +299,11 @@ func (d *Demux) LaneHealth(c probe.Change) {
 		if wasUp && c.Settle > 0 {
 			args = append(args, "settle", c.Settle.Round(10*time.Microsecond))
 			d.settleTimer(c.Settle)
+			// The prober probes the lane when this returns; what the
+			// loops gave the lane before must be sent first.
+			if c.Delivers && !d.fence(c.Settle) {
+				args = append(args, "fence", "timed out: a loop stalled inside a batch")
+			}
 		}
 	}
 	d.cfg.Log.Log(context.Background(), lvl, "lane "+string(mb.state), args...)

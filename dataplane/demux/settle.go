@@ -1,6 +1,7 @@
 package demux
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,8 +118,13 @@ func (d *Demux) LaneSettled(lane flowhash.LaneID) {
 	if cb := d.lanes.cfg.OnPublish; cb != nil {
 		cb()
 	}
+	var waited time.Duration
+	if mb := d.lanes.members[lane]; mb != nil {
+		waited = time.Since(mb.since)
+	}
 	d.lanes.mu.Unlock()
-	d.cfg.Log.Info("lane settled: a probe sent after it failed came back through it; its flows' held packets leave", "lane", lane)
+	d.cfg.Log.Info("lane settled: a probe sent after it failed came back through it; its flows' held packets leave", "lane", lane,
+		"waited", waited.Round(10*time.Microsecond))
 }
 
 // settleTimer ends a settle window on time even if no packet comes to
@@ -136,4 +142,29 @@ func (d *Demux) settleTimer(settle time.Duration) {
 		}
 		d.lanes.mu.Unlock()
 	})
+}
+
+// fence waits until every queue's loop has finished the batch it was in
+// when fence was called (a grace period, as RCU's), at most limit; false
+// if a loop was still inside it then. A loop selects a batch's lanes
+// before it sends: packets it gave the failed lane just before the new
+// snapshot are sent after it. Fenced, they are in the lane's socket
+// before the prober's settle probe, whose reply then crosses the lane
+// behind them: so a reply, not a guess, ends the window.
+func (d *Demux) fence(limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for _, q := range d.queues {
+		b := q.batches.Load()
+		for i := 0; b&1 == 1 && q.batches.Load() == b; i++ {
+			if time.Now().After(deadline) {
+				return false
+			}
+			if i < 100 {
+				runtime.Gosched() // a batch takes microseconds
+			} else {
+				time.Sleep(100 * time.Microsecond) // its loop was preempted
+			}
+		}
+	}
+	return true
 }

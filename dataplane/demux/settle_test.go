@@ -2,11 +2,13 @@ package demux
 
 import (
 	"encoding/binary"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
+	"github.com/clusterpeer/clusterpeer/tunnel/probe"
 )
 
 // TestSettleHoldsAndReleasesInOrder: while a failed lane settles, its
@@ -108,5 +110,56 @@ func TestForwardAllocsNothingWhileSettling(t *testing.T) {
 		d.held.n.Store(0) // keep room: the window never ends here
 	}); n != 0 {
 		t.Errorf("%v allocations per batch", n)
+	}
+}
+
+// TestLaneDownFencesTheBatchInFlight: a loop selects a batch's lanes
+// before it sends; packets it gave a lane just before that lane failed
+// must be in the socket before LaneHealth returns, because the prober
+// sends its settle probe then and the probe's reply, crossing the lane
+// behind them, is what ends the window.
+func TestLaneDownFencesTheBatchInFlight(t *testing.T) {
+	d := managedDemux(t, &fakeProber{})
+	d.ApplyLanes(specs(1, 2, 3))
+	for id := flowhash.LaneID(1); id <= 3; id++ {
+		d.LaneHealth(probe.Change{Lane: id, Up: true, Reason: "up"})
+	}
+	bind := d.bind.(*fakeBind)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	bind.block = func() {
+		once.Do(func() { close(entered) })
+		<-release
+	}
+	var pkts [][]byte
+	for f := range 32 {
+		pkts = append(pkts, udp4(t, uint16(5000+f), 0, 200))
+	}
+	bufs, sizes := load(d, pkts)
+	forwarded := make(chan struct{})
+	go func() { d.Forward(bufs, sizes, 0); close(forwarded) }()
+	<-entered // the loop is sending its batch
+	if d.fence(10 * time.Millisecond) {
+		t.Error("fence passed while a loop was inside a batch")
+	}
+	returned := make(chan struct{})
+	go func() {
+		d.LaneHealth(probe.Change{Lane: 2, Reason: "administratively down", Delivers: true, Settle: time.Second})
+		close(returned)
+	}()
+	select {
+	case <-returned:
+		t.Fatal("LaneHealth returned while a batch selected before the failure was still being sent")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	<-forwarded
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("LaneHealth still waiting after the batch was sent")
+	}
+	if !d.fence(time.Second) {
+		t.Error("fence timed out with no loop inside a batch")
 	}
 }

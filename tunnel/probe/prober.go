@@ -565,8 +565,8 @@ func (p *Prober) datagram(b []byte, src netip.Addr, rx, now time.Time) {
 				// report). A gone peer or device delivers nothing more.
 				delivers := m.Diag == DiagAdminDown || m.Diag == DiagPathDown
 				if l.s.Signal(now, m.Seq, fmt.Sprintf("gateway %s reports: %s", src, m.Diag), delivers) {
-					if m.Diag == DiagPathDown {
-						l.s.SlowPath()
+					if delivers {
+						l.s.SettleLong()
 					}
 					p.changes = append(p.changes, p.change(l.t.Lane, l.s))
 				}

@@ -68,7 +68,9 @@ type Session struct {
 
 	byTimeout bool // the last down was judged on silence, not signalled
 	delivers  bool // the lane that went down may still deliver what is inside it
-	slowPath  bool // ... for as long as the detection time (a link being taken down)
+	// settleLong: ... for as long as the detection time, unless a reply
+	// crosses it first (a link being taken down, a planned stop)
+	settleLong bool
 	// lastSignal: the last reported fault. A gateway that reports one
 	// answers every probe so, while replies may still cross the lane (a
 	// planned stop); reports lost on a busy host must not let it up: the
@@ -170,7 +172,7 @@ func (s *Session) Fail(now time.Time, reason string, delivers bool) bool {
 		return false
 	}
 	s.goDown(now, reason)
-	s.byTimeout, s.delivers, s.slowPath = false, delivers, false
+	s.byTimeout, s.delivers, s.settleLong = false, delivers, false
 	return true
 }
 
@@ -228,7 +230,7 @@ func (s *Session) judgeSuspicion(now time.Time) bool {
 	}
 	reason := fmt.Sprintf("%s, and probe %d unanswered for %s", s.suspectReason, s.lastSeq+1, now.Sub(at.Add(-s.ConfirmWait())).Round(100*time.Microsecond))
 	s.goDown(now, reason)
-	s.byTimeout, s.delivers, s.slowPath, s.confirmed = false, false, false, true
+	s.byTimeout, s.delivers, s.settleLong, s.confirmed = false, false, false, true
 	return true
 }
 
@@ -246,18 +248,24 @@ func (s *Session) confirmAt() (at time.Time, ok bool) {
 	return sent.Add(s.ConfirmWait()), true
 }
 
-// SlowPath marks the last down as a path being taken down, whose queued
-// packets were seen to come out 190 ms after the report: its flows wait
-// up to the detection time (or until a reply crosses the lane).
-func (s *Session) SlowPath() { s.slowPath = true }
+// SettleLong has the flows of the lane that just went down wait until a
+// reply crosses it (the prober's OnSettled), at most the detection time,
+// not its round-trip timeout: for a path being taken down, whose queued
+// packets were seen to come out 190 ms after the report, and a planned
+// stop, whose gateway forwards until the lane is quiet and whose host may
+// stall longer than a round-trip timeout (a CI graceful-stop run released
+// its flows after 1.96 ms and one packet still inside the lane came out
+// 0.8 ms after their first on the new lane).
+func (s *Session) SettleLong() { s.settleLong = true }
 
 // ByTimeout reports whether the lane's last down was judged on silence
 // (false: a signal said so).
 func (s *Session) ByTimeout() bool { return s.byTimeout }
 
 // Settle is how long the flows of a lane that just failed wait before
-// their first packet on another lane. A lane that may still deliver (a
-// planned stop, or one judged on silence) gets its round-trip timeout,
+// their first packet on another lane (or until a reply crosses it). One
+// that SettleLong marked waits the detection time. Another lane that may
+// still deliver (one judged on silence) gets its round-trip timeout,
 // srtt + 4 rttvar, which bounds how late a packet already inside it comes
 // out (the probes cross the same gateways' queues as the data, so a
 // loaded lane's round trip includes its queueing), kept within 1-50 ms.
@@ -267,7 +275,7 @@ func (s *Session) Settle() time.Duration {
 	if !s.delivers {
 		return time.Millisecond
 	}
-	if s.slowPath {
+	if s.settleLong {
 		return s.p.Detect()
 	}
 	return min(max(s.srtt+4*s.rttvar, time.Millisecond), 50*time.Millisecond)

@@ -131,6 +131,12 @@ func TestNoticeTakesLaneDownAndBack(t *testing.T) {
 	if took >= DefaultParams.Detect() {
 		t.Errorf("down after %v, no faster than the silence", took)
 	}
+	// A stopping gateway still forwards: its flows wait for a reply
+	// through the lane, at most the detection time, however slow the
+	// round trip was before.
+	if !c.Delivers || c.Settle != DefaultParams.Detect() {
+		t.Errorf("planned stop: delivers %v, settle %v; want true, %v", c.Delivers, c.Settle, DefaultParams.Detect())
+	}
 	r.rf.SetCondition(DiagNone)
 	r.ch.wait(t, 1, true, 2*time.Second)
 	if r.rf.C.Notices.Load() == 0 || r.p.C.Signals[SignalNotice].Load() == 0 {
