@@ -329,7 +329,9 @@ func (l *Lane) Peer() (PeerStatus, error) {
 	if err := l.dev.IpcGetOperation(&l.peerBuf); err != nil {
 		return PeerStatus{}, err
 	}
-	p, err := parsePeer(l.peerBuf.Bytes(), l.peerWas)
+	b := l.peerBuf.Bytes()
+	p, err := parsePeer(b, l.peerWas)
+	clear(b) // the answer holds the private key; it does not stay in the heap
 	if err == nil {
 		l.peerWas = p
 	}
