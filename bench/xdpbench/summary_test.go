@@ -15,6 +15,9 @@ func TestSummarize(t *testing.T) {
 			for _, load := range Loads {
 				scale := map[string]float64{"xdp": 3, "xdp-sealed": 1.5, "userspace": 1, "kernel-forward": 2}[path]
 				res := Result{Path: path, Load: load, Mpps: f * scale, Gbps: float64(r)}
+				if load != "tcp" {
+					res.Offered = 2 * f * scale
+				}
 				if path == "xdp" && load == "64" {
 					res.ProgNs = 100 * f // median 200
 				}
@@ -27,9 +30,9 @@ func TestSummarize(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00 prog_ns=200\n",
-		"xdp: path=xdp pkt=1400 mpps=6.00 gbps=1.00\n",
-		"xdp: path=userspace pkt=1420 mpps=2.00",
+		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00 offered=12.00 prog_ns=200\n",
+		"xdp: path=xdp pkt=1400 mpps=6.00 gbps=1.00 offered=12.00\n",
+		"xdp: path=userspace pkt=1420 mpps=2.00 gbps=1.00\n",
 		"xdp: ratio tcp: xdp/kernel-forward=1.50 xdp/userspace=3.00 xdp-sealed/xdp=0.50",
 	} {
 		if !strings.Contains(out.String(), want) {

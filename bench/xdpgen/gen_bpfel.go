@@ -68,7 +68,9 @@ type genMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type genVariableSpecs struct {
 	Flows    *ebpf.VariableSpec `ebpf:"flows"`
+	GapNs    *ebpf.VariableSpec `ebpf:"gap_ns"`
 	Headers  *ebpf.VariableSpec `ebpf:"headers"`
+	NextNs   *ebpf.VariableSpec `ebpf:"next_ns"`
 	PortBase *ebpf.VariableSpec `ebpf:"port_base"`
 	Sent     *ebpf.VariableSpec `ebpf:"sent"`
 }
@@ -104,7 +106,9 @@ func (m *genMaps) Close() error {
 // It can be passed to loadGenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type genVariables struct {
 	Flows    *ebpf.Variable `ebpf:"flows"`
+	GapNs    *ebpf.Variable `ebpf:"gap_ns"`
 	Headers  *ebpf.Variable `ebpf:"headers"`
+	NextNs   *ebpf.Variable `ebpf:"next_ns"`
 	PortBase *ebpf.Variable `ebpf:"port_base"`
 	Sent     *ebpf.Variable `ebpf:"sent"`
 }

@@ -63,10 +63,15 @@ type Generator struct {
 
 // New loads the generator for frame out of the interface ifindex (in the
 // caller's network namespace), its UDP source port running over flows
-// values from portBase.
-func New(frame []byte, ifindex int, portBase, flows uint16) (*Generator, error) {
+// values from portBase, paced at rate frames per second (0: every run
+// sends; otherwise the runs not due drop their frame, so a paced Send
+// needs many more runs than frames).
+func New(frame []byte, ifindex int, portBase, flows uint16, rate float64) (*Generator, error) {
 	if flows == 0 {
 		return nil, errors.New("xdpgen: flows must be at least 1")
+	}
+	if rate < 0 || rate > 1e9 {
+		return nil, fmt.Errorf("xdpgen: rate %g frames per second: want 0 (unpaced) up to 1e9", rate)
 	}
 	if int(portBase)+int(flows) > 65536 {
 		return nil, fmt.Errorf("xdpgen: ports %d + %d flows run past 65535", portBase, flows)
@@ -87,6 +92,13 @@ func New(frame []byte, ifindex int, portBase, flows uint16) (*Generator, error) 
 		return nil, fmt.Errorf("xdpgen: %w", err)
 	}
 	if err := spec.Variables["flows"].Set(flows); err != nil {
+		return nil, fmt.Errorf("xdpgen: %w", err)
+	}
+	var gap uint64
+	if rate > 0 {
+		gap = uint64(1e9 / rate)
+	}
+	if err := spec.Variables["gap_ns"].Set(gap); err != nil {
 		return nil, fmt.Errorf("xdpgen: %w", err)
 	}
 	g := &Generator{frame: frame, ifindex: ifindex}

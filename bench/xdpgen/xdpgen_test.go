@@ -83,7 +83,7 @@ func TestGeneratorRewritesFrames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := New(frame, 1, 20000, 3)
+	g, err := New(frame, 1, 20000, 3, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +109,38 @@ func TestGeneratorRewritesFrames(t *testing.T) {
 	}
 	if v, err := g.objs.XdpGen.Run(&ebpf.RunOptions{Data: frame[:40]}); err != nil || v != 0 {
 		t.Fatalf("a 40-byte frame: verdict %d (%v), want XDP_ABORTED", v, err)
+	}
+}
+
+// TestGeneratorPaces: paced, the program sends no faster than its rate
+// (the runs not due drop their frame) and does send.
+func TestGeneratorPaces(t *testing.T) {
+	needRoot(t)
+	frame, err := testFrame.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rate = 10000 // one frame per 100 µs
+	g, err := New(frame, 1, 20000, 3, rate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	start := time.Now()
+	if _, err := g.objs.XdpGen.Run(&ebpf.RunOptions{Data: frame, Repeat: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	sent, err := g.Sent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit := uint64(took.Seconds()*rate) + 2; sent == 0 || sent > limit {
+		t.Errorf("%d frames in %v of runs, want 1 to %d", sent, took, limit)
+	}
+	t.Logf("%d frames in %v (%.0f a second)", sent, took, float64(sent)/took.Seconds())
+	if _, err := New(frame, 1, 20000, 3, -1); err == nil {
+		t.Error("a negative rate was accepted")
 	}
 }
 
@@ -171,7 +203,7 @@ func sendArrives(t *testing.T, flows, sends int) {
 		t.Error(err)
 		return
 	}
-	g, err := New(frame, gen.Attrs().Index, 30000, uint16(flows))
+	g, err := New(frame, gen.Attrs().Index, 30000, uint16(flows), 0)
 	if err != nil {
 		t.Error(err)
 		return

@@ -26,6 +26,7 @@ func blast(args []string) error {
 	flows := fs.Uint("flows", 256, "distinct UDP source ports, from --port-base")
 	portBase := fs.Uint("port-base", 10000, "first UDP source port")
 	duration := fs.Duration("duration", 5*time.Second, "how long to send (at most 10m)")
+	rate := fs.Float64("rate", 0, "frames per second to offer, paced by the generator program (0: as many as one CPU generates)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -37,6 +38,9 @@ func blast(args []string) error {
 	}
 	if *duration <= 0 || *duration > 10*time.Minute {
 		return fmt.Errorf("bench blast: --duration %s: want more than 0 and at most 10m", *duration)
+	}
+	if *rate < 0 || *rate > 100e6 {
+		return fmt.Errorf("bench blast: --rate %g: want 0 (as fast as it goes) up to 100e6 frames per second", *rate)
 	}
 	if *flows == 0 || *flows > 65535 || *portBase > 65535 {
 		return fmt.Errorf("bench blast: --flows %d --port-base %d: want 1-65535 flows on ports up to 65535", *flows, *portBase)
@@ -66,16 +70,21 @@ func blast(args []string) error {
 	if err != nil {
 		return err
 	}
-	g, err := xdpgen.New(frame, ifc.Index, uint16(*portBase), uint16(*flows))
+	g, err := xdpgen.New(frame, ifc.Index, uint16(*portBase), uint16(*flows), *rate)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
 	// Batches of 64k frames take 10-50 ms here: the deadline is kept
-	// within one batch.
+	// within one batch. Paced, the program itself keeps the schedule and
+	// most runs send nothing: a batch is then 1M runs (0.1-0.3 s).
+	batch := uint32(1 << 16)
+	if *rate > 0 {
+		batch = 1 << 20
+	}
 	start := time.Now()
 	for time.Since(start) < *duration {
-		if err := g.Send(1 << 16); err != nil {
+		if err := g.Send(batch); err != nil {
 			return err
 		}
 	}
@@ -84,7 +93,7 @@ func blast(args []string) error {
 	if err != nil {
 		return fmt.Errorf("bench blast: read the sent count: %w", err)
 	}
-	fmt.Printf("blast: sent=%d seconds=%.3f mpps=%.2f size=%d flows=%d\n", sent, secs, float64(sent)/secs/1e6, *size, *flows)
+	fmt.Printf("blast: sent=%d seconds=%.3f mpps=%.3f size=%d flows=%d\n", sent, secs, float64(sent)/secs/1e6, *size, *flows)
 	return nil
 }
 
