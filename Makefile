@@ -166,6 +166,7 @@ fuzz:
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./flowhash -run '^$$' -fuzz '^FuzzSelect$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./dataplane/packet -run '^$$' -fuzz '^FuzzParseGeneve$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./dataplane/tunlink -run '^$$' -fuzz '^FuzzHandleRead$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/gateway -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tunnel/probe -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)

@@ -3,14 +3,19 @@ package xdpbench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/clusterpeer/clusterpeer/bench/report"
 )
 
 // Summarize prints the medians per path and load and the fast path's
-// ratios; it fails, naming them, if a path measured nothing under a load.
-func Summarize(results []Result, out io.Writer) error {
+// ratios; it fails, naming them, if one of paths (nil: all) measured
+// nothing under a load.
+func Summarize(results []Result, paths []string, out io.Writer) error {
+	if paths == nil {
+		paths = Paths
+	}
 	type key struct{ path, load string }
 	runs := map[key][4][]float64{}
 	for _, r := range results {
@@ -28,7 +33,7 @@ func Summarize(results []Result, out io.Writer) error {
 	fmt.Fprintln(out, "bench-xdp: pkt=64 and pkt=1400 are UDP (bench blast, 256 flows; offered= the rate, Mpps, that delivered the most), pkt=1420 is TCP (iperf3, 4 streams of MTU-sized segments)")
 	med := map[key]float64{}
 	var missing []string
-	for _, path := range Paths {
+	for _, path := range paths {
 		for _, load := range Loads {
 			k := key{path, load}
 			var mpps, gbps float64
@@ -60,6 +65,9 @@ func Summarize(results []Result, out io.Writer) error {
 		return a / b
 	}
 	for _, load := range Loads {
+		if !slices.Contains(paths, "xdp") {
+			break
+		}
 		x, u, k := med[key{"xdp", load}], med[key{"userspace", load}], med[key{"kernel-forward", load}]
 		s := med[key{"xdp-sealed", load}]
 		fmt.Fprintf(out, "xdp: ratio %s: xdp/kernel-forward=%.2f xdp/userspace=%.2f xdp-sealed/xdp=%.2f\n", load, ratio(x, k), ratio(x, u), ratio(s, x))

@@ -26,7 +26,7 @@ func TestSummarize(t *testing.T) {
 		}
 	}
 	var out strings.Builder
-	if err := Summarize(results, &out); err != nil {
+	if err := Summarize(results, nil, &out); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -39,8 +39,13 @@ func TestSummarize(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}
 	}
-	err := Summarize([]Result{{Path: "xdp", Load: "64", Mpps: 1, Gbps: 1}, {Path: "xdp", Load: "tcp"}}, io.Discard)
+	err := Summarize([]Result{{Path: "xdp", Load: "64", Mpps: 1, Gbps: 1}, {Path: "xdp", Load: "tcp"}}, nil, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "xdp tcp") || !strings.Contains(err.Error(), "userspace 64") {
 		t.Errorf("missing results: %v", err)
+	}
+	// One path asked for: only its lines, and no ratios.
+	out.Reset()
+	if err := Summarize(results, []string{"userspace"}, &out); err != nil || strings.Contains(out.String(), "path=xdp") || strings.Contains(out.String(), "ratio") {
+		t.Errorf("userspace only: %v\n%s", err, out.String())
 	}
 }

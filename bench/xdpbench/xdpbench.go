@@ -75,6 +75,7 @@ type Options struct {
 	Bin      string        // demux, bench
 	Duration time.Duration // per figure
 	Runs     int           // the summary gives medians
+	Paths    []string      // of Paths, in their order (nil: all)
 	Progress io.Writer     // one line per step and figure
 }
 
@@ -123,7 +124,7 @@ func Run(ctx context.Context, o Options) (_ []Result, err error) {
 	}
 	var out []Result
 	for r := 1; r <= o.Runs; r++ {
-		for _, path := range Paths {
+		for _, path := range o.paths() {
 			b.progress("run %d/%d: %s", r, o.Runs, path)
 			res, err := b.measure(ctx, path)
 			if err != nil {
@@ -133,6 +134,13 @@ func Run(ctx context.Context, o Options) (_ []Result, err error) {
 		}
 	}
 	return out, nil
+}
+
+func (o Options) paths() []string {
+	if o.Paths == nil {
+		return Paths
+	}
+	return o.Paths
 }
 
 func (b *bench) progress(format string, args ...any) {

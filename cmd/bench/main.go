@@ -59,7 +59,7 @@ func main() {
 		"render":   {Usage: "render REPORT.json", Help: "rewrite report.md and chart.png beside a run's report.json", Run: render},
 		"blast":    {Usage: "blast --dev IF --dst-mac MAC --dst ADDR [--size 64] [--flows 256] [--duration 5s]", Help: "send UDP frames out of IF with the XDP live-frames generator (bench-xdp's UDP load)", Run: blast},
 		"soak":     {Usage: "soak [--duration 10m] [--flows 100000] [--xdp native] [--json FILE]", Help: "run a peering under churning load, drains and reloads; watch memory, goroutines, descriptors and loss", Run: soakCmd},
-		"xdp":      {Usage: "xdp [--duration 5s] [--runs 3] [--bin bin]", Help: "the demux's forwarding paths (XDP, XDP sealing, userspace, kernel ip_forward) on one topology, medians and ratios", Run: xdpCmd},
+		"xdp":      {Usage: "xdp [--duration 5s] [--runs 3] [--paths xdp,userspace,...] [--bin bin]", Help: "the demux's forwarding paths (XDP, XDP sealing, userspace, kernel ip_forward) on one topology, medians and ratios", Run: xdpCmd},
 		"topology": {Usage: "topology up|down --prefix P --work DIR [--lanes 3] [flags]", Help: "build or remove a peering in network namespaces (the tests' builder), for the demo and load scripts", Run: topologyCmd},
 		"sink":     {Usage: "sink --dev IF [--off]", Help: "attach the stand-in gateway's XDP program to IF: strips GENEVE, counts and drops the generator's frames", Run: sink},
 	})

@@ -28,13 +28,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
+	"github.com/clusterpeer/clusterpeer/dataplane/tunlink"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -127,7 +127,7 @@ type Demux struct {
 type queue struct {
 	d        *Demux
 	tun      tun.Device
-	fd       int // the queue's file descriptor, for readable (-1: none)
+	ahead    *tunlink.Reader // what else is queued, without waiting (nil: a test's device)
 	bufs     [][]byte
 	sizes    []int
 	pending  [flowhash.MaxLaneID + 1][][]byte
@@ -173,13 +173,7 @@ func New(t tun.Device, b conn.Bind, cfg Config) (*Demux, error) {
 // AddQueue has Run read another queue of the TUN (tunlink.Create), with
 // a loop of its own. Call it before Run.
 func (d *Demux) AddQueue(t tun.Device) {
-	q := &queue{d: d, tun: t, fd: -1}
-	if f := t.File(); f != nil {
-		// Not f.Fd(), which would make the descriptor blocking.
-		if rc, err := f.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) { q.fd = int(fd) })
-		}
-	}
+	q := &queue{d: d, tun: t, ahead: tunlink.NewReader(t)}
 	q.readLog.Every = 10 * time.Second
 	q.bufs = make([][]byte, t.BatchSize())
 	for i := range q.bufs {
@@ -250,9 +244,11 @@ func (q *queue) run() error {
 		// lane then carries many frames (coalesced by UDP GSO into one
 		// datagram for the gateway's GRO), where one read per system
 		// call made every small packet a send of its own.
-		for err == nil && n < len(q.bufs)-readAheadRoom && q.readable() {
+		for err == nil && n < len(q.bufs)-readAheadRoom && q.ahead != nil {
 			var m int
-			m, err = q.tun.Read(q.bufs[n:], q.sizes[n:], Headroom)
+			if m, err = q.ahead.ReadNow(q.bufs[n:], q.sizes[n:], Headroom); m == 0 {
+				break
+			}
 			n += m
 		}
 		if n > 0 {
@@ -286,18 +282,6 @@ func (q *queue) run() error {
 // super-packet: a read ahead stops with fewer buffers left. (A TCP
 // super-packet over a 1420-byte lane is at most 48 segments.)
 const readAheadRoom = 64
-
-// readable reports whether the queue holds a packet now (poll with no
-// wait: a read would not block). A device with no file (a test's) never
-// does.
-func (q *queue) readable() bool {
-	if q.fd < 0 {
-		return false
-	}
-	fds := [1]unix.PollFd{{Fd: int32(q.fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds[:], 0)
-	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
-}
 
 // tunFailFor is how long TUN reads may fail without a packet before Run
 // gives up (a variable for the tests).
