@@ -104,8 +104,9 @@ bench-tools:
 	$(GO) build -o bin/wireguard-go golang.zx2c4.com/wireguard
 
 # The demux's forwarding paths in one run: XDP, userspace, kernel
-# ip_forward; UDP from bench blast, TCP from iperf3, through namespaces
-# (root; about 3 minutes).
+# ip_forward; UDP from bench blast, TCP from iperf3, through namespaces;
+# a path that drops at the generator's full rate swept over lower ones
+# (root; about 6 minutes).
 bench-xdp: deps build
 	@bin/bench xdp --duration $(SECONDS)s --runs 3
 
