@@ -73,8 +73,8 @@ func (r *Reader) ReadNow(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := r.n, r.err
 	r.buf, r.err = nil, nil
 	switch {
-	case errors.Is(err, unix.EAGAIN):
-		return 0, nil
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+		return 0, nil // nothing now (or a signal came first): the loop's next read waits
 	case errors.Is(err, unix.EBADFD):
 		return 0, os.ErrClosed
 	case err != nil:
