@@ -76,15 +76,22 @@ func Watchdog(ctx context.Context, alive func()) {
 	if every <= 0 {
 		return
 	}
-	t := time.NewTicker(every)
+	tick(ctx, every, func() {
+		alive()
+		Notify("WATCHDOG=1")
+	})
+}
+
+// tick calls fn every period until ctx ends.
+func tick(ctx context.Context, period time.Duration, fn func()) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			alive()
-			Notify("WATCHDOG=1")
+			fn()
 		}
 	}
 }
@@ -128,14 +135,5 @@ const ReleaseEvery = 30 * time.Second
 // minutes: +17 %). Releasing keeps it near what the heap holds, for one
 // extra collection per period (milliseconds on a node's heap).
 func ReleaseMemory(ctx context.Context, period time.Duration) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			debug.FreeOSMemory()
-		}
-	}
+	tick(ctx, period, debug.FreeOSMemory)
 }
