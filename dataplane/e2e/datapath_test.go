@@ -632,6 +632,11 @@ func TestInteropStockWireGuard(t *testing.T) {
 	if !strings.Contains(out, "latest handshake") {
 		t.Errorf("stock peer shows no handshake:\n%s", out)
 	}
+	// And `wg show` sees our gateway's lane through its UAPI socket.
+	out = tp.run("ga1", "wg", "show", "cpwg-ga1")
+	if !strings.Contains(out, "interface: cpwg-ga1") || !strings.Contains(out, "latest handshake") {
+		t.Errorf("wg show cpwg-ga1 (our gateway):\n%s", out)
+	}
 }
 
 // TestIPv6Underlay runs GENEVE and WireGuard over IPv6 (as in an IPv6-only

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,12 +99,15 @@ func up(t *testing.T, o topology.Options) *topo {
 			t.Fatal(err)
 		}
 	}
-	// XDP=native|generic and RPS=1 in the environment run any test's
-	// peering that way (docs/xdp.md: the failover scenarios with XDP).
+	// XDP=native|generic, RPS=1 and SEAL=1 in the environment run any
+	// test's peering that way (docs/xdp.md: the failover scenarios with XDP).
 	if x := os.Getenv("XDP"); x != "" && o.XDP == "" {
 		o.XDP = x
 	}
 	o.RPS = o.RPS || os.Getenv("RPS") == "1"
+	// SEAL=1 seals every frame (security.geneve_auth): ICMP errors about
+	// data frames are then checked by their tag (docs/health.md).
+	o.GeneveAuth = o.GeneveAuth || os.Getenv("SEAL") == "1"
 	tp := &topo{t: t, prefix: o.Prefix, work: o.Work, bin: o.Bin}
 	down := func() {
 		if err := topology.Down(o.Prefix, o.Work); err != nil {
@@ -345,15 +349,31 @@ func (tp *topo) laneDowns() map[string][]string {
 }
 
 // kill ends a node's process with SIGKILL (only the PID the topology or
-// this test started).
+// this test started). For a gateway it logs when its GENEVE socket
+// closed: until then the socket takes what is sent to it and nothing
+// answers, so that part of a kill's blackout no detector can shorten.
 func (tp *topo) kill(node string) {
 	b, err := os.ReadFile(filepath.Join(tp.work, node+".pid"))
 	if err != nil {
 		tp.t.Fatal(err)
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	var closed <-chan time.Duration
+	var side config.Side
+	var lane int
+	if _, err := fmt.Sscanf(node, "gw-%1s%d", &side, &lane); err == nil {
+		closed = tp.socketCloses(topology.GatewayNS(side, lane), 6081)
+	}
+	if closed != nil {
+		if err := udpClosesFirst(pid); err != nil {
+			tp.t.Errorf("%s: %v", node, err)
+		}
+	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		tp.t.Fatalf("kill %s (%d): %v", node, pid, err)
+	}
+	if closed != nil {
+		tp.t.Logf("%s's GENEVE socket closed %.1f ms after SIGKILL", node, float64((<-closed).Microseconds())/1000)
 	}
 	for range 100 { // reaped by whoever started it; wait until it is gone
 		if syscall.Kill(pid, 0) != nil {
@@ -361,6 +381,95 @@ func (tp *topo) kill(node string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// udpClosesFirst checks that process pid's UDP sockets close before its
+// slow files when it dies: the kernel closes a dead process's files from
+// the highest descriptor down, and a TUN (a device to unregister) or an
+// inotify descriptor (an SRCU grace period) above the sockets held them
+// open 3-22 ms after SIGKILL on an idle machine.
+func udpClosesFirst(pid int) error {
+	var udp []string // the namespace's UDP sockets, as readlink names them
+	for _, f := range []string{"udp", "udp6"} {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			if fs := strings.Fields(l); len(fs) > 9 {
+				udp = append(udp, "socket:["+fs[9]+"]")
+			}
+		}
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	lowestUDP, highestSlow, slow := -1, -1, ""
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		switch {
+		case target == "/dev/net/tun" || target == "anon_inode:inotify":
+			if fd > highestSlow {
+				highestSlow, slow = fd, target
+			}
+		case slices.Contains(udp, target):
+			if lowestUDP < 0 || fd < lowestUDP {
+				lowestUDP = fd
+			}
+		}
+	}
+	if lowestUDP < 0 {
+		return fmt.Errorf("no UDP socket among its descriptors")
+	}
+	if highestSlow > lowestUDP {
+		return fmt.Errorf("descriptor %d (%s) is above UDP socket %d, so it closes first when the process dies", highestSlow, slow, lowestUDP)
+	}
+	return nil
+}
+
+// socketCloses watches namespace ns for the UDP socket on port to go
+// (polling the namespace's /proc/net/udp every 200 µs, at most 1 s) and
+// sends how long after its first look that was (-1 if it cannot look).
+func (tp *topo) socketCloses(ns string, port int) <-chan time.Duration {
+	out, ready := make(chan time.Duration, 1), make(chan struct{})
+	local := fmt.Sprintf(":%04X ", port)
+	go func() {
+		if err := tp.p.InNS(ns, func() error { return watch(ready, out, local) }); err != nil {
+			tp.t.Logf("watching %s's sockets: %v", ns, err)
+			select {
+			case <-ready:
+			default:
+				close(ready)
+				out <- -1
+			}
+		}
+	}()
+	<-ready
+	return out
+}
+
+// watch is socketCloses' loop, on a thread in the namespace: it closes
+// ready after its first look and sends when local (":PORT ") was gone.
+func watch(ready chan struct{}, out chan time.Duration, local string) error {
+	start, first := time.Now(), true
+	for time.Since(start) < time.Second {
+		b, _ := os.ReadFile("/proc/thread-self/net/udp")
+		b6, _ := os.ReadFile("/proc/thread-self/net/udp6")
+		b = append(b, b6...)
+		if first {
+			start, first = time.Now(), false
+			close(ready)
+		}
+		if !bytes.Contains(b, []byte(local)) {
+			break
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	out <- time.Since(start)
+	return nil
 }
 
 // iperfServer starts a one-shot iperf3 server in node on port, waits
