@@ -17,13 +17,16 @@ func Summarize(results []Result, paths []string, out io.Writer) error {
 		paths = Paths
 	}
 	type key struct{ path, load string }
-	runs := map[key][4][]float64{}
+	runs := map[key][5][]float64{}
 	for _, r := range results {
 		k := key{r.Path, r.Load}
 		x := runs[k]
 		x[0], x[1] = append(x[0], r.Mpps), append(x[1], r.Gbps)
 		if r.ProgNs > 0 {
 			x[2] = append(x[2], r.ProgNs)
+		}
+		if r.StatsNs > 0 {
+			x[4] = append(x[4], r.StatsNs)
 		}
 		if r.Offered > 0 {
 			x[3] = append(x[3], r.Offered)
@@ -51,6 +54,9 @@ func Summarize(results []Result, paths []string, out io.Writer) error {
 			}
 			if ns := runs[k][2]; len(ns) > 0 {
 				fmt.Fprintf(out, " prog_ns=%.0f", report.Median(ns))
+			}
+			if ns := runs[k][4]; len(ns) > 0 {
+				fmt.Fprintf(out, " stats_ns=%.0f", report.Median(ns))
 			}
 			fmt.Fprintln(out)
 			if !(mpps > 0) {

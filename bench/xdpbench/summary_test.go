@@ -19,7 +19,7 @@ func TestSummarize(t *testing.T) {
 					res.Offered = 2 * f * scale
 				}
 				if path == "xdp" && load == "64" {
-					res.ProgNs = 100 * f // median 200
+					res.ProgNs, res.StatsNs = 100*f, 10*f // medians 200, 20
 				}
 				results = append(results, res)
 			}
@@ -30,7 +30,7 @@ func TestSummarize(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00 offered=12.00 prog_ns=200\n",
+		"xdp: path=xdp pkt=64 mpps=6.00 gbps=1.00 offered=12.00 prog_ns=200 stats_ns=20\n",
 		"xdp: path=xdp pkt=1400 mpps=6.00 gbps=1.00 offered=12.00\n",
 		"xdp: path=userspace pkt=1420 mpps=2.00 gbps=1.00\n",
 		"xdp: ratio tcp: xdp/kernel-forward=1.50 xdp/userspace=3.00 xdp-sealed/xdp=0.50",
