@@ -56,7 +56,14 @@ func CheckTableSize(size uint32, n int) error {
 		return fmt.Errorf("table size %d is above the maximum %d", size, MaxTableSize)
 	case !big.NewInt(int64(size)).ProbablyPrime(0): // exact below 2^64
 		return fmt.Errorf("table size %d is not prime (Maglev needs a prime; the default is %d)", size, DefaultTableSize)
-	case uint64(size) < uint64(n)*MinSlotsPerLane:
+	}
+	return checkSlots(size, n)
+}
+
+// checkSlots is CheckTableSize's rule for the number of lanes alone, for
+// a size already checked (the primality test allocates).
+func checkSlots(size uint32, n int) error {
+	if uint64(size) < uint64(n)*MinSlotsPerLane {
 		return fmt.Errorf("table size %d is below %d x %d lanes = %d (too few slots to balance; use a larger prime such as %d)",
 			size, MinSlotsPerLane, n, n*MinSlotsPerLane, DefaultTableSize)
 	}

@@ -130,6 +130,12 @@ type Selector struct {
 	start   time.Time // the settle clock's zero (monotonic)
 
 	spareBuilds atomic.Uint64 // spare snapshots built, for tests
+
+	// A failure builds the next spares in the background: for the newest
+	// snapshot that needs them, by a func value made once (a go statement
+	// with arguments would allocate its closure at the failure).
+	sparesDue      atomic.Pointer[Snapshot]
+	buildDueSpares func()
 }
 
 // Clock is the selector's settle clock: monotonic time since New.
@@ -162,6 +168,11 @@ func New(cfg Config) (*Selector, error) {
 	empty, _ := BuildTable(nil, cfg.TableSize, cfg.Key)
 	s.snap.Store(&Snapshot{Table: empty, hasher: NewHasher(cfg.Key, cfg.Mode, cfg.Symmetric), key: cfg.Key})
 	pins.sel = s
+	s.buildDueSpares = func() {
+		if snap := s.sparesDue.Swap(nil); snap != nil {
+			s.buildSpares(snap)
+		}
+	}
 	return s, nil
 }
 
@@ -230,13 +241,16 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	lanes = slices.Clone(lanes)
-	slices.SortFunc(lanes, func(a, b Lane) int { return int(a.ID) - int(b.ID) })
+	// A demux lists its lanes in order: then nothing is copied here, and
+	// a failure that finds its spare allocates nothing (an allocation then
+	// may be charged the garbage collector's work).
+	byID := func(a, b Lane) int { return int(a.ID) - int(b.ID) }
+	if !slices.IsSortedFunc(lanes, byID) {
+		lanes = slices.Clone(lanes)
+		slices.SortFunc(lanes, byID)
+	}
 	for i := range lanes {
 		l := &lanes[i]
-		if l.Weight == 0 {
-			l.Weight = 1
-		}
 		if l.State > LaneDown {
 			return fmt.Errorf("lane %d: unknown state %d", l.ID, l.State)
 		}
@@ -247,7 +261,7 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 			return fmt.Errorf("lane id %d: listed twice", l.ID)
 		}
 	}
-	if err := CheckTableSize(s.tableSize, len(lanes)); err != nil {
+	if err := checkSlots(s.tableSize, len(lanes)); err != nil { // the size itself was checked by New
 		return err
 	}
 	cur := s.snap.Load()
@@ -270,7 +284,12 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 		final, next = sp.down, sp.down
 	default:
 		var err error
-		if final, err = s.build(cur, lanes); err != nil {
+		// The snapshot keeps its own copy, weights 0 made 1.
+		kept := slices.Clone(lanes)
+		for i := range kept {
+			kept[i].Weight = max(kept[i].Weight, 1)
+		}
+		if final, err = s.build(cur, kept); err != nil {
 			return err
 		}
 		next = final
@@ -290,7 +309,8 @@ func (s *Selector) SetLanes(lanes []Lane) error {
 		}
 	}
 	if failed != 0 || up > syncSpares {
-		go s.buildSpares(final) // the failure itself waits for nothing
+		s.sparesDue.Store(final)
+		go s.buildDueSpares() // the failure itself waits for nothing
 	} else {
 		// Ready before the next change can be a failure: a lane that
 		// comes back and fails again at once must find its spare too.
@@ -375,7 +395,7 @@ func (s *Selector) spareFor(cur *Snapshot, lanes []Lane) (*spare, LaneID) {
 	failed := LaneID(0)
 	for i, l := range lanes {
 		c := cur.Lanes[i]
-		if l.ID != c.ID || l.Weight != c.Weight {
+		if l.ID != c.ID || max(l.Weight, 1) != c.Weight {
 			return nil, 0
 		}
 		if l.State == c.State {
