@@ -172,7 +172,7 @@ func (s *Session) Fail(now time.Time, reason string, delivers bool) bool {
 		return false
 	}
 	s.goDown(now, reason)
-	s.byTimeout, s.delivers, s.settleLong = false, delivers, false
+	s.byTimeout, s.delivers = false, delivers
 	return true
 }
 
@@ -230,7 +230,7 @@ func (s *Session) judgeSuspicion(now time.Time) bool {
 	}
 	reason := fmt.Sprintf("%s, and probe %d unanswered for %s", s.suspectReason, s.lastSeq+1, now.Sub(at.Add(-s.ConfirmWait())).Round(100*time.Microsecond))
 	s.goDown(now, reason)
-	s.byTimeout, s.delivers, s.settleLong, s.confirmed = false, false, false, true
+	s.byTimeout, s.delivers, s.confirmed = false, false, true
 	return true
 }
 
@@ -357,6 +357,7 @@ func (s *Session) goDown(now time.Time, reason string) {
 	}
 	s.up, s.since, s.run, s.failed = false, now, 0, true
 	s.suspectAt, s.confirmed = time.Time{}, false
+	s.settleLong = false // SettleLong marks this down, after goDown, if at all
 	s.changes++
 	s.reason = reason
 }

@@ -307,3 +307,28 @@ func TestSessionSuspect(t *testing.T) {
 		t.Error("a down lane asked for a poll")
 	}
 }
+
+// TestSessionSettleLongIsForItsOwnDown: a planned stop's long settle
+// (SettleLong) belongs to that down only. The lane's next failure, judged
+// on silence, waits its round-trip timeout again (a forgotten mark made
+// every later silence-judged failure of the lane wait the detection
+// time as well: freeze-gw's blackout 400 ms, not 250).
+func TestSessionSettleLongIsForItsOwnDown(t *testing.T) {
+	c := newClock(t, fastParams)
+	c.run(100*time.Millisecond, true)
+	c.s.Fail(c.now, "administratively down", true)
+	c.s.SettleLong()
+	if got := c.s.Settle(); got != fastParams.Detect() {
+		t.Fatalf("planned stop: settle %v, want the detection time %v", got, fastParams.Detect())
+	}
+	c.run(fastParams.Detect()+fastParams.FlapWindow+fastParams.HoldDownMax+100*time.Millisecond, true)
+	if !c.s.Up() {
+		t.Fatal("the lane did not come back")
+	}
+	if ch := c.run(2*c.s.DetectTime(), false); len(ch) == 0 || c.s.Up() || !c.s.ByTimeout() {
+		t.Fatalf("silence: changes %v, up %v, by timeout %v", ch, c.s.Up(), c.s.ByTimeout())
+	}
+	if got := c.s.Settle(); got >= fastParams.Detect() {
+		t.Errorf("down by silence after a planned stop: settle %v, want the round-trip timeout, not the detection time %v", got, fastParams.Detect())
+	}
+}
