@@ -170,11 +170,13 @@ func testPeerKeyReload(t *testing.T, tp *topo) {
 }
 
 // testCloseOrder checks that a gateway killed outright closes its ports
-// before its TUN: a dead process's files are released newest first, and a
-// TUN's close unregisters a device (tens of milliseconds), so every UDP
-// port of the lane (GENEVE, WireGuard) must have a higher descriptor than
-// the TUN for the demux's and the peer's next packets to draw ICMP port
-// unreachable at once (docs/health.md, "Failure signals").
+// before its TUN: a dead process's files are released from the highest
+// descriptor down, and a TUN's close unregisters a device (tens of
+// milliseconds), an inotify descriptor's waits for an SRCU grace period
+// (wireguard-go's UAPI listener held one), so every UDP port of the lane
+// (GENEVE, WireGuard) must have a higher descriptor than either for the
+// demux's and the peer's next packets to draw ICMP port unreachable at
+// once (docs/health.md, "Failure signals").
 func testCloseOrder(t *testing.T, tp *topo) {
 	for _, gw := range []string{"gw-a1", "gw-b2"} {
 		b, err := os.ReadFile(filepath.Join(tp.work, gw+".pid"))
@@ -182,7 +184,9 @@ func testCloseOrder(t *testing.T, tp *topo) {
 			t.Fatal(err)
 		}
 		pid := strings.TrimSpace(string(b))
-		tunFD, sockets := -1, map[string]int{} // socket inode: descriptor
+		// The highest of the descriptors slow to close: the TUN (a device
+		// to unregister) and any inotify one (an SRCU grace period).
+		tunFD, slowFD, slow, sockets := -1, -1, "", map[string]int{} // socket inode: descriptor
 		fds, err := os.ReadDir("/proc/" + pid + "/fd")
 		if err != nil {
 			t.Fatal(err)
@@ -191,8 +195,13 @@ func testCloseOrder(t *testing.T, tp *topo) {
 			fd, _ := strconv.Atoi(e.Name())
 			target, _ := os.Readlink("/proc/" + pid + "/fd/" + e.Name())
 			switch {
-			case target == "/dev/net/tun":
-				tunFD = fd
+			case target == "/dev/net/tun" || target == "anon_inode:inotify":
+				if target == "/dev/net/tun" {
+					tunFD = fd
+				}
+				if fd > slowFD {
+					slowFD, slow = fd, target
+				}
 			case strings.HasPrefix(target, "socket:["):
 				sockets[strings.Trim(target[len("socket:"):], "[]")] = fd
 			}
@@ -218,8 +227,8 @@ func testCloseOrder(t *testing.T, tp *topo) {
 					continue
 				}
 				ports[int(port)] = true
-				if fd < tunFD {
-					t.Errorf("%s: udp port %d is descriptor %d, below the TUN's %d: killed, it would close after the TUN", gw, port, fd, tunFD)
+				if fd < slowFD {
+					t.Errorf("%s: udp port %d is descriptor %d, below %s's %d: killed, it would close after that one", gw, port, fd, slow, slowFD)
 				}
 			}
 		}

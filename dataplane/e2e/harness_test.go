@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -364,11 +363,6 @@ func (tp *topo) kill(node string) {
 	if _, err := fmt.Sscanf(node, "gw-%1s%d", &side, &lane); err == nil {
 		closed = tp.socketCloses(topology.GatewayNS(side, lane), 6081)
 	}
-	if closed != nil {
-		if err := udpClosesFirst(pid); err != nil {
-			tp.t.Errorf("%s: %v", node, err)
-		}
-	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		tp.t.Fatalf("kill %s (%d): %v", node, pid, err)
 	}
@@ -381,53 +375,6 @@ func (tp *topo) kill(node string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// udpClosesFirst checks that process pid's UDP sockets close before its
-// slow files when it dies: the kernel closes a dead process's files from
-// the highest descriptor down, and a TUN (a device to unregister) or an
-// inotify descriptor (an SRCU grace period) above the sockets held them
-// open 3-22 ms after SIGKILL on an idle machine.
-func udpClosesFirst(pid int) error {
-	var udp []string // the namespace's UDP sockets, as readlink names them
-	for _, f := range []string{"udp", "udp6"} {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
-		for _, l := range strings.Split(string(b), "\n")[1:] {
-			if fs := strings.Fields(l); len(fs) > 9 {
-				udp = append(udp, "socket:["+fs[9]+"]")
-			}
-		}
-	}
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	lowestUDP, highestSlow, slow := -1, -1, ""
-	for _, e := range ents {
-		fd, _ := strconv.Atoi(e.Name())
-		target, err := os.Readlink(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		switch {
-		case target == "/dev/net/tun" || target == "anon_inode:inotify":
-			if fd > highestSlow {
-				highestSlow, slow = fd, target
-			}
-		case slices.Contains(udp, target):
-			if lowestUDP < 0 || fd < lowestUDP {
-				lowestUDP = fd
-			}
-		}
-	}
-	if lowestUDP < 0 {
-		return fmt.Errorf("no UDP socket among its descriptors")
-	}
-	if highestSlow > lowestUDP {
-		return fmt.Errorf("descriptor %d (%s) is above UDP socket %d, so it closes first when the process dies", highestSlow, slow, lowestUDP)
-	}
-	return nil
 }
 
 // socketCloses watches namespace ns for the UDP socket on port to go
