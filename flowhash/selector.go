@@ -539,10 +539,11 @@ func (s *Selector) Explain(t *Tuple) Choice {
 
 // LaneOf returns the lane pkt's flow takes now without pinning it: its
 // valid pin's lane, else the table's (0 if none or undecodable). For
-// checking that a quoted packet is one this demux would have sent there.
+// checking that a quoted packet is one this demux would have sent there,
+// so pkt may be cut short (DecodeTruncated).
 func (s *Selector) LaneOf(pkt []byte) LaneID {
 	var t Tuple
-	if t.Decode(pkt) != DropNone {
+	if t.DecodeTruncated(pkt) != DropNone {
 		return 0
 	}
 	w := s.pinHasher.Words(&t)

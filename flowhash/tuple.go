@@ -68,6 +68,26 @@ func (t *Tuple) Decode(pkt []byte) Drop {
 	return DropBadVersion
 }
 
+// DecodeTruncated is Decode for a packet that may be cut short, as an
+// ICMP error quotes one (Linux quotes up to 576 bytes in all, so a
+// full-size TCP segment inside a GENEVE frame arrives as its first 512):
+// the IP length is not checked against what is there, only the headers
+// must be. An ICMP error inside it is not followed, so such a packet
+// gets its own addresses, not the reversed tuple Decode gives it.
+func (t *Tuple) DecodeTruncated(pkt []byte) Drop {
+	*t = Tuple{}
+	if len(pkt) == 0 {
+		return DropTruncated
+	}
+	switch packet.Version(pkt) {
+	case 4:
+		return t.decodeIPv4(pkt, true)
+	case 6:
+		return t.decodeIPv6(pkt, true)
+	}
+	return DropBadVersion
+}
+
 // decodeIPv4 parses an IPv4 header. quoted is set for the packet quoted in
 // an ICMP error: it is truncated by design, so its total length is not
 // checked and ICMP errors inside it are not followed.

@@ -136,6 +136,33 @@ func TestDecodeTruncatedPrefixes(t *testing.T) {
 	}
 }
 
+// DecodeTruncated reads, from any prefix that holds the headers, the
+// tuple Decode reads from the whole packet (an ICMP error quotes a packet
+// cut short); ICMP errors aside, whose quote it does not follow.
+func TestDecodeTruncatedReadsTheHeaders(t *testing.T) {
+	for _, n := range namedSpecs() {
+		pkt := n.spec.build()
+		var whole Tuple
+		if whole.Decode(pkt) != DropNone || whole.Flags&FlagICMPError != 0 {
+			continue
+		}
+		headers := 0 // the shortest prefix DecodeTruncated takes
+		for l := len(pkt); l >= 0; l-- {
+			var tu Tuple
+			if tu.DecodeTruncated(pkt[:l]) != DropNone {
+				headers = l + 1
+				break
+			}
+			if tu != whole {
+				t.Fatalf("%s cut to %d of %d bytes: %v, want %v", n.name, l, len(pkt), tu, whole)
+			}
+		}
+		if headers == 0 || headers > len(pkt) {
+			t.Errorf("%s: no prefix was too short, or the whole packet was (%d of %d)", n.name, headers, len(pkt))
+		}
+	}
+}
+
 func TestDecodeMalformed(t *testing.T) {
 	tcp4 := (&pktSpec{src: hostA4, dst: hostB4, proto: ProtoTCP, sport: 1, dport: 2}).build()
 	udp6 := (&pktSpec{src: hostA6, dst: hostB6, proto: ProtoUDP, sport: 1, dport: 2}).build()

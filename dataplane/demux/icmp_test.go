@@ -7,6 +7,7 @@ import (
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
 	"github.com/clusterpeer/clusterpeer/dataplane/icmpwatch"
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -79,6 +80,15 @@ func TestICMPErrorUnsealed(t *testing.T) {
 		d.icmpError(&sink, icmpwatch.Quote{From: dst.Addr(), Dst: dst, Port: true, Payload: frames[0]})
 		if len(sink.suspect) != 1 || sink.suspect[0] != lane || len(sink.gone) != 0 {
 			t.Fatalf("lane %d: polled %v, gone %v; want one poll of the lane", lane, sink.suspect, sink.gone)
+		}
+		sink.suspect = nil
+		// A big packet is quoted cut short (Linux quotes 576 bytes in
+		// all): the flow is still known. (Before, such quotes of TCP
+		// segments were all unmatched, and a kill whose few rate-limited
+		// errors quoted only those was found by silence: 200 ms.)
+		d.icmpError(&sink, icmpwatch.Quote{From: dst.Addr(), Dst: dst, Port: true, Payload: frames[0][:packet.GeneveLen+28]})
+		if len(sink.suspect) != 1 || sink.suspect[0] != lane {
+			t.Fatalf("lane %d: a truncated quote polled %v; want one poll of the lane", lane, sink.suspect)
 		}
 		sink.suspect = nil
 		other := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, 21 + byte(lane%3)}), 6081)
