@@ -54,19 +54,7 @@ var v4InV6Prefix = [12]byte{10: 0xff, 11: 0xff}
 // Decode fills t from the raw IP packet pkt (no link-layer header) and
 // returns DropNone, or the reason the packet cannot be hashed. It never
 // allocates and never reads outside pkt.
-func (t *Tuple) Decode(pkt []byte) Drop {
-	*t = Tuple{}
-	if len(pkt) == 0 {
-		return DropTruncated
-	}
-	switch packet.Version(pkt) {
-	case 4:
-		return t.decodeIPv4(pkt, false)
-	case 6:
-		return t.decodeIPv6(pkt, false)
-	}
-	return DropBadVersion
-}
+func (t *Tuple) Decode(pkt []byte) Drop { return t.decode(pkt, false) }
 
 // DecodeTruncated is Decode for a packet that may be cut short, as an
 // ICMP error quotes one (Linux quotes up to 576 bytes in all, so a
@@ -74,16 +62,18 @@ func (t *Tuple) Decode(pkt []byte) Drop {
 // the IP length is not checked against what is there, only the headers
 // must be. An ICMP error inside it is not followed, so such a packet
 // gets its own addresses, not the reversed tuple Decode gives it.
-func (t *Tuple) DecodeTruncated(pkt []byte) Drop {
+func (t *Tuple) DecodeTruncated(pkt []byte) Drop { return t.decode(pkt, true) }
+
+func (t *Tuple) decode(pkt []byte, quoted bool) Drop {
 	*t = Tuple{}
 	if len(pkt) == 0 {
 		return DropTruncated
 	}
 	switch packet.Version(pkt) {
 	case 4:
-		return t.decodeIPv4(pkt, true)
+		return t.decodeIPv4(pkt, quoted)
 	case 6:
-		return t.decodeIPv6(pkt, true)
+		return t.decodeIPv6(pkt, quoted)
 	}
 	return DropBadVersion
 }
