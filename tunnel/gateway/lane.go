@@ -98,7 +98,7 @@ func Start(cfg Config) (l *Lane, err error) {
 	// (and the peer's WireGuard packets) draw ICMP port unreachable at
 	// once, which is how they learn the gateway is gone. Nothing else a
 	// gateway holds is slow to close (listenUAPI). Measured here
-	// (docs/health.md): SIGKILL to the GENEVE socket closed in 2.5-3.6 ms
+	// (docs/health.md): SIGKILL to the GENEVE socket closed in 3.3-5.6 ms
 	// idle; 3-22 ms while wireguard-go's UAPI listener held an inotify
 	// descriptor above them; 15-26 ms with the TUN above them too.
 	kernels, err := tunlink.Create(cfg.Tun, 1, cfg.MTU)
