@@ -330,6 +330,16 @@ func (p *Peering) links() error {
 				if _, err := p.Run("sw"+string(s), filepath.Join(p.Bin, "demux"), "xdp-pass", "--dev", d); err != nil {
 					return err
 				}
+				// Without TSO on the demux's side, the userspace demux's
+				// UDP sends enter the peer by the ring its XDP_TX frames
+				// take (veth takes a TSO device's non-GRO-able frames to
+				// the receiving CPU's backlog instead): one queue, so a
+				// packet the userspace demux sent before the program
+				// sends the next of its flow arrives before it, as the
+				// hand-over ledger means it to (xdp/handover.go).
+				if _, err := p.Run(d, "ethtool", "-K", "lan0", "tso", "off"); err != nil {
+					return err
+				}
 			}
 			if _, err := p.Run(h, "ethtool", "-K", "lan0", "tx", "off"); err != nil {
 				return err

@@ -128,7 +128,7 @@ func (fp *fastPath) start(ctx context.Context, sel *flowhash.Selector, dm *demux
 	}
 	log.Info("xdp: fast path attached", "interface", at.Interface, "mode", at.Mode)
 	if isVeth(at.Interface) && at.Mode == xdp.Native {
-		log.Info("xdp: native mode on a veth: its peer must run an XDP program (`demux xdp-pass --dev PEER` in the peer's namespace) for sent frames to arrive, and senders toward it need `ethtool -K DEV tx off`")
+		log.Info("xdp: native mode on a veth: its peer must run an XDP program (`demux xdp-pass --dev PEER` in the peer's namespace) for sent frames to arrive, senders toward it need `ethtool -K DEV tx off`, and `ethtool -K " + at.Interface + " tso off` here has the demux's own sends share the peer's receive ring with the program's frames (a flow moving from one to the other then stays in order)")
 	}
 	return nil
 }

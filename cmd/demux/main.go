@@ -134,6 +134,7 @@ func up(args []string) error {
 	}
 	if fp != nil {
 		defer fp.prog.Close() // detaches: the kernel path and the userspace demux take over
+		dm.SetFinished(fp.prog.Finished)
 	}
 	lc := demux.LaneConfig{DrainTimeout: p.Health.DrainTimeout, DrainIdle: p.Health.DrainIdle}
 	if fp != nil {
@@ -539,6 +540,9 @@ func printXDP(x *xdp.Status) {
 	}
 	if len(x.Unresolved) > 0 {
 		fmt.Printf("    lanes without a resolved gateway (userspace sends): %v\n", x.Unresolved)
+	}
+	if x.HandoverWrittenOff > 0 {
+		fmt.Printf("    hand-over: %d packets passed up never reached the userspace demux; their flows stopped waiting for them\n", x.HandoverWrittenOff)
 	}
 }
 

@@ -113,6 +113,9 @@ type Demux struct {
 	held    holdQueue
 	queues  []*queue
 	C       Counters
+	// finished, if set, is told of each packet the demux is done with
+	// (SetFinished).
+	finished func(pkt []byte)
 
 	// The ICMP budget, which every queue's too-big packets spend.
 	icmpMu     sync.Mutex
@@ -187,6 +190,34 @@ func (d *Demux) AddQueue(t tun.Device) {
 	q.icmpOut = make([][]byte, 0, len(q.bufs))
 	q.used = make([]flowhash.LaneID, 0, flowhash.MaxLaneID+1)
 	d.queues = append(d.queues, q)
+}
+
+// SetFinished has the demux call fn with each packet it read once it is
+// done with it: sent to its gateway (the send returned), or dropped; a
+// held packet when it leaves. The XDP fast path's hand-over ledger
+// (xdp.Program.Finished) counts them, so that the program sends nothing
+// of a flow ahead of a packet of it still here. Call it before Run.
+func (d *Demux) SetFinished(fn func(pkt []byte)) { d.finished = fn }
+
+// finish tells SetFinished's fn that the demux is done with pkt.
+func (d *Demux) finish(pkt []byte) {
+	if d.finished != nil {
+		d.finished(pkt)
+	}
+}
+
+// finishFrames is finish for the packets inside frames sent to t.
+func (d *Demux) finishFrames(frames [][]byte, t *Target) {
+	if d.finished == nil {
+		return
+	}
+	hdr := packet.GeneveLen
+	if t.Seal != nil {
+		hdr = geneveauth.HeaderLen
+	}
+	for _, f := range frames {
+		d.finished(f[hdr:])
+	}
 }
 
 // Queues is how many TUN queues the demux reads.
@@ -318,10 +349,12 @@ func (q *queue) forward(bufs [][]byte, sizes []int, now uint32) {
 		}
 		if drop != flowhash.DropNone {
 			d.C.Drops[drop].Add(1)
+			d.finish(pkt)
 			continue
 		}
 		if size > d.cfg.MTU {
 			q.tooBig(pkt, now)
+			d.finish(pkt)
 			continue
 		}
 		frame := d.encap(b, size, targets[lane])
@@ -337,6 +370,7 @@ func (q *queue) forward(bufs [][]byte, sizes []int, now uint32) {
 	}
 	for _, lane := range q.used {
 		d.sendFrames(q.pending[lane], targets[lane])
+		d.finishFrames(q.pending[lane], targets[lane])
 		clear(q.pending[lane]) // drop references to the read buffers
 		q.pending[lane] = q.pending[lane][:0]
 	}

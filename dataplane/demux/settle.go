@@ -59,6 +59,7 @@ func (d *Demux) settling(pkt []byte) {
 	defer q.mu.Unlock()
 	if !q.hold(pkt) {
 		d.C.Drops[flowhash.DropSettling].Add(1)
+		d.finish(pkt)
 		return
 	}
 	d.C.Held.Add(1)
@@ -88,6 +89,7 @@ func (d *Demux) flushHeld() {
 		}
 		if drop != flowhash.DropNone {
 			d.C.Drops[drop].Add(1)
+			d.finish(pkt)
 			continue
 		}
 		frame := d.encap(q.bufs[i], q.sizes[i], targets[lane])
@@ -98,6 +100,7 @@ func (d *Demux) flushHeld() {
 	}
 	for _, lane := range q.used {
 		d.sendFrames(q.out[lane], targets[lane])
+		d.finishFrames(q.out[lane], targets[lane])
 		clear(q.out[lane])
 		q.out[lane] = q.out[lane][:0]
 	}

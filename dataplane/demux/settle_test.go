@@ -163,3 +163,81 @@ func TestLaneDownFencesTheBatchInFlight(t *testing.T) {
 		t.Error("fence timed out with no loop inside a batch")
 	}
 }
+
+// TestFinishedAfterTheSend: what the demux tells the XDP hand-over ledger
+// (SetFinished). Each packet it read is told once, when the demux is done
+// with it: a sent one after the send that carried it returned, a dropped
+// one when dropped, a held one when it leaves after its lane's window,
+// not before. The ledger lets the program send a flow's packets again
+// only then, so a packet told early could be overtaken.
+func TestFinishedAfterTheSend(t *testing.T) {
+	d, _, bind := newTestDemux(t, 3)
+	sel := d.cfg.Selector
+	told := map[string]int{}
+	d.SetFinished(func(pkt []byte) {
+		bind.mu.Lock()
+		defer bind.mu.Unlock()
+		told[string(pkt)]++
+		if len(pkt) < 28 || pkt[9] != 17 || binary.BigEndian.Uint16(pkt[2:4]) > 1420 {
+			return // dropped: garbage, or too big
+		}
+		for _, frames := range bind.sent {
+			for _, f := range frames {
+				if _, inner, _ := packet.ParseGeneve(f); string(inner) == string(pkt) {
+					return
+				}
+			}
+		}
+		t.Errorf("told of packet seq %d of flow %d before it was sent", binary.BigEndian.Uint32(pkt[28:32]), binary.BigEndian.Uint16(pkt[20:22]))
+	})
+	batch := func(seq int) [][]byte {
+		var pkts [][]byte
+		for f := range 32 {
+			pkts = append(pkts, udp4(t, uint16(5000+f), uint32(seq), 200))
+		}
+		return pkts
+	}
+	forward := func(pkts [][]byte) {
+		bufs, sizes := load(d, pkts)
+		d.Forward(bufs, sizes, 0)
+	}
+	checkTold := func(when string, pkts [][]byte, want int) {
+		t.Helper()
+		for _, p := range pkts {
+			if got := told[string(p)]; got != want {
+				t.Errorf("%s: a packet of %d bytes told %d times, want %d", when, len(p), got, want)
+			}
+		}
+	}
+
+	first := append(batch(0), []byte{0x45, 0, 0}, udp4(t, 1, 0, 1500))
+	forward(first)
+	checkTold("sent, garbage, too big", first, 1)
+
+	lane2 := map[uint16]bool{}
+	for _, f := range bind.sent["10.1.0.22:6081"] {
+		_, inner, _ := packet.ParseGeneve(f)
+		lane2[binary.BigEndian.Uint16(inner[20:22])] = true
+	}
+	if err := sel.SetLanes([]flowhash.Lane{{ID: 1}, {ID: 2, State: flowhash.LaneDown, Settle: 100 * time.Millisecond}, {ID: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	during := batch(1)
+	forward(during)
+	var held, passed [][]byte
+	for _, p := range during {
+		if lane2[binary.BigEndian.Uint16(p[20:22])] {
+			held = append(held, p)
+		} else {
+			passed = append(passed, p)
+		}
+	}
+	if len(held) == 0 {
+		t.Fatal("no flow on lane 2")
+	}
+	checkTold("during the window, other lanes' flows", passed, 1)
+	checkTold("during the window, held", held, 0)
+	time.Sleep(110 * time.Millisecond)
+	forward(batch(2))
+	checkTold("after the window, the held", held, 1)
+}

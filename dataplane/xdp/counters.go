@@ -18,6 +18,7 @@ var reasonNames = [...]string{
 	"tx", "redirect", "not_ip", "not_ours", "not_remote", "malformed",
 	"ip_options", "fragment", "ipv6_ext", "icmp_error", "proto", "ttl",
 	"too_big", "no_snapshot", "no_target", "no_lane", "encap_failed",
+	"handover",
 }
 
 // Verdict says what the program did for a reason: "sent", "passed" (to
@@ -101,6 +102,10 @@ type Status struct {
 	// Unresolved lists lanes whose gateway has no resolved MAC: their
 	// packets go to the userspace demux.
 	Unresolved []flowhash.LaneID `json:"unresolved,omitempty"`
+	// HandoverWrittenOff counts packets the program passed up that the
+	// userspace demux never finished with (lost on the way up, as a full
+	// TUN queue drops them): the hand-over ledger stopped waiting for them.
+	HandoverWrittenOff uint64 `json:"handover_written_off"`
 	// The program's runs and their total run time, as the kernel counts
 	// them while it keeps BPF statistics (sysctl kernel.bpf_stats_enabled,
 	// or a process holding BPF_ENABLE_STATS: `bench xdp` does); counting
@@ -117,7 +122,8 @@ func (p *Program) Status() *Status {
 	err = errors.Join(err, perr)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := &Status{Attachment: p.attached, Snapshot: p.published, Reasons: c.Reasons, Lanes: c.Lanes, Pins: pins}
+	st := &Status{Attachment: p.attached, Snapshot: p.published, Reasons: c.Reasons, Lanes: c.Lanes, Pins: pins,
+		HandoverWrittenOff: p.writtenOff.Load()}
 	if ps, serr := p.objs.XdpDemux.Stats(); serr == nil {
 		st.Runs, st.RunTime = ps.RunCount, uint64(ps.Runtime)
 	}
@@ -153,6 +159,8 @@ var (
 	descPinRemoved = prometheus.NewDesc("clusterpeer_xdp_pin_removals_total",
 		"Flow pins the sweep deleted: idle, or (under pressure) live ones the table agrees with, whose flows did not move.",
 		[]string{"why"}, nil)
+	descWrittenOff = prometheus.NewDesc("clusterpeer_xdp_handover_written_off_total",
+		"Packets the XDP fast path passed up that the userspace demux never finished with (dropped on the way, e.g. its TUN queue full): their flows stopped waiting behind them.", nil, nil)
 	descRuns = prometheus.NewDesc("clusterpeer_xdp_program_runs_total",
 		"Runs of the XDP program, counted while the kernel keeps BPF statistics (kernel.bpf_stats_enabled=1); 0 otherwise.", nil, nil)
 	descRunTime = prometheus.NewDesc("clusterpeer_xdp_program_run_seconds_total",
@@ -172,6 +180,7 @@ func (p *Program) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPinRemoved
 	ch <- descRuns
 	ch <- descRunTime
+	ch <- descWrittenOff
 }
 
 // Collect implements prometheus.Collector.
@@ -189,6 +198,7 @@ func (p *Program) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPinRemoved, prometheus.CounterValue, float64(st.Pins.Evicted), "agreeing")
 	ch <- prometheus.MustNewConstMetric(descRuns, prometheus.CounterValue, float64(st.Runs))
 	ch <- prometheus.MustNewConstMetric(descRunTime, prometheus.CounterValue, float64(st.RunTime)/1e9)
+	ch <- prometheus.MustNewConstMetric(descWrittenOff, prometheus.CounterValue, float64(st.HandoverWrittenOff))
 	for id, lc := range st.Lanes {
 		l := strconv.Itoa(int(id))
 		ch <- prometheus.MustNewConstMetric(descLanePackets, prometheus.CounterValue, float64(lc.Packets), l)

@@ -17,8 +17,10 @@
 // it), IPv4 options, fragments, IPv6 extension headers,
 // ICMP errors, protocols other than TCP/UDP/SCTP/ICMP, TTL <= 1 (the
 // kernel sends time exceeded), packets over the lane MTU (userspace sends
-// the ICMP error), lanes without a resolved gateway, anything malformed.
-// Every verdict is counted by reason in a per-CPU array.
+// the ICMP error), lanes without a resolved gateway, anything malformed,
+// and, for a moment after a lane change, packets of flows that have one
+// still with the userspace demux (the hand-over ledger, below). Every
+// verdict is counted by reason in a per-CPU array.
 //
 // The snapshot (per-lane pin generations and the Maglev table) is one
 // inner map, swapped whole by userspace, so a packet sees one consistent
@@ -77,6 +79,7 @@ enum reason {
 	R_NO_TARGET,    // the lane's gateway is not resolved (or not XDP-capable)
 	R_NO_LANE,      // no lane is up: dropped, as the Go demux does
 	R_ENCAP_FAILED, // the headroom could not be grown: dropped
+	R_HANDOVER,     // a packet of its bucket is still with userspace: passed behind it
 	R_NUM,
 };
 
@@ -160,6 +163,27 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } seal_recent SEC(".maps");
+
+// The hand-over ledger, shared with the userspace demux through a memory
+// mapping (xdp.Program.Finished): per bucket of flows, [b] counts the
+// packets this program passed up after parsing them whole (over the MTU,
+// no snapshot, no target, hand-over), which the kernel forwards into the
+// userspace demux's TUN, and [HANDOVER_BUCKETS + b] those the userspace
+// demux has finished with (sent on, or dropped). While the gate is set
+// (after userspace changed the lane set: a flow may move from the
+// userspace path to this one), a packet this program would send is
+// passed up too while its bucket has one still with userspace, so that
+// it cannot overtake it: a flow's packets leave in order by construction,
+// however long the userspace demux is held up.
+#define HANDOVER_BUCKETS 4096 // xdp.handoverBuckets
+#define HANDOVER_GATE (2 * HANDOVER_BUCKETS)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * HANDOVER_BUCKETS + 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} handover SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -394,6 +418,46 @@ static __always_inline __u32 l4_ports(void *l4, void *end, __u32 avail, __u8 pro
 	}
 	}
 	return R_PROTO;
+}
+
+// handover_bucket is a flow's bucket in the hand-over ledger, from its
+// canonical words (xdp.handoverBucket). Unkeyed, so that it stays the
+// same across a flow-hash key rotation: flows that collide only share a
+// wait.
+static __always_inline __u32 handover_bucket(const struct words *k)
+{
+	const __u64 m = 0x9e3779b97f4a7c15ULL;
+	__u64 x = k->w[0];
+#pragma unroll
+	for (int i = 1; i < 5; i++)
+		x = (x ^ k->w[i]) * m;
+	return (__u32)(x >> 52);
+}
+
+// pass_up passes a packet parse took whole (its canonical words k) up to
+// the kernel, noting it in its bucket of the ledger.
+static __always_inline int pass_up(__u32 r, const struct words *k)
+{
+	__u32 b = handover_bucket(k);
+	__u64 *n = bpf_map_lookup_elem(&handover, &b);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return count(r, XDP_PASS);
+}
+
+// handover_pending reports whether the gate is set and the flow's bucket
+// has a packet the userspace demux has not finished with. (The bucket is
+// hashed only while the gate is set: most packets pay one load.)
+static __always_inline int handover_pending(const struct words *k)
+{
+	__u32 gi = HANDOVER_GATE;
+	__u64 *gate = bpf_map_lookup_elem(&handover, &gi);
+	if (!gate || !*gate)
+		return 0;
+	__u32 b = handover_bucket(k), di = HANDOVER_BUCKETS + b;
+	__u64 *passed = bpf_map_lookup_elem(&handover, &b);
+	__u64 *done = bpf_map_lookup_elem(&handover, &di);
+	return passed && done && *passed != *done;
 }
 
 // choose returns the flow's lane: its pin while the pin's generation holds,
@@ -634,19 +698,19 @@ int xdp_demux(struct xdp_md *ctx)
 	if (r != R_NUM)
 		return count(r, XDP_PASS);
 	if (f.inner_len > lane_mtu)
-		return count(R_TOO_BIG, XDP_PASS);
+		return pass_up(R_TOO_BIG, &f.k);
 
 	__u32 zero = 0;
 	void *snap = bpf_map_lookup_elem(&snapshots, &zero);
 	if (!snap)
-		return count(R_NO_SNAPSHOT, XDP_PASS);
+		return pass_up(R_NO_SNAPSHOT, &f.k);
 	__u32 kw[KEY_WORDS];
 #pragma unroll
 	for (int i = 0; i < KEY_WORDS; i++) {
 		__u32 ki = LANE_SLOTS + table_size + i;
 		__u32 *w = bpf_map_lookup_elem(snap, &ki);
 		if (!w)
-			return count(R_NO_SNAPSHOT, XDP_PASS);
+			return pass_up(R_NO_SNAPSHOT, &f.k);
 		kw[i] = *w;
 	}
 	f.sum = sip13((__u64)kw[0] | (__u64)kw[1] << 32, (__u64)kw[2] | (__u64)kw[3] << 32, &f.k);
@@ -657,7 +721,9 @@ int xdp_demux(struct xdp_md *ctx)
 	__u32 ti = bank * LANE_SLOTS + lane;
 	struct target *t = bpf_map_lookup_elem(&targets, &ti);
 	if (!t || t->ifindex == 0)
-		return count(R_NO_TARGET, XDP_PASS);
+		return pass_up(R_NO_TARGET, &f.k);
+	if (handover_pending(&f.k))
+		return pass_up(R_HANDOVER, &f.k);
 
 	// Forward as a router does: decrement TTL (RFC 1624 incremental
 	// checksum, as the kernel's ip_decrease_ttl) or hop limit.

@@ -113,6 +113,7 @@ type demuxProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type demuxMapSpecs struct {
+	Handover     *ebpf.MapSpec `ebpf:"handover"`
 	HashOut      *ebpf.MapSpec `ebpf:"hash_out"`
 	LaneStats    *ebpf.MapSpec `ebpf:"lane_stats"`
 	PinStats     *ebpf.MapSpec `ebpf:"pin_stats"`
@@ -164,6 +165,7 @@ func (o *demuxObjects) Close() error {
 //
 // It can be passed to loadDemuxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type demuxMaps struct {
+	Handover     *ebpf.Map `ebpf:"handover"`
 	HashOut      *ebpf.Map `ebpf:"hash_out"`
 	LaneStats    *ebpf.Map `ebpf:"lane_stats"`
 	PinStats     *ebpf.Map `ebpf:"pin_stats"`
@@ -179,6 +181,7 @@ type demuxMaps struct {
 
 func (m *demuxMaps) Close() error {
 	return _DemuxClose(
+		m.Handover,
 		m.HashOut,
 		m.LaneStats,
 		m.PinStats,

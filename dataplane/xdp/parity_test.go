@@ -235,7 +235,10 @@ func icmpErrorAbout(t testing.TB, f flow) []byte {
 // put in the TUN: the packet cut to its IP length, TTL minus one). A
 // packet the program sends is also a whole one: its IP length fits the
 // frame. A sealing program gets each input too: same verdict, a frame
-// the gateway opens, identical to the sealing Go demux's.
+// the gateway opens, identical to the sealing Go demux's. And the
+// hand-over ledger: a program with no lanes yet passes up, counted, each
+// packet its parse takes whole; the Go side (Program.Finished) counts
+// the same packets, as the kernel forwards them, in the same bucket.
 func FuzzXDPParity(f *testing.F) {
 	for _, seed := range [][]byte{
 		tcp4(f, 1000, 80, 100), udp4(f, 53, 5353, 0), tcp6(f, 443, 40000, 1200), udp6(f, 1, 2, 10),
@@ -248,6 +251,7 @@ func FuzzXDPParity(f *testing.F) {
 	sealedCfg := cfg
 	sealedCfg.Seal, sealedCfg.Sender = true, testSender
 	p, ps := loadTest(f, cfg), loadTest(f, sealedCfg)
+	counting := loadTest(f, cfg) // never published: everything it takes whole, it passes up and counts
 	seal := newTestSeal(ps, 0x44, 1, 2, 3)
 	sel, sels := newSelector(f, cfg, 1, 2, 3), newSelector(f, cfg, 1, 2, 3)
 	g, gs := newGoDemux(f, sel, nil, 1, 2, 3), newGoDemux(f, sels, seal, 1, 2, 3)
@@ -262,6 +266,7 @@ func FuzzXDPParity(f *testing.F) {
 			return // the program passes those up; the kernel answers them
 		}
 		frame := eth(pkt) // padded to Ethernet's minimum, as on a wire
+		checkLedgerParity(t, counting, frame)
 		verdict, out := run(t, p.DemuxProgram(), frame)
 		before := seal.counters()
 		sealedVerdict, sealedOut := run(t, ps.DemuxProgram(), frame)
@@ -292,6 +297,66 @@ func FuzzXDPParity(f *testing.F) {
 		}
 		checkEncap(t, sealedOut, inner, to, want, sealedCfg)
 	})
+}
+
+// checkLedgerParity runs frame through a program that counts all it
+// takes whole in the ledger, and checks that Finished counts the packet
+// the kernel forwards from it (if it does) in the same bucket, or not at
+// all if the program did not.
+func checkLedgerParity(t *testing.T, p *Program, frame []byte) {
+	t.Helper()
+	n := ipLength(frame[14:])
+	if n < 20 || n > len(frame)-14 || !kernelForwards(frame[14:14+n]) {
+		return
+	}
+	before := make([]uint64, handoverBuckets)
+	for b := range before {
+		before[b] = p.ledgerWord(b).Load()
+	}
+	if v, _ := run(t, p.DemuxProgram(), frame); v != xdpPass {
+		t.Fatalf("a program with no lanes: verdict %d", v)
+	}
+	counted := -1
+	for b := range before {
+		switch d := p.ledgerWord(b).Load() - before[b]; {
+		case d == 1 && counted < 0:
+			counted = b
+		case d != 0:
+			t.Fatalf("the program counted %d in bucket %d (and bucket %d)", d, b, counted)
+		}
+	}
+	goBucket, goCounts := p.ledgerBucket(kernelForward(frame[14 : 14+n]))
+	switch {
+	case goCounts != (counted >= 0):
+		t.Fatalf("the program counted it: %v, Finished counts it: %v, for % x", counted >= 0, goCounts, frame[14:14+n])
+	case goCounts && goBucket != counted:
+		t.Fatalf("the program counted it in bucket %d, Finished in %d, for % x", counted, goBucket, frame[14:14+n])
+	}
+}
+
+// kernelForwards reports whether the kernel's IP input and forwarding
+// pass pkt on (to the TUN), as far as its headers decide: a valid IPv4
+// header and checksum, a length within the packet, a TTL or hop limit
+// above 1.
+func kernelForwards(pkt []byte) bool {
+	switch pkt[0] >> 4 {
+	case 4:
+		ihl := int(pkt[0]&0xf) * 4
+		if ihl < 20 || len(pkt) < ihl || ipLength(pkt) < ihl || pkt[8] <= 1 {
+			return false
+		}
+		var sum uint32
+		for i := 0; i < ihl; i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(pkt[i:]))
+		}
+		for sum > 0xffff {
+			sum = sum&0xffff + sum>>16
+		}
+		return sum == 0xffff
+	case 6:
+		return len(pkt) >= 40 && pkt[7] > 1
+	}
+	return false
 }
 
 // ipLength is the length an IP packet's header says it has (0 if it

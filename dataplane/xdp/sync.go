@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/clusterpeer/clusterpeer/dataplane/geneveauth"
+	"github.com/clusterpeer/clusterpeer/dataplane/ratelog"
 	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
@@ -132,7 +133,12 @@ type SyncConfig struct {
 
 // Sync keeps the maps in step with the selector and the neighbour table
 // until ctx ends: at once on a kick (a lane change), and every Every to
-// pick up resolved or changed gateway MACs.
+// pick up resolved or changed gateway MACs. A failed lane's settle window
+// shows in the maps as its target gone (the program passes its flows up
+// to the userspace demux, which holds them); when it ends, the lane set
+// without it is published at once, and the hand-over ledger keeps each
+// flow's packets sent by the program behind those still with the
+// userspace demux (handover.go).
 func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 	if cfg.Every <= 0 {
 		cfg.Every = 100 * time.Millisecond
@@ -141,25 +147,11 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 	defer tick.Stop()
 	var last []Target
 	res := newResolver()
-	var settled flowhash.LaneID // the lane whose settle window the maps still show
-	var handover <-chan time.Time
+	watch := new(ledgerWatch)
+	var lostLog ratelog.Limiter
+	lostLog.Every = 10 * time.Second
 	for {
-		snap := cfg.Selector.Snapshot()
-		settling, _ := snap.Settling()
-		switch {
-		case settling != 0:
-			settled, handover = settling, nil
-		case settled != 0 && handover == nil:
-			// The window is over, and the userspace demux now sends the
-			// lane's flows on their new lanes. Its packets passed up
-			// during the window may still wait in the kernel's queue to
-			// the TUN: keep passing these flows up a moment longer, so
-			// that none sent directly from here overtakes them.
-			handover = time.After(HandoverTime)
-		}
-		if handover == nil || settling != 0 {
-			p.publishIfChanged(snap, cfg, res, &last)
-		}
+		p.publishIfChanged(cfg.Selector.Snapshot(), cfg, res, &last)
 		select {
 		case <-ctx.Done():
 			return
@@ -168,17 +160,13 @@ func (p *Program) Sync(ctx context.Context, cfg SyncConfig) {
 			if err := p.SweepPins(); err != nil {
 				cfg.Log.Error("xdp: pins not swept", "err", err)
 			}
-		case <-handover:
-			settled, handover = 0, nil
-			p.publishIfChanged(cfg.Selector.Snapshot(), cfg, res, &last)
+			if n := p.tidyLedger(watch, time.Now()); n > 0 {
+				lostLog.Warn(cfg.Log, "xdp: packets passed up to the userspace demux never reached it (dropped on the way: its TUN queue full?); their flows no longer wait for them",
+					"packets", n, "total", p.writtenOff.Load())
+			}
 		}
 	}
 }
-
-// HandoverTime is how long the maps keep passing a settled lane's flows
-// up to the userspace demux after their settle window: ample for the
-// kernel's queue to the demux's TUN, which it reads continually.
-const HandoverTime = 20 * time.Millisecond
 
 // publishIfChanged publishes snap if it or the targets changed.
 func (p *Program) publishIfChanged(snap *flowhash.Snapshot, cfg SyncConfig, res *resolver, last *[]Target) {

@@ -25,6 +25,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -114,6 +115,13 @@ type Program struct {
 	// (SealCounter); never unmapped, as sealers outlive the program.
 	counters []byte
 	recent   *geneveauth.Recent // the tags sealed lately, shared the same way
+	// The hand-over ledger's memory (handover.go), shared with the
+	// userspace demux's loops (Finished) the same way.
+	ledger     []byte
+	words      flowhash.Hasher // the tuple's canonical words, as the program makes them
+	remote     []netip.Prefix
+	gateOpened atomic.Int64  // when Publish last set the gate (Unix ns)
+	writtenOff atomic.Uint64 // ledger entries written off (tidyLedger)
 
 	mu        sync.Mutex
 	bank      uint32               // target bank of the snapshot in use
@@ -185,7 +193,8 @@ func Load(cfg Config) (*Program, error) {
 	if cfg.Seal && cfg.MTU > sealMaxLen {
 		return nil, fmt.Errorf("xdp: a sealing program carries inner packets up to %d bytes, the lane MTU is %d", sealMaxLen, cfg.MTU)
 	}
-	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}, sealed: cfg.Seal, pins: newPinSweep(cfg.PinFlows)}
+	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}, sealed: cfg.Seal, pins: newPinSweep(cfg.PinFlows),
+		words: h, remote: slices.Clone(cfg.Remote)}
 	p.snapBuf = make([]byte, snapStride*int(inner.MaxEntries))
 	for i := range p.snaps {
 		m, err := ebpf.NewMap(inner)
@@ -206,6 +215,10 @@ func Load(cfg Config) (*Program, error) {
 			return nil, fmt.Errorf("xdp: load program: %+v", ve)
 		}
 		return nil, fmt.Errorf("xdp: load program: %w", err)
+	}
+	if p.ledger, err = unix.Mmap(p.objs.Handover.FD(), 0, ledgerLen, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("xdp: map the hand-over ledger: %w", err)
 	}
 	if cfg.Seal {
 		p.counters, err = unix.Mmap(p.objs.SealCounters.FD(), 0, laneSlots*8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
@@ -386,6 +399,7 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	if _, err := p.snapMem[bank].WriteAt(buf, 0); err != nil {
 		return fmt.Errorf("xdp: fill snapshot: %w", err)
 	}
+	p.openGate(time.Now()) // flows may move from the userspace path to the program's
 	if err := p.objs.Snapshots.Put(uint32(0), p.snaps[bank]); err != nil {
 		return fmt.Errorf("xdp: swap snapshot: %w", err)
 	}
