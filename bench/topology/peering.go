@@ -363,6 +363,22 @@ func (p *Peering) links() error {
 				return err
 			}
 		}
+		if p.XDP == "native" {
+			// A gateway's LAN port receives on one CPU, as a one-queue
+			// NIC whose interrupt is bound to it (gateway i on CPU i-1).
+			// A veth receives on the CPU that sent, and with XDP the
+			// switch port's ring is drained by whichever CPU scheduled
+			// it last (the demux's, the sender's): one flow then entered
+			// two CPUs' backlogs and came out reordered now and then,
+			// with no failure at all (1-2 packets in 3 of 30 runs of 24
+			// flows for 3 s; 0 in 50 runs steered so).
+			for _, s := range config.Sides {
+				mask := fmt.Sprintf("echo %x > /sys/class/net/lan0/queues/rx-0/rps_cpus", 1<<((i-1)%min(runtime.NumCPU(), 32)))
+				if _, err := p.Run(GatewayNS(s, i), "sh", "-c", mask); err != nil {
+					return err
+				}
+			}
+		}
 		ga, gb := GatewayNS(config.SideA, i), GatewayNS(config.SideB, i)
 		if err := p.Veth(ga, "wan0", gb, "wan0"); err != nil {
 			return err
