@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -90,9 +91,12 @@ func (fp *fastPath) wake() {
 }
 
 // lanes hooks the fast path into the demux's lane changes.
-func (fp *fastPath) lanes(lc *demux.LaneConfig) {
+func (fp *fastPath) lanes(lc *demux.LaneConfig, sel *flowhash.Selector) {
 	lc.OnPublish = fp.wake
 	lc.FastPathPackets = fp.prog.LanePackets
+	lc.FastPathFence = func(limit time.Duration) bool {
+		return fp.prog.WaitPublished(sel.Snapshot().Version, limit)
+	}
 }
 
 // counter is the lane's seal counter in the program's map, which the

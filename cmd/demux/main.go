@@ -138,7 +138,7 @@ func up(args []string) error {
 	}
 	lc := demux.LaneConfig{DrainTimeout: p.Health.DrainTimeout, DrainIdle: p.Health.DrainIdle}
 	if fp != nil {
-		fp.lanes(&lc)
+		fp.lanes(&lc, sel)
 	}
 	prober, stopHealth, err := startHealth(p, node, keys, dm, log)
 	if err != nil {

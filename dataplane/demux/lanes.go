@@ -88,6 +88,12 @@ type LaneConfig struct {
 	// FastPathPackets is what another path (XDP) sent into a lane, counted
 	// with the demux's own when judging whether a draining lane is idle.
 	FastPathPackets func(flowhash.LaneID) uint64
+	// FastPathFence waits, at most limit, until another path (XDP) has
+	// the lane set of now, so that it sends nothing more into a lane
+	// that just failed; false if it did not in time. Like the loops'
+	// fence: the probe whose reply ends a settle window must leave
+	// behind what that path sent into the lane too.
+	FastPathFence func(limit time.Duration) bool
 }
 
 // member is one lane's admin and health state; guarded by lanes.mu.
@@ -303,6 +309,9 @@ func (d *Demux) LaneHealth(c probe.Change) {
 			// loops gave the lane before must be sent first.
 			if c.Delivers && !d.fence(c.Settle) {
 				args = append(args, "fence", "timed out: a loop stalled inside a batch")
+			}
+			if c.Delivers && m.cfg.FastPathFence != nil && !m.cfg.FastPathFence(c.Settle) {
+				args = append(args, "fast_path_fence", "timed out: the XDP maps were not updated")
 			}
 		}
 	}

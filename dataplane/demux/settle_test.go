@@ -241,3 +241,36 @@ func TestFinishedAfterTheSend(t *testing.T) {
 	forward(batch(2))
 	checkTold("after the window, the held", held, 1)
 }
+
+// TestLaneDownFencesTheFastPath: a failed lane that may still deliver is
+// probed (to end its settle window) only once the XDP maps no longer
+// send into it: LaneHealth waits on the fast path's fence, with the
+// window as its limit, before it returns, and says so in the lane-down
+// line if the fence timed out. A lane that cannot deliver is not fenced.
+func TestLaneDownFencesTheFastPath(t *testing.T) {
+	d, _, _ := newTestDemux(t, 0)
+	var limits []time.Duration
+	var selVersion uint64
+	d.UseLanes(LaneConfig{Prober: &fakeProber{}, DrainTimeout: time.Minute, DrainIdle: time.Second,
+		FastPathFence: func(limit time.Duration) bool {
+			limits = append(limits, limit)
+			selVersion = d.cfg.Selector.Snapshot().Version
+			return true
+		}})
+	d.ApplyLanes(specs(1, 2, 3))
+	for id := flowhash.LaneID(1); id <= 3; id++ {
+		d.LaneHealth(probe.Change{Lane: id, Up: true, Reason: "up"})
+	}
+	before := d.cfg.Selector.Snapshot().Version
+	d.LaneHealth(probe.Change{Lane: 2, Reason: "administratively down", Delivers: true, Settle: 300 * time.Millisecond})
+	if len(limits) != 1 || limits[0] != 300*time.Millisecond {
+		t.Fatalf("fast path fenced with limits %v, want once with the window (300ms)", limits)
+	}
+	if selVersion <= before {
+		t.Errorf("fenced at snapshot %d, before the failure's (%d was the one before)", selVersion, before)
+	}
+	d.LaneHealth(probe.Change{Lane: 3, Reason: "ICMP port unreachable: gateway gone", Settle: time.Millisecond})
+	if len(limits) != 1 {
+		t.Errorf("a lane that cannot deliver was fenced too: limits %v", limits)
+	}
+}

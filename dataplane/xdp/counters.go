@@ -122,7 +122,7 @@ func (p *Program) Status() *Status {
 	err = errors.Join(err, perr)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := &Status{Attachment: p.attached, Snapshot: p.published, Reasons: c.Reasons, Lanes: c.Lanes, Pins: pins,
+	st := &Status{Attachment: p.attached, Snapshot: p.published.Load(), Reasons: c.Reasons, Lanes: c.Lanes, Pins: pins,
 		HandoverWrittenOff: p.writtenOff.Load()}
 	if ps, serr := p.objs.XdpDemux.Stats(); serr == nil {
 		st.Runs, st.RunTime = ps.RunCount, uint64(ps.Runtime)

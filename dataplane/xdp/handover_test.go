@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/gopacket/layers"
+
+	"github.com/clusterpeer/clusterpeer/flowhash"
 )
 
 // ledger reads the hand-over ledger's bucket b: passed up, finished.
@@ -150,5 +152,38 @@ func TestHandoverBucketIsTheProgramsBucket(t *testing.T) {
 				t.Errorf("mode %v, packet %d: the program did not count it in bucket %d", cfg.HashMode, i, b)
 			}
 		}
+	}
+}
+
+// TestWaitPublished: the demux's fence on the fast path returns once the
+// maps hold the snapshot it asks for (or a later one), and gives up at
+// its limit.
+func TestWaitPublished(t *testing.T) {
+	cfg := Config{Key: testKey, Symmetric: true}
+	p := loadTest(t, cfg)
+	sel := newSelector(t, cfg, 1, 2, 3)
+	if err := p.Publish(sel.Snapshot(), testTargets(1, 2, 3)); err != nil {
+		t.Fatal(err)
+	}
+	v := sel.Snapshot().Version
+	if !p.WaitPublished(v, time.Millisecond) || !p.WaitPublished(v-1, time.Millisecond) {
+		t.Fatal("waited for a snapshot the maps hold")
+	}
+	start := time.Now()
+	if p.WaitPublished(v+1, 20*time.Millisecond) {
+		t.Fatal("a snapshot not published yet counted as published")
+	}
+	if waited := time.Since(start); waited < 20*time.Millisecond {
+		t.Errorf("gave up after %v, before its limit", waited)
+	}
+	if err := sel.SetLanes([]flowhash.Lane{{ID: 1}, {ID: 2, State: flowhash.LaneDown}, {ID: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		p.Publish(sel.Snapshot(), testTargets(1, 2, 3))
+	}()
+	if !p.WaitPublished(sel.Snapshot().Version, 5*time.Second) {
+		t.Fatal("the publish did not end the wait")
 	}
 }

@@ -123,14 +123,17 @@ type Program struct {
 	gateOpened atomic.Int64  // when Publish last set the gate (Unix ns)
 	writtenOff atomic.Uint64 // ledger entries written off (tidyLedger)
 
-	mu        sync.Mutex
-	bank      uint32               // target bank of the snapshot in use
-	written   [2][]flowhash.LaneID // lanes with a target in each bank
-	ports     map[int]bool         // interfaces in tx_ports
-	published uint64               // snapshot version in the map
-	snap      *flowhash.Snapshot   // that snapshot, which the pin sweep judges by
-	targets   []Target             // as last published
-	lanes     []flowhash.LaneID    // lanes of the last snapshot, for counters
+	mu      sync.Mutex
+	bank    uint32               // target bank of the snapshot in use
+	written [2][]flowhash.LaneID // lanes with a target in each bank
+	ports   map[int]bool         // interfaces in tx_ports
+	// published is the snapshot version in the map: an atomic, for
+	// WaitPublished to read while a Publish holds mu through its grace
+	// period.
+	published atomic.Uint64
+	snap      *flowhash.Snapshot // that snapshot, which the pin sweep judges by
+	targets   []Target           // as last published
+	lanes     []flowhash.LaneID  // lanes of the last snapshot, for counters
 	link      link.Link
 	attached  Attachment
 }
@@ -334,10 +337,23 @@ func (p *Program) closeSnaps() {
 func (p *Program) DemuxProgram() *ebpf.Program { return p.objs.XdpDemux }
 
 // Published is the selector snapshot version the maps hold.
-func (p *Program) Published() uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.published
+func (p *Program) Published() uint64 { return p.published.Load() }
+
+// WaitPublished waits, at most limit, until the maps hold the selector
+// snapshot version v or a later one; false if they did not in time. A
+// Publish returns after an RCU grace period: no run of the program
+// still reads the snapshot before, and what those runs sent is queued
+// on the interface. The demux waits so before it probes a failed lane
+// to end its settle window (demux.LaneConfig.FastPathFence).
+func (p *Program) WaitPublished(v uint64, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for p.published.Load() < v {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Microsecond) // Sync was kicked: a publish takes about a grace period
+	}
+	return true
 }
 
 // Publish makes the program choose from snap and send to targets. It
@@ -403,7 +419,8 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	if err := p.objs.Snapshots.Put(uint32(0), p.snaps[bank]); err != nil {
 		return fmt.Errorf("xdp: swap snapshot: %w", err)
 	}
-	p.bank, p.written[bank], p.published, p.snap = bank, written, snap.Version, snap
+	p.bank, p.written[bank], p.snap = bank, written, snap
+	p.published.Store(snap.Version)
 	p.targets, p.lanes = slices.Clone(targets), lanes
 	return nil
 }
