@@ -166,9 +166,9 @@ struct {
 
 // The hand-over ledger, shared with the userspace demux through a memory
 // mapping (xdp.Program.Finished): per bucket of flows, [b] counts the
-// packets this program passed up after parsing them whole (over the MTU,
-// no snapshot, no target, hand-over), which the kernel forwards into the
-// userspace demux's TUN, and [HANDOVER_BUCKETS + b] those the userspace
+// packets this program passed up after parsing them whole and within the
+// lane MTU (no snapshot, no target, hand-over), which the kernel forwards
+// into the userspace demux's TUN as they are, and [HANDOVER_BUCKETS + b] those the userspace
 // demux has finished with (sent on, or dropped). While the gate is set
 // (after userspace changed the lane set: a flow may move from the
 // userspace path to this one), a packet this program would send is
@@ -698,7 +698,7 @@ int xdp_demux(struct xdp_md *ctx)
 	if (r != R_NUM)
 		return count(r, XDP_PASS);
 	if (f.inner_len > lane_mtu)
-		return pass_up(R_TOO_BIG, &f.k);
+		return count(R_TOO_BIG, XDP_PASS); // the kernel drops it (DF) or fragments it: not counted
 
 	__u32 zero = 0;
 	void *snap = bpf_map_lookup_elem(&snapshots, &zero);

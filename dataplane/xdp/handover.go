@@ -58,8 +58,10 @@ func (p *Program) ledgerWord(i int) *atomic.Uint64 {
 // Finished tells the ledger that the userspace demux is done with pkt, an
 // IP packet it read from its TUN: sent on, or dropped. It counts pkt
 // where the program counted passing it up (its parse took the packet
-// whole and it is for the remote network), so that the program sends
-// nothing of pkt's flow ahead of it. Called once per packet; it neither
+// whole, it fits the lane MTU and it is for the remote network), so that
+// the program sends nothing of pkt's flow ahead of it. (One over the MTU
+// the program passes up uncounted: the kernel drops it, with DF, or
+// fragments it, before the TUN.) Called once per packet; it neither
 // allocates nor locks.
 func (p *Program) Finished(pkt []byte) {
 	if b, ok := p.ledgerBucket(pkt); ok {
@@ -69,7 +71,7 @@ func (p *Program) Finished(pkt []byte) {
 
 // ledgerBucket is pkt's bucket if the program counts it.
 func (p *Program) ledgerBucket(pkt []byte) (int, bool) {
-	if !takenWhole(pkt) {
+	if len(pkt) > p.mtu || !takenWhole(pkt) {
 		return 0, false
 	}
 	var t flowhash.Tuple

@@ -85,6 +85,7 @@ func TestHandoverKeepsAFlowBehindItsPassedPackets(t *testing.T) {
 		{"ipv6-packet-too-big", tooBig6(t)},
 		{"ipv4-gre", gre4(t)},
 		{"ipv4-not-remote", withDst(udp4(t, 1, 2, 10), net.IP{10, 1, 0, 2})},
+		{"ipv4-over-mtu", udp4(t, 1, 2, testMTU-27)},
 	} {
 		if b, ok := p.ledgerBucket(kernelForward(c.pkt)); ok {
 			t.Errorf("%s: the ledger counts it (bucket %d); the program passes it up uncounted", c.name, b)

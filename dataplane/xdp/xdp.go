@@ -120,6 +120,7 @@ type Program struct {
 	ledger     []byte
 	words      flowhash.Hasher // the tuple's canonical words, as the program makes them
 	remote     []netip.Prefix
+	mtu        int           // the lane MTU: the program counts no pass of a larger packet
 	gateOpened atomic.Int64  // when Publish last set the gate (Unix ns)
 	writtenOff atomic.Uint64 // ledger entries written off (tidyLedger)
 
@@ -197,7 +198,7 @@ func Load(cfg Config) (*Program, error) {
 		return nil, fmt.Errorf("xdp: a sealing program carries inner packets up to %d bytes, the lane MTU is %d", sealMaxLen, cfg.MTU)
 	}
 	p := &Program{tableSize: cfg.TableSize, ports: map[int]bool{}, sealed: cfg.Seal, pins: newPinSweep(cfg.PinFlows),
-		words: h, remote: slices.Clone(cfg.Remote)}
+		words: h, remote: slices.Clone(cfg.Remote), mtu: cfg.MTU}
 	p.snapBuf = make([]byte, snapStride*int(inner.MaxEntries))
 	for i := range p.snaps {
 		m, err := ebpf.NewMap(inner)
