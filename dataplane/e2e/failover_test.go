@@ -90,44 +90,18 @@ type foResult struct {
 
 func TestFailover(t *testing.T) {
 	needs(t, "iperf3", "nft")
-	tp := newFoTopo(t, "cpfo", "")
+	tp := &foTopo{topo: up(t, topology.Options{Prefix: "cpfo", Lanes: 4, Health: foHealth, DemuxLanes: 3})}
+	tp.full, tp.three = tp.config(), filepath.Join(tp.work, "demux.yaml")
+	b, _ := os.ReadFile(tp.three)
+	tp.three = filepath.Join(tp.work, "demux-3.yaml")
+	os.WriteFile(tp.three, b, 0o600)
+	tp.waitLanes(map[int]string{1: "up", 2: "up", 3: "up"})
 	summary := tp.runScenarios(t, failoverScenarios())
 	t.Run("reload-rejects", func(t *testing.T) { tp.t = t; testReloadRejects(t, tp) })
 	tp.t = t
 	for _, l := range summary {
 		fmt.Println(l) // `make failover` ends with these
 	}
-}
-
-// TestFailoverXDP runs, with the demuxes' XDP fast path on, the
-// scenarios whose flows go from the program to the userspace demux and
-// back: the failed lane's flows are passed up and held through its
-// settle window, then the program takes them again. The fast path's
-// fence and the hand-over ledger must keep every flow in order
-// (docs/health.md). `XDP=native go test -run '^TestFailover$'` runs
-// every scenario so.
-func TestFailoverXDP(t *testing.T) {
-	needs(t, "iperf3", "nft")
-	tp := newFoTopo(t, "cpfx", "native")
-	var handOver []foScenario
-	for _, sc := range failoverScenarios() {
-		if sc.name == "kill-local-gw" || sc.name == "graceful-stop" {
-			handOver = append(handOver, sc)
-		}
-	}
-	tp.runScenarios(t, handOver)
-}
-
-// newFoTopo brings up the failover peering: 4 lanes, of which the demuxes
-// use 3 (add-lane adds the fourth), lanes 1-3 up.
-func newFoTopo(t *testing.T, prefix, xdp string) *foTopo {
-	tp := &foTopo{topo: up(t, topology.Options{Prefix: prefix, Lanes: 4, Health: foHealth, DemuxLanes: 3, XDP: xdp})}
-	tp.full, tp.three = tp.config(), filepath.Join(tp.work, "demux.yaml")
-	b, _ := os.ReadFile(tp.three)
-	tp.three = filepath.Join(tp.work, "demux-3.yaml")
-	os.WriteFile(tp.three, b, 0o600)
-	tp.waitLanes(map[int]string{1: "up", 2: "up", 3: "up"})
-	return tp
 }
 
 // failoverScenarios are `make failover`'s scenarios, each on lane 2 (or
