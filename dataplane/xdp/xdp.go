@@ -9,6 +9,8 @@
 //	frames on the LAN interface -> xdp_demux -> XDP_TX / redirect to a
 //	gateway, or XDP_PASS to the kernel (and so to the userspace demux)
 //	per-CPU counters -> Counters, Status, Prometheus
+//	packets passed up, and the userspace demux's Finished -> the
+//	hand-over ledger, which keeps a flow behind what it has up there
 //
 // The userspace demux stays: it takes what the program passes up
 // (fragments, options, ICMP errors, packets over the MTU, lanes whose
