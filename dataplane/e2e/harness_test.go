@@ -236,11 +236,32 @@ func (tp *topo) udpLoss(from, to, dst string, args ...string) (r iperfResult, at
 	return r, atHost, max(r.End.Sum.LostPackets-atHost, 0)
 }
 
+// waitPortFree waits until nothing listens on tcp port in node: the last
+// one-off iperf3 server there may still hold it while it exits, and a
+// server started then cannot bind, so nothing would listen (a clean-clone
+// CI run: "nothing listens on tcp port 5201 ... after 5s").
+func (tp *topo) waitPortFree(node string, port int) {
+	tp.t.Helper()
+	for t0 := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		out, err := tp.try(node, "ss", "-Hltn", fmt.Sprintf("sport = :%d", port))
+		if err != nil {
+			tp.t.Fatalf("ss in %s: %v: %s", node, err, out)
+		}
+		if strings.TrimSpace(out) == "" {
+			return
+		}
+		if time.Since(t0) > 5*time.Second {
+			tp.t.Fatalf("tcp port %d in %s still taken after 5s", port, node)
+		}
+	}
+}
+
 // iperf3 runs a client in from against a one-shot server in to and returns
 // the parsed JSON result.
 func (tp *topo) iperf3(from, to, dst string, args ...string) iperfResult {
 	tp.t.Helper()
 	pidfile := filepath.Join(tp.work, fmt.Sprintf("iperf3-%s-%d.pid", to, time.Now().UnixNano()))
+	tp.waitPortFree(to, 5201)
 	tp.run(to, "iperf3", "-s", "-1", "-D", "--pidfile", pidfile)
 	t0 := time.Now()
 	for time.Since(t0) < 3*time.Second {
@@ -437,6 +458,7 @@ func (tp *topo) iperfServer(node string, port int) (stop func()) {
 			stop() // the test fails here: nothing is left running
 		}
 	}()
+	tp.waitPortFree(node, port)
 	tp.run(node, "iperf3", "-s", "-1", "-D", "-p", strconv.Itoa(port), "--pidfile", pidfile)
 	tp.waitListen(node, port)
 	listening = true
