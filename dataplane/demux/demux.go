@@ -206,20 +206,6 @@ func (d *Demux) finish(pkt []byte) {
 	}
 }
 
-// finishFrames is finish for the packets inside frames sent to t.
-func (d *Demux) finishFrames(frames [][]byte, t *Target) {
-	if d.finished == nil {
-		return
-	}
-	hdr := packet.GeneveLen
-	if t.Seal != nil {
-		hdr = geneveauth.HeaderLen
-	}
-	for _, f := range frames {
-		d.finished(f[hdr:])
-	}
-}
-
 // Queues is how many TUN queues the demux reads.
 func (d *Demux) Queues() int { return len(d.queues) }
 
@@ -370,7 +356,6 @@ func (q *queue) forward(bufs [][]byte, sizes []int, now uint32) {
 	}
 	for _, lane := range q.used {
 		d.sendFrames(q.pending[lane], targets[lane])
-		d.finishFrames(q.pending[lane], targets[lane])
 		clear(q.pending[lane]) // drop references to the read buffers
 		q.pending[lane] = q.pending[lane][:0]
 	}
@@ -424,7 +409,8 @@ func (d *Demux) encap(b []byte, size int, t *Target) []byte {
 }
 
 // sendFrames seals (if t seals) and sends GENEVE frames to lane t's
-// gateway, in batches.
+// gateway, in batches, then finishes the packets inside them (sent or
+// failed, the demux is done with them).
 func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 	hdr := packet.GeneveLen
 	if t.Seal != nil {
@@ -456,6 +442,11 @@ func (d *Demux) sendFrames(frames [][]byte, t *Target) {
 	}
 	c.Packets.Add(uint64(len(frames)) - failed)
 	c.Bytes.Add(bytes)
+	if d.finished != nil {
+		for _, f := range frames {
+			d.finished(f[hdr:])
+		}
+	}
 }
 
 // tooBig answers an oversized packet as a router does, within the ICMP

@@ -100,7 +100,6 @@ func (d *Demux) flushHeld() {
 	}
 	for _, lane := range q.used {
 		d.sendFrames(q.out[lane], targets[lane])
-		d.finishFrames(q.out[lane], targets[lane])
 		clear(q.out[lane])
 		q.out[lane] = q.out[lane][:0]
 	}
