@@ -8,7 +8,8 @@
 //   ethernet to us? -> IPv4/IPv6 header, destination in the remote network?
 //     -> anything this program does not handle: XDP_PASS (the kernel routes
 //        it into the userspace demux's TUN, which hashes by the same rules)
-//     -> tuple words -> SipHash-1-3 -> pin or Maglev slot -> lane
+//     -> tuple words -> its pin (lane, outer source port), else SipHash-1-3
+//        -> Maglev slot -> lane (then pinned)
 //     -> TTL/hop limit - 1, trim link padding -> (sealed: counter, SipHash-2-4
 //        tag over header and inner packet) -> push outer Ethernet, IPv4,
 //        UDP, GENEVE -> XDP_TX (gateway on this interface) or redirect
@@ -46,6 +47,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define PROTO_SCTP 132
 #define ETH_ALEN_ 6
 #define KEY_WORDS 4 // the snapshot's flow-hash key, in 32-bit map values
+#define KEY_EPOCH (LANE_SLOTS + table_size + KEY_WORDS) // the key's epoch's slot in the snapshot
 
 // Set by the loader before the program is loaded: constants to the
 // verifier, so the mode and symmetric branches fold away.
@@ -105,10 +107,11 @@ struct {
 // generation (0: pins to it are void), [LANE_SLOTS + i] Maglev slot i,
 // then the flow-hash key the table goes with (KEY_WORDS 32-bit words,
 // little-endian k0 then k1): a new key (a rotated secret) and its table
-// switch together.
+// switch together; then the key's epoch (KEY_EPOCH: Publish counts it
+// up, 16 bits, when the key changes).
 struct snapshot {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LANE_SLOTS + 1); // the loader sets LANE_SLOTS + table_size
+	__uint(max_entries, LANE_SLOTS + 1); // the loader sets LANE_SLOTS + table_size + KEY_WORDS + 1
 	__type(key, __u32);
 	__type(value, __u32);
 };
@@ -202,7 +205,12 @@ struct pin {
 	__u32 last_seen; // seconds
 	__u16 lane;
 	__u8 tcp;
-	__u8 pad[5];
+	__u8 pad;
+	// The outer UDP source port the flow's hash gives (outer_sport, low
+	// 16 bits) and the key epoch it was hashed under (high 16 bits), in
+	// one word, so that one store replaces both: while the epoch holds,
+	// a pinned flow's packets need no SipHash.
+	__u32 port;
 	// Packets since the flow was pinned, for `demux flows --top`: a plain
 	// add to the line the lookup just read, not an atomic one (a flow is on
 	// one CPU but for a moment when RSS moves it; a count lost then is a
@@ -460,38 +468,52 @@ static __always_inline int handover_pending(const struct words *k)
 	return passed && done && *passed != *done;
 }
 
-// choose returns the flow's lane: its pin while the pin's generation holds,
-// else the Maglev slot (then pinned). 0: no lane is up.
-static __always_inline __u32 choose(void *snap, struct words *k, __u64 sum, int tcp, __u32 *bank)
+// outer_sport is the outer UDP source port of a flow whose hash is sum:
+// it spreads flows for receive-side scaling (RFC 8926 section 3.3), the
+// top 14 bits of the hash in 49152..65535.
+static __always_inline __be16 outer_sport(__u64 sum)
 {
-	__u32 zero = 0;
-	__u32 *b = bpf_map_lookup_elem(snap, &zero);
-	if (!b)
-		return 0;
-	*bank = *b & 1;
+	return bpf_htons(0xc000 | (__u16)(sum >> 50));
+}
 
-	__u32 now = (__u32)(bpf_ktime_get_coarse_ns() / 1000000000ULL);
+// pinned returns the lane of the flow's pin while the pin's generation
+// holds (0 if it has none that holds), and in *port the pin's port word
+// (0 if none). *found is the pin, held or not (choose replaces it).
+static __always_inline __u32 pinned(void *snap, const struct words *k, __u32 now, struct pin **found,
+				    __u32 *port)
+{
 	struct pin *p = bpf_map_lookup_elem(&pins, k);
-	if (p) {
-		__u32 idle = p->tcp ? pin_tcp_idle : pin_other_idle;
-		__u32 lane = p->lane;
-		if ((__s32)(now - p->last_seen) <= (__s32)idle && lane > 0 && lane < LANE_SLOTS) {
-			__u32 *gen = bpf_map_lookup_elem(snap, &lane);
-			if (gen && *gen != 0 && *gen == p->gen) {
-				if (p->last_seen != now)
-					p->last_seen = now; // once a second per flow
-				p->packets++;
-				return lane;
-			}
-		}
-	}
+	*found = p;
+	if (!p)
+		return 0;
+	__u32 idle = p->tcp ? pin_tcp_idle : pin_other_idle;
+	__u32 lane = p->lane;
+	if ((__s32)(now - p->last_seen) > (__s32)idle || lane == 0 || lane >= LANE_SLOTS)
+		return 0;
+	__u32 *gen = bpf_map_lookup_elem(snap, &lane);
+	if (!gen || *gen == 0 || *gen != p->gen)
+		return 0;
+	if (p->last_seen != now)
+		p->last_seen = now; // once a second per flow
+	p->packets++;
+	*port = p->port;
+	return lane;
+}
+
+// choose returns the lane of a flow that pinned found no lane for: the
+// Maglev slot of its hash sum (then pinned, replacing p, with port). 0:
+// no lane is up.
+static __always_inline __u32 choose(void *snap, const struct words *k, __u64 sum, int tcp, __u32 now,
+				    struct pin *p, __u32 port)
+{
 	__u32 slot = LANE_SLOTS + (__u32)(sum % table_size);
 	__u32 *l = bpf_map_lookup_elem(snap, &slot);
 	if (!l || *l == 0 || *l >= LANE_SLOTS)
 		return 0;
 	__u32 lane = *l;
 	__u32 *gen = bpf_map_lookup_elem(snap, &lane);
-	struct pin np = {.gen = gen ? *gen : 0, .last_seen = now, .lane = lane, .tcp = tcp, .packets = 1};
+	struct pin np = {.gen = gen ? *gen : 0, .last_seen = now, .lane = lane, .tcp = tcp,
+			 .port = port, .packets = 1};
 	if (p) {
 		// The flow's pin was idle or void: replaced whole (readers on
 		// other CPUs see the old or the new), the count unchanged.
@@ -539,7 +561,7 @@ static __always_inline void geneve_words(struct gnv *g, const struct target *t, 
 // authentication option g and tag) in front of the inner packet of
 // inner_len bytes (which starts after the Ethernet header).
 static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u32 inner_len,
-				 const struct gnv *g, __u64 tag, __u64 sum)
+				 const struct gnv *g, __u64 tag, __be16 sport)
 {
 	const __u32 glen = sealed ? GENEVE_LEN + SEAL_OPT_LEN : GENEVE_LEN;
 	if (bpf_xdp_adjust_head(ctx, -(int)(ENCAP4_LEN - GENEVE_LEN + glen)))
@@ -576,9 +598,7 @@ static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u
 		csum += w[i];
 	ip->check = csum_fold(csum);
 
-	// The source port spreads flows for receive-side scaling (RFC 8926
-	// section 3.3): the top 14 bits of the flow hash, in 49152..65535.
-	*(__be16 *)udp = bpf_htons(0xc000 | (__u16)(sum >> 50));
+	*(__be16 *)udp = sport;
 	*(__be16 *)(udp + 2) = t->dport;
 	*(__be16 *)(udp + 4) = bpf_htons(8 + glen + inner_len);
 	*(__u16 *)(udp + 6) = 0; // no checksum over IPv4 (RFC 8926 section 3.3)
@@ -595,7 +615,6 @@ static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u
 // flow is what parse finds in a frame.
 struct flow {
 	struct words k; // canonical words, after canonical()
-	__u64 sum;      // their SipHash-1-3 (set by the caller of parse)
 	__u32 inner_len; // the IP packet's length, without link padding
 	__u8 proto;
 	__u8 v6;
@@ -704,20 +723,41 @@ int xdp_demux(struct xdp_md *ctx)
 	void *snap = bpf_map_lookup_elem(&snapshots, &zero);
 	if (!snap)
 		return pass_up(R_NO_SNAPSHOT, &f.k);
-	__u32 kw[KEY_WORDS];
+	__u32 *b = bpf_map_lookup_elem(snap, &zero);
+	if (!b)
+		return pass_up(R_NO_SNAPSHOT, &f.k);
+	__u32 bank = *b & 1;
+	__u32 ei = KEY_EPOCH;
+	__u32 *epoch = bpf_map_lookup_elem(snap, &ei);
+	if (!epoch)
+		return pass_up(R_NO_SNAPSHOT, &f.k);
+	__u32 now = (__u32)(bpf_ktime_get_coarse_ns() / 1000000000ULL);
+	struct pin *p;
+	__u32 port = 0;
+	__u32 lane = pinned(snap, &f.k, now, &p, &port);
+	if (lane == 0 || port >> 16 != (*epoch & 0xffff)) {
+		// A new flow, one whose pin went idle or void, or one pinned
+		// under another key: hashed.
+		__u32 kw[KEY_WORDS];
 #pragma unroll
-	for (int i = 0; i < KEY_WORDS; i++) {
-		__u32 ki = LANE_SLOTS + table_size + i;
-		__u32 *w = bpf_map_lookup_elem(snap, &ki);
-		if (!w)
-			return pass_up(R_NO_SNAPSHOT, &f.k);
-		kw[i] = *w;
+		for (int i = 0; i < KEY_WORDS; i++) {
+			__u32 ki = LANE_SLOTS + table_size + i;
+			__u32 *w = bpf_map_lookup_elem(snap, &ki);
+			if (!w)
+				return pass_up(R_NO_SNAPSHOT, &f.k);
+			kw[i] = *w;
+		}
+		__u64 sum = sip13((__u64)kw[0] | (__u64)kw[1] << 32, (__u64)kw[2] | (__u64)kw[3] << 32, &f.k);
+		port = (*epoch & 0xffff) << 16 | outer_sport(sum);
+		if (lane == 0) {
+			lane = choose(snap, &f.k, sum, f.proto == IPPROTO_TCP, now, p, port);
+			if (lane == 0)
+				return count(R_NO_LANE, XDP_DROP);
+		} else if (p) {
+			p->port = port; // one store: other CPUs read the old word or this one
+		}
 	}
-	f.sum = sip13((__u64)kw[0] | (__u64)kw[1] << 32, (__u64)kw[2] | (__u64)kw[3] << 32, &f.k);
-	__u32 bank = 0;
-	__u32 lane = choose(snap, &f.k, f.sum, f.proto == IPPROTO_TCP, &bank);
-	if (lane == 0)
-		return count(R_NO_LANE, XDP_DROP);
+	__be16 sport = (__be16)port;
 	__u32 ti = bank * LANE_SLOTS + lane;
 	struct target *t = bpf_map_lookup_elem(&targets, &ti);
 	if (!t || t->ifindex == 0)
@@ -771,7 +811,7 @@ int xdp_demux(struct xdp_md *ctx)
 	} else {
 		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), 0);
 	}
-	if (encap(ctx, t, f.inner_len, &g, tag, f.sum))
+	if (encap(ctx, t, f.inner_len, &g, tag, sport))
 		return count(R_ENCAP_FAILED, XDP_DROP);
 
 	struct lane_counter *lc = bpf_map_lookup_elem(&lane_stats, &lane);

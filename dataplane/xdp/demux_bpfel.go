@@ -33,7 +33,8 @@ type demuxPin struct {
 	LastSeen uint32
 	Lane     uint16
 	Tcp      uint8
-	Pad      [5]uint8
+	Pad      uint8
+	Port     uint32
 	Packets  uint64
 }
 

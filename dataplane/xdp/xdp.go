@@ -135,10 +135,15 @@ type Program struct {
 	// period.
 	published atomic.Uint64
 	snap      *flowhash.Snapshot // that snapshot, which the pin sweep judges by
-	targets   []Target           // as last published
-	lanes     []flowhash.LaneID  // lanes of the last snapshot, for counters
-	link      link.Link
-	attached  Attachment
+	// The last key published and its epoch (KEY_EPOCH in demux.c): a
+	// pin's outer source port holds only under the key it was hashed
+	// with, and a pin outlives a key change.
+	key      [2]uint64
+	keyEpoch uint32
+	targets  []Target          // as last published
+	lanes    []flowhash.LaneID // lanes of the last snapshot, for counters
+	link     link.Link
+	attached Attachment
 }
 
 // Attachment says where and how the program runs.
@@ -194,7 +199,7 @@ func Load(cfg Config) (*Program, error) {
 		spec.Maps["seal_recent"].MaxEntries = 1 // written only by a sealing program
 	}
 	inner := spec.Maps["snapshots"].InnerMap
-	inner.MaxEntries = laneSlots + cfg.TableSize + keyWords
+	inner.MaxEntries = laneSlots + cfg.TableSize + keyWords + 1 // and KEY_EPOCH
 	inner.Flags |= unix.BPF_F_MMAPABLE
 	if cfg.Seal && cfg.MTU > sealMaxLen {
 		return nil, fmt.Errorf("xdp: a sealing program carries inner packets up to %d bytes, the lane MTU is %d", sealMaxLen, cfg.MTU)
@@ -415,6 +420,10 @@ func (p *Program) Publish(snap *flowhash.Snapshot, targets []Target) error {
 	for i, w := range [keyWords]uint32{uint32(k0), uint32(k0 >> 32), uint32(k1), uint32(k1 >> 32)} {
 		put(laneSlots+int(p.tableSize)+i, w)
 	}
+	if key := [2]uint64{k0, k1}; key != p.key {
+		p.key, p.keyEpoch = key, (p.keyEpoch+1)&0xffff
+	}
+	put(laneSlots+int(p.tableSize)+keyWords, p.keyEpoch)
 	if _, err := p.snapMem[bank].WriteAt(buf, 0); err != nil {
 		return fmt.Errorf("xdp: fill snapshot: %w", err)
 	}
