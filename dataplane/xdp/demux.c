@@ -61,6 +61,14 @@ volatile const __u32 pin_tcp_idle = 350, pin_other_idle = 120; // seconds
 volatile const __u8 ingress_mac[ETH_ALEN_]; // frames to other addresses are not ours
 volatile const __u32 sealed;         // security.geneve_auth: seal every frame (dataplane/geneveauth)
 volatile const __u32 seal_sender;    // this demux's sender number in the option
+// The remote network, when it has at most REMOTE_INLINE prefixes, as
+// constants in the trie's form (remote_key.addr, two words, and each
+// prefix's mask): a masked compare of two words each instead of the
+// trie's walk (10-40 ns a packet). remote_inline: how many; 0: more than
+// that, the trie (remote) decides.
+#define REMOTE_INLINE 4
+volatile const __u32 remote_inline;
+volatile const __u64 remote_addr[REMOTE_INLINE][2], remote_mask[REMOTE_INLINE][2];
 
 // Verdict reasons; the Go side names them (reasonNames) in this order.
 enum reason {
@@ -256,6 +264,21 @@ struct {
 	__type(key, struct remote_key);
 	__type(value, __u8);
 } remote SEC(".maps");
+
+// is_remote reports whether rk's address is in the remote network.
+static __always_inline int is_remote(const struct remote_key *rk)
+{
+	if (!remote_inline)
+		return bpf_map_lookup_elem(&remote, rk) != 0;
+	__u64 a[2];
+	__builtin_memcpy(a, rk->addr, 16);
+#pragma unroll
+	for (int i = 0; i < REMOTE_INLINE; i++)
+		if (i < remote_inline && (a[0] & remote_mask[i][0]) == remote_addr[i][0] &&
+		    (a[1] & remote_mask[i][1]) == remote_addr[i][1])
+			return 1;
+	return 0;
+}
 
 static __always_inline int count(__u32 r, int verdict)
 {
@@ -648,7 +671,7 @@ static __always_inline __u32 parse(struct xdp_md *ctx, struct flow *f, int check
 		rk.addr[10] = 0xff;
 		rk.addr[11] = 0xff;
 		*(__u32 *)&rk.addr[12] = ip->daddr;
-		if (check_dst && !bpf_map_lookup_elem(&remote, &rk))
+		if (check_dst && !is_remote(&rk))
 			return R_NOT_REMOTE;
 		if (ip->ihl != 5)
 			return ip->ihl < 5 ? R_MALFORMED : R_IP_OPTIONS;
@@ -679,7 +702,7 @@ static __always_inline __u32 parse(struct xdp_md *ctx, struct flow *f, int check
 		if ((void *)(ip6 + 1) > end || ip6->version != 6)
 			return R_MALFORMED;
 		__builtin_memcpy(rk.addr, &ip6->daddr, 16);
-		if (check_dst && !bpf_map_lookup_elem(&remote, &rk))
+		if (check_dst && !is_remote(&rk))
 			return R_NOT_REMOTE;
 		__u32 plen = bpf_ntohs(ip6->payload_len);
 		f->inner_len = sizeof(*ip6) + plen;

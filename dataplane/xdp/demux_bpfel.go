@@ -139,6 +139,9 @@ type demuxVariableSpecs struct {
 	LaneMtu      *ebpf.VariableSpec `ebpf:"lane_mtu"`
 	PinOtherIdle *ebpf.VariableSpec `ebpf:"pin_other_idle"`
 	PinTcpIdle   *ebpf.VariableSpec `ebpf:"pin_tcp_idle"`
+	RemoteAddr   *ebpf.VariableSpec `ebpf:"remote_addr"`
+	RemoteInline *ebpf.VariableSpec `ebpf:"remote_inline"`
+	RemoteMask   *ebpf.VariableSpec `ebpf:"remote_mask"`
 	SealSender   *ebpf.VariableSpec `ebpf:"seal_sender"`
 	Sealed       *ebpf.VariableSpec `ebpf:"sealed"`
 	Symmetric    *ebpf.VariableSpec `ebpf:"symmetric"`
@@ -208,6 +211,9 @@ type demuxVariables struct {
 	LaneMtu      *ebpf.Variable `ebpf:"lane_mtu"`
 	PinOtherIdle *ebpf.Variable `ebpf:"pin_other_idle"`
 	PinTcpIdle   *ebpf.Variable `ebpf:"pin_tcp_idle"`
+	RemoteAddr   *ebpf.Variable `ebpf:"remote_addr"`
+	RemoteInline *ebpf.Variable `ebpf:"remote_inline"`
+	RemoteMask   *ebpf.Variable `ebpf:"remote_mask"`
 	SealSender   *ebpf.Variable `ebpf:"seal_sender"`
 	Sealed       *ebpf.Variable `ebpf:"sealed"`
 	Symmetric    *ebpf.Variable `ebpf:"symmetric"`

@@ -189,6 +189,16 @@ func Load(cfg Config) (*Program, error) {
 		{"ingress_mac", [6]byte(cfg.IngressMAC)},
 		{"sealed", boolU32(cfg.Seal)}, {"seal_sender", uint32(cfg.Sender)},
 	}
+	if len(cfg.Remote) <= remoteInline {
+		var addr, mask [remoteInline][2]uint64
+		for i, pfx := range cfg.Remote {
+			addr[i], mask[i] = remoteWords(pfx)
+		}
+		set = append(set, []struct {
+			name string
+			v    any
+		}{{"remote_inline", uint32(len(cfg.Remote))}, {"remote_addr", addr}, {"remote_mask", mask}}...)
+	}
 	for _, s := range set {
 		if err := spec.Variables[s.name].Set(s.v); err != nil {
 			return nil, fmt.Errorf("xdp: set %s: %w", s.name, err)
@@ -286,6 +296,26 @@ func remoteKey(p netip.Prefix) demuxRemoteKey {
 		bits += 96
 	}
 	return demuxRemoteKey{Prefixlen: uint32(bits), Addr: p.Masked().Addr().As16()}
+}
+
+// remoteInline is REMOTE_INLINE in demux.c: up to this many remote
+// prefixes the program compares against constants, beyond it it looks
+// them up in its trie.
+const remoteInline = 4
+
+// remoteWords is p as the program's inline compare reads it: the trie
+// key's address and p's mask over it, each as two native-endian words.
+func remoteWords(p netip.Prefix) (addr, mask [2]uint64) {
+	k := remoteKey(p)
+	var m [16]byte
+	for i := range int(k.Prefixlen) {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	for w := range 2 {
+		addr[w] = binary.NativeEndian.Uint64(k.Addr[8*w:])
+		mask[w] = binary.NativeEndian.Uint64(m[8*w:])
+	}
+	return addr, mask
 }
 
 // Attach attaches the program to ifname. Native mode falls back to

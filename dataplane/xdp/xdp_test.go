@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -430,4 +431,63 @@ func TestStatusCountsRuns(t *testing.T) {
 			t.Errorf("statistics off again, yet %d more runs counted", off.Runs-after.Runs)
 		}
 	}
+}
+
+// TestRemoteNetwork holds the program's "is the destination remote?" to
+// netip.Prefix.Contains, with the remote network compared inline (up to
+// remoteInline prefixes) and looked up in the trie (more): addresses at
+// each prefix's edges and just outside them, both families.
+func TestRemoteNetwork(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	inline := []netip.Prefix{pfx("10.2.0.0/16"), pfx("198.51.100.7/32"), pfx("fd00:b::/64"), pfx("2001:db8:8000::/33")}
+	for _, c := range []struct {
+		name   string
+		remote []netip.Prefix
+	}{
+		{"one", inline[:1]},
+		{"inline", inline},
+		{"trie", append(slices.Clone(inline), pfx("192.0.2.128/25"), pfx("fd00:c::/48"))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := loadTest(t, Config{Key: testKey, Remote: c.remote})
+			var dsts []netip.Addr
+			for _, q := range append(slices.Clone(c.remote), pfx("192.0.2.128/25"), pfx("fd00:c::/48")) {
+				first := q.Masked().Addr()
+				dsts = append(dsts, first.Prev(), first, first.Next(), lastOf(q), lastOf(q).Next())
+			}
+			for _, dst := range dsts {
+				if !dst.IsValid() {
+					continue
+				}
+				want := slices.ContainsFunc(c.remote, func(q netip.Prefix) bool { return q.Contains(dst) })
+				pkt := udp6(t, 1, 2, 10)
+				if dst.Is4() {
+					pkt = udp4(t, 1, 2, 10)
+				}
+				pkt = withDst(pkt, dst.AsSlice())
+				if dst.Is4() {
+					pkt[10], pkt[11] = 0, 0
+					binary.BigEndian.PutUint16(pkt[10:12], packet.Checksum(pkt[:20], 0))
+				}
+				before := counts(t, p)
+				run(t, p.DemuxProgram(), eth(pkt))
+				// No lanes are published: a remote packet is passed up for
+				// want of a snapshot, any other as not remote.
+				d := diff(before, counts(t, p))
+				if got := d["not_remote"] == 0; got != want || len(d) != 1 {
+					t.Errorf("%s with remote %v: counters moved %v, want remote=%v", dst, c.remote, d, want)
+				}
+			}
+		})
+	}
+}
+
+// lastOf is q's last address.
+func lastOf(q netip.Prefix) netip.Addr {
+	b := q.Masked().Addr().AsSlice()
+	for i := q.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
