@@ -415,6 +415,18 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)~sum;
 }
 
+// fold64 folds a ones' complement sum of 32-bit words, as loaded from
+// the packet, to 16 bits (not complemented).
+static __always_inline __u16 fold64(__u64 s)
+{
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
 // l4_ports reads what the tuple takes from the transport header at l4,
 // which has avail bytes inside the IP packet (end is the frame's end, for
 // the verifier): the ports, or the ICMP echo identifier in both. It
@@ -584,7 +596,7 @@ static __always_inline void geneve_words(struct gnv *g, const struct target *t, 
 // authentication option g and tag) in front of the inner packet of
 // inner_len bytes (which starts after the Ethernet header).
 static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u32 inner_len,
-				 const struct gnv *g, __u64 tag, __be16 sport)
+				 const struct gnv *g, __u64 tag, __be16 sport, int summed, __u64 isum)
 {
 	const __u32 glen = sealed ? GENEVE_LEN + SEAL_OPT_LEN : GENEVE_LEN;
 	if (bpf_xdp_adjust_head(ctx, -(int)(ENCAP4_LEN - GENEVE_LEN + glen)))
@@ -624,7 +636,22 @@ static __always_inline int encap(struct xdp_md *ctx, const struct target *t, __u
 	*(__be16 *)udp = sport;
 	*(__be16 *)(udp + 2) = t->dport;
 	*(__be16 *)(udp + 4) = bpf_htons(8 + glen + inner_len);
-	*(__u16 *)(udp + 6) = 0; // no checksum over IPv4 (RFC 8926 section 3.3)
+	// The UDP checksum, from the inner packet's sum (inner_sum): RFC 8926
+	// allows none over IPv4, but a receiver's GRO coalesces only UDP
+	// that has one, and a gateway reading its frames one by one pays
+	// several times as much per packet. Without the inner sum, none.
+	__u16 check = 0;
+	if (summed) {
+		__u64 s = isum + (__u64)t->saddr + t->daddr + bpf_htons(IPPROTO_UDP) + 2 * (__u64)bpf_htons(8 + glen + inner_len) +
+			  sport + t->dport + (__u32)g->w[0] + (g->w[0] >> 32);
+		if (sealed)
+			s += (__u32)g->w[1] + (g->w[1] >> 32) + (__u32)g->w[2] + (g->w[2] >> 32) +
+			     (__u32)bpf_cpu_to_be64(tag) + (bpf_cpu_to_be64(tag) >> 32);
+		check = ~fold64(s);
+		if (check == 0)
+			check = 0xffff; // 0 means none (RFC 768)
+	}
+	*(__u16 *)(udp + 6) = check;
 
 	*(__u64 *)gnv = g->w[0];
 	if (sealed) {
@@ -642,6 +669,57 @@ struct flow {
 	__u8 proto;
 	__u8 v6;
 };
+
+// inner_sum sets *sum to the ones' complement sum of the inner packet
+// (inner_len bytes at l3) from its headers alone, as the kernel's local
+// checksum offload reasons for tunnels: a packet whose checksums hold
+// sums to what its pseudo-header implies, so no byte of its payload is
+// read. It returns 0 where the checksums do not pin the sum (UDP
+// without one or shorter than its packet, SCTP's CRC); the frame then
+// goes without an outer one.
+static __always_inline int inner_sum(void *l3, void *end, const struct flow *f, __u64 *sum)
+{
+	__u64 hdr, pseudo = 0;
+	__u32 hlen;
+	if (f->v6) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		hdr = 0;
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			hdr += ((__u32 *)ip6)[i];
+#pragma unroll
+		for (int i = 0; i < 8; i++)
+			pseudo += ((__u32 *)&ip6->saddr)[i]; // and daddr, which follows
+		hlen = sizeof(*ip6);
+	} else {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end)
+			return 0;
+		hdr = 0xffff; // its checksum holds (parse checked it; the TTL's update kept it)
+		pseudo = (__u64)ip->saddr + ip->daddr;
+		hlen = sizeof(*ip);
+	}
+	void *l4 = l3 + hlen;
+	switch (f->proto) {
+	case IPPROTO_UDP: // its checksum covers its own length, which must be the packet's
+		if (l4 + 8 > end || *(__u16 *)(l4 + 6) == 0 || bpf_ntohs(*(__be16 *)(l4 + 4)) != f->inner_len - hlen)
+			return 0;
+		break;
+	case IPPROTO_TCP:
+	case IPPROTO_ICMPV6:
+		break;
+	case IPPROTO_ICMP: // no pseudo-header: the message sums to 0xffff
+		*sum = hdr + 0xffff;
+		return 1;
+	default:
+		return 0;
+	}
+	pseudo += bpf_htons(f->proto) + bpf_htons((__u16)(f->inner_len - hlen));
+	*sum = hdr + (__u16)~fold64(pseudo); // the segment sums to the pseudo-header's complement
+	return 1;
+}
 
 // parse reads the frame at ctx into f. It returns R_NUM
 // for a packet this program forwards, else the reason to pass it up.
@@ -812,6 +890,11 @@ int xdp_demux(struct xdp_md *ctx)
 	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -(int)extra))
 		return count(R_ENCAP_FAILED, XDP_DROP);
 
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	__u64 isum = 0;
+	int summed = inner_sum(data + sizeof(struct ethhdr), end, &f, &isum);
+
 	struct gnv g = {};
 	__u64 tag = 0;
 	if (sealed) {
@@ -834,7 +917,7 @@ int xdp_demux(struct xdp_md *ctx)
 	} else {
 		geneve_words(&g, t, f.v6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP), 0);
 	}
-	if (encap(ctx, t, f.inner_len, &g, tag, sport))
+	if (encap(ctx, t, f.inner_len, &g, tag, sport, summed, isum))
 		return count(R_ENCAP_FAILED, XDP_DROP);
 
 	struct lane_counter *lc = bpf_map_lookup_elem(&lane_stats, &lane);

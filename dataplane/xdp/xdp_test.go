@@ -314,10 +314,11 @@ func checkEncap(t testing.TB, out, inner []byte, goTo netip.AddrPort, goFrame []
 		t.Fatalf("inner packet: %s", d)
 	}
 	sum := flowhash.NewHasher(cfg.Key, cfg.HashMode, cfg.Symmetric).Sum(&tu)
-	if want := 0xc000 | uint16(sum>>50); uint16(e.udp.SrcPort) != want || e.udp.Checksum != 0 || int(e.udp.Length) != len(out)-34 {
-		t.Errorf("outer UDP %d -> %d len %d csum %#x, want source port %d, length %d, no checksum",
-			e.udp.SrcPort, e.udp.DstPort, e.udp.Length, e.udp.Checksum, want, len(out)-34)
+	if want := 0xc000 | uint16(sum>>50); uint16(e.udp.SrcPort) != want || int(e.udp.Length) != len(out)-34 {
+		t.Errorf("outer UDP %d -> %d len %d, want source port %d, length %d",
+			e.udp.SrcPort, e.udp.DstPort, e.udp.Length, want, len(out)-34)
 	}
+	checkOuterChecksum(t, out, inner, e.udp.Checksum, tu.Proto)
 	encap := ENCAP4
 	if cfg.Seal {
 		encap += geneveauth.OptionLen
@@ -327,6 +328,50 @@ func checkEncap(t testing.TB, out, inner []byte, goTo netip.AddrPort, goFrame []
 	}
 	if !bytes.Equal(e.geneve, goFrame) {
 		t.Errorf("GENEVE payload differs from the Go demux's:\n xdp % x\n  go % x", e.geneve, goFrame)
+	}
+}
+
+// checkOuterChecksum checks frame's outer UDP checksum (csum): wherever
+// the inner packet's checksums pin its sum, one that holds if the inner
+// packet's own does (else one that fails: the gateway's kernel drops the
+// frame, as host-b would the packet); none where they do not pin it
+// (SCTP's CRC, UDP without a checksum or shorter than its packet).
+func checkOuterChecksum(t testing.TB, frame, inner []byte, csum uint16, proto uint8) {
+	t.Helper()
+	l4 := packet.IPv4MinLen // the program sends no IPv4 options, no IPv6 extension headers
+	src, dst := netip.AddrFrom4([4]byte(inner[12:16])), netip.AddrFrom4([4]byte(inner[16:20]))
+	if packet.Version(inner) == 6 {
+		l4 = packet.IPv6Len
+		src, dst = netip.AddrFrom16([16]byte(inner[8:24])), netip.AddrFrom16([16]byte(inner[24:40]))
+	}
+	n := ipLength(inner)
+	// Whether the inner checksum holds in ones' complement arithmetic,
+	// where a sum of 0 is 0xffff too (an all-zero ICMP message with a
+	// zero checksum: the kernel refuses it, yet it sums as a valid one,
+	// and so does the frame around it).
+	sums := func(c uint16) bool { return c == 0 || c == 0xffff }
+	var pinned, innerOK bool
+	switch {
+	case proto == flowhash.ProtoICMP:
+		pinned, innerOK = true, sums(packet.Checksum(inner[l4:n], 0))
+	case proto == flowhash.ProtoTCP || proto == flowhash.ProtoICMPv6 ||
+		proto == flowhash.ProtoUDP && n-l4 >= 8 && packet.UDP(inner[l4:]).Checksum() != 0 &&
+			int(binary.BigEndian.Uint16(inner[l4+4:])) == n-l4:
+		pinned, innerOK = true, sums(packet.Checksum(inner[l4:n], packet.PseudoHeaderSum(src, dst, proto, n-l4)))
+	}
+	switch {
+	case !pinned && csum != 0:
+		t.Errorf("outer UDP checksum %#04x; want none, the inner protocol %d's checksum does not pin its sum", csum, proto)
+		return
+	case !pinned:
+		return
+	case csum == 0:
+		t.Errorf("no outer UDP checksum; the inner protocol %d's checksum pins it", proto)
+		return
+	}
+	outer := packet.PseudoHeaderSum(netip.AddrFrom4([4]byte(frame[26:30])), netip.AddrFrom4([4]byte(frame[30:34])), 17, len(frame)-34)
+	if holds := packet.Checksum(frame[34:], outer) == 0; holds != innerOK {
+		t.Errorf("outer UDP checksum %#04x holds: %v; the inner packet's: %v", csum, holds, innerOK)
 	}
 }
 
