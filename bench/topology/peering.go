@@ -359,7 +359,20 @@ func (p *Peering) links() error {
 	for i := 1; i <= p.Lanes; i++ {
 		for _, s := range config.Sides {
 			n := netNum(s)
-			if err := p.join(GatewayNS(s, i), s, fmt.Sprintf("10.%d.0.%d/24", n, 20+i), fmt.Sprintf("fd00:%s::%d/64", s, 20+i)); err != nil {
+			g := GatewayNS(s, i)
+			if err := p.join(g, s, fmt.Sprintf("10.%d.0.%d/24", n, 20+i), fmt.Sprintf("fd00:%s::%d/64", s, 20+i)); err != nil {
+				return err
+			}
+			// A gateway's LAN port coalesces what it receives (GRO), as
+			// a NIC's driver does: a veth does only with GRO on and a
+			// sender without TSO (else it takes the frames to the CPU's
+			// backlog, past GRO). The userspace demux's GSO sends arrive
+			// whole either way; the XDP program's frames, one by one,
+			// reach WireGuard as batches only so (docs/xdp.md).
+			if _, err := p.Run(g, "ethtool", "-K", "lan0", "gro", "on"); err != nil {
+				return err
+			}
+			if _, err := p.Run("sw"+string(s), "ethtool", "-K", g, "tso", "off"); err != nil {
 				return err
 			}
 		}

@@ -178,6 +178,7 @@ func run(log *slog.Logger, p *config.Peering, node config.Node, priv wgkey.Key, 
 	}
 	var onPeer, onPath func(string)
 	if p.Health.On {
+		ingress.ReflectorPort = p.Health.Port // startReflector's
 		ingress.OnProbe = cond.sawProbe
 		onPeer = func(m string) { cond.set(probe.DiagNeighborDown, m) }
 		onPath = func(m string) { cond.set(probe.DiagPathDown, m) }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -94,43 +95,56 @@ func TestIngressAllocs(t *testing.T) {
 }
 
 // TestIngressCheckLocal: what the kernel routes into the TUN enters the
-// lane only from the gateway's own addresses; a host that uses the
-// gateway as its next hop for the remote network is refused.
+// lane only as what the gateway sends itself (ICMP from its addresses,
+// UDP from its reflector's address and port); a host that uses the
+// gateway as its next hop for the remote network is refused, also when
+// it forges the gateway's own source (a kernel receiving in lists
+// forwards such a packet: hostile_test's kernel-bypass).
 func TestIngressCheckLocal(t *testing.T) {
-	own6 := netip.MustParseAddr("fd00:a::21")
-	in := Ingress{Local: gwAddr, Own: []netip.Addr{netip.MustParseAddr("198.18.1.1"), own6}}
-	from := func(src netip.Addr) []byte {
+	own4, own6 := netip.MustParseAddr("198.18.1.1"), netip.MustParseAddr("fd00:a::21")
+	const reflector = 6082
+	in := Ingress{Local: gwAddr, Own: []netip.Addr{own4, own6}, ReflectorPort: reflector}
+	far, far6 := netip.MustParseAddr("10.2.0.10"), netip.MustParseAddr("fd00:b::10")
+	pkt := func(src, dst netip.Addr, proto uint8, sport uint16) []byte {
+		b := make([]byte, 64)
 		if src.Is4() {
-			p := append([]byte(nil), ipv4Ping...)
-			a := src.As4()
-			copy(p[12:16], a[:])
-			return p
+			packet.PutIPv4(b, packet.IPv4Fields{TotalLen: len(b), Protocol: proto, Src: src, Dst: dst})
+			binary.BigEndian.PutUint16(b[packet.IPv4MinLen:], sport)
+			return b
 		}
-		p := make([]byte, 48)
-		p[0] = 0x60
-		a := src.As16()
-		copy(p[8:24], a[:])
-		return p
+		packet.PutIPv6(b, packet.IPv6Fields{PayloadLen: len(b) - packet.IPv6Len, NextHeader: proto, Src: src, Dst: dst})
+		binary.BigEndian.PutUint16(b[packet.IPv6Len:], sport)
+		return b
 	}
+	lanHost := netip.MustParseAddr("10.1.0.10")
 	cases := []struct {
 		name string
 		pkt  []byte
 		want Drop
 	}{
-		{"reflector reply from the geneve address", from(gwAddr), DropNone},
-		{"icmp error from the underlay address", from(netip.MustParseAddr("198.18.1.1")), DropNone},
-		{"ipv6 from the gateway", from(own6), DropNone},
-		{"forwarded from a lan host", from(netip.MustParseAddr("10.1.0.10")), DropForwarded},
-		{"forwarded ipv6", from(netip.MustParseAddr("fd00:a::10")), DropForwarded},
+		{"reflector reply", pkt(gwAddr, far, packet.ProtoUDP, reflector), DropNone},
+		{"icmp error from the underlay address", pkt(own4, far, packet.ProtoICMP, 0x0300), DropNone},
+		{"icmpv6 from the gateway", pkt(own6, far6, packet.ProtoICMPv6, 0x0100), DropNone},
+		{"udp from the geneve address, another port", pkt(gwAddr, far, packet.ProtoUDP, 7301), DropForwarded},
+		{"udp from another own address, the reflector's port", pkt(own4, far, packet.ProtoUDP, reflector), DropForwarded},
+		{"tcp from the gateway", pkt(gwAddr, far, packet.ProtoTCP, reflector), DropForwarded},
+		{"udp6 from the gateway", pkt(own6, far6, packet.ProtoUDP, reflector), DropForwarded},
+		{"forwarded from a lan host", pkt(lanHost, far, packet.ProtoICMP, 0x0800), DropForwarded},
+		{"forwarded udp from a lan host", pkt(lanHost, far, packet.ProtoUDP, reflector), DropForwarded},
+		{"forwarded ipv6", pkt(netip.MustParseAddr("fd00:a::10"), far6, packet.ProtoICMPv6, 0x8000), DropForwarded},
+		{"udp with no room for its port", pkt(gwAddr, far, packet.ProtoUDP, reflector)[:21], DropForwarded},
 		{"empty", nil, DropBadProtocol},
-		{"short ipv4", from(gwAddr)[:12], DropTruncated},
-		{"short ipv6", from(own6)[:30], DropTruncated},
+		{"short ipv4", pkt(gwAddr, far, packet.ProtoICMP, 0)[:12], DropTruncated},
+		{"short ipv6", pkt(own6, far6, packet.ProtoICMPv6, 0)[:30], DropTruncated},
 		{"version 5", []byte{0x50, 0, 0, 0}, DropBadProtocol},
 	}
 	for _, c := range cases {
 		if got := in.CheckLocal(c.pkt); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
+	}
+	if in := (Ingress{Local: gwAddr}); in.CheckLocal(pkt(gwAddr, far, packet.ProtoUDP, 0)) != DropForwarded {
+		t.Error("without a reflector, UDP from the gateway entered the lane")
 	}
 }
 
