@@ -74,10 +74,10 @@ func run(args []string) error {
 	duration := fs.Duration("duration", 5*time.Second, "each iperf3 run (whole seconds)")
 	reps := fs.Int("reps", 3, "runs per figure; the report gives the median")
 	streams := fs.Int("streams", 0, "iperf3 parallel streams (-P) for every cell (default: --streams-per-lane for each lane)")
-	// Not yet xdp by default: through the gateways, TCP over the XDP
-	// path carries half of what the userspace demux does here (its
-	// frames reach a gateway one by one, where the userspace demux's
-	// arrive as GSO batches), docs/bench.md.
+	// Not xdp by default: at the small profiles' quotas a gateway
+	// coalesces less of the program's frames, which arrive one by one,
+	// than of the userspace demux's GSO batches, and carries less
+	// (docs/bench.md).
 	demuxPath := fs.String("demux", "userspace", "the demuxes' path: userspace (the userspace demux alone) or xdp (the XDP program, native, in front of it)")
 	bidir := fs.Bool("bidir", false, "send both ways at once (iperf3 --bidir): figures are the sum of both directions, against the VPC's both-ways rate")
 	perLane := fs.Int("streams-per-lane", 4, "iperf3 streams for each lane of a topology, so that every lane carries some (the baselines count as one lane)")
