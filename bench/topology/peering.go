@@ -359,20 +359,7 @@ func (p *Peering) links() error {
 	for i := 1; i <= p.Lanes; i++ {
 		for _, s := range config.Sides {
 			n := netNum(s)
-			g := GatewayNS(s, i)
-			if err := p.join(g, s, fmt.Sprintf("10.%d.0.%d/24", n, 20+i), fmt.Sprintf("fd00:%s::%d/64", s, 20+i)); err != nil {
-				return err
-			}
-			// A gateway's LAN port coalesces what it receives (GRO), as
-			// a NIC's driver does: a veth does only with GRO on and a
-			// sender without TSO (else it takes the frames to the CPU's
-			// backlog, past GRO). The userspace demux's GSO sends arrive
-			// whole either way; the XDP program's frames, one by one,
-			// reach WireGuard as batches only so (docs/xdp.md).
-			if _, err := p.Run(g, "ethtool", "-K", "lan0", "gro", "on"); err != nil {
-				return err
-			}
-			if _, err := p.Run("sw"+string(s), "ethtool", "-K", g, "tso", "off"); err != nil {
+			if err := p.join(GatewayNS(s, i), s, fmt.Sprintf("10.%d.0.%d/24", n, 20+i), fmt.Sprintf("fd00:%s::%d/64", s, 20+i)); err != nil {
 				return err
 			}
 		}
@@ -386,9 +373,25 @@ func (p *Peering) links() error {
 			// with no failure at all (1-2 packets in 3 of 30 runs of 24
 			// flows for 3 s; 0 in 50 runs steered so, though not never:
 			// docs/xdp.md).
+			//
+			// And it coalesces what it receives (GRO), as a NIC's driver
+			// does, so that the program's frames, which arrive one by
+			// one, reach WireGuard in batches as the userspace demux's
+			// GSO sends do (docs/xdp.md). A veth receives through GRO
+			// only with GRO on and a sender without TSO (else into the
+			// CPU's backlog): the switch's port towards the gateway.
+			// (Only here: without XDP the hosts' TSO segments would then
+			// be cut at that port, in software, for the baselines' TCP.)
 			for _, s := range config.Sides {
+				g := GatewayNS(s, i)
 				mask := fmt.Sprintf("echo %x > /sys/class/net/lan0/queues/rx-0/rps_cpus", 1<<((i-1)%min(runtime.NumCPU(), 32)))
-				if _, err := p.Run(GatewayNS(s, i), "sh", "-c", mask); err != nil {
+				if _, err := p.Run(g, "sh", "-c", mask); err != nil {
+					return err
+				}
+				if _, err := p.Run(g, "ethtool", "-K", "lan0", "gro", "on"); err != nil {
+					return err
+				}
+				if _, err := p.Run("sw"+string(s), "ethtool", "-K", g, "tso", "off"); err != nil {
 					return err
 				}
 			}
