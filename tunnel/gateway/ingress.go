@@ -69,8 +69,8 @@ type Ingress struct {
 	// ReflectorPort is the UDP port the reflector answers from, on Local
 	// (its replies and notices); 0: there is none.
 	ReflectorPort uint16
-	VNI   uint32
-	Probe netip.AddrPort // the peer's reflector; invalid: no probes
+	VNI           uint32
+	Probe         netip.AddrPort // the peer's reflector; invalid: no probes
 	// Auth, if set, lets in only frames its demuxes sealed
 	// (geneve_auth), each counter once. It keeps replay windows: the
 	// gateway's one GENEVE reader uses it, and copies of an Ingress
