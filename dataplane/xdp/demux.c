@@ -408,15 +408,8 @@ static __always_inline __u64 sip24(__u64 k0, __u64 k1, __u64 h0, __u64 h1, __u64
 	return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static __always_inline __u16 csum_fold(__u32 sum)
-{
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)~sum;
-}
-
-// fold64 folds a ones' complement sum of 32-bit words, as loaded from
-// the packet, to 16 bits (not complemented).
+// fold64 folds a ones' complement sum of 16- or 32-bit words, as loaded
+// from the packet, to 16 bits (not complemented).
 static __always_inline __u16 fold64(__u64 s)
 {
 	s = (s & 0xffffffff) + (s >> 32);
@@ -425,6 +418,12 @@ static __always_inline __u16 fold64(__u64 s)
 	s = (s & 0xffff) + (s >> 16);
 	s = (s & 0xffff) + (s >> 16);
 	return (__u16)s;
+}
+
+// csum_fold is the checksum of a sum: folded and complemented.
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	return (__u16)~fold64(sum);
 }
 
 // l4_ports reads what the tuple takes from the transport header at l4,
