@@ -141,9 +141,10 @@ func newMmsg(n, oob int) mmsg {
 
 // Reader reads batches of datagrams from a Conn.
 type Reader struct {
-	c   *Conn
-	m   mmsg
-	big [][]byte // with GRO, reads land here and are split into the caller's buffers
+	c     *Conn
+	m     mmsg
+	big   [][]byte // with GRO, Read's reads land here and are split into the caller's buffers
+	views [][]byte // Read's datagrams, before it copies them
 
 	// One call's span and result, so that call (made once) needs no
 	// closure per read.
@@ -154,12 +155,12 @@ type Reader struct {
 
 // NewReader makes a Reader for batches of up to batch datagrams.
 func (c *Conn) NewReader(batch int) *Reader {
-	r := &Reader{c: c}
+	r := &Reader{c: c, views: make([][]byte, batch)}
 	reads := batch
 	if c.gro {
 		// A fully coalesced read splits into MaxSegments datagrams, so
 		// this many reads fill a batch.
-		reads = max(1, batch/MaxSegments)
+		reads = Reads(batch)
 		r.big = make([][]byte, reads)
 		for i := range r.big {
 			r.big[i] = make([]byte, MaxDatagram)
@@ -169,6 +170,10 @@ func (c *Conn) NewReader(batch int) *Reader {
 	r.call = r.recvmmsg
 	return r
 }
+
+// Reads is how many coalesced reads of MaxDatagram bytes fill a batch
+// of batch datagrams (with GRO: what ReadViews needs as recv).
+func Reads(batch int) int { return max(1, batch/MaxSegments) }
 
 // recvmmsg is the RawConn.Read callback: false (wait for the socket to
 // be readable) only when nothing is queued.
@@ -193,15 +198,40 @@ func (r *Reader) recvmmsg(fd uintptr) bool {
 // own buffers and splits what the kernel coalesced into bufs; without, it
 // reads into bufs directly.
 func (r *Reader) Read(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, error) {
-	r.count = min(len(bufs), len(r.m.hdrs))
+	views := r.views[:min(len(bufs), len(r.views))]
+	recv := bufs
 	if r.c.gro {
-		r.count = min(len(r.m.hdrs), max(1, len(bufs)/MaxSegments))
+		recv = r.big
+	}
+	n, err := r.ReadViews(recv, views, srcs)
+	for i, v := range views[:n] {
+		switch {
+		case v == nil || len(v) > len(bufs[i]):
+			sizes[i] = -1
+		case r.c.gro:
+			sizes[i] = copy(bufs[i], v)
+		default:
+			sizes[i] = len(v) // read in place
+		}
+		views[i] = nil
+	}
+	return n, err
+}
+
+// ReadViews is Read without the copy: datagrams stay where the kernel
+// wrote them, in recv, and views[i] is the i-th, aliasing recv (nil: it
+// was longer than its buffer). With GRO each of recv holds a coalesced
+// read, so each must have MaxDatagram bytes, and Reads(len(views)) of
+// them are enough; without, each holds one datagram. The caller owns
+// recv and the views until it reads into recv again, so several batches
+// can be in flight, each with its own recv.
+func (r *Reader) ReadViews(recv, views [][]byte, srcs []netip.AddrPort) (int, error) {
+	r.count = min(len(recv), len(views), len(r.m.hdrs))
+	if r.c.gro {
+		r.count = min(r.count, Reads(len(views)))
 	}
 	for i := range r.count {
-		b := bufs[i]
-		if r.c.gro {
-			b = r.big[i]
-		}
+		b := recv[i]
 		r.m.iovs[i].Base = &b[0]
 		r.m.iovs[i].SetLen(len(b))
 		h := &r.m.hdrs[i].Hdr
@@ -219,31 +249,26 @@ func (r *Reader) Read(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, e
 	for i := range r.got {
 		m := &r.m.hdrs[i]
 		src := SockaddrAddrPort(&r.m.names[i])
-		if !r.c.gro {
-			sizes[i], srcs[i] = int(m.Len), src
-			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				sizes[i] = -1
+		data := recv[i][:m.Len:m.Len]
+		seg := len(data) // one datagram (perhaps empty, or cut short: nil)
+		if r.c.gro {
+			if s := groSize(r.m.oobs[i][:m.Hdr.Controllen]); s > 0 && s < len(data) {
+				seg = s
 			}
-			n++
-			continue
 		}
-		data := r.big[i][:m.Len]
-		seg := groSize(r.m.oobs[i][:m.Hdr.Controllen])
-		if seg <= 0 || seg >= len(data) {
-			seg = len(data)
-		}
-		for start := 0; start < len(data); start += seg {
-			if n == len(bufs) {
+		for start := 0; ; start += seg {
+			if n == len(views) {
 				return n, errors.New("udpbatch: coalesced datagrams overflow the batch")
 			}
 			end := min(start+seg, len(data))
-			sizes[n], srcs[n] = end-start, src
-			if end-start > len(bufs[n]) {
-				sizes[n] = -1
-			} else {
-				copy(bufs[n], data[start:end])
+			views[n], srcs[n] = data[start:end:end], src
+			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+				views[n] = nil
 			}
 			n++
+			if end == len(data) {
+				break
+			}
 		}
 	}
 	return n, nil

@@ -88,6 +88,88 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestReadViews: ReadViews leaves each datagram where the kernel wrote
+// it: with GRO a Writer's segmented send (one message) comes back as
+// views into one receive buffer, back to back, in order; without, one
+// buffer a datagram, and one longer than its buffer is a nil view.
+func TestReadViews(t *testing.T) {
+	for _, gro := range []bool{true, false} {
+		t.Run(fmt.Sprintf("gro=%v", gro), func(t *testing.T) {
+			rx := listen(t, "127.0.0.1:0", Options{GRO: gro, Buffer: 1 << 20})
+			tx := listen(t, "127.0.0.1:0", Options{GSO: true})
+			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rx.Port())
+			var out [][]byte
+			for i := range 10 {
+				b := make([]byte, 100, 2048) // room to append a run, as WireGuard's buffers have
+				copy(b, bytes.Repeat([]byte{byte(i)}, 100))
+				out = append(out, b)
+			}
+			if err := tx.NewWriter(64).Write(out, dst); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.NewWriter(64).Write([][]byte{make([]byte, 301)}, dst); err != nil {
+				t.Fatal(err)
+			}
+			recv := make([][]byte, 64)
+			for i := range recv {
+				recv[i] = make([]byte, 300)
+			}
+			if rx.GRO() {
+				recv = recv[:Reads(64)]
+				for i := range recv {
+					recv[i] = make([]byte, MaxDatagram)
+				}
+			}
+			views, srcs := make([][]byte, 64), make([]netip.AddrPort, 64)
+			r := rx.NewReader(64)
+			var got [][]byte
+			rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+			for len(got) < 11 {
+				n, err := r.ReadViews(recv, views, srcs)
+				if err != nil {
+					t.Fatalf("after %d: %v", len(got), err)
+				}
+				if len(got) == 0 && rx.GRO() && tx.GSO() {
+					// One segmented send, one coalesced read: the ten
+					// lie back to back in the first receive buffer.
+					for i := range 10 {
+						if i >= n || &views[i][0] != &recv[0][100*i] {
+							t.Fatalf("datagram %d of the run is not where one GSO send puts it (%d read)", i, n)
+						}
+					}
+				}
+				for _, v := range views[:n] {
+					if v != nil && !within(v, recv) {
+						t.Fatalf("datagram %d is not in a receive buffer", len(got))
+					}
+					got = append(got, bytes.Clone(v)) // the next read reuses recv
+				}
+			}
+			for i, w := range out {
+				if !bytes.Equal(got[i], w) {
+					t.Errorf("datagram %d: % x", i, got[i][:min(len(got[i]), 4)])
+				}
+			}
+			if last := got[10]; rx.GRO() && len(last) != 301 || !rx.GRO() && last != nil {
+				t.Errorf("the 301-byte datagram read as %d bytes (nil: %v)", len(last), last == nil)
+			}
+			t.Logf("gro=%v gso=%v", rx.GRO(), tx.GSO())
+		})
+	}
+}
+
+// within reports whether (non-empty) v lies inside one of bufs.
+func within(v []byte, bufs [][]byte) bool {
+	for _, b := range bufs {
+		for i := 0; i+len(v) <= len(b); i++ {
+			if &b[i] == &v[0] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // TestIPv6: a v6 socket reads its senders as v6, and a v4 socket refuses
 // a v6 destination with an error.
 func TestIPv6(t *testing.T) {
@@ -183,6 +265,23 @@ func TestNoAllocations(t *testing.T) {
 		}
 		if read == 0 {
 			t.Error("nothing read")
+		}
+		recv, views := in, make([][]byte, 8)
+		if rx.GRO() {
+			recv = [][]byte{make([]byte, MaxDatagram)}
+		}
+		read = 0
+		if a := testing.AllocsPerRun(10, func() {
+			n, err := r.ReadViews(recv, views, srcs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			read += n
+		}); a != 0 {
+			t.Errorf("offloads %v: %.1f allocations a ReadViews", off, a)
+		}
+		if read == 0 {
+			t.Error("nothing read without a copy")
 		}
 	}
 }

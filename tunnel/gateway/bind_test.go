@@ -39,7 +39,7 @@ func TestLaneBindWireGuard(t *testing.T) {
 	for i := range s {
 		s[i].kernel = tuntest.NewChannelTUN()
 		s[i].g = newFakeGeneve()
-		d := NewDevice(s[i].kernel.TUN(), []GeneveReceive{s[i].g.receive}, s[i].g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
+		d := newDevice(s[i].kernel.TUN(), []geneveReceive{s[i].g.receive}, s[i].g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
 		s[i].dev = device.NewDevice(d, newLaneBind(), device.NewLogger(device.LogLevelError, ""))
 		if err := s[i].dev.IpcSet("private_key=" + keys[i].UAPIHex() + "\nlisten_port=0\n"); err != nil {
 			t.Fatal(err)

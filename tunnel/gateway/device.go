@@ -33,6 +33,7 @@ type Device struct {
 	kernel    tun.Device
 	ingress   atomic.Pointer[Ingress] // replaced whole when the peer changes (SetProbe)
 	mtu       int
+	frameLen  int // the longest GENEVE datagram let in (slotLen)
 	batchSize int
 
 	free   chan *batch // bounded pool: a slow engine slows the sources
@@ -64,11 +65,13 @@ type DeviceCounters struct {
 }
 
 type batch struct {
-	bufs  [][]byte
-	sizes []int
-	srcs  []netip.AddrPort
-	pkts  [][]byte // accepted packets, aliasing bufs
-	next  int
+	bufs   [][]byte // one frame each (slotLen)
+	sizes  []int
+	recv   [][]byte // a GRO source's coalesced reads (geneveSocket.receive)
+	dgrams [][]byte // a GENEVE source's datagrams, aliasing bufs or recv
+	srcs   []netip.AddrPort
+	pkts   [][]byte // accepted packets, aliasing bufs or recv
+	next   int
 }
 
 // kernelOffset is the headroom the kernel TUN needs for its virtio header.
@@ -84,9 +87,9 @@ func slotLen(mtu int) int {
 	return max(kernelOffset+mtu, packet.GeneveLen+packet.GeneveMaxOptions+mtu)
 }
 
-// NewDevice wires the GENEVE receive functions (of an open socket) and
+// newDevice wires the GENEVE receive functions (of an open socket) and
 // the kernel TUN into one tun.Device. closeGeneve closes that socket.
-func NewDevice(kernel tun.Device, geneve []GeneveReceive, closeGeneve func() error, ingress Ingress, mtu int, log *slog.Logger) *Device {
+func newDevice(kernel tun.Device, geneve []geneveReceive, closeGeneve func() error, ingress Ingress, mtu int, log *slog.Logger) *Device {
 	sources := len(geneve) + 1
 	batchSize := kernel.BatchSize()
 	if batchSize < conn.IdealBatchSize {
@@ -95,6 +98,7 @@ func NewDevice(kernel tun.Device, geneve []GeneveReceive, closeGeneve func() err
 	d := &Device{
 		kernel:    kernel,
 		mtu:       mtu,
+		frameLen:  slotLen(mtu),
 		batchSize: batchSize,
 		free:      make(chan *batch, sources+2),
 		ready:     make(chan *batch, sources+2),
@@ -106,10 +110,11 @@ func NewDevice(kernel tun.Device, geneve []GeneveReceive, closeGeneve func() err
 	}
 	for range sources + 2 {
 		b := &batch{
-			bufs:  make([][]byte, batchSize),
-			sizes: make([]int, batchSize),
-			srcs:  make([]netip.AddrPort, batchSize),
-			pkts:  make([][]byte, 0, batchSize),
+			bufs:   make([][]byte, batchSize),
+			sizes:  make([]int, batchSize),
+			dgrams: make([][]byte, batchSize),
+			srcs:   make([]netip.AddrPort, batchSize),
+			pkts:   make([][]byte, 0, batchSize),
 		}
 		for i := range b.bufs {
 			b.bufs[i] = make([]byte, slotLen(mtu))
@@ -162,24 +167,26 @@ func (d *Device) take() (*batch, bool) {
 	}
 }
 
-func (d *Device) readGeneve(fn GeneveReceive) {
+func (d *Device) readGeneve(fn geneveReceive) {
 	defer d.wg.Done()
 	for {
 		b, ok := d.take()
 		if !ok {
 			return
 		}
-		n, err := fn(b.bufs, b.sizes, b.srcs)
+		n, err := fn(b)
 		var bytes uint64
 		in := d.ingress.Load() // once per batch
-		for i := range n {
-			if b.sizes[i] <= 0 {
-				if b.sizes[i] < 0 {
-					d.C.Drops[DropOversize].Add(1)
-				}
+		for i, dgram := range b.dgrams[:n] {
+			b.dgrams[i] = nil
+			if dgram == nil || len(dgram) > d.frameLen {
+				d.C.Drops[DropOversize].Add(1)
 				continue
 			}
-			inner, drop := in.Check(b.srcs[i].Addr(), b.bufs[i][:b.sizes[i]])
+			if len(dgram) == 0 {
+				continue
+			}
+			inner, drop := in.Check(b.srcs[i].Addr(), dgram)
 			if drop != DropNone {
 				d.C.Drops[drop].Add(1)
 				continue

@@ -32,11 +32,11 @@ func newFakeGeneve() *fakeGeneve {
 	return &fakeGeneve{in: make(chan datagram, 64), closed: make(chan struct{})}
 }
 
-func (g *fakeGeneve) receive(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, error) {
+func (g *fakeGeneve) receive(b *batch) (int, error) {
 	select {
 	case d := <-g.in:
-		sizes[0] = copy(bufs[0], d.payload)
-		srcs[0] = netip.AddrPortFrom(d.src, 6081)
+		b.dgrams[0] = b.bufs[0][:copy(b.bufs[0], d.payload)]
+		b.srcs[0] = netip.AddrPortFrom(d.src, 6081)
 		return 1, nil
 	case <-g.closed:
 		return 0, net.ErrClosed
@@ -59,7 +59,7 @@ func TestDeviceSources(t *testing.T) {
 	kernel := tuntest.NewChannelTUN()
 	g := newFakeGeneve()
 	own := netip.MustParseAddr("10.1.0.10") // ipv4Ping's source
-	d := NewDevice(kernel.TUN(), []GeneveReceive{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, Own: []netip.Addr{own}, VNI: 4242}, 1420, slog.Default())
+	d := newDevice(kernel.TUN(), []geneveReceive{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, Own: []netip.Addr{own}, VNI: 4242}, 1420, slog.Default())
 
 	for seq := range byte(5) {
 		g.in <- datagram{demuxAddr, frame(4242, packet.ProtoIPv4, false, ping(seq))}
@@ -147,7 +147,7 @@ func TestLaneThroughWireGuard(t *testing.T) {
 	for i := range s {
 		s[i].kernel = tuntest.NewChannelTUN()
 		s[i].g = newFakeGeneve()
-		d := NewDevice(s[i].kernel.TUN(), []GeneveReceive{s[i].g.receive}, s[i].g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
+		d := newDevice(s[i].kernel.TUN(), []geneveReceive{s[i].g.receive}, s[i].g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
 		s[i].dev = device.NewDevice(d, binds[i], device.NewLogger(device.LogLevelError, ""))
 		cfg := Config{PrivateKey: keys[i], ListenPort: uint16(i + 1), Peer: keys[1-i].Public(),
 			PeerEndpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i+1)), // bindtest: endpoint i+1 reaches the other bind
@@ -181,7 +181,7 @@ func TestLaneThroughWireGuard(t *testing.T) {
 func TestDeviceHold(t *testing.T) {
 	kernel := tuntest.NewChannelTUN()
 	g := newFakeGeneve()
-	d := NewDevice(kernel.TUN(), []GeneveReceive{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
+	d := newDevice(kernel.TUN(), []geneveReceive{g.receive}, g.close, Ingress{Sources: []netip.Addr{demuxAddr}, VNI: 4242}, 1420, slog.Default())
 	defer d.Close()
 	bufs := [][]byte{make([]byte, 2048)}
 	sizes := make([]int, 1)

@@ -7,11 +7,10 @@ import (
 	"github.com/clusterpeer/clusterpeer/dataplane/udpbatch"
 )
 
-// GeneveReceive reads a batch of GENEVE datagrams into bufs, with each
-// one's size and sender. It returns how many it read. A negative size
-// is a datagram longer than its buffer, which the caller drops
-// (DropOversize).
-type GeneveReceive func(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, error)
+// geneveReceive reads a batch of GENEVE datagrams into b: b.dgrams[i]
+// is the i-th (aliasing b's buffers; nil: longer than its buffer, dropped
+// as DropOversize) and b.srcs[i] its sender. It returns how many.
+type geneveReceive func(b *batch) (int, error)
 
 // geneveSocket is the gateway's GENEVE socket, bound to the GENEVE
 // address alone: a datagram to any other address of the gateway never
@@ -41,7 +40,22 @@ func listenGeneveGRO(addr netip.AddrPort, batch int, gro bool) (*geneveSocket, e
 	return &geneveSocket{Conn: c, r: c.NewReader(batch)}, nil
 }
 
-// receive is the socket's GeneveReceive.
-func (s *geneveSocket) receive(bufs [][]byte, sizes []int, srcs []netip.AddrPort) (int, error) {
-	return s.r.Read(bufs, sizes, srcs)
+// receive is the socket's geneveReceive. With GRO, the kernel's
+// coalesced reads stay in b.recv, where Device.Read copies each inner
+// packet from into WireGuard's buffer: one copy a packet, as
+// wireguard-go's own TUN read makes (splitting them into frame buffers
+// first was a second, 2.5% of a capped gateway's CPU). b.recv is made on
+// a batch's first read: a Device has a few batches, reused.
+func (s *geneveSocket) receive(b *batch) (int, error) {
+	recv := b.bufs
+	if s.GRO() {
+		if b.recv == nil {
+			b.recv = make([][]byte, udpbatch.Reads(len(b.dgrams)))
+			for i := range b.recv {
+				b.recv[i] = make([]byte, udpbatch.MaxDatagram)
+			}
+		}
+		recv = b.recv
+	}
+	return s.r.ReadViews(recv, b.dgrams, b.srcs)
 }

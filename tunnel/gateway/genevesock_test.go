@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -10,6 +12,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/clusterpeer/clusterpeer/dataplane/packet"
 )
 
 // TestGeneveSocketBound: the GENEVE socket takes only datagrams to its
@@ -54,28 +59,26 @@ func testGeneveSocket(t *testing.T, tryGRO bool) {
 	c.WriteToUDPAddrPort(make([]byte, 301), addr) // one byte over a frame buffer
 	c.WriteToUDPAddrPort([]byte("last"), addr)
 
-	bufs := make([][]byte, 128)
-	for i := range bufs {
-		bufs[i] = make([]byte, 300)
+	b := &batch{bufs: make([][]byte, 128), dgrams: make([][]byte, 128), srcs: make([]netip.AddrPort, 128)}
+	for i := range b.bufs {
+		b.bufs[i] = make([]byte, 300)
 	}
-	sizes := make([]int, len(bufs))
-	srcs := make([]netip.AddrPort, len(bufs))
 	var got []string
 	s.SetReadDeadline(time.Now().Add(2 * time.Second))
 	for len(got) < 13 {
-		n, err := s.receive(bufs, sizes, srcs)
+		n, err := s.receive(b)
 		if err != nil {
 			t.Fatalf("after %d datagrams: %v", len(got), err)
 		}
-		for i := range n {
-			if srcs[i] != c.LocalAddr().(*net.UDPAddr).AddrPort() {
-				t.Errorf("sender %v", srcs[i])
+		for i, d := range b.dgrams[:n] {
+			if b.srcs[i] != c.LocalAddr().(*net.UDPAddr).AddrPort() {
+				t.Errorf("sender %v", b.srcs[i])
 			}
-			if sizes[i] < 0 {
+			if d == nil || len(d) > 300 { // what Device drops (frameLen)
 				got = append(got, "oversize")
 				continue
 			}
-			got = append(got, string(bufs[i][:sizes[i]]))
+			got = append(got, string(d))
 		}
 	}
 	if got[0] != "one" {
@@ -90,15 +93,15 @@ func testGeneveSocket(t *testing.T, tryGRO bool) {
 		t.Errorf("after the segments: %q, %q; want oversize, last", got[11], got[12])
 	}
 	s.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if n, err := s.receive(bufs, sizes, srcs); err == nil {
-		t.Errorf("%d more datagrams: %q", n, bufs[0][:sizes[0]])
+	if n, err := s.receive(b); err == nil {
+		t.Errorf("%d more datagrams: %q", n, b.dgrams[0])
 	}
 	t.Logf("gro: %v", s.GRO())
 }
 
 // sendGSO sends data as datagrams of seg bytes in one UDP_SEGMENT send,
 // or one by one where the kernel cannot.
-func sendGSO(t *testing.T, c *net.UDPConn, data []byte, seg int, to netip.AddrPort) {
+func sendGSO(t testing.TB, c *net.UDPConn, data []byte, seg int, to netip.AddrPort) {
 	t.Helper()
 	oob := make([]byte, unix.CmsgSpace(2))
 	h := (*unix.Cmsghdr)(unsafeCmsg(oob))
@@ -114,3 +117,117 @@ func sendGSO(t *testing.T, c *net.UDPConn, data []byte, seg int, to netip.AddrPo
 }
 
 func unsafeCmsg(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
+
+// TestDeviceReadsGeneveSocket: a Device over a real GENEVE socket hands
+// WireGuard every inner packet of a coalesced batch, in order, straight
+// from the socket's reads, and drops a datagram longer than a frame as
+// oversize; with GRO and without.
+func TestDeviceReadsGeneveSocket(t *testing.T) {
+	for _, gro := range []bool{true, false} {
+		t.Run(fmt.Sprintf("gro=%v", gro), func(t *testing.T) {
+			s, err := listenGeneveGRO(netip.MustParseAddrPort("127.0.0.1:0"), 128, gro)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lo := netip.MustParseAddr("127.0.0.1")
+			d := newDevice(tuntest.NewChannelTUN().TUN(), []geneveReceive{s.receive}, s.Close,
+				Ingress{Sources: []netip.Addr{lo}, VNI: 4242}, 1420, slog.Default())
+			defer d.Close()
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			to := s.LocalAddr().(*net.UDPAddr).AddrPort()
+
+			var batch []byte
+			for seq := range byte(40) {
+				batch = append(batch, frame(4242, packet.ProtoIPv4, false, ping(seq))...)
+			}
+			sendGSO(t, c, batch, len(batch)/40, to)
+			c.WriteToUDPAddrPort(make([]byte, d.frameLen+1), to)
+			c.WriteToUDPAddrPort(frame(4242, packet.ProtoIPv4, false, ping(99)), to)
+
+			bufs := make([][]byte, d.BatchSize())
+			for i := range bufs {
+				bufs[i] = make([]byte, 2048)
+			}
+			sizes := make([]int, len(bufs))
+			var got []byte
+			deadline := time.Now().Add(5 * time.Second)
+			for len(got) < 41 && time.Now().Before(deadline) {
+				n, err := d.Read(bufs, sizes, 16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range n {
+					p := bufs[i][16 : 16+sizes[i]]
+					if len(p) != len(ipv4Ping) {
+						t.Fatalf("packet %d: % x", len(got), p)
+					}
+					got = append(got, p[27])
+				}
+			}
+			want := make([]byte, 41)
+			for i := range 40 {
+				want[i] = byte(i)
+			}
+			want[40] = 99
+			if !bytes.Equal(got, want) {
+				t.Fatalf("sequence numbers %v, want %v", got, want)
+			}
+			if o := d.C.Drops[DropOversize].Load(); o != 1 {
+				t.Errorf("oversize drops %d, want 1", o)
+			}
+			t.Logf("gro: %v", s.GRO())
+		})
+	}
+}
+
+// BenchmarkDeviceGeneve: GENEVE frames of 1,400-byte packets, sent 40 to
+// a segmented send (what fits in 64 KiB), through a Device over a real GENEVE socket into
+// WireGuard's buffers; per packet, the whole path a gateway's encryption
+// side has before the cipher.
+func BenchmarkDeviceGeneve(b *testing.B) {
+	s, err := listenGeneveGRO(netip.MustParseAddrPort("127.0.0.1:0"), 128, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lo := netip.MustParseAddr("127.0.0.1")
+	d := newDevice(tuntest.NewChannelTUN().TUN(), []geneveReceive{s.receive}, s.Close,
+		Ingress{Sources: []netip.Addr{lo}, VNI: 4242}, 1420, slog.Default())
+	defer d.Close()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	to := s.LocalAddr().(*net.UDPAddr).AddrPort()
+	inner := make([]byte, 1400)
+	copy(inner, ipv4Ping)
+	binary.BigEndian.PutUint16(inner[2:], 1400)
+	one := frame(4242, packet.ProtoIPv4, false, inner)
+	var run []byte
+	const perSend = 40
+	for range perSend {
+		run = append(run, one...)
+	}
+	bufs := make([][]byte, d.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536) // wireguard-go's buffers
+	}
+	sizes := make([]int, len(bufs))
+	b.SetBytes(1400)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += perSend {
+		sendGSO(b, c, run, len(one), to)
+		for got := 0; got < perSend; {
+			n, err := d.Read(bufs, sizes, 16)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += n
+		}
+	}
+}

@@ -122,7 +122,7 @@ func Start(cfg Config) (l *Lane, err error) {
 	if err := tunlink.Up(cfg.Tun, cfg.Remote); err != nil {
 		return nil, err
 	}
-	tdev := NewDevice(kernel, []GeneveReceive{gsock.receive}, gsock.Close, cfg.Ingress, cfg.MTU, cfg.Log)
+	tdev := newDevice(kernel, []geneveReceive{gsock.receive}, gsock.Close, cfg.Ingress, cfg.MTU, cfg.Log)
 	kernel = nil // tdev owns it now
 	logger := &device.Logger{
 		Verbosef: func(format string, args ...any) { cfg.Log.Debug(fmt.Sprintf(format, args...)) },
