@@ -176,10 +176,14 @@ func (c *Conn) NewReader(batch int) *Reader {
 func Reads(batch int) int { return max(1, batch/MaxSegments) }
 
 // recvmmsg is the RawConn.Read callback: false (wait for the socket to
-// be readable) only when nothing is queued.
+// be readable) only when nothing is queued. The socket never blocks, so
+// the call is a raw system call (as sendmmsg's): a plain one marks the P
+// as in a system call, and Go's sysmon then wakes every 20 µs to hand
+// it off, which a busy gateway's profile showed as 10% of its CPU
+// (wireguard-go's too); with these raw, 5-6%.
 func (r *Reader) recvmmsg(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.m.hdrs[0])), uintptr(r.count), 0, 0, 0)
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.m.hdrs[0])), uintptr(r.count), 0, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
@@ -329,7 +333,7 @@ func (c *Conn) NewWriter(batch int) *Writer {
 
 func (w *Writer) sendmmsg(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.m.hdrs[w.from])), uintptr(w.count-w.from), 0, 0, 0)
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.m.hdrs[w.from])), uintptr(w.count-w.from), 0, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
