@@ -180,7 +180,7 @@ fuzz:
 
 # Go micro-benchmarks of the hot path (compare runs with benchstat).
 microbench:
-	$(GO) test ./flowhash ./dataplane/demux ./dataplane/udpbatch ./dataplane/tunlink -run '^$$' -bench . -benchtime 1s -count 5
+	$(GO) test ./flowhash ./dataplane/demux ./dataplane/udpbatch ./dataplane/tunlink ./tunnel/gateway -run '^$$' -bench . -benchtime 1s -count 5
 
 # Regenerates testdata/flowhash-vectors.json and the fuzz seed corpus. Only
 # on purpose: a changed hash or table splits demuxes of different versions.
