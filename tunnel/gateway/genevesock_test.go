@@ -125,20 +125,7 @@ func unsafeCmsg(b []byte) unsafe.Pointer { return unsafe.Pointer(&b[0]) }
 func TestDeviceReadsGeneveSocket(t *testing.T) {
 	for _, gro := range []bool{true, false} {
 		t.Run(fmt.Sprintf("gro=%v", gro), func(t *testing.T) {
-			s, err := listenGeneveGRO(netip.MustParseAddrPort("127.0.0.1:0"), 128, gro)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lo := netip.MustParseAddr("127.0.0.1")
-			d := newDevice(tuntest.NewChannelTUN().TUN(), []geneveReceive{s.receive}, s.Close,
-				Ingress{Sources: []netip.Addr{lo}, VNI: 4242}, 1420, slog.Default())
-			defer d.Close()
-			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			to := s.LocalAddr().(*net.UDPAddr).AddrPort()
+			d, s, c, to := deviceOnSocket(t, gro)
 
 			var batch []byte
 			for seq := range byte(40) {
@@ -184,25 +171,33 @@ func TestDeviceReadsGeneveSocket(t *testing.T) {
 	}
 }
 
-// BenchmarkDeviceGeneve: GENEVE frames of 1,400-byte packets, sent 40 to
-// a segmented send (what fits in 64 KiB), through a Device over a real GENEVE socket into
-// WireGuard's buffers; per packet, the whole path a gateway's encryption
-// side has before the cipher.
-func BenchmarkDeviceGeneve(b *testing.B) {
-	s, err := listenGeneveGRO(netip.MustParseAddrPort("127.0.0.1:0"), 128, true)
+// deviceOnSocket is a Device over a real GENEVE socket on loopback that
+// lets in 127.0.0.1, and a socket there to send it frames from; closed
+// at the test's end.
+func deviceOnSocket(tb testing.TB, gro bool) (*Device, *geneveSocket, *net.UDPConn, netip.AddrPort) {
+	tb.Helper()
+	s, err := listenGeneveGRO(netip.MustParseAddrPort("127.0.0.1:0"), 128, gro)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	lo := netip.MustParseAddr("127.0.0.1")
 	d := newDevice(tuntest.NewChannelTUN().TUN(), []geneveReceive{s.receive}, s.Close,
 		Ingress{Sources: []netip.Addr{lo}, VNI: 4242}, 1420, slog.Default())
-	defer d.Close()
+	tb.Cleanup(func() { d.Close() })
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer c.Close()
-	to := s.LocalAddr().(*net.UDPAddr).AddrPort()
+	tb.Cleanup(func() { c.Close() })
+	return d, s, c, s.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// BenchmarkDeviceGeneve: GENEVE frames of 1,400-byte packets, sent 40 to
+// a segmented send (what fits in 64 KiB), through a Device over a real
+// GENEVE socket into WireGuard's buffers; per packet, the whole path a
+// gateway's encrypting side has before the cipher.
+func BenchmarkDeviceGeneve(b *testing.B) {
+	d, _, c, to := deviceOnSocket(b, true)
 	inner := make([]byte, 1400)
 	copy(inner, ipv4Ping)
 	binary.BigEndian.PutUint16(inner[2:], 1400)
